@@ -1,0 +1,268 @@
+"""A recorder on the simulated bus (CONTRACT.md): a `port-N` folder with
+`recorder.json` and `card/`.
+
+It follows GA/T 947.4 semantics (password check on every call, `SyncDevTime`
+zeroes the clock offset, `WriteZFYInfo` rewrites the officer fields) and walks
+the card the way a careful mass-storage reader must: no symlink or device node
+is ever followed. Unplugging is the port folder disappearing; every call and
+every chunk read checks for it, so a yanked recorder raises `DeviceGone`
+mid-file exactly as a real one does.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import errno
+import json
+import os
+import stat
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from drivers.base import (
+    AuthFailed,
+    CardFile,
+    CardReadError,
+    DeviceGone,
+    DockedDevice,
+    OfficerInfo,
+    ProtocolError,
+    RecorderDriver,
+    RecorderSession,
+)
+
+RECORDER_JSON = "recorder.json"
+CARD = "card"
+
+
+def _split(path: bytes) -> list[bytes]:
+    parts = [p for p in path.split(b"/") if p]
+    if not parts or any(p in (b".", b"..") for p in parts) or path.startswith(b"/"):
+        raise CardReadError(f"refusing card path {path!r}")
+    return parts
+
+
+class SimulatedSession(RecorderSession):
+    """An open simulated recorder."""
+
+    def __init__(self, port_dir: Path, password: str) -> None:
+        self.port_dir = port_dir
+        self.password = password
+        self.bytes_read = 0
+        self._ino = self._stat_port().st_ino
+        self._json_lock = threading.Lock()
+        self._msdc = False
+
+    # --- presence and the recorder file --------------------------------------
+
+    def _stat_port(self) -> os.stat_result:
+        try:
+            return os.stat(self.port_dir)
+        except FileNotFoundError:
+            raise DeviceGone(str(self.port_dir)) from None
+
+    def alive(self) -> bool:
+        try:
+            return os.stat(self.port_dir).st_ino == self._ino
+        except OSError:
+            return False
+
+    def _check(self) -> None:
+        if not self.alive():
+            raise DeviceGone(str(self.port_dir))
+
+    def _load(self) -> dict[str, Any]:
+        self._check()
+        try:
+            data = json.loads((self.port_dir / RECORDER_JSON).read_text("utf-8"))
+        except FileNotFoundError:
+            raise DeviceGone(str(self.port_dir)) from None
+        except (ValueError, UnicodeDecodeError) as e:
+            raise ProtocolError(f"unreadable recorder.json: {e}") from None
+        if not isinstance(data, dict):
+            raise ProtocolError("recorder.json is not an object")
+        if str(data.get("password", "")) != self.password:
+            raise AuthFailed("CHECK_PWD_FAILED")
+        return data
+
+    def _save(self, data: dict[str, Any]) -> None:
+        self._check()
+        target = self.port_dir / RECORDER_JSON
+        tmp = target.with_name(RECORDER_JSON + ".tmp")
+        tmp.write_text(json.dumps(data, ensure_ascii=False, indent=2), "utf-8")
+        os.replace(tmp, target)
+
+    def _field(self, data: dict[str, Any], key: str) -> str:
+        v = data.get(key, "")
+        if not isinstance(v, str | int):
+            raise ProtocolError(f"{key} is not text")
+        return str(v)
+
+    # --- GA/T 947.4 calls ---------------------------------------------------------
+
+    def id_code(self) -> str:
+        return self._field(self._load(), "id_code")
+
+    def officer_info(self) -> OfficerInfo:
+        d = self._load()
+        info = OfficerInfo(
+            serial=self._field(d, "serial"),
+            officer_no=self._field(d, "officer_no"),
+            officer_name=self._field(d, "officer_name"),
+            unit_no=self._field(d, "unit_no"),
+            unit_name=self._field(d, "unit_name"),
+        )
+        if not info.serial or not info.officer_no:
+            raise ProtocolError("officer block without serial or officer number")
+        return info
+
+    def write_officer_info(self, info: OfficerInfo) -> None:
+        with self._json_lock:
+            d = self._load()
+            d.update(
+                serial=info.serial,
+                officer_no=info.officer_no,
+                officer_name=info.officer_name,
+                unit_no=info.unit_no,
+                unit_name=info.unit_name,
+            )
+            self._save(d)
+
+    def battery_percent(self) -> int:
+        v = self._load().get("battery_percent", 0)
+        if not isinstance(v, int) or not 0 <= v <= 100:
+            raise ProtocolError(f"battery level {v!r} out of range")
+        return v
+
+    def set_clock(self, now: dt.datetime) -> float | None:
+        with self._json_lock:
+            d = self._load()
+            drift = float(d.get("clock_offset_s", 0.0))
+            d["clock_offset_s"] = 0.0
+            self._save(d)
+            return drift
+
+    def enter_mass_storage(self) -> None:
+        self._load()
+        self._msdc = True
+
+    # --- the card -------------------------------------------------------------------
+
+    @property
+    def _card(self) -> bytes:
+        return os.fsencode(self.port_dir / CARD)
+
+    def list_files(self) -> list[CardFile]:
+        self._check()
+        out: list[CardFile] = []
+        stack = [b""]
+        while stack:
+            rel = stack.pop()
+            try:
+                entries = list(os.scandir(os.path.join(self._card, rel) if rel else self._card))
+            except FileNotFoundError:
+                self._check()
+                raise CardReadError(f"card folder {rel!r} vanished") from None
+            for e in entries:
+                path = rel + b"/" + e.name if rel else e.name
+                st = e.stat(follow_symlinks=False)
+                if stat.S_ISDIR(st.st_mode):
+                    stack.append(path)
+                elif stat.S_ISREG(st.st_mode):
+                    out.append(CardFile(path, st.st_size, st.st_mtime))
+                # symlinks, device nodes, fifos: never followed, never collected
+        out.sort(key=lambda f: f.path)
+        return out
+
+    def _open_beneath(self, path: bytes, flags: int) -> tuple[int, int, bytes]:
+        """Walk to `path` with O_NOFOLLOW at every step; return (dir fd, file fd, name)."""
+        parts = _split(path)
+        dfd = os.open(self._card, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            for p in parts[:-1]:
+                nxt = os.open(p, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dfd)
+                os.close(dfd)
+                dfd = nxt
+            fd = os.open(parts[-1], flags | os.O_NOFOLLOW, dir_fd=dfd)
+        except OSError as e:
+            os.close(dfd)
+            self._check()
+            if e.errno in (errno.ELOOP, errno.ENOTDIR):
+                raise CardReadError(f"{path!r} is a link, not a file") from None
+            raise CardReadError(f"{path!r}: {e.strerror}") from None
+        return dfd, fd, parts[-1]
+
+    def open_file(self, path: bytes, offset: int = 0) -> SimulatedStream:
+        if not self._msdc:
+            raise ProtocolError("card read before SetMSDC")
+        rate = self._load().get("read_mb_s")
+        dfd, fd, _ = self._open_beneath(path, os.O_RDONLY)
+        os.close(dfd)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise CardReadError(f"{path!r} is not a regular file")
+        os.lseek(fd, offset, os.SEEK_SET)
+        return SimulatedStream(self, fd, float(rate) * 1e6 if rate else None)
+
+    def delete_file(self, path: bytes) -> None:
+        self._load()
+        dfd, fd, name = self._open_beneath(path, os.O_RDONLY)
+        try:
+            os.close(fd)
+            os.unlink(name, dir_fd=dfd)
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+
+class SimulatedStream:
+    """A card file being read, at most `rate` bytes per second."""
+
+    def __init__(self, session: SimulatedSession, fd: int, rate: float | None) -> None:
+        self.session = session
+        self.fd = fd
+        self.rate = rate
+        self._t0 = time.monotonic()
+        self._n = 0
+
+    def readinto(self, buffer: memoryview) -> int:
+        self.session._check()
+        try:
+            n = os.readv(self.fd, [buffer])
+        except OSError as e:
+            self.session._check()
+            raise CardReadError(f"read failed: {e.strerror}") from None
+        self.session.bytes_read += n
+        self._n += n
+        if self.rate:
+            ahead = self._n / self.rate - (time.monotonic() - self._t0)
+            if ahead > 0:
+                time.sleep(ahead)
+        return n
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+class SimulatedDriver(RecorderDriver):
+    """Recorders on the simulated bus."""
+
+    name = "simulated"
+
+    def match(self, device: DockedDevice) -> int:
+        return 100 if device.kind == "simulated" else 0
+
+    def open(self, device: DockedDevice, passwords: list[str]) -> SimulatedSession:
+        port_dir = Path(device.path)
+        for pw in passwords:
+            session = SimulatedSession(port_dir, pw)
+            try:
+                session.id_code()
+            except AuthFailed:
+                continue
+            return session
+        raise AuthFailed(f"none of {len(passwords)} configured passwords accepted")

@@ -1,0 +1,93 @@
+"""Alarms: raised once per (code, subject), counted while they persist, cleared when fixed."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sqlalchemy import select
+
+from station.catalog import Alarm, Catalog
+from station.catalog.db import append_event
+from station.catalog.models import utcnow
+
+log = logging.getLogger(__name__)
+
+SEVERITY = {
+    "storage_full": "critical",
+    "storage_low": "warning",
+    "disk_missing": "critical",
+    "disk_unhealthy": "critical",
+    "network_down": "warning",
+    "collection_failed": "warning",
+    "verify_failed": "critical",
+    "recorder_clock_drift": "info",
+    "battery_critical": "info",
+}
+
+
+@dataclass(frozen=True)
+class ActiveAlarm:
+    code: str
+    subject: str
+    severity: str
+    message: str
+    since: str
+
+
+class AlarmBook:
+    """The station's alarms, persisted in the catalog with their history."""
+
+    def __init__(self, catalog: Catalog, on_change: Callable[[], None] = lambda: None) -> None:
+        self.catalog = catalog
+        self.on_change = on_change
+
+    def raise_(self, code: str, message: str, subject: str = "") -> None:
+        """Raise (or refresh) an alarm; a repeat only bumps its count."""
+        with self.catalog.write() as s:
+            row = s.scalars(
+                select(Alarm).where(
+                    Alarm.code == code, Alarm.subject == subject, Alarm.cleared_at.is_(None)
+                )
+            ).first()
+            if row is not None:
+                row.count += 1
+                row.last_seen_at = utcnow()
+                row.message = message
+                return
+            s.add(
+                Alarm(
+                    code=code,
+                    subject=subject,
+                    severity=SEVERITY.get(code, "warning"),
+                    message=message,
+                )
+            )
+            append_event(s, "alarm_raised", message, code=code, subject=subject)
+        log.warning("alarm %s %s: %s", code, subject, message)
+        self.on_change()
+
+    def clear(self, code: str, subject: str = "") -> None:
+        with self.catalog.write() as s:
+            rows = s.scalars(
+                select(Alarm).where(
+                    Alarm.code == code, Alarm.subject == subject, Alarm.cleared_at.is_(None)
+                )
+            ).all()
+            for row in rows:
+                row.cleared_at = utcnow()
+                append_event(s, "alarm_cleared", row.message, code=code, subject=subject)
+        if rows:
+            log.info("alarm %s %s cleared", code, subject)
+            self.on_change()
+
+    def active(self) -> list[ActiveAlarm]:
+        with self.catalog.read() as s:
+            rows = s.scalars(
+                select(Alarm).where(Alarm.cleared_at.is_(None)).order_by(Alarm.raised_at)
+            ).all()
+        return [
+            ActiveAlarm(r.code, r.subject, r.severity, r.message, r.raised_at.isoformat())
+            for r in rows
+        ]

@@ -1,0 +1,25 @@
+"""The catalog: a SQLite file that knows every recorder, file, session and event."""
+
+from station.catalog.db import Catalog
+from station.catalog.models import (
+    Alarm,
+    CollectionSession,
+    Event,
+    IngestJob,
+    Officer,
+    Recorder,
+    StationState,
+    StoredFile,
+)
+
+__all__ = [
+    "Alarm",
+    "Catalog",
+    "CollectionSession",
+    "Event",
+    "IngestJob",
+    "Officer",
+    "Recorder",
+    "StationState",
+    "StoredFile",
+]

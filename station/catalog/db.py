@@ -1,0 +1,152 @@
+"""Opening the catalog: engines, pragmas, migrations, sessions and the event chain."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Engine, create_engine, event, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from station.catalog.models import Event, StationState, utcnow
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+GENESIS = "0" * 64
+
+
+def _engine(path: Path, begin: str) -> Engine:
+    engine = create_engine(f"sqlite:///{path}", connect_args={"check_same_thread": False})
+
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_conn: Any, _record: Any) -> None:
+        # Let SQLAlchemy's "begin" event issue BEGIN itself (pysqlite recipe).
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=FULL")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn: Any) -> None:
+        conn.exec_driver_sql(begin)
+
+    return engine
+
+
+class Catalog:
+    """The station's SQLite catalog.
+
+    Writers take `BEGIN IMMEDIATE` under a process-wide lock, so concurrent
+    collection workers (and the CLI in another process, through the busy
+    timeout) serialise cleanly instead of failing with SQLITE_BUSY.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._write_engine = _engine(self.path, "BEGIN IMMEDIATE")
+        self._read_engine = _engine(self.path, "BEGIN")
+        self._writes = sessionmaker(self._write_engine, expire_on_commit=False)
+        self._reads = sessionmaker(self._read_engine, expire_on_commit=False)
+        self._lock = threading.Lock()
+
+    def migrate(self) -> None:
+        """Bring the schema to the newest Alembic revision."""
+        cfg = Config()
+        cfg.set_main_option("script_location", str(MIGRATIONS))
+        with self._lock, self._write_engine.connect() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+            conn.commit()
+
+    @contextmanager
+    def write(self) -> Iterator[Session]:
+        """A read-write transaction, committed on success."""
+        with self._lock, self._writes() as session, session.begin():
+            yield session
+
+    @contextmanager
+    def read(self) -> Iterator[Session]:
+        """A read-only snapshot."""
+        with self._reads() as session:
+            yield session
+
+    def close(self) -> None:
+        self._write_engine.dispose()
+        self._read_engine.dispose()
+
+    # --- small persistent state -------------------------------------------------
+
+    def get_state(self, key: str, default: str | None = None) -> str | None:
+        with self.read() as s:
+            row = s.get(StationState, key)
+            return row.value if row else default
+
+    def set_state(self, key: str, value: str) -> None:
+        with self.write() as s:
+            s.merge(StationState(key=key, value=value))
+
+
+def event_hash(prev_hash: str, fields: dict[str, Any]) -> str:
+    """The chain hash of one event: SHA-256 over the previous hash and its fields."""
+    body = json.dumps(fields, sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256((prev_hash + body).encode()).hexdigest()
+
+
+def append_event(
+    session: Session,
+    kind: str,
+    message: str = "",
+    *,
+    actor: str = "station",
+    port: int | None = None,
+    serial: str | None = None,
+    officer_no: str | None = None,
+    file_id: int | None = None,
+    **data: Any,
+) -> Event:
+    """Append one entry to the system log inside the caller's write transaction."""
+    last = session.scalars(select(Event).order_by(Event.id.desc()).limit(1)).first()
+    prev = last.hash if last else GENESIS
+    at = utcnow()
+    payload = json.dumps(data, sort_keys=True, ensure_ascii=False, default=str)
+    fields = {
+        "at": at.isoformat(),
+        "kind": kind,
+        "actor": actor,
+        "port": port,
+        "serial": serial,
+        "officer_no": officer_no,
+        "file_id": file_id,
+        "message": message,
+        "data": payload,
+    }
+    ev = Event(
+        at=at,
+        kind=kind,
+        actor=actor,
+        port=port,
+        serial=serial,
+        officer_no=officer_no,
+        file_id=file_id,
+        message=message,
+        data=payload,
+        prev_hash=prev,
+        hash=event_hash(prev, fields),
+    )
+    session.add(ev)
+    session.flush()
+    log.info("event %s: %s", kind, message)
+    return ev

@@ -1,0 +1,215 @@
+"""The catalog schema: SQLAlchemy 2 typed models. Alembic owns the tables.
+
+Times are stored as UTC; `recorded_at` is the recorder's local wall time from
+the file name and is kept as it was read. Rows are tombstoned, never deleted.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from sqlalchemy import (
+    DateTime,
+    ForeignKey,
+    Index,
+    LargeBinary,
+    String,
+    Text,
+    TypeDecorator,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class UTCDateTime(TypeDecorator[dt.datetime]):
+    """An aware datetime stored as naive UTC (SQLite has no time zones)."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given where UTC is required")
+        return value.astimezone(dt.UTC).replace(tzinfo=None)
+
+    def process_result_value(
+        self, value: dt.datetime | None, dialect: Dialect
+    ) -> dt.datetime | None:
+        return None if value is None else value.replace(tzinfo=dt.UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Officer(Base):
+    __tablename__ = "officers"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    officer_no: Mapped[str] = mapped_column(String(32), unique=True)
+    name: Mapped[str] = mapped_column(String(64), default="")
+    unit_no: Mapped[str] = mapped_column(String(32), default="")
+    unit_name: Mapped[str] = mapped_column(String(64), default="")
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Recorder(Base):
+    """A recorder the station has seen; `status` says whether it may be collected."""
+
+    __tablename__ = "recorders"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    serial: Mapped[str] = mapped_column(String(32), unique=True)
+    id_code: Mapped[str] = mapped_column(String(16), default="")
+    officer_id: Mapped[int | None] = mapped_column(ForeignKey("officers.id"))
+    status: Mapped[str] = mapped_column(String(16), default="pending")  # pending|registered
+    registered_how: Mapped[str | None] = mapped_column(String(16))  # auto|manual
+    registered_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    registered_by: Mapped[str | None] = mapped_column(String(64))
+    first_seen_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_seen_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # the officer block as the recorder last reported it (it may lie, or change)
+    block_officer_no: Mapped[str] = mapped_column(String(32), default="")
+    block_officer_name: Mapped[str] = mapped_column(String(64), default="")
+    block_unit_no: Mapped[str] = mapped_column(String(32), default="")
+    block_unit_name: Mapped[str] = mapped_column(String(64), default="")
+    last_port: Mapped[int | None]
+    battery_percent: Mapped[int | None]
+    clock_drift_s: Mapped[float | None]
+
+    officer: Mapped[Officer | None] = relationship(lazy="joined")
+
+
+class CollectionSession(Base):
+    """One docking of one recorder, from identification to unplug."""
+
+    __tablename__ = "collection_sessions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    recorder_id: Mapped[int] = mapped_column(ForeignKey("recorders.id"), index=True)
+    port: Mapped[int]
+    started_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    ended_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    # running | complete | interrupted | failed | held
+    state: Mapped[str] = mapped_column(String(16), default="running")
+    files_total: Mapped[int] = mapped_column(default=0)
+    files_done: Mapped[int] = mapped_column(default=0)
+    bytes_total: Mapped[int] = mapped_column(default=0)
+    bytes_done: Mapped[int] = mapped_column(default=0)
+    bytes_read: Mapped[int] = mapped_column(default=0)  # card bytes actually read
+    battery_percent: Mapped[int | None]
+    clock_drift_s: Mapped[float | None]
+    error: Mapped[str | None] = mapped_column(Text)
+
+
+class IngestJob(Base):
+    """The persisted state machine of one card file's transfer.
+
+    copying -> verified -> stored -> cleared (or abandoned). Written before the
+    first byte moves, so a crash at any point resumes from `durable_offset`.
+    """
+
+    __tablename__ = "ingest_jobs"
+    __table_args__ = (Index("ix_ingest_jobs_card", "recorder_id", "card_path"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    recorder_id: Mapped[int] = mapped_column(ForeignKey("recorders.id"))
+    session_id: Mapped[int | None] = mapped_column(ForeignKey("collection_sessions.id"))
+    card_path: Mapped[bytes] = mapped_column(LargeBinary)
+    size: Mapped[int]
+    mtime: Mapped[float]
+    state: Mapped[str] = mapped_column(String(16), default="copying")
+    disk: Mapped[str] = mapped_column(Text)
+    temp_path: Mapped[str] = mapped_column(Text)
+    final_path: Mapped[str | None] = mapped_column(Text)  # relative to the disk
+    durable_offset: Mapped[int] = mapped_column(default=0)
+    prefix_sha256: Mapped[str | None] = mapped_column(String(64))  # of bytes [0, durable)
+    sha256: Mapped[str | None] = mapped_column(String(64))
+    file_id: Mapped[int | None] = mapped_column(ForeignKey("files.id"))
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+
+class StoredFile(Base):
+    """A collected file: where it lives, whose it is, and its verified hash."""
+
+    __tablename__ = "files"
+    __table_args__ = (
+        Index("ix_files_dedup", "recorder_id", "card_path", "size", "sha256"),
+        Index("ix_files_officer_time", "officer_id", "recorded_at"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    officer_id: Mapped[int] = mapped_column(ForeignKey("officers.id"))
+    recorder_id: Mapped[int] = mapped_column(ForeignKey("recorders.id"))
+    session_id: Mapped[int | None] = mapped_column(ForeignKey("collection_sessions.id"))
+    card_path: Mapped[bytes] = mapped_column(LargeBinary)
+    name: Mapped[str] = mapped_column(Text)  # the original name, decoded for people
+    disk: Mapped[str] = mapped_column(Text)
+    rel_path: Mapped[str] = mapped_column(Text)
+    size: Mapped[int]
+    sha256: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(8), default="other")
+    recorded_at: Mapped[dt.datetime | None] = mapped_column(DateTime)  # recorder wall time
+    collected_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    important: Mapped[bool] = mapped_column(default=False)
+    level: Mapped[str] = mapped_column(String(16), default="normal")
+    deleted_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    deleted_by: Mapped[str | None] = mapped_column(String(64))
+    delete_reason: Mapped[str | None] = mapped_column(Text)
+
+    officer: Mapped[Officer] = relationship(lazy="joined")
+    recorder: Mapped[Recorder] = relationship(lazy="joined")
+
+
+class Event(Base):
+    """The system log: append-only, each entry chained to the previous one's hash."""
+
+    __tablename__ = "events"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    kind: Mapped[str] = mapped_column(String(32), index=True)
+    actor: Mapped[str] = mapped_column(String(64), default="station")
+    port: Mapped[int | None]
+    serial: Mapped[str | None] = mapped_column(String(32))
+    officer_no: Mapped[str | None] = mapped_column(String(32))
+    file_id: Mapped[int | None]
+    message: Mapped[str] = mapped_column(Text, default="")
+    data: Mapped[str] = mapped_column(Text, default="{}")  # JSON
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64))
+
+
+class Alarm(Base):
+    """An alarm's lifecycle: raised, acknowledged, cleared."""
+
+    __tablename__ = "alarms"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    code: Mapped[str] = mapped_column(String(32), index=True)
+    subject: Mapped[str] = mapped_column(String(128), default="")  # which disk/port/...
+    severity: Mapped[str] = mapped_column(String(16))
+    message: Mapped[str] = mapped_column(Text)
+    raised_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_seen_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    count: Mapped[int] = mapped_column(default=1)
+    acked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    acked_by: Mapped[str | None] = mapped_column(String(64))
+    cleared_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+
+
+class StationState(Base):
+    """Small persistent facts about the station (the active disk, ...)."""
+
+    __tablename__ = "station_state"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)

@@ -1,0 +1,357 @@
+"""The `station` command (CONTRACT.md, "Commands")."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+import httpx
+
+from station.config import ConfigError, StationConfig, load_config
+
+log = logging.getLogger("station")
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _config(path: str | None) -> StationConfig:
+    try:
+        return load_config(path)
+    except ConfigError as e:
+        raise StationError(str(e)) from None
+
+
+config_option = click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="configuration file (default: $STATION_CONFIG)",
+)
+
+
+class StationError(click.ClickException):
+    """Bad configuration: the message names the key and the file; exit status 2."""
+
+    exit_code = 2
+
+
+@click.group()
+@click.option("-v", "--verbose", is_flag=True, help="debug logging")
+def cli(verbose: bool) -> None:
+    """Collection station for body-worn recorders."""
+    _setup_logging(verbose)
+
+
+def run_station(config: StationConfig, extra: Any = None) -> None:
+    """Run the daemon until SIGTERM or SIGINT; `extra(station, stop)` runs beside it."""
+    from station.daemon import Station
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        station = Station(config)
+        side = asyncio.create_task(extra(station, stop)) if extra else None
+        try:
+            await station.run(stop)
+        finally:
+            if side:
+                side.cancel()
+                await asyncio.gather(side, return_exceptions=True)
+
+    asyncio.run(main())
+
+
+@cli.command()
+@config_option
+def run(config_path: str | None) -> None:
+    """Run the station daemon."""
+    run_station(_config(config_path))
+
+
+@cli.command()
+@click.option(
+    "--data",
+    type=click.Path(file_okay=False),
+    default="./station-data",
+    show_default=True,
+    help="folder for the demo's disks, bus and catalog",
+)
+@click.option("--port", type=int, default=8080, show_default=True, help="UI/API port")
+@click.option(
+    "--interval",
+    type=float,
+    default=6.0,
+    show_default=True,
+    help="seconds between recorder dockings",
+)
+def demo(data: str, port: int, interval: float) -> None:
+    """A whole station with simulated recorders docking by themselves."""
+    from station.demo import prepare_demo, recorder_traffic
+
+    config, token = prepare_demo(Path(data).resolve(), port)
+    click.echo(f"demo station: UI on http://127.0.0.1:{port}/  (data in {Path(data).resolve()})")
+    click.echo(f"API token: {token}   config: {Path(data).resolve() / 'station.toml'}")
+    run_station(config, lambda st, stop: recorder_traffic(st, stop, interval))
+
+
+# --- the simulated bus -------------------------------------------------------------------
+
+
+@cli.group()
+def sim() -> None:
+    """Simulated recorders on a simulated bus."""
+
+
+@sim.command("dock")
+@click.argument("port", type=click.IntRange(1, 32))
+@click.option("--bus", type=click.Path(file_okay=False), required=True)
+@click.option("--serial", default="A000001", show_default=True)
+@click.option("--officer-no", default="000001", show_default=True)
+@click.option("--officer-name", default="")
+@click.option("--unit-no", default="")
+@click.option("--unit-name", default="")
+@click.option("--files", type=click.IntRange(0, 100000), default=5, show_default=True)
+@click.option("--imp", type=click.IntRange(0, 100000), default=1, show_default=True)
+@click.option(
+    "--size-mb",
+    type=click.FloatRange(0, 1e6),
+    default=2.0,
+    show_default=True,
+    help="about this size for each video",
+)
+@click.option("--read-mb-s", type=click.FloatRange(0.01, 1e5), default=None)
+@click.option("--password", default="000000", show_default=True)
+@click.option("--battery", type=click.IntRange(0, 100), default=80, show_default=True)
+@click.option("--clock-offset-s", type=float, default=0.0, show_default=True)
+@click.option("--id-code", default="ZFY01", show_default=True)
+@click.option("--seed", type=int, default=0)
+@click.option(
+    "--from",
+    "from_path",
+    type=click.Path(file_okay=False, exists=True),
+    default=None,
+    help="dock a recorder folder kept aside by `sim undock` instead of a new one",
+)
+def sim_dock(port: int, bus: str, from_path: str | None, seed: int, **fields: Any) -> None:
+    """Build a simulated recorder and dock it at PORT."""
+    from station.sim.recorder import RecorderSpec, SimError, build_and_dock, dock
+
+    try:
+        if from_path:
+            target = dock(Path(bus), port, Path(from_path))
+        else:
+            fields["read_mb_s"] = fields.pop("read_mb_s")
+            spec = RecorderSpec(**{k: v for k, v in fields.items()})
+            target = build_and_dock(Path(bus), port, spec, seed)
+    except SimError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(str(target))
+
+
+@sim.command("undock")
+@click.argument("port", type=click.IntRange(1, 32))
+@click.option("--bus", type=click.Path(file_okay=False), required=True)
+def sim_undock(port: int, bus: str) -> None:
+    """Unplug the recorder at PORT; print where its folder was kept."""
+    from station.sim.recorder import SimError, undock
+
+    try:
+        click.echo(str(undock(Path(bus), port)))
+    except SimError as e:
+        raise click.ClickException(str(e)) from None
+
+
+# --- status --------------------------------------------------------------------------------
+
+
+def _api_get(config: StationConfig, path: str, **params: Any) -> Any:
+    host = config.web.host if config.web.host not in ("0.0.0.0", "::") else "127.0.0.1"
+    url = f"http://{host}:{config.web.port}{path}"
+    headers = {"Authorization": f"Bearer {config.api.tokens[0]}"} if config.api.tokens else {}
+    try:
+        r = httpx.get(url, params=params, headers=headers, timeout=10)
+    except httpx.HTTPError as e:
+        raise click.ClickException(f"the station daemon is not answering at {url}: {e}") from None
+    if r.status_code != 200:
+        raise click.ClickException(f"{url}: HTTP {r.status_code} {r.text[:200]}")
+    return r.json()
+
+
+@cli.command()
+@config_option
+@click.option("--json", "as_json", is_flag=True, help="print the raw JSON")
+def status(config_path: str | None, as_json: bool) -> None:
+    """The station's status (the same data as GET /api/v1/status)."""
+    data = _api_get(_config(config_path), "/api/v1/status")
+    if as_json:
+        click.echo(json.dumps(data, ensure_ascii=False, indent=2))
+        return
+    st = data["station"]
+    click.echo(
+        f"{st['id']} {st['name']}  {st['time']}  mode={st['mode']}  "
+        f"network={'online' if data['network']['online'] else 'offline'}"
+    )
+    for d in data["disks"]:
+        click.echo(
+            f"  disk {d['path']}: {d['free_bytes'] / 1e9:.1f} GB free of "
+            f"{d['total_bytes'] / 1e9:.1f} GB {'(active) ' if d['active'] else ''}"
+            f"{d['health']}"
+        )
+    for s in data["slots"]:
+        rec = s["recorder"] or {}
+        click.echo(
+            f"  port {s['port']}: {s['state']:<12} {rec.get('serial', ''):<8} "
+            f"{rec.get('officer_no', ''):<8} {s['files_done']}/{s['files_total']} files "
+            f"{s['error'] or ''}"
+        )
+    for a in data["alarms"]:
+        click.echo(f"  ALARM {a['severity']} {a['code']}: {a['message']}")
+
+
+# --- recorders and files -------------------------------------------------------------------
+
+
+def _catalog(config: StationConfig) -> Any:
+    from station.catalog import Catalog
+
+    catalog = Catalog(config.database_path)
+    catalog.migrate()
+    return catalog
+
+
+@cli.group()
+def recorders() -> None:
+    """Registered and pending recorders."""
+
+
+@recorders.command("list")
+@config_option
+@click.option("--json", "as_json", is_flag=True)
+def recorders_list(config_path: str | None, as_json: bool) -> None:
+    """Every recorder the station has seen."""
+    from sqlalchemy import select
+
+    from station.catalog import Recorder
+
+    catalog = _catalog(_config(config_path))
+    with catalog.read() as s:
+        rows = [
+            {
+                "serial": r.serial,
+                "status": r.status,
+                "officer_no": r.officer.officer_no if r.officer else None,
+                "reported_officer_no": r.block_officer_no,
+                "registered_how": r.registered_how,
+                "registered_by": r.registered_by,
+                "registered_at": r.registered_at.isoformat() if r.registered_at else None,
+                "last_seen_at": r.last_seen_at.isoformat(),
+                "last_port": r.last_port,
+                "battery_percent": r.battery_percent,
+                "clock_drift_s": r.clock_drift_s,
+            }
+            for r in s.scalars(select(Recorder).order_by(Recorder.serial))
+        ]
+    if as_json:
+        click.echo(json.dumps(rows, ensure_ascii=False, indent=2))
+        return
+    for r in rows:
+        click.echo(
+            f"{r['serial']:<10} {r['status']:<11} officer={r['officer_no'] or '-':<8} "
+            f"reports={r['reported_officer_no']:<8} port={r['last_port']} "
+            f"seen={r['last_seen_at']}"
+        )
+
+
+@recorders.command("approve")
+@click.argument("serial")
+@config_option
+@click.option(
+    "--officer-no",
+    default=None,
+    help="bind to this officer (default: the one the recorder reports)",
+)
+@click.option("--by", default="administrator", show_default=True, help="who approves")
+def recorders_approve(
+    serial: str, config_path: str | None, officer_no: str | None, by: str
+) -> None:
+    """Register a recorder held in manual mode (S36)."""
+    from station.registration import RegistrationError, approve
+
+    catalog = _catalog(_config(config_path))
+    try:
+        r = approve(catalog, serial, officer_no=officer_no, by=by)
+    except RegistrationError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"{r.serial} registered")
+
+
+@cli.group()
+def files() -> None:
+    """Collected files."""
+
+
+@files.command("list")
+@config_option
+@click.option("--officer-no", default=None)
+@click.option("--serial", default=None)
+@click.option("--important", type=bool, default=None)
+@click.option("--limit", type=click.IntRange(1, 100000), default=100, show_default=True)
+@click.option("--offset", type=click.IntRange(0), default=0)
+@click.option("--json", "as_json", is_flag=True)
+def files_list(
+    config_path: str | None,
+    officer_no: str | None,
+    serial: str | None,
+    important: bool | None,
+    limit: int,
+    offset: int,
+    as_json: bool,
+) -> None:
+    """Collected files, newest first."""
+    from zoneinfo import ZoneInfo
+
+    from station.daemon import list_files
+
+    config = _config(config_path)
+    tz = ZoneInfo(config.station.timezone) if config.station.timezone else None
+    data = list_files(
+        _catalog(config),
+        tz,
+        officer_no=officer_no,
+        serial=serial,
+        important=important,
+        limit=limit,
+        offset=offset,
+    )
+    if as_json:
+        click.echo(json.dumps(data, ensure_ascii=False, indent=2))
+        return
+    for f in data["items"]:
+        click.echo(
+            f"{f['id']:>6} {f['officer_no']:<8} {f['serial']:<8} {f['size']:>12} "
+            f"{'IMP ' if f['important'] else '    '}{f['sha256'][:12]} {f['stored_path']}"
+        )
+    click.echo(f"{data['total']} file(s)")
+
+
+def main() -> None:
+    try:
+        cli(standalone_mode=True)
+    except ConfigError as e:
+        click.echo(str(e), err=True)
+        sys.exit(2)

@@ -1,0 +1,412 @@
+"""One docked recorder, from identification to "you may unplug".
+
+A `Collector` runs in a worker thread per docked recorder. It writes what it
+is doing into its `Slot` (which the screen and the API read) and everything
+that matters into the catalog's event log.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import select
+
+from drivers.base import (
+    AuthFailed,
+    CardFile,
+    CardReadError,
+    DeviceGone,
+    DockedDevice,
+    DriverRegistry,
+    OfficerInfo,
+    RecorderError,
+    RecorderSession,
+)
+from station.alarms import AlarmBook
+from station.catalog import Catalog, CollectionSession, Officer, Recorder
+from station.catalog.db import append_event
+from station.catalog.models import utcnow
+from station.config import StationConfig
+from station.ingest import FileIngest, Interrupted, Owner, StorageFull, VerifyFailed
+from station.names import parse_card_path
+from station.registration import officer_for
+from station.store import Store
+
+log = logging.getLogger(__name__)
+
+HOLD_POLL_S = 1.0
+STORAGE_RETRY_S = 5.0
+
+
+@dataclass
+class Slot:
+    """What one physical port is doing right now (read by the screen and the API)."""
+
+    port: int
+    state: str = "empty"  # empty|identifying|unregistered|collecting|complete|error
+    generation: int = 0  # bumps on every dock and undock
+    recorder: dict[str, str] | None = None
+    battery_percent: int | None = None
+    files_total: int = 0
+    files_done: int = 0
+    bytes_total: int = 0
+    bytes_done: int = 0
+    error: str | None = None
+    session_id: int | None = None
+    started_at: float | None = None
+    rate_samples: list[tuple[float, int]] = field(default_factory=list)
+
+    def reset(self) -> None:
+        gen = self.generation + 1
+        self.__dict__.update(Slot(self.port).__dict__)
+        self.generation = gen
+
+    def bytes_per_s(self) -> float:
+        s = self.rate_samples
+        if len(s) < 2 or s[-1][0] <= s[0][0]:
+            return 0.0
+        return (s[-1][1] - s[0][1]) / (s[-1][0] - s[0][0])
+
+
+@dataclass
+class Services:
+    """What a collector needs from the station."""
+
+    config: StationConfig
+    catalog: Catalog
+    store: Store
+    drivers: DriverRegistry
+    alarms: AlarmBook
+    tz: ZoneInfo | None
+    notify: Callable[[], None]  # thread-safe: something on screen changed
+    registration_mode: Callable[[], str]
+
+
+class Collector:
+    """Collects one recorder docked at one port."""
+
+    def __init__(
+        self, services: Services, slot: Slot, device: DockedDevice, stop: threading.Event
+    ) -> None:
+        self.sv = services
+        self.slot = slot
+        self.device = device
+        self.stop = stop
+        self.generation = slot.generation
+        self._last_notify = 0.0
+
+    # --- slot updates (ignored once the port moved on to another docking) ----------------
+
+    def _current(self) -> bool:
+        return self.slot.generation == self.generation
+
+    def _set(self, **fields: object) -> None:
+        if self._current():
+            self.slot.__dict__.update(fields)
+            self.sv.notify()
+
+    def _progress(self, n: int) -> None:
+        if not self._current():
+            return
+        self.slot.bytes_done += n
+        now = time.monotonic()
+        self.slot.rate_samples.append((now, self.slot.bytes_done))
+        while len(self.slot.rate_samples) > 2 and now - self.slot.rate_samples[0][0] > 5:
+            self.slot.rate_samples.pop(0)
+        if now - self._last_notify > 0.25:
+            self._last_notify = now
+            self.sv.notify()
+
+    def _event(self, kind: str, message: str = "", **data: object) -> None:
+        rec = self.slot.recorder or {}
+        with self.sv.catalog.write() as s:
+            append_event(
+                s,
+                kind,
+                message,
+                port=self.slot.port,
+                serial=rec.get("serial"),
+                officer_no=rec.get("officer_no"),
+                **data,
+            )
+
+    # --- the flow ------------------------------------------------------------------------
+
+    def run(self) -> str:
+        """Collect the recorder; returns how it ended (complete|held|gone|error|stopped)."""
+        self._set(state="identifying", started_at=time.time())
+        driver = self.sv.drivers.best(self.device)
+        if driver is None:
+            self._event(
+                "device_ignored",
+                f"not a recorder: {self.device.kind} "
+                f"{self.device.vendor_id}:{self.device.product_id}",
+            )
+            self._set(state="error", error="not a recorder: ignored")
+            return "error"
+        try:
+            with driver.open(self.device, self.sv.config.recorders.passwords) as rec:
+                return self._collect(rec)
+        except AuthFailed as e:
+            self._event("recorder_auth_failed", str(e))
+            self._set(state="error", error="wrong device password")
+            return "error"
+        except DeviceGone:
+            self._ended("interrupted", "recorder unplugged")
+            return "gone"
+        except Interrupted:
+            self._ended("interrupted", "station stopping")
+            return "stopped"
+        except RecorderError as e:
+            self._event("collection_failed", str(e))
+            self._ended("failed", str(e))
+            self._set(state="error", error=str(e))
+            return "error"
+        except Exception as e:
+            log.exception("port %s: collection crashed", self.slot.port)
+            self._ended("failed", f"internal error: {e}")
+            self._set(state="error", error=f"internal error: {e}")
+            return "error"
+
+    def _collect(self, rec: RecorderSession) -> str:
+        id_code = rec.id_code()
+        info = rec.officer_info()
+        battery = rec.battery_percent()
+        self._set(
+            recorder={
+                "serial": info.serial,
+                "officer_no": info.officer_no,
+                "officer_name": info.officer_name,
+                "unit_no": info.unit_no,
+                "unit_name": info.unit_name,
+                "id_code": id_code,
+            },
+            battery_percent=battery,
+        )
+        self._event(
+            "recorder_identified",
+            f"{info.serial} officer {info.officer_no}",
+            id_code=id_code,
+            battery_percent=battery,
+        )
+        owner_officer = self._registration(rec, info, id_code, battery)
+        if owner_officer is None:
+            return "held" if rec.alive() else "gone"
+        recorder_id, officer_id, officer = owner_officer
+        # the bound officer is who the files belong to; show that, not the block's claim
+        self._set(
+            recorder={
+                **(self.slot.recorder or {}),
+                "officer_no": officer.officer_no,
+                "officer_name": officer.name,
+                "unit_no": officer.unit_no,
+                "unit_name": officer.unit_name,
+            }
+        )
+        drift = rec.set_clock(dt.datetime.now(self.sv.tz))
+        with self.sv.catalog.write() as s:
+            sess = CollectionSession(
+                recorder_id=recorder_id,
+                port=self.slot.port,
+                battery_percent=battery,
+                clock_drift_s=drift,
+            )
+            s.add(sess)
+            r = s.get(Recorder, recorder_id)
+            assert r is not None
+            r.clock_drift_s, r.battery_percent = drift, battery
+            s.flush()
+            session_id = sess.id
+            append_event(
+                s,
+                "clock_set",
+                f"drift {drift} s",
+                port=self.slot.port,
+                serial=info.serial,
+                officer_no=officer.officer_no,
+                drift_s=drift,
+            )
+        self._set(session_id=session_id)
+        threshold = self.sv.config.recorders.clock_drift_alarm_s
+        if drift is not None and abs(drift) > threshold:
+            self.sv.alarms.raise_(
+                "recorder_clock_drift",
+                f"recorder {info.serial} clock was off by {drift:.0f} s",
+                subject=info.serial,
+            )
+        rec.enter_mass_storage()
+        files = sorted(
+            rec.list_files(), key=lambda f: (not parse_card_path(f.path).important, f.path)
+        )
+        self._set(
+            state="collecting",
+            files_total=len(files),
+            bytes_total=sum(f.size for f in files),
+            files_done=0,
+            bytes_done=0,
+        )
+        owner = Owner(
+            recorder_id, info.serial, officer_id, officer.officer_no, session_id, self.slot.port
+        )
+        ingest = FileIngest(
+            self.sv.catalog,
+            self.sv.store,
+            rec,
+            owner,
+            chunk=self.sv.config.store.chunk_kb * 1024,
+            sync_every=self.sv.config.store.sync_every_mb * 1024 * 1024,
+            tz=self.sv.tz,
+            stop=self.stop,
+            progress=self._progress,
+        )
+        failures = self._ingest_all(ingest, rec, files)
+        if failures:
+            msg = f"{len(failures)} file(s) kept on the recorder: {failures[0]}"
+            self._ended("failed", msg)
+            self._set(state="error", error=msg)
+            self.sv.alarms.raise_(
+                "collection_failed", f"port {self.slot.port}: {msg}", subject=info.serial
+            )
+            return "error"
+        self._ended("complete", None)
+        self._set(state="complete", error=None)
+        self.sv.alarms.clear("collection_failed", subject=info.serial)
+        return "complete"
+
+    def _ingest_all(
+        self, ingest: FileIngest, rec: RecorderSession, files: list[CardFile]
+    ) -> list[str]:
+        failures: list[str] = []
+        for cf in files:
+            done_before = self.slot.bytes_done
+            while True:
+                try:
+                    ingest.collect(cf)
+                    break
+                except StorageFull as e:
+                    self._wait_for_space(rec, cf, str(e))
+                    self._set(bytes_done=done_before)
+                except (CardReadError, VerifyFailed) as e:
+                    name = parse_card_path(cf.path).display
+                    log.warning("port %s: %s: %s", self.slot.port, name, e)
+                    self._event("file_failed", f"{name}: {e}")
+                    if isinstance(e, VerifyFailed):
+                        self.sv.alarms.raise_(
+                            "verify_failed", f"{name}: {e}", subject=f"port{self.slot.port}"
+                        )
+                    failures.append(f"{name}: {e}")
+                    break
+            self._set(files_done=self.slot.files_done + 1, bytes_done=done_before + cf.size)
+            self._save_progress()
+        return failures
+
+    def _wait_for_space(self, rec: RecorderSession, cf: CardFile, why: str) -> None:
+        """No disk has room: raise the alarm, touch nothing on the card, wait for space."""
+        self.sv.alarms.raise_("storage_full", f"all store disks are full ({why})")
+        self._set(state="error", error="storage full: files kept on the recorder")
+        self._event("collection_paused", f"storage full: {why}")
+        while self.sv.store.pick(cf.size) is None:
+            if self.stop.wait(STORAGE_RETRY_S):
+                raise Interrupted()
+            if not rec.alive():
+                raise DeviceGone("unplugged while waiting for space")
+        self.sv.alarms.clear("storage_full")
+        self._set(state="collecting", error=None)
+
+    def _save_progress(self) -> None:
+        if self.slot.session_id is None or not self._current():
+            return
+        with self.sv.catalog.write() as s:
+            sess = s.get(CollectionSession, self.slot.session_id)
+            if sess is not None:
+                sess.files_total, sess.files_done = self.slot.files_total, self.slot.files_done
+                sess.bytes_total, sess.bytes_done = self.slot.bytes_total, self.slot.bytes_done
+
+    def _ended(self, state: str, error: str | None) -> None:
+        sid = self.slot.session_id if self._current() else None
+        if sid is None:
+            return
+        self._save_progress()
+        with self.sv.catalog.write() as s:
+            sess = s.get(CollectionSession, sid)
+            if sess is not None and sess.ended_at is None:
+                sess.state, sess.ended_at, sess.error = state, utcnow(), error
+                rec = self.slot.recorder or {}
+                append_event(
+                    s,
+                    f"collection_{state}",
+                    error or "",
+                    port=self.slot.port,
+                    serial=rec.get("serial"),
+                    officer_no=rec.get("officer_no"),
+                    session_id=sid,
+                )
+
+    # --- registration (S36) ------------------------------------------------------------
+
+    def _registration(
+        self, rec: RecorderSession, info: OfficerInfo, id_code: str, battery: int
+    ) -> tuple[int, int, Officer] | None:
+        """The registered recorder and its officer; holds here while not registered."""
+        while True:
+            mode = self.sv.registration_mode()
+            with self.sv.catalog.write() as s:
+                r = s.scalars(select(Recorder).where(Recorder.serial == info.serial)).first()
+                if r is None:
+                    r = Recorder(serial=info.serial, status="pending")
+                    s.add(r)
+                    append_event(
+                        s,
+                        "recorder_seen",
+                        f"new recorder {info.serial}",
+                        port=self.slot.port,
+                        serial=info.serial,
+                        officer_no=info.officer_no,
+                    )
+                r.id_code, r.last_seen_at, r.last_port = id_code, utcnow(), self.slot.port
+                r.battery_percent = battery
+                r.block_officer_no, r.block_officer_name = info.officer_no, info.officer_name
+                r.block_unit_no, r.block_unit_name = info.unit_no, info.unit_name
+                if r.status != "registered" and mode == "auto":
+                    officer = officer_for(s, info)
+                    r.status, r.officer_id = "registered", officer.id
+                    r.registered_how, r.registered_at, r.registered_by = "auto", utcnow(), "station"
+                    s.flush()
+                    append_event(
+                        s,
+                        "recorder_registered",
+                        f"{info.serial} assigned to officer {officer.officer_no}",
+                        port=self.slot.port,
+                        serial=info.serial,
+                        officer_no=officer.officer_no,
+                        how="auto",
+                    )
+                if r.status == "registered" and r.officer_id is not None:
+                    officer = s.get(Officer, r.officer_id)
+                    assert officer is not None
+                    if officer.officer_no != info.officer_no:
+                        append_event(
+                            s,
+                            "officer_mismatch",
+                            f"recorder says officer {info.officer_no}, registered to "
+                            f"{officer.officer_no}; files go to the registered officer",
+                            port=self.slot.port,
+                            serial=info.serial,
+                            officer_no=officer.officer_no,
+                        )
+                    s.expunge(officer)
+                    return r.id, officer.id, officer
+            # manual mode: hold, collect nothing, delete nothing, until approved or unplugged
+            if self.slot.state != "unregistered":
+                self._set(state="unregistered")
+                self._event("recorder_held", "waiting for an administrator to register it")
+            if self.stop.wait(HOLD_POLL_S):
+                raise Interrupted()
+            if not rec.alive():
+                raise DeviceGone("unplugged while waiting for registration")

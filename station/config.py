@@ -1,0 +1,170 @@
+"""Station configuration: one TOML file, validated strictly.
+
+Unknown keys and bad values are refused with a message naming the key and the
+file: a station that silently ignores a misspelt `min_free_mb` is a station that
+fills its disk.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message names the key and file."""
+
+    exit_code = 2
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class StationSection(_Section):
+    id: str = "STATION-0001"
+    name: str = "Collection station"
+    timezone: str | None = None  # IANA name; None = the system's local time
+
+
+class StoreSection(_Section):
+    disks: list[Path] = Field(default_factory=lambda: [Path("/srv/disk1"), Path("/srv/disk2")])
+    min_free_mb: Annotated[int, Field(ge=0)] = 1024
+    sync_every_mb: Annotated[int, Field(ge=1, le=1024)] = 16  # fdatasync + durable offset
+    chunk_kb: Annotated[int, Field(ge=64, le=16384)] = 1024
+
+    @field_validator("disks")
+    @classmethod
+    def _disks(cls, v: list[Path]) -> list[Path]:
+        if not v:
+            raise ValueError("at least one disk is needed")
+        if len(set(v)) != len(v):
+            raise ValueError("a disk is listed twice")
+        return v
+
+
+class DatabaseSection(_Section):
+    url: str = "sqlite:////var/lib/station/catalog.db"
+
+    @field_validator("url")
+    @classmethod
+    def _sqlite(cls, v: str) -> str:
+        if not v.startswith("sqlite:///"):
+            raise ValueError("only sqlite:/// URLs are supported")
+        return v
+
+
+class BusSection(_Section):
+    kind: Literal["udev", "simulated"] = "udev"
+    path: Path = Path("/run/station/simbus")
+    ports: Annotated[int, Field(ge=1, le=32)] = 8
+    # physical port -> USB port path (kernel port name like "1-1.2" or udev ID_PATH)
+    port_map: dict[int, str] = Field(default_factory=dict)
+    debounce_ms: Annotated[int, Field(ge=0, le=5000)] = 200
+
+
+class RegistrationSection(_Section):
+    mode: Literal["auto", "manual"] = "auto"
+
+
+class RetentionSection(_Section):
+    days: Annotated[int, Field(ge=1)] = 180
+
+
+class WebSection(_Section):
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)] = 8080
+
+
+class ApiSection(_Section):
+    tokens: list[str] = Field(default_factory=list)
+
+    @field_validator("tokens")
+    @classmethod
+    def _tokens(cls, v: list[str]) -> list[str]:
+        for t in v:
+            if len(t) < 16:
+                raise ValueError("each token must be at least 16 characters")
+        return v
+
+
+class RecordersSection(_Section):
+    passwords: list[str] = Field(default_factory=lambda: ["000000", "123456"])
+    clock_drift_alarm_s: Annotated[float, Field(ge=0)] = 60.0
+
+
+class NetworkSection(_Section):
+    check: str | None = None  # "host:port" reached with a TCP connect; None = link state
+    interval_s: Annotated[float, Field(gt=0)] = 10.0
+
+
+class StationConfig(BaseSettings):
+    """The whole configuration file."""
+
+    model_config = SettingsConfigDict(extra="forbid")
+
+    station: StationSection = Field(default_factory=StationSection)
+    store: StoreSection = Field(default_factory=StoreSection)
+    database: DatabaseSection = Field(default_factory=DatabaseSection)
+    bus: BusSection = Field(default_factory=BusSection)
+    registration: RegistrationSection = Field(default_factory=RegistrationSection)
+    retention: RetentionSection = Field(default_factory=RetentionSection)
+    web: WebSection = Field(default_factory=WebSection)
+    api: ApiSection = Field(default_factory=ApiSection)
+    recorders: RecordersSection = Field(default_factory=RecordersSection)
+    network: NetworkSection = Field(default_factory=NetworkSection)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The file is the single source of truth: no environment overrides.
+        return (init_settings,)
+
+    @property
+    def database_path(self) -> Path:
+        return Path(self.database.url.removeprefix("sqlite:///"))
+
+
+def _describe(err: ValidationError, source: str) -> str:
+    lines = [f"{source}: invalid configuration"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"])
+        msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
+        lines.append(f"  {key}: {msg}")
+    return "\n".join(lines)
+
+
+def parse_config(data: dict[str, Any], source: str = "<config>") -> StationConfig:
+    """Validate a configuration mapping; ConfigError names the bad keys and the source."""
+    try:
+        return StationConfig(**data)
+    except ValidationError as e:
+        raise ConfigError(_describe(e, source)) from None
+
+
+def load_config(path: str | os.PathLike[str] | None) -> StationConfig:
+    """Read and validate a TOML file (`STATION_CONFIG` when `path` is None)."""
+    if path is None:
+        path = os.environ.get("STATION_CONFIG")
+        if not path:
+            raise ConfigError("no configuration: pass --config FILE or set STATION_CONFIG")
+    p = Path(path)
+    try:
+        with p.open("rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: configuration file not found") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{p}: not valid TOML: {e}") from None
+    return parse_config(data, str(p))

@@ -1,0 +1,388 @@
+"""The station daemon: one asyncio loop owning the ports, the workers and the web server.
+
+Blocking work (driver calls, copying, hashing, fsync, catalog writes) runs in
+a thread pool; workers report back through `notify`, which is safe to call
+from any thread. uvicorn serves the API and the touchscreen from this same loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import uvicorn
+from sqlalchemy import func, select
+
+from drivers.base import DriverRegistry
+from drivers.simulated import SimulatedDriver
+from station import __version__
+from station.alarms import AlarmBook
+from station.bus import Bus, PortChange, PortWatcher
+from station.catalog import Catalog, CollectionSession, Officer, Recorder, StoredFile
+from station.catalog.db import append_event
+from station.catalog.models import utcnow
+from station.collector import Collector, Services, Slot
+from station.config import StationConfig
+from station.network import check_network
+from station.store import Store
+
+log = logging.getLogger(__name__)
+
+DISK_CHECK_S = 5.0
+
+
+def default_drivers() -> DriverRegistry:
+    return DriverRegistry([SimulatedDriver()])
+
+
+def make_bus(config: StationConfig) -> Bus:
+    if config.bus.kind == "simulated":
+        from station.bus.simulated import SimulatedBus
+
+        return SimulatedBus(config.bus.path, config.bus.ports)
+    from station.bus.udev import UdevBus
+
+    return UdevBus(config.bus.port_map)
+
+
+class _Server(uvicorn.Server):
+    """uvicorn inside our loop: the station, not uvicorn, owns the signals."""
+
+    def install_signal_handlers(self) -> None:  # uvicorn < 0.29
+        pass
+
+    def capture_signals(self) -> Any:  # uvicorn >= 0.29
+        import contextlib
+
+        return contextlib.nullcontext()
+
+
+class Station:
+    """The facade the web layer and the CLI talk to."""
+
+    def __init__(
+        self,
+        config: StationConfig,
+        *,
+        bus: Bus | None = None,
+        drivers: DriverRegistry | None = None,
+    ) -> None:
+        self.config = config
+        self.tz = ZoneInfo(config.station.timezone) if config.station.timezone else None
+        self.catalog = Catalog(config.database_path)
+        self.store = Store(config.store.disks, config.store.min_free_mb)
+        self.drivers = drivers or default_drivers()
+        self.bus = bus or make_bus(config)
+        self.slots = {p: Slot(p) for p in range(1, config.bus.ports + 1)}
+        self.network_online: bool | None = None
+        self.version = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._changed = asyncio.Event()
+        self._stop_workers = threading.Event()
+        self._workers: dict[int, asyncio.Future[str]] = {}
+        self._executor = ThreadPoolExecutor(
+            max_workers=config.bus.ports + 4, thread_name_prefix="station"
+        )
+        self.alarms = AlarmBook(self.catalog, self.notify)
+        self.watcher = PortWatcher(
+            self.bus, self._on_port_change, debounce_s=config.bus.debounce_ms / 1000
+        )
+        self.services = Services(
+            config,
+            self.catalog,
+            self.store,
+            self.drivers,
+            self.alarms,
+            self.tz,
+            self.notify,
+            lambda: self.config.registration.mode,
+        )
+
+    # --- change notification ----------------------------------------------------------
+
+    def notify(self) -> None:
+        """Something visible changed. Safe from any thread."""
+        if self._loop is None:
+            return
+        with contextlib.suppress(RuntimeError):  # loop closed during shutdown
+            self._loop.call_soon_threadsafe(self._bump)
+
+    def _bump(self) -> None:
+        self.version += 1
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def wait_change(self, version: int, timeout: float) -> int:
+        """Wait until the status version moves past `version` (or the timeout)."""
+        if self.version == version:
+            ev = self._changed
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(ev.wait(), timeout)
+        return self.version
+
+    # --- life cycle ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._loop.set_default_executor(self._executor)
+        await self._loop.run_in_executor(None, self._prepare)
+        await self.watcher.start()
+
+    def _prepare(self) -> None:
+        self.catalog.migrate()
+        self.store.active = int(self.catalog.get_state("active_disk", "0") or 0)
+        self.store.prepare()
+        with self.catalog.write() as s:
+            stale = s.scalars(
+                select(CollectionSession).where(CollectionSession.state.in_(("running", "held")))
+            ).all()
+            for sess in stale:
+                sess.state, sess.ended_at = "interrupted", utcnow()
+                sess.error = "station stopped during collection"
+            append_event(
+                s, "station_started", f"version {__version__}", interrupted_sessions=len(stale)
+            )
+        self._check_disks()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run until `stop` is set: watcher, web server and periodic checks."""
+        await self.start()
+        from web.app import create_app
+
+        server = _Server(
+            uvicorn.Config(
+                create_app(self),
+                host=self.config.web.host,
+                port=self.config.web.port,
+                log_level="warning",
+                lifespan="off",
+                access_log=False,
+            )
+        )
+        tasks = [
+            asyncio.create_task(server.serve(), name="web"),
+            asyncio.create_task(self._periodic(stop), name="periodic"),
+        ]
+        log.info(
+            "station %s running, UI on http://%s:%s/",
+            self.config.station.id,
+            self.config.web.host,
+            self.config.web.port,
+        )
+        stopper = asyncio.create_task(stop.wait())
+        done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
+        for t in done:
+            if t is not stopper and t.exception():
+                log.error("%s failed: %s", t.get_name(), t.exception())
+        server.should_exit = True
+        await self.shutdown()
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def shutdown(self) -> None:
+        self._stop_workers.set()
+        self.watcher.stop()
+        if self._workers:
+            await asyncio.gather(*self._workers.values(), return_exceptions=True)
+        self.catalog.set_state("active_disk", str(self.store.active))
+        self._executor.shutdown(wait=True)
+        self.catalog.close()
+
+    async def _periodic(self, stop: asyncio.Event) -> None:
+        loop = asyncio.get_running_loop()
+        next_net = 0.0
+        while not stop.is_set():
+            await loop.run_in_executor(None, self._check_disks)
+            if loop.time() >= next_net:
+                next_net = loop.time() + self.config.network.interval_s
+                online = await loop.run_in_executor(None, check_network, self.config.network.check)
+                if online != self.network_online:
+                    self.network_online = online
+                    self.notify()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), DISK_CHECK_S)
+
+    def _check_disks(self) -> None:
+        for d in self.store.disks:
+            if d.present():
+                self.alarms.clear("disk_missing", str(d.path))
+            else:
+                self.alarms.raise_("disk_missing", f"store disk {d.path} is missing", str(d.path))
+        if self.store.pick(0) is not None:
+            self.alarms.clear("storage_full")
+        saved = self.catalog.get_state("active_disk")
+        if saved != str(self.store.active):
+            self.catalog.set_state("active_disk", str(self.store.active))
+
+    # --- ports ----------------------------------------------------------------------------
+
+    def _on_port_change(self, change: PortChange) -> None:
+        slot = self.slots.get(change.port)
+        if slot is None:
+            return
+        if change.old is not None:
+            log.info("port %s: undocked", change.port)
+            slot.reset()
+            with self.catalog.write() as s:
+                append_event(s, "recorder_undocked", port=change.port)
+        if change.new is not None:
+            log.info("port %s: docked %s", change.port, change.new.key)
+            slot.reset()
+            with self.catalog.write() as s:
+                append_event(
+                    s, "device_docked", change.new.kind, port=change.port, key=change.new.key
+                )
+            collector = Collector(self.services, slot, change.new, self._stop_workers)
+            assert self._loop is not None
+            fut = self._loop.run_in_executor(None, collector.run)
+            self._workers[change.port] = fut
+            fut.add_done_callback(lambda f, p=change.port, d=change.new: self._worker_done(p, d, f))
+        self.notify()
+
+    def _worker_done(self, port: int, device: Any, fut: asyncio.Future[str]) -> None:
+        if self._workers.get(port) is fut:
+            del self._workers[port]
+        if fut.cancelled() or fut.exception() or self._stop_workers.is_set():
+            return
+        if fut.result() == "gone":
+            # The worker saw the device vanish; make sure a quick re-dock is seen as new.
+            snap = self.watcher.snapshot.get(port)
+            if snap is not None and snap.key == device.key:
+                del self.watcher.snapshot[port]
+                self.watcher.poke()
+
+    # --- what the API shows -------------------------------------------------------------
+
+    def now(self) -> dt.datetime:
+        return dt.datetime.now(self.tz).astimezone(self.tz)
+
+    def status(self) -> dict[str, Any]:
+        """The data of `GET /api/v1/status` (CONTRACT.md)."""
+        disks = []
+        for d in self.store.disks:
+            total, free = d.usage()
+            disks.append(
+                {
+                    "path": str(d.path),
+                    "total_bytes": total,
+                    "free_bytes": free,
+                    "active": d.index == self.store.active,
+                    "health": "failed" if d.failed else "healthy" if d.present() else "missing",
+                }
+            )
+        slots = []
+        for slot in self.slots.values():
+            rec = slot.recorder
+            slots.append(
+                {
+                    "port": slot.port,
+                    "state": slot.state,
+                    "recorder": None
+                    if rec is None
+                    else {
+                        k: rec.get(k, "")
+                        for k in ("serial", "officer_no", "officer_name", "unit_no", "unit_name")
+                    },
+                    "battery_percent": slot.battery_percent,
+                    "files_total": slot.files_total,
+                    "files_done": slot.files_done,
+                    "bytes_total": slot.bytes_total,
+                    "bytes_done": slot.bytes_done,
+                    "bytes_per_s": round(slot.bytes_per_s()),
+                    "error": slot.error,
+                }
+            )
+        alarms = [
+            {
+                "code": a.code,
+                "severity": a.severity,
+                "message": a.message,
+                "since": a.since,
+                "subject": a.subject,
+            }
+            for a in self.alarms.active()
+        ]
+        return {
+            "station": {
+                "id": self.config.station.id,
+                "name": self.config.station.name,
+                "version": __version__,
+                "time": self.now().isoformat(timespec="seconds"),
+                "mode": self.config.registration.mode,
+            },
+            "network": {"online": self.network_online},
+            "disks": disks,
+            "slots": slots,
+            "alarms": alarms,
+        }
+
+    def files(self, **filters: Any) -> dict[str, Any]:
+        """The data of `GET /api/v1/files`."""
+        return list_files(self.catalog, self.tz, **filters)
+
+
+def list_files(
+    catalog: Catalog,
+    tz: ZoneInfo | None,
+    *,
+    officer_no: str | None = None,
+    serial: str | None = None,
+    important: bool | None = None,
+    since: dt.datetime | None = None,
+    until: dt.datetime | None = None,
+    limit: int = 100,
+    offset: int = 0,
+) -> dict[str, Any]:
+    """Collected files, newest first, filtered as `GET /api/v1/files` allows."""
+    q = (
+        select(StoredFile)
+        .join(Officer, StoredFile.officer_id == Officer.id)
+        .join(Recorder, StoredFile.recorder_id == Recorder.id)
+        .where(StoredFile.deleted_at.is_(None))
+    )
+    if officer_no:
+        q = q.where(Officer.officer_no == officer_no)
+    if serial:
+        q = q.where(Recorder.serial == serial)
+    if important is not None:
+        q = q.where(StoredFile.important == important)
+    if since is not None:
+        q = q.where(StoredFile.collected_at >= since)
+    if until is not None:
+        q = q.where(StoredFile.collected_at < until)
+    with catalog.read() as s:
+        total = s.scalar(select(func.count()).select_from(q.subquery())) or 0
+        rows = s.scalars(
+            q.order_by(StoredFile.collected_at.desc(), StoredFile.id.desc())
+            .limit(limit)
+            .offset(offset)
+        ).all()
+        items = [_file_item(f, tz) for f in rows]
+    return {"total": total, "items": items}
+
+
+def _file_item(f: StoredFile, tz: ZoneInfo | None) -> dict[str, Any]:
+    recorded = f.recorded_at
+    if recorded is not None:
+        recorded = recorded.replace(tzinfo=tz) if tz else recorded.astimezone()
+    return {
+        "id": f.id,
+        "officer_no": f.officer.officer_no,
+        "serial": f.recorder.serial,
+        "name": f.name,
+        "stored_path": str(Path(f.disk) / f.rel_path),
+        "size": f.size,
+        "sha256": f.sha256,
+        "recorded_at": recorded.isoformat() if recorded else None,
+        "collected_at": f.collected_at.astimezone(tz).isoformat(),
+        "important": f.important,
+        "level": f.level,
+    }

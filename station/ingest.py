@@ -1,0 +1,559 @@
+"""Moving one card file into the store without ever losing or doubling it.
+
+The order of operations is the whole point (STYLE.md, "Ingest"):
+
+1. the job row is committed before the first byte moves;
+2. bytes go to a temp file in the target disk's staging folder, hashed while
+   streaming, with `fdatasync` every `sync_every` bytes and the durable offset
+   (and the hash of that prefix) committed to the catalog;
+3. the finished temp file is synced, dropped from the page cache, read back
+   from the disk and hashed again;
+4. it is linked to its final name (never over an existing file), the folder is
+   fsynced, and the temp name removed;
+5. the catalog row is committed;
+6. only then is the file deleted from the recorder.
+
+A crash or unplug at any point leaves a job row that says how far it got; the
+next docking of the same recorder picks it up from there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import errno
+import hashlib
+import logging
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import select
+
+from drivers.base import CardFile, CardReadError, RecorderSession
+from station.catalog import Catalog, IngestJob, StoredFile
+from station.catalog.db import append_event
+from station.catalog.models import CollectionSession, utcnow
+from station.names import parse_card_path, safe_relpath
+from station.store import (
+    Store,
+    StoreDisk,
+    fsync_dir,
+    is_space_error,
+    make_dirs_durable,
+    stored_relpath,
+    unique_target,
+)
+
+log = logging.getLogger(__name__)
+
+OVERLAP = 64 * 1024  # bytes re-read from the card on resume to prove it is the same file
+
+
+class StorageFull(Exception):
+    """No disk has room for the file: collection must stop, the card keeps its files."""
+
+
+class Interrupted(Exception):
+    """The station is shutting down; the job stays resumable."""
+
+
+class VerifyFailed(Exception):
+    """The stored bytes are not the bytes that were read: nothing is deleted."""
+
+
+@dataclass
+class Owner:
+    """Whose files these are: the officer bound to the recorder, not the file names."""
+
+    recorder_id: int
+    serial: str
+    officer_id: int
+    officer_no: str
+    session_id: int
+    port: int
+
+
+@dataclass
+class Outcome:
+    kind: str  # stored | duplicate
+    file_id: int | None
+    sha256: str
+
+
+def hash_file(
+    path: Path,
+    start: int = 0,
+    end: int | None = None,
+    *,
+    uncached: bool = False,
+    chunk: int = 1 << 20,
+) -> hashlib._Hash:
+    """SHA-256 of bytes [start, end) of a stored file; `uncached` reads from the disk itself."""
+    h = hashlib.sha256()
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if uncached:
+            # Clean pages are dropped, so the read-back comes from the medium.
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        buf = bytearray(chunk)
+        mv = memoryview(buf)
+        pos = start
+        os.lseek(fd, start, os.SEEK_SET)
+        while end is None or pos < end:
+            want = chunk if end is None else min(chunk, end - pos)
+            n = os.readv(fd, [mv[:want]])
+            if n == 0:
+                break
+            h.update(mv[:n])
+            pos += n
+        if end is not None and pos < end:
+            raise VerifyFailed(f"{path} is shorter than {end} bytes")
+        return h
+    finally:
+        os.close(fd)
+
+
+def _write_all(fd: int, data: memoryview) -> None:
+    while data:
+        n = os.write(fd, data)
+        data = data[n:]
+
+
+class FileIngest:
+    """Collects the files of one docked recorder, one at a time."""
+
+    def __init__(
+        self,
+        catalog: Catalog,
+        store: Store,
+        recorder: RecorderSession,
+        owner: Owner,
+        *,
+        chunk: int,
+        sync_every: int,
+        tz: ZoneInfo | None,
+        stop: threading.Event,
+        progress: Callable[[int], None],
+        throttle: Callable[[int], None] | None = None,
+    ) -> None:
+        self.catalog = catalog
+        self.store = store
+        self.rec = recorder
+        self.owner = owner
+        self.chunk = chunk
+        self.sync_every = sync_every
+        self.tz = tz
+        self.stop = stop
+        self.progress = progress
+        self.throttle = throttle
+
+    # --- entry point ------------------------------------------------------------------
+
+    def collect(self, cf: CardFile) -> Outcome:
+        """Store `cf` (or prove it is stored already), then delete it from the card."""
+        dup = self._find_duplicate(cf)
+        if dup is not None:
+            return dup
+        job = self._resumable_job(cf)
+        if job is not None and job.state == "verified":
+            outcome = self._finish_verified(job, cf)
+            if outcome is not None:
+                return outcome
+            job = None
+        if job is None:
+            job = self._new_job(cf)
+        return self._copy(job, cf)
+
+    # --- duplicates ---------------------------------------------------------------------
+
+    def _find_duplicate(self, cf: CardFile) -> Outcome | None:
+        with self.catalog.read() as s:
+            rows = s.scalars(
+                select(StoredFile).where(
+                    StoredFile.recorder_id == self.owner.recorder_id,
+                    StoredFile.card_path == cf.path,
+                    StoredFile.size == cf.size,
+                )
+            ).all()
+        if not rows:
+            return None
+        # Same recorder, path and size: read the card copy to prove it is the same bytes.
+        h = hashlib.sha256()
+        stream = self.rec.open_file(cf.path, 0)
+        try:
+            buf = bytearray(self.chunk)
+            mv = memoryview(buf)
+            while n := stream.readinto(mv):
+                h.update(mv[:n])
+        finally:
+            stream.close()
+        digest = h.hexdigest()
+        match = next((r for r in rows if r.sha256 == digest), None)
+        if match is None:
+            return None
+        self._delete_from_card(cf, match.id, duplicate=True)
+        self.progress(cf.size)
+        return Outcome("duplicate", match.id, digest)
+
+    # --- jobs ---------------------------------------------------------------------------
+
+    def _resumable_job(self, cf: CardFile) -> IngestJob | None:
+        with self.catalog.read() as s:
+            job = s.scalars(
+                select(IngestJob)
+                .where(
+                    IngestJob.recorder_id == self.owner.recorder_id,
+                    IngestJob.card_path == cf.path,
+                    IngestJob.state.in_(("copying", "verified")),
+                )
+                .order_by(IngestJob.id.desc())
+            ).first()
+        if job is None:
+            return None
+        if job.size != cf.size or job.mtime != cf.mtime:
+            self._abandon(job, "the card file changed since the interrupted transfer")
+            return None
+        return job
+
+    def _abandon(self, job: IngestJob, why: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(job.temp_path)
+        with self.catalog.write() as s:
+            row = s.get(IngestJob, job.id)
+            assert row is not None
+            row.state = "abandoned"
+            row.error = why
+            append_event(
+                s,
+                "transfer_abandoned",
+                why,
+                port=self.owner.port,
+                serial=self.owner.serial,
+                job_id=job.id,
+            )
+
+    def _new_job(self, cf: CardFile) -> IngestJob:
+        disk = self.store.pick(cf.size)
+        if disk is None:
+            raise StorageFull(f"no disk has room for {cf.size} bytes")
+        with self.catalog.write() as s:
+            job = IngestJob(
+                recorder_id=self.owner.recorder_id,
+                session_id=self.owner.session_id,
+                card_path=cf.path,
+                size=cf.size,
+                mtime=cf.mtime,
+                disk=str(disk.path),
+                temp_path="",
+            )
+            s.add(job)
+            s.flush()
+            job.temp_path = str(disk.staging / f"{job.id}.part")
+        return job
+
+    # --- copying ------------------------------------------------------------------------
+
+    def _resume_offset(self, job: IngestJob, cf: CardFile) -> int:
+        """How much of the temp file can be trusted, checked against disk and card."""
+        temp = Path(job.temp_path)
+        offset = job.durable_offset
+        if offset == 0:
+            return 0
+        try:
+            if temp.stat().st_size < offset:
+                raise VerifyFailed("temp file shorter than its durable offset")
+            if hash_file(temp, 0, offset).hexdigest() != job.prefix_sha256:
+                raise VerifyFailed("stored prefix does not match its recorded hash")
+            start = max(0, offset - OVERLAP)
+            card = self.rec.read_range(cf.path, start, offset - start)
+            fd = os.open(temp, os.O_RDONLY)
+            try:
+                ours = os.pread(fd, offset - start, start)
+            finally:
+                os.close(fd)
+            if card != ours:
+                raise VerifyFailed("the card's bytes before the resume point changed")
+        except (OSError, VerifyFailed) as e:
+            log.warning("job %s: cannot resume at %s (%s); starting over", job.id, offset, e)
+            with self.catalog.write() as s:
+                append_event(
+                    s,
+                    "resume_rejected",
+                    str(e),
+                    port=self.owner.port,
+                    serial=self.owner.serial,
+                    job_id=job.id,
+                    offset=offset,
+                )
+            return 0
+        log.info("job %s: resuming at byte %s of %s", job.id, offset, cf.size)
+        return offset
+
+    def _copy(self, job: IngestJob, cf: CardFile) -> Outcome:
+        disk = self.store.disk_by_path(job.disk)
+        reserved: StoreDisk | None = None
+        try:
+            if disk is not None and self.store.reserve_on(disk, cf.size):
+                reserved = disk
+                offset = self._resume_offset(job, cf)
+            else:
+                job, disk, offset = self._move(job, cf, disk, "no room left on its disk")
+                reserved = disk
+            while True:
+                try:
+                    digest = self._stream(job, cf, disk, offset)
+                    break
+                except OSError as e:
+                    if not is_space_error(e) and e.errno != errno.EIO:
+                        raise
+                    if not is_space_error(e):
+                        self.store.take_out_of_use(disk, f"I/O error: {e.strerror}")
+                    self.store.release(disk, cf.size)
+                    reserved = None
+                    job, disk, offset = self._move(job, cf, disk, e.strerror or str(e))
+                    reserved = disk
+        finally:
+            if reserved is not None:
+                self.store.release(reserved, cf.size)
+        return self._finish(job, cf, disk, digest)
+
+    def _stream(self, job: IngestJob, cf: CardFile, disk: StoreDisk, offset: int) -> str:
+        """Copy bytes [offset, size) into the temp file; return the SHA-256 of the whole."""
+        temp = Path(job.temp_path)
+        disk.prepare()
+        h = hash_file(temp, 0, offset) if offset else hashlib.sha256()
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT, 0o640)
+        try:
+            os.ftruncate(fd, offset)
+            os.lseek(fd, offset, os.SEEK_SET)
+            if offset == 0:
+                fsync_dir(disk.staging)
+            buf = bytearray(self.chunk)
+            mv = memoryview(buf)
+            synced = offset
+            stream = self.rec.open_file(cf.path, offset)
+            try:
+                while offset < cf.size:
+                    if self.stop.is_set():
+                        raise Interrupted()
+                    n = stream.readinto(mv[: min(self.chunk, cf.size - offset)])
+                    if n == 0:
+                        raise CardReadError(f"{cf.path!r} ended at {offset} of {cf.size} bytes")
+                    piece = mv[:n]
+                    h.update(piece)
+                    _write_all(fd, piece)
+                    offset += n
+                    self.progress(n)
+                    if self.throttle:
+                        self.throttle(n)
+                    if offset - synced >= self.sync_every and offset < cf.size:
+                        os.fdatasync(fd)
+                        synced = offset
+                        self._record_durable(job, offset, h.copy().hexdigest())
+            finally:
+                stream.close()
+            os.fdatasync(fd)
+        finally:
+            os.close(fd)
+        return h.hexdigest()
+
+    def _record_durable(self, job: IngestJob, offset: int, prefix: str) -> None:
+        with self.catalog.write() as s:
+            row = s.get(IngestJob, job.id)
+            assert row is not None
+            row.durable_offset = offset
+            row.prefix_sha256 = prefix
+        job.durable_offset, job.prefix_sha256 = offset, prefix
+
+    def _move(
+        self, job: IngestJob, cf: CardFile, old: StoreDisk | None, why: str
+    ) -> tuple[IngestJob, StoreDisk, int]:
+        """Place a job on another disk (reserved), carrying its durable prefix if it reads back."""
+        log.warning("job %s: %s on %s; moving to another disk", job.id, why, job.disk)
+        exclude = frozenset({old.index}) if old is not None else frozenset()
+        new = self.store.reserve(cf.size, exclude=exclude)
+        if new is None:
+            raise StorageFull(f"{job.disk}: {why}, and no other disk has room")
+        new.prepare()
+        old_temp = Path(job.temp_path)
+        new_temp = new.staging / f"{job.id}.part"
+        offset = 0
+        try:
+            if job.durable_offset and (
+                hash_file(old_temp, 0, job.durable_offset).hexdigest() == job.prefix_sha256
+            ):
+                _copy_prefix(old_temp, new_temp, job.durable_offset)
+                offset = job.durable_offset
+        except OSError as e:
+            log.warning("job %s: prefix could not be carried over: %s", job.id, e)
+        with self.catalog.write() as s:
+            row = s.get(IngestJob, job.id)
+            assert row is not None
+            row.disk, row.temp_path, row.durable_offset = str(new.path), str(new_temp), offset
+            if offset == 0:
+                row.prefix_sha256 = None
+            append_event(
+                s,
+                "transfer_moved",
+                f"{job.disk} -> {new.path}: {why}",
+                port=self.owner.port,
+                serial=self.owner.serial,
+                job_id=job.id,
+                offset=offset,
+            )
+            s.flush()
+            s.expunge(row)
+        with contextlib.suppress(OSError):
+            os.unlink(old_temp)
+        return row, new, offset
+
+    # --- finishing ----------------------------------------------------------------------
+
+    def _finish(self, job: IngestJob, cf: CardFile, disk: StoreDisk, digest: str) -> Outcome:
+        temp = Path(job.temp_path)
+        if temp.stat().st_size != cf.size:
+            raise VerifyFailed(f"temp file has {temp.stat().st_size} bytes, card {cf.size}")
+        readback = hash_file(temp, uncached=True).hexdigest()
+        if readback != digest:
+            with self.catalog.write() as s:
+                row = s.get(IngestJob, job.id)
+                assert row is not None
+                row.state, row.error = "failed", "read-back hash mismatch"
+                append_event(
+                    s,
+                    "verify_failed",
+                    f"{cf.path!r}: read-back hash mismatch",
+                    port=self.owner.port,
+                    serial=self.owner.serial,
+                    job_id=job.id,
+                )
+            os.unlink(temp)
+            raise VerifyFailed(f"{temp}: read back {readback}, wrote {digest}")
+        day = dt.datetime.now(self.tz).date()
+        rel_dir = stored_relpath(self.owner.officer_no, self.owner.serial, day, "")
+        folder = disk.path / rel_dir
+        make_dirs_durable(folder, disk.path)
+        final = unique_target(folder, safe_relpath(cf.path))
+        with self.catalog.write() as s:
+            row = s.get(IngestJob, job.id)
+            assert row is not None
+            row.state, row.sha256 = "verified", digest
+            row.final_path = str(final.relative_to(disk.path))
+        job.state, job.sha256, job.final_path = "verified", digest, row.final_path
+        _link_into_place(temp, final)
+        return self._commit(job, cf, disk)
+
+    def _finish_verified(self, job: IngestJob, cf: CardFile) -> Outcome | None:
+        """A job that crashed after verification: find its bytes and commit them."""
+        disk = self.store.disk_by_path(job.disk)
+        if disk is None or job.final_path is None:
+            return None
+        final = disk.path / job.final_path
+        temp = Path(job.temp_path)
+        try:
+            if not final.exists() and temp.exists():
+                _link_into_place(temp, final)
+            elif final.exists() and temp.exists():
+                os.unlink(temp)
+            if hash_file(final).hexdigest() != job.sha256:
+                return None
+        except OSError:
+            return None
+        log.info("job %s: recovered a verified file at %s", job.id, final)
+        return self._commit(job, cf, disk)
+
+    def _commit(self, job: IngestJob, cf: CardFile, disk: StoreDisk) -> Outcome:
+        assert job.final_path is not None and job.sha256 is not None
+        name = parse_card_path(cf.path)
+        with self.catalog.write() as s:
+            f = StoredFile(
+                officer_id=self.owner.officer_id,
+                recorder_id=self.owner.recorder_id,
+                session_id=self.owner.session_id,
+                card_path=cf.path,
+                name=name.display,
+                disk=str(disk.path),
+                rel_path=job.final_path,
+                size=cf.size,
+                sha256=job.sha256,
+                kind=name.kind,
+                recorded_at=name.recorded_at,
+                collected_at=utcnow(),
+                important=name.important,
+                level="important" if name.important else "normal",
+            )
+            s.add(f)
+            s.flush()
+            row = s.get(IngestJob, job.id)
+            assert row is not None
+            row.state, row.file_id = "stored", f.id
+            sess = s.get(CollectionSession, self.owner.session_id)
+            if sess is not None:
+                sess.bytes_read = self.rec.bytes_read
+            append_event(
+                s,
+                "file_stored",
+                f"{name.display} -> {disk.path / job.final_path}",
+                port=self.owner.port,
+                serial=self.owner.serial,
+                officer_no=self.owner.officer_no,
+                file_id=f.id,
+                sha256=job.sha256,
+                size=cf.size,
+            )
+            file_id = f.id
+        self._delete_from_card(cf, file_id, duplicate=False, job_id=job.id)
+        return Outcome("stored", file_id, job.sha256)
+
+    def _delete_from_card(
+        self, cf: CardFile, file_id: int, *, duplicate: bool, job_id: int | None = None
+    ) -> None:
+        self.rec.delete_file(cf.path)
+        with self.catalog.write() as s:
+            if job_id is not None:
+                row = s.get(IngestJob, job_id)
+                if row is not None:
+                    row.state = "cleared"
+            append_event(
+                s,
+                "card_file_deleted",
+                ("duplicate of stored file: " if duplicate else "")
+                + parse_card_path(cf.path).display,
+                port=self.owner.port,
+                serial=self.owner.serial,
+                officer_no=self.owner.officer_no,
+                file_id=file_id,
+            )
+
+
+def _copy_prefix(src: Path, dst: Path, length: int) -> None:
+    """Copy the first `length` bytes of `src` to a new file `dst`, durably."""
+    with open(src, "rb") as fi, open(dst, "wb") as fo:
+        remaining = length
+        while remaining:
+            data = fi.read(min(remaining, 1 << 20))
+            if not data:
+                raise OSError(errno.EIO, f"{src} shorter than {length}")
+            fo.write(data)
+            remaining -= len(data)
+        fo.flush()
+        os.fdatasync(fo.fileno())
+
+
+def _link_into_place(temp: Path, final: Path) -> None:
+    """Give the verified temp file its final name, never replacing another file."""
+    try:
+        os.link(temp, final)  # fails with EEXIST instead of overwriting evidence
+        os.unlink(temp)
+    except OSError as e:
+        if e.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EMLINK):
+            raise
+        if final.exists():
+            raise FileExistsError(errno.EEXIST, "target exists", str(final)) from None
+        os.rename(temp, final)  # filesystems without hard links
+    fsync_dir(final.parent)
+    fsync_dir(temp.parent)

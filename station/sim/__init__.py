@@ -1,0 +1,1 @@
+"""Simulated body-worn recorders and their media."""

@@ -1,0 +1,108 @@
+"""The station's HTTP side: the central server's API and the touchscreen.
+
+Everything goes through the `Station` facade; this layer holds no SQL and no
+file paths of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import hmac
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi.responses import FileResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.staticfiles import StaticFiles
+from sse_starlette.sse import EventSourceResponse
+
+if TYPE_CHECKING:
+    from station.daemon import Station
+
+STATIC = Path(__file__).parent / "static"
+_bearer = HTTPBearer(auto_error=False)
+
+
+def create_app(station: Station) -> FastAPI:
+    """The ASGI app for one running station."""
+    app = FastAPI(
+        title="Collection station",
+        version="1",
+        docs_url="/api/docs",
+        openapi_url="/api/v1/openapi.json",
+    )
+
+    def token_ok(creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
+        given = creds.credentials.encode() if creds else b""
+        # compare with every token, in constant time, so timing says nothing
+        ok = False
+        for t in station.config.api.tokens:
+            ok |= hmac.compare_digest(given, t.encode())
+        if not creds or not ok:
+            raise HTTPException(
+                401, "a valid bearer token is required", headers={"WWW-Authenticate": "Bearer"}
+            )
+
+    Authorized = Depends(token_ok)
+
+    @app.get("/api/v1/health")
+    def health() -> dict[str, Any]:
+        return {"status": "ok", "station": station.config.station.id}
+
+    @app.get("/api/v1/status", dependencies=[Authorized])
+    def status() -> dict[str, Any]:
+        return station.status()
+
+    @app.get("/api/v1/files", dependencies=[Authorized])
+    def files(
+        officer_no: str | None = None,
+        serial: str | None = None,
+        important: bool | None = None,
+        since: dt.datetime | None = None,
+        until: dt.datetime | None = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        offset: Annotated[int, Query(ge=0)] = 0,
+    ) -> dict[str, Any]:
+        return station.files(
+            officer_no=officer_no or None,
+            serial=serial or None,
+            important=important,
+            since=_aware(since),
+            until=_aware(until),
+            limit=limit,
+            offset=offset,
+        )
+
+    # --- the touchscreen (shown without login; S20) ---------------------------------
+
+    @app.get("/", include_in_schema=False)
+    def index() -> FileResponse:
+        return FileResponse(STATIC / "index.html")
+
+    @app.get("/ui/state", include_in_schema=False)
+    def ui_state() -> dict[str, Any]:
+        return station.status()
+
+    @app.get("/ui/stream", include_in_schema=False)
+    async def ui_stream(request: Request) -> EventSourceResponse:
+        async def events() -> AsyncIterator[dict[str, str]]:
+            version = -1
+            while not await request.is_disconnected():
+                version = await station.wait_change(version, timeout=5.0)
+                yield {"event": "status", "data": json.dumps(station.status())}
+                await asyncio.sleep(0.2)  # at most five frames a second
+
+        return EventSourceResponse(events(), ping=15)
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    return app
+
+
+def _aware(t: dt.datetime | None) -> dt.datetime | None:
+    if t is None or t.tzinfo is not None:
+        return t
+    return t.astimezone()
