@@ -100,6 +100,12 @@ class Collector:
         self.stop = stop
         self.generation = slot.generation
         self._last_notify = 0.0
+        # the collector's own record; the slot only mirrors it while this docking is current
+        self.session_id: int | None = None
+        self.serial: str | None = None
+        self.officer_no: str | None = None
+        self.files_total = self.files_done = self.bytes_total = self.bytes_done = 0
+        self.rec: RecorderSession | None = None
 
     # --- slot updates (ignored once the port moved on to another docking) ----------------
 
@@ -107,14 +113,18 @@ class Collector:
         return self.slot.generation == self.generation
 
     def _set(self, **fields: object) -> None:
+        for k in ("session_id", "files_total", "files_done", "bytes_total", "bytes_done"):
+            if k in fields:
+                setattr(self, k, fields[k])
         if self._current():
             self.slot.__dict__.update(fields)
             self.sv.notify()
 
     def _progress(self, n: int) -> None:
+        self.bytes_done += n
         if not self._current():
             return
-        self.slot.bytes_done += n
+        self.slot.bytes_done = self.bytes_done
         now = time.monotonic()
         self.slot.rate_samples.append((now, self.slot.bytes_done))
         while len(self.slot.rate_samples) > 2 and now - self.slot.rate_samples[0][0] > 5:
@@ -175,9 +185,11 @@ class Collector:
             return "error"
 
     def _collect(self, rec: RecorderSession) -> str:
+        self.rec = rec
         id_code = rec.id_code()
         info = rec.officer_info()
         battery = rec.battery_percent()
+        self.serial, self.officer_no = info.serial, info.officer_no
         self._set(
             recorder={
                 "serial": info.serial,
@@ -199,6 +211,7 @@ class Collector:
         if owner_officer is None:
             return "held" if rec.alive() else "gone"
         recorder_id, officer_id, officer = owner_officer
+        self.officer_no = officer.officer_no
         # the bound officer is who the files belong to; show that, not the block's claim
         self._set(
             recorder={
@@ -284,7 +297,7 @@ class Collector:
     ) -> list[str]:
         failures: list[str] = []
         for cf in files:
-            done_before = self.slot.bytes_done
+            done_before = self.bytes_done
             while True:
                 try:
                     ingest.collect(cf)
@@ -302,7 +315,7 @@ class Collector:
                         )
                     failures.append(f"{name}: {e}")
                     break
-            self._set(files_done=self.slot.files_done + 1, bytes_done=done_before + cf.size)
+            self._set(files_done=self.files_done + 1, bytes_done=done_before + cf.size)
             self._save_progress()
         return failures
 
@@ -320,32 +333,32 @@ class Collector:
         self._set(state="collecting", error=None)
 
     def _save_progress(self) -> None:
-        if self.slot.session_id is None or not self._current():
+        if self.session_id is None:
             return
         with self.sv.catalog.write() as s:
-            sess = s.get(CollectionSession, self.slot.session_id)
+            sess = s.get(CollectionSession, self.session_id)
             if sess is not None:
-                sess.files_total, sess.files_done = self.slot.files_total, self.slot.files_done
-                sess.bytes_total, sess.bytes_done = self.slot.bytes_total, self.slot.bytes_done
+                sess.files_total, sess.files_done = self.files_total, self.files_done
+                sess.bytes_total, sess.bytes_done = self.bytes_total, self.bytes_done
+                if self.rec is not None:
+                    sess.bytes_read = self.rec.bytes_read
 
     def _ended(self, state: str, error: str | None) -> None:
-        sid = self.slot.session_id if self._current() else None
-        if sid is None:
+        if self.session_id is None:
             return
         self._save_progress()
         with self.sv.catalog.write() as s:
-            sess = s.get(CollectionSession, sid)
+            sess = s.get(CollectionSession, self.session_id)
             if sess is not None and sess.ended_at is None:
                 sess.state, sess.ended_at, sess.error = state, utcnow(), error
-                rec = self.slot.recorder or {}
                 append_event(
                     s,
                     f"collection_{state}",
                     error or "",
                     port=self.slot.port,
-                    serial=rec.get("serial"),
-                    officer_no=rec.get("officer_no"),
-                    session_id=sid,
+                    serial=self.serial,
+                    officer_no=self.officer_no,
+                    session_id=self.session_id,
                 )
 
     # --- registration (S36) ------------------------------------------------------------

@@ -20,7 +20,7 @@ from zoneinfo import ZoneInfo
 import uvicorn
 from sqlalchemy import func, select
 
-from drivers.base import DriverRegistry
+from drivers.base import DockedDevice, DriverRegistry
 from drivers.simulated import SimulatedDriver
 from station import __version__
 from station.alarms import AlarmBook
@@ -30,6 +30,7 @@ from station.catalog.db import append_event
 from station.catalog.models import utcnow
 from station.collector import Collector, Services, Slot
 from station.config import StationConfig
+from station.names import parse_card_path
 from station.network import check_network
 from station.store import Store
 
@@ -247,17 +248,21 @@ class Station:
             fut.add_done_callback(lambda f, p=change.port, d=change.new: self._worker_done(p, d, f))
         self.notify()
 
-    def _worker_done(self, port: int, device: Any, fut: asyncio.Future[str]) -> None:
+    def _worker_done(self, port: int, device: DockedDevice, fut: asyncio.Future[str]) -> None:
         if self._workers.get(port) is fut:
             del self._workers[port]
         if fut.cancelled() or fut.exception() or self._stop_workers.is_set():
             return
         if fut.result() == "gone":
-            # The worker saw the device vanish; make sure a quick re-dock is seen as new.
-            snap = self.watcher.snapshot.get(port)
-            if snap is not None and snap.key == device.key:
-                del self.watcher.snapshot[port]
-                self.watcher.poke()
+            asyncio.get_running_loop().create_task(self._recheck(port, device))
+
+    async def _recheck(self, port: int, device: DockedDevice) -> None:
+        """The worker saw its device vanish: rescan, and if the same folder or device is
+        back already (unplugged and replugged between two scans), collect it anew."""
+        await self.watcher.rescan()
+        current = self.watcher.snapshot.get(port)
+        if current is not None and current.key == device.key and port not in self._workers:
+            self._on_port_change(PortChange(port, device, current))
 
     # --- what the API shows -------------------------------------------------------------
 
@@ -378,6 +383,7 @@ def _file_item(f: StoredFile, tz: ZoneInfo | None) -> dict[str, Any]:
         "officer_no": f.officer.officer_no,
         "serial": f.recorder.serial,
         "name": f.name,
+        "card_path": parse_card_path(f.card_path).display,
         "stored_path": str(Path(f.disk) / f.rel_path),
         "size": f.size,
         "sha256": f.sha256,

@@ -36,7 +36,7 @@ from sqlalchemy import select
 from drivers.base import CardFile, CardReadError, RecorderSession
 from station.catalog import Catalog, IngestJob, StoredFile
 from station.catalog.db import append_event
-from station.catalog.models import CollectionSession, utcnow
+from station.catalog.models import utcnow
 from station.names import parse_card_path, safe_relpath
 from station.store import (
     Store,
@@ -475,7 +475,7 @@ class FileIngest:
                 recorder_id=self.owner.recorder_id,
                 session_id=self.owner.session_id,
                 card_path=cf.path,
-                name=name.display,
+                name=name.name,
                 disk=str(disk.path),
                 rel_path=job.final_path,
                 size=cf.size,
@@ -491,9 +491,6 @@ class FileIngest:
             row = s.get(IngestJob, job.id)
             assert row is not None
             row.state, row.file_id = "stored", f.id
-            sess = s.get(CollectionSession, self.owner.session_id)
-            if sess is not None:
-                sess.bytes_read = self.rec.bytes_read
             append_event(
                 s,
                 "file_stored",

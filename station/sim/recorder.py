@@ -90,7 +90,10 @@ def build_recorder(root: Path, spec: RecorderSpec, seed: int = 0) -> Path:
     (card / "Log").mkdir()
     media.make_log(
         card / "Log" / f"{start:%Y%m%d}.LOG",
-        [f"{start:%Y-%m-%d %H:%M:%S} POWER ON", f"{start:%Y-%m-%d %H:%M:%S} RECORD START"],
+        [
+            f"{start:%Y-%m-%d %H:%M:%S} POWER ON {spec.serial} {spec.officer_no}",
+            f"{start:%Y-%m-%d %H:%M:%S} RECORD START",
+        ],
     )
     meta = asdict(spec)
     for k in ("files", "imp", "size_mb"):
