@@ -84,6 +84,7 @@ class Station:
         self.slots = {p: Slot(p) for p in range(1, config.bus.ports + 1)}
         self.network_online: bool | None = None
         self.version = 0
+        self.stopping = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._changed = asyncio.Event()
         self._stop_workers = threading.Event()
@@ -182,9 +183,12 @@ class Station:
         for t in done:
             if t is not stopper and t.exception():
                 log.error("%s failed: %s", t.get_name(), t.exception())
+        self.stopping = True
+        self._bump()  # wake the live streams so they end
         server.should_exit = True
         await self.shutdown()
-        for t in tasks:
+        done, pending = await asyncio.wait(tasks, timeout=5)
+        for t in pending:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 

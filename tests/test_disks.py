@@ -25,8 +25,9 @@ def _stored_hashes(st: StationProc, paths: list[str]) -> dict[str, str]:
 
 def test_switches_disk_when_the_first_fills(make_station) -> None:
     st = _start_on_tmpfs(make_station, ("24m", "256m"), store={"min_free_mb": 4})
-    rec = st.build(RecorderSpec(serial="G000001", officer_no="600001", files=10, imp=2,
-                                size_mb=4.0), seed=7)
+    rec = st.build(
+        RecorderSpec(serial="G000001", officer_no="600001", files=10, imp=2, size_mb=4.0), seed=7
+    )
     source = card_hashes(rec)
     st.dock(1, rec)
     st.wait_state(1, "complete", timeout=240)
@@ -39,7 +40,7 @@ def test_switches_disk_when_the_first_fills(make_station) -> None:
     stored = _stored_hashes(st, [i["stored_path"] for i in items])
     by_name = {Path(k).name: v for k, v in source.items()}
     for i in items:
-        size, digest = by_name[i["name"]]
+        _size, digest = by_name[i["name"]]
         assert stored[i["stored_path"]] == digest == i["sha256"]  # whole, never split
     for d in st.disks:
         assert st.in_namespace("ls", "-A", str(d / ".staging")) == ""
@@ -51,8 +52,9 @@ def test_switches_disk_when_the_first_fills(make_station) -> None:
 
 def test_all_disks_full_raises_storage_full_and_keeps_the_rest(make_station) -> None:
     st = _start_on_tmpfs(make_station, ("12m", "12m"), store={"min_free_mb": 2})
-    rec = st.build(RecorderSpec(serial="H000001", officer_no="700001", files=12, imp=1,
-                                size_mb=3.0), seed=3)
+    rec = st.build(
+        RecorderSpec(serial="H000001", officer_no="700001", files=12, imp=1, size_mb=3.0), seed=3
+    )
     source = card_hashes(rec)
     docked = st.dock(6, rec)
 

@@ -91,7 +91,7 @@ def create_app(station: Station) -> FastAPI:
     async def ui_stream(request: Request) -> EventSourceResponse:
         async def events() -> AsyncIterator[dict[str, str]]:
             version = -1
-            while not await request.is_disconnected():
+            while not station.stopping and not await request.is_disconnected():
                 version = await station.wait_change(version, timeout=5.0)
                 yield {"event": "status", "data": json.dumps(station.status())}
                 await asyncio.sleep(0.2)  # at most five frames a second
