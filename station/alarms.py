@@ -22,6 +22,7 @@ SEVERITY = {
     "network_down": "warning",
     "collection_failed": "warning",
     "verify_failed": "critical",
+    "store_inconsistent": "critical",
     "recorder_clock_drift": "info",
     "battery_critical": "info",
 }

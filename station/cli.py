@@ -349,6 +349,72 @@ def files_list(
     click.echo(f"{data['total']} file(s)")
 
 
+@cli.group()
+def catalog() -> None:
+    """The catalog: rebuild it from the disks, verify it against them."""
+
+
+@catalog.command("rebuild")
+@config_option
+@click.option("--no-hash", is_flag=True, help="trust the sidecars' hashes (faster)")
+def catalog_rebuild(config_path: str | None, no_hash: bool) -> None:
+    """Recreate the catalog from the disks alone (the old one is kept aside)."""
+    from station.catalog import Catalog
+    from station.recovery import move_aside, rebuild
+
+    config = _config(config_path)
+    path = config.database_path
+    if path.exists():
+        click.echo(f"old catalog kept as {move_aside(path)}")
+    cat = Catalog(path)
+    cat.migrate()
+    report = rebuild(cat, list(config.store.disks), check_hashes=not no_hash)
+    for line in report.lines():
+        if not line.startswith("adopted"):
+            click.echo(line)
+    click.echo(f"{len(report.adopted)} file(s) catalogued from the disks")
+    if report.quarantined or report.mismatched:
+        sys.exit(1)
+
+
+@catalog.command("verify")
+@config_option
+def catalog_verify(config_path: str | None) -> None:
+    """Re-hash every stored file against the catalog; exit 1 on any mismatch."""
+    from station.recovery import verify
+
+    report = verify(_catalog(_config(config_path)))
+    for line in report.lines():
+        click.echo(line)
+    click.echo(
+        f"{report.checked} file(s) checked, {len(report.mismatched)} mismatched, "
+        f"{len(report.missing)} missing"
+    )
+    if report.mismatched or report.missing:
+        sys.exit(1)
+
+
+@cli.group()
+def audit() -> None:
+    """The tamper-evident system log."""
+
+
+@audit.command("verify")
+@config_option
+def audit_verify(config_path: str | None) -> None:
+    """Check the event chain; exit 1 if an entry was edited, inserted or deleted."""
+    from station.catalog.db import verify_chain
+
+    cat = _catalog(_config(config_path))
+    with cat.read() as s:
+        problems = verify_chain(s)
+    for p in problems:
+        click.echo(p)
+    if problems:
+        sys.exit(1)
+    click.echo("event chain intact")
+
+
 def main() -> None:
     try:
         cli(standalone_mode=True)

@@ -265,7 +265,17 @@ class Collector:
             bytes_done=0,
         )
         owner = Owner(
-            recorder_id, info.serial, officer_id, officer.officer_no, session_id, self.slot.port
+            recorder_id,
+            info.serial,
+            officer_id,
+            officer.officer_no,
+            session_id,
+            self.slot.port,
+            officer_name=officer.name,
+            unit_no=officer.unit_no,
+            unit_name=officer.unit_name,
+            id_code=id_code,
+            station_id=self.sv.config.station.id,
         )
         ingest = FileIngest(
             self.sv.catalog,

@@ -32,6 +32,7 @@ from station.collector import Collector, Services, Slot
 from station.config import StationConfig
 from station.names import parse_card_path
 from station.network import check_network
+from station.recovery import recover
 from station.store import Store
 
 log = logging.getLogger(__name__)
@@ -141,6 +142,21 @@ class Station:
         self.catalog.migrate()
         self.store.active = int(self.catalog.get_state("active_disk", "0") or 0)
         self.store.prepare()
+        report = recover(self.catalog, self.store.disks)
+        for line in report.lines():
+            log.warning("recovery: %s", line)
+        if report.quarantined:
+            self.alarms.raise_(
+                "store_inconsistent",
+                f"{len(report.quarantined)} stored file(s) without a valid record were quarantined",
+                "quarantine",
+            )
+        if report.missing:
+            self.alarms.raise_(
+                "store_inconsistent",
+                f"{len(report.missing)} catalogued file(s) are missing from the disks",
+                "missing",
+            )
         with self.catalog.write() as s:
             stale = s.scalars(
                 select(CollectionSession).where(CollectionSession.state.in_(("running", "held")))

@@ -34,10 +34,12 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import select
 
 from drivers.base import CardFile, CardReadError, RecorderSession
+from station import faults
 from station.catalog import Catalog, IngestJob, StoredFile
 from station.catalog.db import append_event
 from station.catalog.models import utcnow
 from station.names import parse_card_path, safe_relpath
+from station.sidecar import Sidecar, read_sidecar, sidecar_path, write_sidecar
 from station.store import (
     Store,
     StoreDisk,
@@ -75,6 +77,11 @@ class Owner:
     officer_no: str
     session_id: int
     port: int
+    officer_name: str = ""
+    unit_no: str = ""
+    unit_name: str = ""
+    id_code: str = ""
+    station_id: str = ""
 
 
 @dataclass
@@ -345,8 +352,10 @@ class FileIngest:
                         raise CardReadError(f"{cf.path!r} ended at {offset} of {cf.size} bytes")
                     piece = mv[:n]
                     h.update(piece)
+                    faults.check_write(job.disk)
                     _write_all(fd, piece)
                     offset += n
+                    faults.crashpoint("copy_chunk")
                     self.progress(n)
                     if self.throttle:
                         self.throttle(n)
@@ -359,6 +368,7 @@ class FileIngest:
             os.fdatasync(fd)
         finally:
             os.close(fd)
+        faults.crashpoint("after_fsync")
         return h.hexdigest()
 
     def _record_durable(self, job: IngestJob, offset: int, prefix: str) -> None:
@@ -438,14 +448,39 @@ class FileIngest:
         folder = disk.path / rel_dir
         make_dirs_durable(folder, disk.path)
         final = unique_target(folder, safe_relpath(cf.path))
+        rel = str(final.relative_to(disk.path))
+        write_sidecar(disk.path, rel, self._sidecar(cf, digest))
         with self.catalog.write() as s:
             row = s.get(IngestJob, job.id)
             assert row is not None
-            row.state, row.sha256 = "verified", digest
-            row.final_path = str(final.relative_to(disk.path))
-        job.state, job.sha256, job.final_path = "verified", digest, row.final_path
+            row.state, row.sha256, row.final_path = "verified", digest, rel
+        job.state, job.sha256, job.final_path = "verified", digest, rel
+        faults.crashpoint("after_verify")
         _link_into_place(temp, final)
+        faults.crashpoint("after_link")
         return self._commit(job, cf, disk)
+
+    def _sidecar(self, cf: CardFile, digest: str) -> Sidecar:
+        name = parse_card_path(cf.path)
+        o = self.owner
+        return Sidecar(
+            sha256=digest,
+            size=cf.size,
+            officer_no=o.officer_no,
+            officer_name=o.officer_name,
+            unit_no=o.unit_no,
+            unit_name=o.unit_name,
+            serial=o.serial,
+            id_code=o.id_code,
+            card_path_hex=cf.path.hex(),
+            name=name.name,
+            kind=name.kind,
+            recorded_at=name.recorded_at.isoformat() if name.recorded_at else None,
+            collected_at=utcnow().isoformat(),
+            important=name.important,
+            level="important" if name.important else "normal",
+            station_id=o.station_id,
+        )
 
     def _finish_verified(self, job: IngestJob, cf: CardFile) -> Outcome | None:
         """A job that crashed after verification: find its bytes and commit them."""
@@ -468,23 +503,15 @@ class FileIngest:
 
     def _commit(self, job: IngestJob, cf: CardFile, disk: StoreDisk) -> Outcome:
         assert job.final_path is not None and job.sha256 is not None
-        name = parse_card_path(cf.path)
+        sc = read_sidecar(sidecar_path(disk.path, job.final_path))
         with self.catalog.write() as s:
-            f = StoredFile(
+            f = file_row(
+                sc,
+                disk.path,
+                job.final_path,
                 officer_id=self.owner.officer_id,
                 recorder_id=self.owner.recorder_id,
                 session_id=self.owner.session_id,
-                card_path=cf.path,
-                name=name.name,
-                disk=str(disk.path),
-                rel_path=job.final_path,
-                size=cf.size,
-                sha256=job.sha256,
-                kind=name.kind,
-                recorded_at=name.recorded_at,
-                collected_at=utcnow(),
-                important=name.important,
-                level="important" if name.important else "normal",
             )
             s.add(f)
             s.flush()
@@ -494,7 +521,7 @@ class FileIngest:
             append_event(
                 s,
                 "file_stored",
-                f"{name.display} -> {disk.path / job.final_path}",
+                f"{sc.name} -> {disk.path / job.final_path}",
                 port=self.owner.port,
                 serial=self.owner.serial,
                 officer_no=self.owner.officer_no,
@@ -503,6 +530,7 @@ class FileIngest:
                 size=cf.size,
             )
             file_id = f.id
+        faults.crashpoint("after_commit")
         self._delete_from_card(cf, file_id, duplicate=False, job_id=job.id)
         return Outcome("stored", file_id, job.sha256)
 
@@ -510,6 +538,7 @@ class FileIngest:
         self, cf: CardFile, file_id: int, *, duplicate: bool, job_id: int | None = None
     ) -> None:
         self.rec.delete_file(cf.path)
+        faults.crashpoint("after_card_delete")
         with self.catalog.write() as s:
             if job_id is not None:
                 row = s.get(IngestJob, job_id)
@@ -525,6 +554,34 @@ class FileIngest:
                 officer_no=self.owner.officer_no,
                 file_id=file_id,
             )
+
+
+def file_row(
+    sc: Sidecar,
+    disk: Path,
+    rel: str,
+    *,
+    officer_id: int,
+    recorder_id: int,
+    session_id: int | None = None,
+) -> StoredFile:
+    """The catalog row of a stored file, from its sidecar."""
+    return StoredFile(
+        officer_id=officer_id,
+        recorder_id=recorder_id,
+        session_id=session_id,
+        card_path=sc.card_path,
+        name=sc.name,
+        disk=str(disk),
+        rel_path=rel,
+        size=sc.size,
+        sha256=sc.sha256,
+        kind=sc.kind,
+        recorded_at=sc.recorded,
+        collected_at=sc.collected,
+        important=sc.important,
+        level=sc.level,
+    )
 
 
 def _copy_prefix(src: Path, dst: Path, length: int) -> None:

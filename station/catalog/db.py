@@ -105,6 +105,36 @@ def event_hash(prev_hash: str, fields: dict[str, Any]) -> str:
     return hashlib.sha256((prev_hash + body).encode()).hexdigest()
 
 
+def _event_fields(ev: Event) -> dict[str, Any]:
+    return {
+        "at": ev.at.isoformat(),
+        "kind": ev.kind,
+        "actor": ev.actor,
+        "port": ev.port,
+        "serial": ev.serial,
+        "officer_no": ev.officer_no,
+        "file_id": ev.file_id,
+        "message": ev.message,
+        "data": ev.data,
+    }
+
+
+def verify_chain(session: Session) -> list[str]:
+    """Every break in the event chain: an edited entry, or one inserted or deleted."""
+    problems = []
+    prev = GENESIS
+    for ev in session.scalars(select(Event).order_by(Event.id)).yield_per(1000):
+        if ev.prev_hash != prev:
+            problems.append(
+                f"event {ev.id}: does not follow the entry before it "
+                "(an entry was inserted or deleted)"
+            )
+        if event_hash(ev.prev_hash, _event_fields(ev)) != ev.hash:
+            problems.append(f"event {ev.id}: content does not match its hash (edited)")
+        prev = ev.hash
+    return problems
+
+
 def append_event(
     session: Session,
     kind: str,
@@ -120,21 +150,8 @@ def append_event(
     """Append one entry to the system log inside the caller's write transaction."""
     last = session.scalars(select(Event).order_by(Event.id.desc()).limit(1)).first()
     prev = last.hash if last else GENESIS
-    at = utcnow()
-    payload = json.dumps(data, sort_keys=True, ensure_ascii=False, default=str)
-    fields = {
-        "at": at.isoformat(),
-        "kind": kind,
-        "actor": actor,
-        "port": port,
-        "serial": serial,
-        "officer_no": officer_no,
-        "file_id": file_id,
-        "message": message,
-        "data": payload,
-    }
     ev = Event(
-        at=at,
+        at=utcnow(),
         kind=kind,
         actor=actor,
         port=port,
@@ -142,10 +159,10 @@ def append_event(
         officer_no=officer_no,
         file_id=file_id,
         message=message,
-        data=payload,
+        data=json.dumps(data, sort_keys=True, ensure_ascii=False, default=str),
         prev_hash=prev,
-        hash=event_hash(prev, fields),
     )
+    ev.hash = event_hash(prev, _event_fields(ev))
     session.add(ev)
     session.flush()
     log.info("event %s: %s", kind, message)
