@@ -154,6 +154,10 @@ class RecorderSession(abc.ABC):
         """Open a card file for reading, positioned at `offset`."""
 
     @abc.abstractmethod
+    def stat_file(self, path: bytes) -> CardFile | None:
+        """The file's current size and time, None if it is gone (it may still be growing)."""
+
+    @abc.abstractmethod
     def delete_file(self, path: bytes) -> None:
         """Remove one file from the card (never a format: GAT947.md section 4)."""
 

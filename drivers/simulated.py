@@ -1,6 +1,13 @@
 """A recorder on the simulated bus (CONTRACT.md): a `port-N` folder with
 `recorder.json` and `card/`.
 
+For the fault-injection harness, `recorder.json` may carry `faults`:
+`{"unplug_after_bytes": N}` yanks the recorder (its folder leaves the bus)
+once N card bytes were read; `{"unstable": ["DCIM/x.AVI"]}` flips a random
+bit in every chunk read from those files, as a failing card does;
+`{"bad_sectors": {"DCIM/x.AVI": 1048576}}` fails any read covering that byte
+with an I/O error.
+
 It follows GA/T 947.4 semantics (password check on every call, `SyncDevTime`
 zeroes the clock offset, `WriteZFYInfo` rewrites the officer fields) and walks
 the card the way a careful mass-storage reader must: no symlink or device node
@@ -15,6 +22,7 @@ import datetime as dt
 import errno
 import json
 import os
+import random
 import stat
 import threading
 import time
@@ -197,14 +205,46 @@ class SimulatedSession(RecorderSession):
     def open_file(self, path: bytes, offset: int = 0) -> SimulatedStream:
         if not self._msdc:
             raise ProtocolError("card read before SetMSDC")
-        rate = self._load().get("read_mb_s")
+        data = self._load()
+        rate = data.get("read_mb_s")
         dfd, fd, _ = self._open_beneath(path, os.O_RDONLY)
         os.close(dfd)
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             os.close(fd)
             raise CardReadError(f"{path!r} is not a regular file")
         os.lseek(fd, offset, os.SEEK_SET)
-        return SimulatedStream(self, fd, float(rate) * 1e6 if rate else None)
+        faults = data.get("faults") or {}
+        name = os.fsdecode(path)
+        return SimulatedStream(
+            self, fd, float(rate) * 1e6 if rate else None, offset=offset,
+            unplug_after=faults.get("unplug_after_bytes"),
+            unstable=name in (faults.get("unstable") or []),
+            bad_sector=(faults.get("bad_sectors") or {}).get(name),
+        )
+
+    def stat_file(self, path: bytes) -> CardFile | None:
+        self._check()
+        try:
+            dfd, fd, _ = self._open_beneath(path, os.O_RDONLY)
+        except CardReadError:
+            return None
+        try:
+            st = os.fstat(fd)
+        finally:
+            os.close(fd)
+            os.close(dfd)
+        return CardFile(path, st.st_size, st.st_mtime)
+
+    def yank(self) -> None:
+        """Fault injection: the recorder is pulled out (its folder leaves the bus)."""
+        aside = self.port_dir.parent / ".undocked"
+        aside.mkdir(exist_ok=True)
+        target = aside / f"{self.port_dir.name}-yanked-{time.time_ns()}"
+        data = json.loads((self.port_dir / RECORDER_JSON).read_text("utf-8"))
+        data.get("faults", {}).pop("unplug_after_bytes", None)
+        (self.port_dir / RECORDER_JSON).write_text(json.dumps(data, ensure_ascii=False))
+        os.rename(self.port_dir, target)
+        raise DeviceGone(f"yanked after {self.bytes_read} bytes")
 
     def delete_file(self, path: bytes) -> None:
         self._load()
@@ -218,22 +258,44 @@ class SimulatedSession(RecorderSession):
 
 
 class SimulatedStream:
-    """A card file being read, at most `rate` bytes per second."""
+    """A card file being read, at most `rate` bytes per second, faults as configured."""
 
-    def __init__(self, session: SimulatedSession, fd: int, rate: float | None) -> None:
+    def __init__(
+        self,
+        session: SimulatedSession,
+        fd: int,
+        rate: float | None,
+        *,
+        offset: int = 0,
+        unplug_after: int | None = None,
+        unstable: bool = False,
+        bad_sector: int | None = None,
+    ) -> None:
         self.session = session
         self.fd = fd
         self.rate = rate
+        self.pos = offset
+        self.unplug_after = unplug_after
+        self.unstable = unstable
+        self.bad_sector = bad_sector
         self._t0 = time.monotonic()
         self._n = 0
 
     def readinto(self, buffer: memoryview) -> int:
         self.session._check()
+        if self.unplug_after is not None and self.session.bytes_read >= self.unplug_after:
+            self.session.yank()
+        if self.bad_sector is not None and self.pos <= self.bad_sector < self.pos + len(buffer):
+            raise CardReadError(f"read failed at byte {self.bad_sector}: Input/output error")
         try:
             n = os.readv(self.fd, [buffer])
         except OSError as e:
             self.session._check()
             raise CardReadError(f"read failed: {e.strerror}") from None
+        if self.unstable and n:
+            i = random.randrange(n)
+            buffer[i] ^= 1 << random.randrange(8)
+        self.pos += n
         self.session.bytes_read += n
         self._n += n
         if self.rate:

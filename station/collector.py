@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from drivers.base import (
     AuthFailed,
@@ -33,15 +34,23 @@ from station.catalog import Catalog, CollectionSession, Officer, Recorder
 from station.catalog.db import append_event
 from station.catalog.models import utcnow
 from station.config import StationConfig
-from station.ingest import FileIngest, Interrupted, Owner, StorageFull, VerifyFailed
+from station.ingest import (
+    FileChanged,
+    FileIngest,
+    Interrupted,
+    Owner,
+    StorageFull,
+    VerifyFailed,
+)
 from station.names import parse_card_path
-from station.registration import officer_for
+from station.registration import WAITING_FOR_APPROVAL, block_json, register
 from station.store import Store
 
 log = logging.getLogger(__name__)
 
 HOLD_POLL_S = 1.0
 STORAGE_RETRY_S = 5.0
+GROWING_WAIT_S = 2.0
 
 
 @dataclass
@@ -86,6 +95,7 @@ class Services:
     tz: ZoneInfo | None
     notify: Callable[[], None]  # thread-safe: something on screen changed
     registration_mode: Callable[[], str]
+    docked_elsewhere: Callable[[str, int], int | None]  # serial, port -> other port
 
 
 class Collector:
@@ -100,6 +110,7 @@ class Collector:
         self.stop = stop
         self.generation = slot.generation
         self._last_notify = 0.0
+        self._last_saved = 0.0
         # the collector's own record; the slot only mirrors it while this docking is current
         self.session_id: int | None = None
         self.serial: str | None = None
@@ -254,16 +265,7 @@ class Collector:
                 subject=info.serial,
             )
         rec.enter_mass_storage()
-        files = sorted(
-            rec.list_files(), key=lambda f: (not parse_card_path(f.path).important, f.path)
-        )
-        self._set(
-            state="collecting",
-            files_total=len(files),
-            bytes_total=sum(f.size for f in files),
-            files_done=0,
-            bytes_done=0,
-        )
+        self._set(state="collecting", files_done=0, bytes_done=0)
         owner = Owner(
             recorder_id,
             info.serial,
@@ -287,10 +289,12 @@ class Collector:
             tz=self.sv.tz,
             stop=self.stop,
             progress=self._progress,
+            card_recheck=self.sv.config.store.card_recheck,
         )
-        failures = self._ingest_all(ingest, rec, files)
+        failures = self._collect_card(ingest, rec)
         if failures:
-            msg = f"{len(failures)} file(s) kept on the recorder: {failures[0]}"
+            first = next(iter(failures.values()))
+            msg = f"{len(failures)} file(s) kept on the recorder: {first}"
             self._ended("failed", msg)
             self._set(state="error", error=msg)
             self.sv.alarms.raise_(
@@ -302,32 +306,65 @@ class Collector:
         self.sv.alarms.clear("collection_failed", subject=info.serial)
         return "complete"
 
+    def _collect_card(self, ingest: FileIngest, rec: RecorderSession) -> dict[bytes, str]:
+        """Collect until the card holds nothing new: files may still be growing when docked,
+        and a recorder may record while it charges. Returns the files that failed."""
+        failures: dict[bytes, str] = {}
+        seen: set[bytes] = set()
+        while True:
+            pending = [f for f in rec.list_files() if f.path not in failures]
+            if not pending:
+                return failures
+            # IMP files first: recorders never overwrite them, so they fill cards
+            pending.sort(key=lambda f: (not parse_card_path(f.path).important, f.path))
+            new = [f for f in pending if f.path not in seen]
+            seen.update(f.path for f in new)
+            self._set(
+                files_total=self.files_total + len(new),
+                bytes_total=self.bytes_done + sum(f.size for f in pending),
+            )
+            changed = self._ingest_all(ingest, rec, pending, failures)
+            # only growing files left: give the recorder time to finish them
+            if changed and len(changed) == len(pending) and self.stop.wait(GROWING_WAIT_S):
+                raise Interrupted()
+
     def _ingest_all(
-        self, ingest: FileIngest, rec: RecorderSession, files: list[CardFile]
-    ) -> list[str]:
-        failures: list[str] = []
+        self,
+        ingest: FileIngest,
+        rec: RecorderSession,
+        files: list[CardFile],
+        failures: dict[bytes, str],
+    ) -> list[CardFile]:
+        """Collect `files`; record failures; return the files that changed while copied."""
+        changed: list[CardFile] = []
         for cf in files:
             done_before = self.bytes_done
+            name = parse_card_path(cf.path).display
             while True:
                 try:
                     ingest.collect(cf)
+                    self._set(files_done=self.files_done + 1, bytes_done=done_before + cf.size)
                     break
                 except StorageFull as e:
                     self._wait_for_space(rec, cf, str(e))
                     self._set(bytes_done=done_before)
+                except FileChanged:
+                    log.info("port %s: %s is still being written; later", self.slot.port, name)
+                    self._set(bytes_done=done_before)
+                    changed.append(cf)
+                    break
                 except (CardReadError, VerifyFailed) as e:
-                    name = parse_card_path(cf.path).display
                     log.warning("port %s: %s: %s", self.slot.port, name, e)
                     self._event("file_failed", f"{name}: {e}")
                     if isinstance(e, VerifyFailed):
                         self.sv.alarms.raise_(
                             "verify_failed", f"{name}: {e}", subject=f"port{self.slot.port}"
                         )
-                    failures.append(f"{name}: {e}")
+                    failures[cf.path] = f"{name}: {e}"
+                    self._set(bytes_done=done_before + cf.size)
                     break
-            self._set(files_done=self.files_done + 1, bytes_done=done_before + cf.size)
             self._save_progress()
-        return failures
+        return changed
 
     def _wait_for_space(self, rec: RecorderSession, cf: CardFile, why: str) -> None:
         """No disk has room: raise the alarm, touch nothing on the card, wait for space."""
@@ -342,9 +379,12 @@ class Collector:
         self.sv.alarms.clear("storage_full")
         self._set(state="collecting", error=None)
 
-    def _save_progress(self) -> None:
-        if self.session_id is None:
+    def _save_progress(self, force: bool = False) -> None:
+        """Keep the session row's counters current (at most once a second)."""
+        now = time.monotonic()
+        if self.session_id is None or (not force and now - self._last_saved < 1.0):
             return
+        self._last_saved = now
         with self.sv.catalog.write() as s:
             sess = s.get(CollectionSession, self.session_id)
             if sess is not None:
@@ -356,7 +396,7 @@ class Collector:
     def _ended(self, state: str, error: str | None) -> None:
         if self.session_id is None:
             return
-        self._save_progress()
+        self._save_progress(force=True)
         with self.sv.catalog.write() as s:
             sess = s.get(CollectionSession, self.session_id)
             if sess is not None and sess.ended_at is None:
@@ -376,7 +416,14 @@ class Collector:
     def _registration(
         self, rec: RecorderSession, info: OfficerInfo, id_code: str, battery: int
     ) -> tuple[int, int, Officer] | None:
-        """The registered recorder and its officer; holds here while not registered."""
+        """The registered recorder and its officer; holds here while it may not be collected.
+
+        A recorder is held (collecting nothing, deleting nothing) while it is not
+        registered, while its officer block disagrees with its registration (it
+        names another officer, or its fields changed), and while the same serial
+        is docked on another port. An administrator's approval releases it.
+        """
+        held_for: str | None = None
         while True:
             mode = self.sv.registration_mode()
             with self.sv.catalog.write() as s:
@@ -394,42 +441,64 @@ class Collector:
                     )
                 r.id_code, r.last_seen_at, r.last_port = id_code, utcnow(), self.slot.port
                 r.battery_percent = battery
-                r.block_officer_no, r.block_officer_name = info.officer_no, info.officer_name
-                r.block_unit_no, r.block_unit_name = info.unit_no, info.unit_name
+                r.reported_block = block_json(info)
                 if r.status != "registered" and mode == "auto":
-                    officer = officer_for(s, info)
-                    r.status, r.officer_id = "registered", officer.id
-                    r.registered_how, r.registered_at, r.registered_by = "auto", utcnow(), "station"
-                    s.flush()
-                    append_event(
-                        s,
-                        "recorder_registered",
-                        f"{info.serial} assigned to officer {officer.officer_no}",
-                        port=self.slot.port,
-                        serial=info.serial,
-                        officer_no=officer.officer_no,
-                        how="auto",
-                    )
-                if r.status == "registered" and r.officer_id is not None:
+                    register(s, r, info, how="auto", by="station", port=self.slot.port)
+                reason = self._hold_reason(s, r, info)
+                if reason is None:
                     officer = s.get(Officer, r.officer_id)
                     assert officer is not None
-                    if officer.officer_no != info.officer_no:
-                        append_event(
-                            s,
-                            "officer_mismatch",
-                            f"recorder says officer {info.officer_no}, registered to "
-                            f"{officer.officer_no}; files go to the registered officer",
-                            port=self.slot.port,
-                            serial=info.serial,
-                            officer_no=officer.officer_no,
-                        )
                     s.expunge(officer)
+                    if held_for is not None:
+                        self._set(error=None)
                     return r.id, officer.id, officer
-            # manual mode: hold, collect nothing, delete nothing, until approved or unplugged
-            if self.slot.state != "unregistered":
-                self._set(state="unregistered")
-                self._event("recorder_held", "waiting for an administrator to register it")
+                if reason != held_for:
+                    append_event(
+                        s,
+                        "recorder_held",
+                        reason,
+                        port=self.slot.port,
+                        serial=info.serial,
+                        officer_no=info.officer_no,
+                    )
+            if reason != held_for:
+                held_for = reason
+                log.warning("port %s: %s held: %s", self.slot.port, info.serial, reason)
+                self._set(
+                    state="unregistered", error=None if reason == WAITING_FOR_APPROVAL else reason
+                )
             if self.stop.wait(HOLD_POLL_S):
                 raise Interrupted()
             if not rec.alive():
-                raise DeviceGone("unplugged while waiting for registration")
+                raise DeviceGone("unplugged while held")
+
+    def _hold_reason(self, s: Session, r: Recorder, info: OfficerInfo) -> str | None:
+        other = self.sv.docked_elsewhere(info.serial, self.slot.port)
+        if other is not None:
+            return f"serial {info.serial} is also docked on port {other}: possible clone"
+        if r.status != "registered" or r.officer_id is None:
+            return WAITING_FOR_APPROVAL
+        if info.officer_no != r.block_officer_no:
+            officer = s.get(Officer, r.officer_id)
+            assert officer is not None
+            return (
+                f"recorder reports officer {info.officer_no}, but it was registered reporting "
+                f"{r.block_officer_no} (files go to {officer.officer_no}): "
+                "an administrator must confirm"
+            )
+        changed = [
+            f"{field} {old!r} -> {new!r}"
+            for field, old, new in (
+                ("officer name", r.block_officer_name, info.officer_name),
+                ("unit number", r.block_unit_no, info.unit_no),
+                ("unit name", r.block_unit_name, info.unit_name),
+            )
+            if old != new
+        ]
+        if changed:
+            return (
+                "officer block changed since registration ("
+                + ", ".join(changed)
+                + "): an administrator must confirm"
+            )
+        return None

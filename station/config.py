@@ -37,6 +37,9 @@ class StoreSection(_Section):
     min_free_mb: Annotated[int, Field(ge=0)] = 1024
     sync_every_mb: Annotated[int, Field(ge=1, le=1024)] = 16  # fdatasync + durable offset
     chunk_kb: Annotated[int, Field(ge=64, le=16384)] = 1024
+    # after copying, read the card again: "sample" compares a few 64 KiB windows,
+    # "full" re-reads and re-hashes the whole file (twice the USB time), "off" trusts it
+    card_recheck: Literal["sample", "full", "off"] = "sample"
 
     @field_validator("disks")
     @classmethod

@@ -33,7 +33,7 @@ from station.config import StationConfig
 from station.names import parse_card_path
 from station.network import check_network
 from station.recovery import recover
-from station.store import Store
+from station.store import Store, StoreDisk
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,9 @@ class Station:
         self.config = config
         self.tz = ZoneInfo(config.station.timezone) if config.station.timezone else None
         self.catalog = Catalog(config.database_path)
-        self.store = Store(config.store.disks, config.store.min_free_mb)
+        self.store = Store(
+            config.store.disks, config.store.min_free_mb, on_failed=self._disk_failed
+        )
         self.drivers = drivers or default_drivers()
         self.bus = bus or make_bus(config)
         self.slots = {p: Slot(p) for p in range(1, config.bus.ports + 1)}
@@ -106,7 +108,24 @@ class Station:
             self.tz,
             self.notify,
             lambda: self.config.registration.mode,
+            self.docked_elsewhere,
         )
+
+    def _disk_failed(self, disk: StoreDisk, why: str) -> None:
+        self.alarms.raise_(
+            "disk_unhealthy", f"store disk {disk.path} taken out of use: {why}", str(disk.path)
+        )
+
+    def docked_elsewhere(self, serial: str, port: int) -> int | None:
+        """Another port where a recorder with this serial is docked right now."""
+        for p, slot in self.slots.items():
+            if (
+                p != port
+                and slot.state != "empty"
+                and (slot.recorder or {}).get("serial") == serial
+            ):
+                return p
+        return None
 
     # --- change notification ----------------------------------------------------------
 

@@ -25,6 +25,7 @@ import errno
 import hashlib
 import logging
 import os
+import random
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -65,6 +66,10 @@ class Interrupted(Exception):
 
 class VerifyFailed(Exception):
     """The stored bytes are not the bytes that were read: nothing is deleted."""
+
+
+class FileChanged(Exception):
+    """The card file changed while it was copied (still being recorded): try again later."""
 
 
 @dataclass
@@ -146,6 +151,7 @@ class FileIngest:
         stop: threading.Event,
         progress: Callable[[int], None],
         throttle: Callable[[int], None] | None = None,
+        card_recheck: str = "sample",
     ) -> None:
         self.catalog = catalog
         self.store = store
@@ -157,6 +163,7 @@ class FileIngest:
         self.stop = stop
         self.progress = progress
         self.throttle = throttle
+        self.card_recheck = card_recheck
 
     # --- entry point ------------------------------------------------------------------
 
@@ -337,8 +344,6 @@ class FileIngest:
         try:
             os.ftruncate(fd, offset)
             os.lseek(fd, offset, os.SEEK_SET)
-            if offset == 0:
-                fsync_dir(disk.staging)
             buf = bytearray(self.chunk)
             mv = memoryview(buf)
             synced = offset
@@ -372,6 +377,9 @@ class FileIngest:
         return h.hexdigest()
 
     def _record_durable(self, job: IngestJob, offset: int, prefix: str) -> None:
+        if job.durable_offset == 0:
+            # the temp file's name must survive a power cut before we count on it
+            fsync_dir(Path(job.temp_path).parent)
         with self.catalog.write() as s:
             row = s.get(IngestJob, job.id)
             assert row is not None
@@ -423,26 +431,65 @@ class FileIngest:
 
     # --- finishing ----------------------------------------------------------------------
 
+    def _fail(self, job: IngestJob, why: str) -> VerifyFailed:
+        """Give up on a transfer whose bytes cannot be trusted; the card keeps the file."""
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(job.temp_path)
+        with self.catalog.write() as s:
+            row = s.get(IngestJob, job.id)
+            assert row is not None
+            row.state, row.error = "failed", why
+            append_event(
+                s,
+                "verify_failed",
+                why,
+                port=self.owner.port,
+                serial=self.owner.serial,
+                job_id=job.id,
+            )
+        return VerifyFailed(why)
+
+    def _second_look(self, job: IngestJob, cf: CardFile) -> None:
+        """Read the card again: a file still growing, or bytes that change, is not kept."""
+        now = self.rec.stat_file(cf.path)
+        if now is None or (now.size, now.mtime) != (cf.size, cf.mtime):
+            self._abandon(job, "the card file changed while it was copied")
+            raise FileChanged(parse_card_path(cf.path).display)
+        if self.card_recheck == "off" or cf.size == 0:
+            return
+        if self.card_recheck == "full":
+            windows = [(0, cf.size)]
+        else:
+            w = min(OVERLAP, cf.size)
+            rng = random.Random(job.id)
+            picks = {(0, w), (cf.size - w, w)}
+            picks |= {(rng.randrange(cf.size - w + 1), w) for _ in range(2)}
+            windows = sorted(picks)
+        fd = os.open(job.temp_path, os.O_RDONLY)
+        try:
+            for start, length in windows:
+                pos = start
+                while pos < start + length:
+                    n = min(self.chunk, start + length - pos)
+                    if self.rec.read_range(cf.path, pos, n) != os.pread(fd, n, pos):
+                        name = parse_card_path(cf.path).display
+                        raise self._fail(
+                            job,
+                            f"{name}: the recorder returned different bytes "
+                            f"when read again at byte {pos}",
+                        )
+                    pos += n
+        finally:
+            os.close(fd)
+
     def _finish(self, job: IngestJob, cf: CardFile, disk: StoreDisk, digest: str) -> Outcome:
         temp = Path(job.temp_path)
         if temp.stat().st_size != cf.size:
-            raise VerifyFailed(f"temp file has {temp.stat().st_size} bytes, card {cf.size}")
+            raise self._fail(job, f"temp file has {temp.stat().st_size} bytes, card {cf.size}")
+        self._second_look(job, cf)
         readback = hash_file(temp, uncached=True).hexdigest()
         if readback != digest:
-            with self.catalog.write() as s:
-                row = s.get(IngestJob, job.id)
-                assert row is not None
-                row.state, row.error = "failed", "read-back hash mismatch"
-                append_event(
-                    s,
-                    "verify_failed",
-                    f"{cf.path!r}: read-back hash mismatch",
-                    port=self.owner.port,
-                    serial=self.owner.serial,
-                    job_id=job.id,
-                )
-            os.unlink(temp)
-            raise VerifyFailed(f"{temp}: read back {readback}, wrote {digest}")
+            raise self._fail(job, f"{temp}: read back {readback}, wrote {digest}")
         day = dt.datetime.now(self.tz).date()
         rel_dir = stored_relpath(self.owner.officer_no, self.owner.serial, day, "")
         folder = disk.path / rel_dir

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from dataclasses import asdict
+
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -10,9 +13,15 @@ from station.catalog import Catalog, Officer, Recorder
 from station.catalog.db import append_event
 from station.catalog.models import utcnow
 
+WAITING_FOR_APPROVAL = "waiting for an administrator to register it"
+
 
 class RegistrationError(Exception):
     """The registration request cannot be carried out."""
+
+
+def block_json(info: OfficerInfo) -> str:
+    return json.dumps(asdict(info), ensure_ascii=False, sort_keys=True)
 
 
 def officer_for(s: Session, info: OfficerInfo) -> Officer:
@@ -30,39 +39,60 @@ def officer_for(s: Session, info: OfficerInfo) -> Officer:
     return officer
 
 
+def register(
+    s: Session,
+    r: Recorder,
+    block: OfficerInfo,
+    *,
+    how: str,
+    by: str,
+    officer: OfficerInfo | None = None,
+    port: int | None = None,
+) -> Officer:
+    """Bind recorder `r` to `officer` (default: the one its block names) and remember the
+    block it reports now as its registered block: later dockings must report the same."""
+    bound = officer_for(s, officer or block)
+    r.status, r.officer_id = "registered", bound.id
+    r.registered_how, r.registered_at, r.registered_by = how, utcnow(), by
+    r.block_officer_no, r.block_officer_name = block.officer_no, block.officer_name
+    r.block_unit_no, r.block_unit_name = block.unit_no, block.unit_name
+    s.flush()
+    append_event(
+        s,
+        "recorder_registered",
+        f"{r.serial} assigned to officer {bound.officer_no}",
+        actor=by,
+        port=port,
+        serial=r.serial,
+        officer_no=bound.officer_no,
+        how=how,
+    )
+    return bound
+
+
 def approve(
     catalog: Catalog, serial: str, *, officer_no: str | None = None, by: str = "administrator"
 ) -> Recorder:
-    """Register a recorder by hand, to `officer_no` or to the officer its block names."""
+    """Register (or re-confirm) a recorder by hand, to `officer_no` or to the officer its
+    last reported block names; the reported block becomes the registered one."""
     with catalog.write() as s:
         r = s.scalars(select(Recorder).where(Recorder.serial == serial)).first()
         if r is None:
             raise RegistrationError(f"no recorder with serial {serial!r} has docked here")
-        no = officer_no or r.block_officer_no
-        if not no:
+        reported = json.loads(r.reported_block or "{}")
+        if not reported.get("officer_no") and not officer_no:
             raise RegistrationError(f"recorder {serial} reports no officer: give --officer-no")
-        same = no == r.block_officer_no
-        officer = officer_for(
-            s,
-            OfficerInfo(
-                serial=serial,
-                officer_no=no,
-                officer_name=r.block_officer_name if same else "",
-                unit_no=r.block_unit_no if same else "",
-                unit_name=r.block_unit_name if same else "",
-            ),
-        )
-        r.status, r.officer_id = "registered", officer.id
-        r.registered_how, r.registered_at, r.registered_by = "manual", utcnow(), by
-        append_event(
-            s,
-            "recorder_registered",
-            f"{serial} assigned to officer {no}",
-            actor=by,
+        block = OfficerInfo(
             serial=serial,
-            officer_no=no,
-            how="manual",
+            officer_no=reported.get("officer_no", ""),
+            officer_name=reported.get("officer_name", ""),
+            unit_no=reported.get("unit_no", ""),
+            unit_name=reported.get("unit_name", ""),
         )
+        officer = None
+        if officer_no and officer_no != block.officer_no:
+            officer = OfficerInfo(serial=serial, officer_no=officer_no)
+        register(s, r, block, how="manual", by=by, officer=officer)
         s.flush()
         s.expunge(r)
         return r

@@ -13,7 +13,7 @@ import errno
 import logging
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -100,12 +100,19 @@ class StoreDisk:
 class Store:
     """The disks in order of use, with space promised to transfers in flight."""
 
-    def __init__(self, disks: Sequence[Path], min_free_mb: int, active: int = 0) -> None:
+    def __init__(
+        self,
+        disks: Sequence[Path],
+        min_free_mb: int,
+        active: int = 0,
+        on_failed: Callable[[StoreDisk, str], None] | None = None,
+    ) -> None:
         self.disks = [StoreDisk(i, p) for i, p in enumerate(disks)]
         self.min_free = min_free_mb * MB
         self.active = active if 0 <= active < len(self.disks) else 0
         self._reserved = [0] * len(self.disks)
         self._lock = threading.Lock()
+        self.on_failed = on_failed
 
     def prepare(self) -> None:
         for d in self.disks:
@@ -162,6 +169,8 @@ class Store:
     def take_out_of_use(self, disk: StoreDisk, why: str) -> None:
         log.error("store: disk %s taken out of use: %s", disk.path, why)
         disk.failed = why
+        if self.on_failed is not None:
+            self.on_failed(disk, why)
 
 
 def stored_relpath(officer_no: str, serial: str, day: dt.date, name: str) -> Path:

@@ -71,12 +71,17 @@ class StationProc:
     port: int
     proc: subprocess.Popen[bytes] | None = None
     wrapper: list[str] = field(default_factory=list)  # e.g. unshare + mounts, then exec
+    env: dict[str, str] = field(default_factory=dict)  # extra environment (fault points)
 
     def in_namespace(self, *cmd: str) -> str:
         """Run a command in the daemon's mount namespace (to see its private disks)."""
         assert self.proc is not None
-        return subprocess.run(["nsenter", "-t", str(self.proc.pid), "-m", "--", *cmd],
-                              capture_output=True, text=True, check=True).stdout
+        return subprocess.run(
+            ["nsenter", "-t", str(self.proc.pid), "-m", "--", *cmd],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
 
     @property
     def bus(self) -> Path:
@@ -90,14 +95,18 @@ class StationProc:
     def db(self) -> Path:
         return self.root / "catalog.db"
 
-    def start(self) -> None:
+    def start(self, wait: bool = True) -> None:
         log = open(self.root / "daemon.log", "ab")  # noqa: SIM115 - lives with the process
-        cmd = [*STATION, "run", "--config", str(self.config_path)]
-        cmd = [*self.wrapper, *cmd]
+        cmd = [*self.wrapper, *STATION, "run", "--config", str(self.config_path)]
         self.proc = subprocess.Popen(
-            cmd, stdout=log, stderr=subprocess.STDOUT, cwd=Path(__file__).parent.parent
+            cmd,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=Path(__file__).parent.parent,
+            env={**os.environ, **self.env},
         )
-        wait_for(self._healthy, 60, "the daemon to answer /api/v1/health")
+        if wait:
+            wait_for(self._healthy, 60, "the daemon to answer /api/v1/health")
 
     def _healthy(self) -> bool:
         assert self.proc is not None
@@ -233,5 +242,4 @@ needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for mount 
 def tmpfs_disks(*sizes: tuple[Path, str]) -> list[str]:
     """A wrapper that runs the daemon in a private mount namespace on small tmpfs disks."""
     mounts = " && ".join(f"mount -t tmpfs -o size={size} tmpfs {path}" for path, size in sizes)
-    return ["unshare", "-m", "--propagation", "private", "sh", "-c",
-            f'{mounts} && exec "$0" "$@"']
+    return ["unshare", "-m", "--propagation", "private", "sh", "-c", f'{mounts} && exec "$0" "$@"']

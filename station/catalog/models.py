@@ -74,11 +74,13 @@ class Recorder(Base):
     registered_by: Mapped[str | None] = mapped_column(String(64))
     first_seen_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     last_seen_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
-    # the officer block as the recorder last reported it (it may lie, or change)
+    # the officer block as it was when the recorder was registered ...
     block_officer_no: Mapped[str] = mapped_column(String(32), default="")
     block_officer_name: Mapped[str] = mapped_column(String(64), default="")
     block_unit_no: Mapped[str] = mapped_column(String(32), default="")
     block_unit_name: Mapped[str] = mapped_column(String(64), default="")
+    # ... and as the recorder last reported it (JSON): it may lie, or change
+    reported_block: Mapped[str] = mapped_column(Text, default="{}", server_default="{}")
     last_port: Mapped[int | None]
     battery_percent: Mapped[int | None]
     clock_drift_s: Mapped[float | None]
@@ -161,6 +163,7 @@ class StoredFile(Base):
     collected_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
     important: Mapped[bool] = mapped_column(default=False)
     level: Mapped[str] = mapped_column(String(16), default="normal")
+    verified_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)  # last scrub
     deleted_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     deleted_by: Mapped[str | None] = mapped_column(String(64))
     delete_reason: Mapped[str | None] = mapped_column(Text)
