@@ -193,13 +193,19 @@ class SimulatedSession(RecorderSession):
                 nxt = os.open(p, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dfd)
                 os.close(dfd)
                 dfd = nxt
-            fd = os.open(parts[-1], flags | os.O_NOFOLLOW, dir_fd=dfd)
+            # non-blocking, so a FIFO planted on the card cannot hang the open
+            fd = os.open(parts[-1], flags | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dfd)
         except OSError as e:
             os.close(dfd)
             self._check()
             if e.errno in (errno.ELOOP, errno.ENOTDIR):
                 raise CardReadError(f"{path!r} is a link, not a file") from None
             raise CardReadError(f"{path!r}: {e.strerror}") from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            os.close(dfd)
+            raise CardReadError(f"{path!r} is not a regular file")
+        os.set_blocking(fd, True)
         return dfd, fd, parts[-1]
 
     def open_file(self, path: bytes, offset: int = 0) -> SimulatedStream:
@@ -209,14 +215,14 @@ class SimulatedSession(RecorderSession):
         rate = data.get("read_mb_s")
         dfd, fd, _ = self._open_beneath(path, os.O_RDONLY)
         os.close(dfd)
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            os.close(fd)
-            raise CardReadError(f"{path!r} is not a regular file")
         os.lseek(fd, offset, os.SEEK_SET)
         faults = data.get("faults") or {}
         name = os.fsdecode(path)
         return SimulatedStream(
-            self, fd, float(rate) * 1e6 if rate else None, offset=offset,
+            self,
+            fd,
+            float(rate) * 1e6 if rate else None,
+            offset=offset,
             unplug_after=faults.get("unplug_after_bytes"),
             unstable=name in (faults.get("unstable") or []),
             bad_sector=(faults.get("bad_sectors") or {}).get(name),

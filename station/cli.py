@@ -155,7 +155,7 @@ def sim_dock(port: int, bus: str, from_path: str | None, seed: int, **fields: An
         if from_path:
             target = dock(Path(bus), port, Path(from_path))
         else:
-            fields["read_mb_s"] = fields.pop("read_mb_s")
+            fields["battery_percent"] = fields.pop("battery")
             spec = RecorderSpec(**{k: v for k, v in fields.items()})
             target = build_and_dock(Path(bus), port, spec, seed)
     except SimError as e:

@@ -11,6 +11,7 @@ import os
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -31,12 +32,23 @@ class StationSection(_Section):
     name: str = "Collection station"
     timezone: str | None = None  # IANA name; None = the system's local time
 
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                ZoneInfo(v)
+            except (ZoneInfoNotFoundError, ValueError):
+                raise ValueError(f"unknown time zone {v!r}") from None
+        return v
+
 
 class StoreSection(_Section):
     disks: list[Path] = Field(default_factory=lambda: [Path("/srv/disk1"), Path("/srv/disk2")])
-    min_free_mb: Annotated[int, Field(ge=0)] = 1024
-    sync_every_mb: Annotated[int, Field(ge=1, le=1024)] = 16  # fdatasync + durable offset
-    chunk_kb: Annotated[int, Field(ge=64, le=16384)] = 1024
+    min_free_mb: Annotated[int, Field(strict=True, ge=0)] = 1024
+    # fdatasync and record the durable offset this often
+    sync_every_mb: Annotated[int, Field(strict=True, ge=1, le=1024)] = 16
+    chunk_kb: Annotated[int, Field(strict=True, ge=64, le=16384)] = 1024
     # after copying, read the card again: "sample" compares a few 64 KiB windows,
     # "full" re-reads and re-hashes the whole file (twice the USB time), "off" trusts it
     card_recheck: Literal["sample", "full", "off"] = "sample"
@@ -46,6 +58,8 @@ class StoreSection(_Section):
     def _disks(cls, v: list[Path]) -> list[Path]:
         if not v:
             raise ValueError("at least one disk is needed")
+        if not all(p.is_absolute() for p in v):
+            raise ValueError("disk paths must be absolute")
         if len(set(v)) != len(v):
             raise ValueError("a disk is listed twice")
         return v
@@ -65,10 +79,10 @@ class DatabaseSection(_Section):
 class BusSection(_Section):
     kind: Literal["udev", "simulated"] = "udev"
     path: Path = Path("/run/station/simbus")
-    ports: Annotated[int, Field(ge=1, le=32)] = 8
+    ports: Annotated[int, Field(strict=True, ge=1, le=32)] = 8
     # physical port -> USB port path (kernel port name like "1-1.2" or udev ID_PATH)
     port_map: dict[int, str] = Field(default_factory=dict)
-    debounce_ms: Annotated[int, Field(ge=0, le=5000)] = 200
+    debounce_ms: Annotated[int, Field(strict=True, ge=0, le=5000)] = 200
 
 
 class RegistrationSection(_Section):
@@ -76,12 +90,12 @@ class RegistrationSection(_Section):
 
 
 class RetentionSection(_Section):
-    days: Annotated[int, Field(ge=1)] = 180
+    days: Annotated[int, Field(strict=True, ge=1)] = 180
 
 
 class WebSection(_Section):
     host: str = "127.0.0.1"
-    port: Annotated[int, Field(ge=0, le=65535)] = 8080
+    port: Annotated[int, Field(strict=True, ge=0, le=65535)] = 8080
 
 
 class ApiSection(_Section):
@@ -104,6 +118,15 @@ class RecordersSection(_Section):
 class NetworkSection(_Section):
     check: str | None = None  # "host:port" reached with a TCP connect; None = link state
     interval_s: Annotated[float, Field(gt=0)] = 10.0
+
+    @field_validator("check")
+    @classmethod
+    def _check(cls, v: str | None) -> str | None:
+        if v is not None:
+            host, sep, port = v.rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError("must be host:port")
+        return v
 
 
 class StationConfig(BaseSettings):

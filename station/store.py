@@ -148,12 +148,15 @@ class Store:
             return self.disks[i]
 
     def reserve_on(self, disk: StoreDisk, size: int) -> bool:
-        """Promise `size` bytes on this disk if it has room (a job already placed there)."""
+        """Promise `size` bytes on this disk if it has room (a job already placed there).
+
+        A resumed transfer finishing on its old disk does not make that disk active again.
+        """
         with self._lock:
             space = self._space(frozenset())[disk.index]
             if not (space.usable and space.free - space.reserved - size >= self.min_free):
                 return False
-            self._take(disk.index, size)
+            self._reserved[disk.index] += size
             return True
 
     def _take(self, i: int, size: int) -> None:
@@ -174,7 +177,8 @@ class Store:
 
 
 def stored_relpath(officer_no: str, serial: str, day: dt.date, name: str) -> Path:
-    """`<officer_no>/<serial>/<YYYY-MM-DD>/<name>` with every part made safe."""
+    """`<officer_no>/<serial>/<YYYY-MM-DD>/<name>`; officer and serial are made safe, `name`
+    must already be (from `safe_relpath`)."""
     return (
         Path(safe_component(officer_no or "unknown"))
         / safe_component(serial or "unknown")

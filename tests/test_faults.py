@@ -32,6 +32,7 @@ def _fleet(
     big_mb: float = 6,
     read_mb_s: float | None = None,
     seed: int = 0,
+    files: int = 3,
 ) -> dict[str, Path]:
     """Build and dock `n` recorders, each with small files and one multi-checkpoint video."""
     cards = {}
@@ -39,7 +40,12 @@ def _fleet(
         serial, officer = f"K{seed:02d}{port:04d}", f"8{seed:02d}{port:03d}"
         rec = st.build(
             RecorderSpec(
-                serial=serial, officer_no=officer, files=3, imp=1, size_mb=0.6, read_mb_s=read_mb_s
+                serial=serial,
+                officer_no=officer,
+                files=files,
+                imp=1,
+                size_mb=0.6,
+                read_mb_s=read_mb_s,
             ),
             seed=seed * 100 + port,
         )
@@ -78,9 +84,9 @@ def _run_until_killed_or_done(st: StationProc, cards: dict[str, Path], timeout: 
 def test_sigkill_at_every_crash_point_and_at_random(make_station) -> None:
     st = make_station(start=False)
     ledger = Ledger()
-    cards = _fleet(st, ledger, read_mb_s=40)
+    cards = _fleet(st, ledger, read_mb_s=40, files=6, big_mb=8)
     rng = random.Random(4711)
-    plan = [(p, rng.randint(2, 4)) for p in CRASHPOINTS if p != "copy_chunk"]
+    plan = [(p, rng.randint(1, 2)) for p in CRASHPOINTS if p != "copy_chunk" for _ in "ab"]
     plan += [("copy_chunk", rng.randint(8, 30)) for _ in range(3)]
     plan += [("external", rng.uniform(1.0, 2.5)) for _ in range(3)]
     rng.shuffle(plan)
@@ -129,7 +135,10 @@ def test_yanked_at_random_bytes_and_redocked_on_other_ports(station: StationProc
             (path / "recorder.json").write_text(json.dumps(data))
         for serial in list(cards):
             path, port = cards[serial], ports[serial]
-            wait_for(lambda p=path: _gone_or_done(p), 120, f"{serial} to be yanked or done")
+            try:
+                wait_for(lambda p=path: _gone_or_done(p), 120, f"{serial} yanked or done")
+            except AssertionError as e:
+                raise AssertionError(f"{e}: {station.slot(port)}\n{station.log()}") from None
             if path.exists():
                 continue
             new = max(aside.glob(f"port-{port}-yanked-*"), key=lambda p: p.stat().st_mtime)
@@ -188,7 +197,11 @@ def test_card_that_lies_or_fails_keeps_the_file(station: StationProc, kind: str)
     assert Path(victim).name not in {f["name"] for f in stored}
     codes = {a["code"] for a in station.api("/api/v1/status")["alarms"]}
     assert ("verify_failed" if kind == "unstable" else "collection_failed") in codes
-    assert not list((station.disks[0] / ".staging").iterdir())
+    # a transfer cut short by the bad read keeps its temp file only to resume later
+    open_jobs = {
+        p for (p,) in station.query("SELECT temp_path FROM ingest_jobs WHERE state = 'copying'")
+    }
+    assert {str(p) for p in (station.disks[0] / ".staging").iterdir()} <= open_jobs
 
 
 def test_file_still_growing_is_stored_once_complete(station: StationProc) -> None:
@@ -276,14 +289,14 @@ def test_hostile_names_stay_inside_the_recorders_folder(station: StationProc) ->
     station.wait_state(7, "complete")
     _assert_invariants(station, ledger, {"Q000001": docked})
     items = station.api("/api/v1/files")["items"]
-    assert len(items) == len(names)
+    assert len(items) == ledger.total_files == len(names) + 1  # and the device log
     base = station.disks[0] / "840001" / "Q000001"
     for i in items:
         p = Path(i["stored_path"])
         assert p.resolve().is_relative_to(base.resolve()), p
         assert p.parent.parent == base
     rows = {bytes(r[0]) for r in station.query("SELECT card_path FROM files")}
-    assert rows == {b"DCIM/100ANDRO/" + n for n in names}  # the original bytes are kept
+    assert {b"DCIM/100ANDRO/" + n for n in names} <= rows  # the original bytes are kept
 
 
 @needs_root
@@ -320,7 +333,7 @@ def test_disk_full_mid_file_moves_the_whole_file(make_station) -> None:
     # something else fills disk 1 while the file is being written to it
     st.in_namespace("sh", "-c", f"head -c 40M /dev/zero > {st.disks[0]}/filler || true")
     st.wait_state(1, "complete")
-    items = st.api("/api/v1/files")["items"]
+    items = [i for i in st.api("/api/v1/files")["items"] if i["name"] == big.name]
     assert len(items) == 1 and items[0]["stored_path"].startswith(str(st.disks[1]))
     assert (
         st.in_namespace("sha256sum", items[0]["stored_path"]).split()[0]
