@@ -179,7 +179,8 @@ class FileIngest:
                 return outcome
             job = None
         if job is None:
-            job = self._new_job(cf)
+            job, disk = self._new_job(cf)
+            return self._copy(job, cf, reserved=disk)
         return self._copy(job, cf)
 
     # --- duplicates ---------------------------------------------------------------------
@@ -250,10 +251,19 @@ class FileIngest:
                 job_id=job.id,
             )
 
-    def _new_job(self, cf: CardFile) -> IngestJob:
-        disk = self.store.pick(cf.size)
+    def _new_job(self, cf: CardFile) -> tuple[IngestJob, StoreDisk]:
+        """A job row for `cf` on the disk the store policy gives it (space reserved)."""
+        disk = self.store.reserve(cf.size)
         if disk is None:
             raise StorageFull(f"no disk has room for {cf.size} bytes")
+        try:
+            job = self._create_job(cf, disk)
+        except BaseException:
+            self.store.release(disk, cf.size)
+            raise
+        return job, disk
+
+    def _create_job(self, cf: CardFile, disk: StoreDisk) -> IngestJob:
         with self.catalog.write() as s:
             job = IngestJob(
                 recorder_id=self.owner.recorder_id,
@@ -307,11 +317,13 @@ class FileIngest:
         log.info("job %s: resuming at byte %s of %s", job.id, offset, cf.size)
         return offset
 
-    def _copy(self, job: IngestJob, cf: CardFile) -> Outcome:
-        disk = self.store.disk_by_path(job.disk)
-        reserved: StoreDisk | None = None
+    def _copy(self, job: IngestJob, cf: CardFile, reserved: StoreDisk | None = None) -> Outcome:
+        """Copy, verify and store; `reserved` is the disk already promised to a new job."""
+        disk = reserved or self.store.disk_by_path(job.disk)
         try:
-            if disk is not None and self.store.reserve_on(disk, cf.size):
+            if reserved is not None:
+                offset = 0
+            elif disk is not None and self.store.reserve_on(disk, cf.size):
                 reserved = disk
                 offset = self._resume_offset(job, cf)
             else:
