@@ -132,7 +132,9 @@ def test_yanked_at_random_bytes_and_redocked_on_other_ports(station: StationProc
         for path in cards.values():
             data = json.loads((path / "recorder.json").read_text())
             data["faults"] = {"unplug_after_bytes": rng.randint(1 * MB, 5 * MB)}
-            (path / "recorder.json").write_text(json.dumps(data))
+            tmp = path / "recorder.json.new"  # atomically: the recorder is in use
+            tmp.write_text(json.dumps(data))
+            os.replace(tmp, path / "recorder.json")
         for serial in list(cards):
             path, port = cards[serial], ports[serial]
             try:
