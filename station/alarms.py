@@ -23,6 +23,7 @@ SEVERITY = {
     "collection_failed": "warning",
     "verify_failed": "critical",
     "store_inconsistent": "critical",
+    "store_corrupt": "critical",
     "recorder_clock_drift": "info",
     "battery_critical": "info",
 }

@@ -52,6 +52,10 @@ class StoreSection(_Section):
     # after copying, read the card again: "sample" compares a few 64 KiB windows,
     # "full" re-reads and re-hashes the whole file (twice the USB time), "off" trusts it
     card_recheck: Literal["sample", "full", "off"] = "sample"
+    # the background scrubber re-hashes stored files at this rate (0 = off) ...
+    scrub_mb_s: Annotated[float, Field(ge=0)] = 20.0
+    # ... so that each file is checked again after this many days
+    scrub_every_days: Annotated[float, Field(gt=0)] = 30.0
 
     @field_validator("disks")
     @classmethod

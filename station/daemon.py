@@ -33,6 +33,7 @@ from station.config import StationConfig
 from station.names import parse_card_path
 from station.network import check_network
 from station.recovery import recover
+from station.scrubber import Scrubber
 from station.store import Store, StoreDisk
 
 log = logging.getLogger(__name__)
@@ -88,6 +89,8 @@ class Station:
         self.network_online: bool | None = None
         self.version = 0
         self.stopping = False
+        self.scrubber: Scrubber | None = None
+        self._scrub_thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._changed = asyncio.Event()
         self._stop_workers = threading.Event()
@@ -207,6 +210,7 @@ class Station:
             asyncio.create_task(server.serve(), name="web"),
             asyncio.create_task(self._periodic(stop), name="periodic"),
         ]
+        self._start_scrubber()
         log.info(
             "station %s running, UI on http://%s:%s/",
             self.config.station.id,
@@ -227,8 +231,28 @@ class Station:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
+    def collecting(self) -> bool:
+        """Whether any port is busy moving footage (background work steps aside)."""
+        return any(s.state in ("identifying", "collecting") for s in self.slots.values())
+
+    def _start_scrubber(self) -> None:
+        if self.config.store.scrub_mb_s <= 0:
+            return
+        self.scrubber = Scrubber(
+            self.catalog,
+            self.alarms,
+            mb_s=self.config.store.scrub_mb_s,
+            every_days=self.config.store.scrub_every_days,
+            busy=self.collecting,
+            stop=self._stop_workers,
+        )
+        self._scrub_thread = threading.Thread(target=self.scrubber.run, name="scrubber")
+        self._scrub_thread.start()
+
     async def shutdown(self) -> None:
         self._stop_workers.set()
+        if self._scrub_thread is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self._scrub_thread.join)
         self.watcher.stop()
         if self._workers:
             await asyncio.gather(*self._workers.values(), return_exceptions=True)
