@@ -11,7 +11,10 @@ import abc
 import datetime as dt
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from drivers.card import Card
 
 
 class RecorderError(Exception):
@@ -104,8 +107,6 @@ class RecorderSession(abc.ABC):
     Use as a context manager; `close` must be safe after `DeviceGone`.
     """
 
-    bytes_read: int = 0  # card bytes read through this session, for resume accounting
-
     def __enter__(self) -> RecorderSession:
         return self
 
@@ -145,21 +146,12 @@ class RecorderSession(abc.ABC):
     def enter_mass_storage(self) -> None:
         """SetMSDC: expose the card. Idempotent."""
 
-    @abc.abstractmethod
-    def list_files(self) -> list[CardFile]:
-        """Every regular file on the card; links and device nodes are never followed."""
+    def card(self) -> Card | None:
+        """The card, when the driver reaches it itself (after `enter_mass_storage`).
 
-    @abc.abstractmethod
-    def open_file(self, path: bytes, offset: int = 0) -> CardStream:
-        """Open a card file for reading, positioned at `offset`."""
-
-    @abc.abstractmethod
-    def stat_file(self, path: bytes) -> CardFile | None:
-        """The file's current size and time, None if it is gone (it may still be growing)."""
-
-    @abc.abstractmethod
-    def delete_file(self, path: bytes) -> None:
-        """Remove one file from the card (never a format: GAT947.md section 4)."""
+        None means the recorder re-appears as a USB disk that the station mounts.
+        """
+        return None
 
     @abc.abstractmethod
     def alive(self) -> bool:
@@ -167,22 +159,6 @@ class RecorderSession(abc.ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release the device."""
-
-    def read_range(self, path: bytes, offset: int, size: int) -> bytes:
-        """Read exactly `size` bytes at `offset` (short at end of file)."""
-        stream = self.open_file(path, offset)
-        try:
-            out = bytearray(size)
-            view = memoryview(out)
-            got = 0
-            while got < size:
-                n = stream.readinto(view[got:])
-                if n == 0:
-                    break
-                got += n
-            return bytes(out[:got])
-        finally:
-            stream.close()
 
 
 class RecorderDriver(abc.ABC):

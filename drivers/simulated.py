@@ -19,11 +19,9 @@ mid-file exactly as a real one does.
 from __future__ import annotations
 
 import datetime as dt
-import errno
 import json
 import os
 import random
-import stat
 import threading
 import time
 from pathlib import Path
@@ -31,7 +29,6 @@ from typing import Any
 
 from drivers.base import (
     AuthFailed,
-    CardFile,
     CardReadError,
     DeviceGone,
     DockedDevice,
@@ -40,16 +37,10 @@ from drivers.base import (
     RecorderDriver,
     RecorderSession,
 )
+from drivers.card import FolderCard, FolderStream
 
 RECORDER_JSON = "recorder.json"
 CARD = "card"
-
-
-def _split(path: bytes) -> list[bytes]:
-    parts = [p for p in path.split(b"/") if p]
-    if not parts or any(p in (b".", b"..") for p in parts) or path.startswith(b"/"):
-        raise CardReadError(f"refusing card path {path!r}")
-    return parts
 
 
 class SimulatedSession(RecorderSession):
@@ -58,7 +49,6 @@ class SimulatedSession(RecorderSession):
     def __init__(self, port_dir: Path, password: str) -> None:
         self.port_dir = port_dir
         self.password = password
-        self.bytes_read = 0
         self._ino = self._stat_port().st_ino
         self._json_lock = threading.Lock()
         self._msdc = False
@@ -158,62 +148,34 @@ class SimulatedSession(RecorderSession):
 
     # --- the card -------------------------------------------------------------------
 
-    @property
-    def _card(self) -> bytes:
-        return os.fsencode(self.port_dir / CARD)
+    def card(self) -> SimulatedCard:
+        if not self._msdc:
+            raise ProtocolError("card opened before SetMSDC")
+        return SimulatedCard(self)
 
-    def list_files(self) -> list[CardFile]:
-        self._check()
-        out: list[CardFile] = []
-        stack = [b""]
-        while stack:
-            rel = stack.pop()
-            try:
-                entries = list(os.scandir(os.path.join(self._card, rel) if rel else self._card))
-            except FileNotFoundError:
-                self._check()
-                raise CardReadError(f"card folder {rel!r} vanished") from None
-            for e in entries:
-                path = rel + b"/" + e.name if rel else e.name
-                st = e.stat(follow_symlinks=False)
-                if stat.S_ISDIR(st.st_mode):
-                    stack.append(path)
-                elif stat.S_ISREG(st.st_mode):
-                    out.append(CardFile(path, st.st_size, st.st_mtime))
-                # symlinks, device nodes, fifos: never followed, never collected
-        out.sort(key=lambda f: f.path)
-        return out
+    def yank(self) -> None:
+        """Fault injection: the recorder is pulled out (its folder leaves the bus)."""
+        aside = self.port_dir.parent / ".undocked"
+        aside.mkdir(exist_ok=True)
+        target = aside / f"{self.port_dir.name}-yanked-{time.time_ns()}"
+        data = json.loads((self.port_dir / RECORDER_JSON).read_text("utf-8"))
+        data.get("faults", {}).pop("unplug_after_bytes", None)
+        (self.port_dir / RECORDER_JSON).write_text(json.dumps(data, ensure_ascii=False))
+        os.rename(self.port_dir, target)
+        raise DeviceGone("yanked")
 
-    def _open_beneath(self, path: bytes, flags: int) -> tuple[int, int, bytes]:
-        """Walk to `path` with O_NOFOLLOW at every step; return (dir fd, file fd, name)."""
-        parts = _split(path)
-        dfd = os.open(self._card, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            for p in parts[:-1]:
-                nxt = os.open(p, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dfd)
-                os.close(dfd)
-                dfd = nxt
-            # non-blocking, so a FIFO planted on the card cannot hang the open
-            fd = os.open(parts[-1], flags | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dfd)
-        except OSError as e:
-            os.close(dfd)
-            self._check()
-            if e.errno in (errno.ELOOP, errno.ENOTDIR):
-                raise CardReadError(f"{path!r} is a link, not a file") from None
-            raise CardReadError(f"{path!r}: {e.strerror}") from None
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            os.close(fd)
-            os.close(dfd)
-            raise CardReadError(f"{path!r} is not a regular file")
-        os.set_blocking(fd, True)
-        return dfd, fd, parts[-1]
+
+class SimulatedCard(FolderCard):
+    """The simulated recorder's card folder, read at its speed limit, faults as configured."""
+
+    def __init__(self, session: SimulatedSession) -> None:
+        super().__init__(session.port_dir / CARD, session.alive)
+        self.session = session
 
     def open_file(self, path: bytes, offset: int = 0) -> SimulatedStream:
-        if not self._msdc:
-            raise ProtocolError("card read before SetMSDC")
-        data = self._load()
+        data = self.session._load()
         rate = data.get("read_mb_s")
-        dfd, fd, _ = self._open_beneath(path, os.O_RDONLY)
+        dfd, fd, _ = self.open_beneath(path)
         os.close(dfd)
         os.lseek(fd, offset, os.SEEK_SET)
         faults = data.get("faults") or {}
@@ -228,47 +190,17 @@ class SimulatedSession(RecorderSession):
             bad_sector=(faults.get("bad_sectors") or {}).get(name),
         )
 
-    def stat_file(self, path: bytes) -> CardFile | None:
-        self._check()
-        try:
-            dfd, fd, _ = self._open_beneath(path, os.O_RDONLY)
-        except CardReadError:
-            return None
-        try:
-            st = os.fstat(fd)
-        finally:
-            os.close(fd)
-            os.close(dfd)
-        return CardFile(path, st.st_size, st.st_mtime)
-
-    def yank(self) -> None:
-        """Fault injection: the recorder is pulled out (its folder leaves the bus)."""
-        aside = self.port_dir.parent / ".undocked"
-        aside.mkdir(exist_ok=True)
-        target = aside / f"{self.port_dir.name}-yanked-{time.time_ns()}"
-        data = json.loads((self.port_dir / RECORDER_JSON).read_text("utf-8"))
-        data.get("faults", {}).pop("unplug_after_bytes", None)
-        (self.port_dir / RECORDER_JSON).write_text(json.dumps(data, ensure_ascii=False))
-        os.rename(self.port_dir, target)
-        raise DeviceGone(f"yanked after {self.bytes_read} bytes")
-
     def delete_file(self, path: bytes) -> None:
-        self._load()
-        dfd, fd, name = self._open_beneath(path, os.O_RDONLY)
-        try:
-            os.close(fd)
-            os.unlink(name, dir_fd=dfd)
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        self.session._load()  # the recorder must still accept our password
+        super().delete_file(path)
 
 
-class SimulatedStream:
+class SimulatedStream(FolderStream):
     """A card file being read, at most `rate` bytes per second, faults as configured."""
 
     def __init__(
         self,
-        session: SimulatedSession,
+        card: SimulatedCard,
         fd: int,
         rate: float | None,
         *,
@@ -277,8 +209,8 @@ class SimulatedStream:
         unstable: bool = False,
         bad_sector: int | None = None,
     ) -> None:
-        self.session = session
-        self.fd = fd
+        super().__init__(card, fd)
+        self.sim = card
         self.rate = rate
         self.pos = offset
         self.unplug_after = unplug_after
@@ -288,32 +220,22 @@ class SimulatedStream:
         self._n = 0
 
     def readinto(self, buffer: memoryview) -> int:
-        self.session._check()
-        if self.unplug_after is not None and self.session.bytes_read >= self.unplug_after:
-            self.session.yank()
+        self.card.check()
+        if self.unplug_after is not None and self.card.bytes_read >= self.unplug_after:
+            self.sim.session.yank()
         if self.bad_sector is not None and self.pos <= self.bad_sector < self.pos + len(buffer):
             raise CardReadError(f"read failed at byte {self.bad_sector}: Input/output error")
-        try:
-            n = os.readv(self.fd, [buffer])
-        except OSError as e:
-            self.session._check()
-            raise CardReadError(f"read failed: {e.strerror}") from None
+        n = super().readinto(buffer)
         if self.unstable and n:
             i = random.randrange(n)
             buffer[i] ^= 1 << random.randrange(8)
         self.pos += n
-        self.session.bytes_read += n
         self._n += n
         if self.rate:
             ahead = self._n / self.rate - (time.monotonic() - self._t0)
             if ahead > 0:
                 time.sleep(ahead)
         return n
-
-    def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
 
 
 class SimulatedDriver(RecorderDriver):

@@ -29,6 +29,7 @@ from drivers.base import (
     RecorderError,
     RecorderSession,
 )
+from drivers.card import Card
 from station.alarms import AlarmBook
 from station.catalog import Catalog, CollectionSession, Officer, Recorder
 from station.catalog.db import append_event
@@ -96,6 +97,7 @@ class Services:
     notify: Callable[[], None]  # thread-safe: something on screen changed
     registration_mode: Callable[[], str]
     docked_elsewhere: Callable[[str, int], int | None]  # serial, port -> other port
+    open_card: Callable[[DockedDevice, RecorderSession], Card]  # mount a USB-disk card
 
 
 class Collector:
@@ -116,7 +118,7 @@ class Collector:
         self.serial: str | None = None
         self.officer_no: str | None = None
         self.files_total = self.files_done = self.bytes_total = self.bytes_done = 0
-        self.rec: RecorderSession | None = None
+        self.card: Card | None = None
 
     # --- slot updates (ignored once the port moved on to another docking) ----------------
 
@@ -196,7 +198,6 @@ class Collector:
             return "error"
 
     def _collect(self, rec: RecorderSession) -> str:
-        self.rec = rec
         id_code = rec.id_code()
         info = rec.officer_info()
         battery = rec.battery_percent()
@@ -265,6 +266,26 @@ class Collector:
                 subject=info.serial,
             )
         rec.enter_mass_storage()
+        card = rec.card() or self.sv.open_card(self.device, rec)
+        try:
+            return self._collect_files(
+                rec, card, info, id_code, officer, recorder_id, officer_id, session_id
+            )
+        finally:
+            card.close()
+
+    def _collect_files(
+        self,
+        rec: RecorderSession,
+        card: Card,
+        info: OfficerInfo,
+        id_code: str,
+        officer: Officer,
+        recorder_id: int,
+        officer_id: int,
+        session_id: int,
+    ) -> str:
+        self.card = card
         self._set(state="collecting", files_done=0, bytes_done=0)
         owner = Owner(
             recorder_id,
@@ -282,7 +303,7 @@ class Collector:
         ingest = FileIngest(
             self.sv.catalog,
             self.sv.store,
-            rec,
+            card,
             owner,
             chunk=self.sv.config.store.chunk_kb * 1024,
             sync_every=self.sv.config.store.sync_every_mb * 1024 * 1024,
@@ -291,7 +312,7 @@ class Collector:
             progress=self._progress,
             card_recheck=self.sv.config.store.card_recheck,
         )
-        failures = self._collect_card(ingest, rec)
+        failures = self._collect_card(ingest, rec, card)
         if failures:
             first = next(iter(failures.values()))
             msg = f"{len(failures)} file(s) kept on the recorder: {first}"
@@ -306,13 +327,15 @@ class Collector:
         self.sv.alarms.clear("collection_failed", subject=info.serial)
         return "complete"
 
-    def _collect_card(self, ingest: FileIngest, rec: RecorderSession) -> dict[bytes, str]:
+    def _collect_card(
+        self, ingest: FileIngest, rec: RecorderSession, card: Card
+    ) -> dict[bytes, str]:
         """Collect until the card holds nothing new: files may still be growing when docked,
         and a recorder may record while it charges. Returns the files that failed."""
         failures: dict[bytes, str] = {}
         seen: set[bytes] = set()
         while True:
-            pending = [f for f in rec.list_files() if f.path not in failures]
+            pending = [f for f in card.list_files() if f.path not in failures]
             if not pending:
                 return failures
             # IMP files first: recorders never overwrite them, so they fill cards
@@ -390,8 +413,8 @@ class Collector:
             if sess is not None:
                 sess.files_total, sess.files_done = self.files_total, self.files_done
                 sess.bytes_total, sess.bytes_done = self.bytes_total, self.bytes_done
-                if self.rec is not None:
-                    sess.bytes_read = self.rec.bytes_read
+                if self.card is not None:
+                    sess.bytes_read = self.card.bytes_read
 
     def _ended(self, state: str, error: str | None) -> None:
         if self.session_id is None:

@@ -20,7 +20,8 @@ from zoneinfo import ZoneInfo
 import uvicorn
 from sqlalchemy import func, select
 
-from drivers.base import DockedDevice, DriverRegistry
+from drivers.base import DockedDevice, DriverRegistry, ProtocolError, RecorderSession
+from drivers.card import Card
 from drivers.simulated import SimulatedDriver
 from station import __version__
 from station.alarms import AlarmBook
@@ -112,11 +113,19 @@ class Station:
             self.notify,
             lambda: self.config.registration.mode,
             self.docked_elsewhere,
+            self.open_card,
         )
 
     def _disk_failed(self, disk: StoreDisk, why: str) -> None:
         self.alarms.raise_(
             "disk_unhealthy", f"store disk {disk.path} taken out of use: {why}", str(disk.path)
+        )
+
+    def open_card(self, device: DockedDevice, rec: RecorderSession) -> Card:
+        """The card of a recorder that re-appears as a USB disk after SetMSDC."""
+        raise ProtocolError(
+            f"port {device.port}: this station cannot mount recorder cards yet "
+            f"({device.kind} device {device.vendor_id}:{device.product_id})"
         )
 
     def docked_elsewhere(self, serial: str, port: int) -> int | None:

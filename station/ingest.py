@@ -34,7 +34,8 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import select
 
-from drivers.base import CardFile, CardReadError, RecorderSession
+from drivers.base import CardFile, CardReadError
+from drivers.card import Card
 from station import faults
 from station.catalog import Catalog, IngestJob, StoredFile
 from station.catalog.db import append_event
@@ -142,7 +143,7 @@ class FileIngest:
         self,
         catalog: Catalog,
         store: Store,
-        recorder: RecorderSession,
+        card: Card,
         owner: Owner,
         *,
         chunk: int,
@@ -155,7 +156,7 @@ class FileIngest:
     ) -> None:
         self.catalog = catalog
         self.store = store
-        self.rec = recorder
+        self.card = card
         self.owner = owner
         self.chunk = chunk
         self.sync_every = sync_every
@@ -198,7 +199,7 @@ class FileIngest:
             return None
         # Same recorder, path and size: read the card copy to prove it is the same bytes.
         h = hashlib.sha256()
-        stream = self.rec.open_file(cf.path, 0)
+        stream = self.card.open_file(cf.path, 0)
         try:
             buf = bytearray(self.chunk)
             mv = memoryview(buf)
@@ -293,7 +294,7 @@ class FileIngest:
             if hash_file(temp, 0, offset).hexdigest() != job.prefix_sha256:
                 raise VerifyFailed("stored prefix does not match its recorded hash")
             start = max(0, offset - OVERLAP)
-            card = self.rec.read_range(cf.path, start, offset - start)
+            card = self.card.read_range(cf.path, start, offset - start)
             fd = os.open(temp, os.O_RDONLY)
             try:
                 ours = os.pread(fd, offset - start, start)
@@ -359,7 +360,7 @@ class FileIngest:
             buf = bytearray(self.chunk)
             mv = memoryview(buf)
             synced = offset
-            stream = self.rec.open_file(cf.path, offset)
+            stream = self.card.open_file(cf.path, offset)
             try:
                 while offset < cf.size:
                     if self.stop.is_set():
@@ -463,7 +464,7 @@ class FileIngest:
 
     def _second_look(self, job: IngestJob, cf: CardFile) -> None:
         """Read the card again: a file still growing, or bytes that change, is not kept."""
-        now = self.rec.stat_file(cf.path)
+        now = self.card.stat_file(cf.path)
         if now is None or (now.size, now.mtime) != (cf.size, cf.mtime):
             self._abandon(job, "the card file changed while it was copied")
             raise FileChanged(parse_card_path(cf.path).display)
@@ -483,7 +484,7 @@ class FileIngest:
                 pos = start
                 while pos < start + length:
                     n = min(self.chunk, start + length - pos)
-                    if self.rec.read_range(cf.path, pos, n) != os.pread(fd, n, pos):
+                    if self.card.read_range(cf.path, pos, n) != os.pread(fd, n, pos):
                         name = parse_card_path(cf.path).display
                         raise self._fail(
                             job,
@@ -596,7 +597,7 @@ class FileIngest:
     def _delete_from_card(
         self, cf: CardFile, file_id: int, *, duplicate: bool, job_id: int | None = None
     ) -> None:
-        self.rec.delete_file(cf.path)
+        self.card.delete_file(cf.path)
         faults.crashpoint("after_card_delete")
         with self.catalog.write() as s:
             if job_id is not None:

@@ -20,7 +20,7 @@ from drivers.base import (
     OfficerInfo,
     ProtocolError,
 )
-from drivers.simulated import SimulatedDriver, SimulatedSession
+from drivers.simulated import SimulatedCard, SimulatedDriver, SimulatedSession
 
 PASSWORD = "654321"
 AVI = b"DCIM/100ANDRO/100001_B100001_20261121083000_0001.AVI"
@@ -67,6 +67,16 @@ def _device(port_dir: Path) -> DockedDevice:
     return DockedDevice(port=1, key="sim-1", kind="simulated", path=str(port_dir))
 
 
+_cards: dict[int, SimulatedCard] = {}
+
+
+def card_of(s: SimulatedSession) -> SimulatedCard:
+    """The session's card (one per session, so its byte counter carries on)."""
+    if id(s) not in _cards:
+        _cards[id(s)] = s.card()
+    return _cards[id(s)]
+
+
 def _open(port_dir: Path, passwords: list[str] | None = None) -> SimulatedSession:
     s = SimulatedDriver().open(_device(port_dir), passwords or [PASSWORD])
     s.enter_mass_storage()
@@ -74,7 +84,7 @@ def _open(port_dir: Path, passwords: list[str] | None = None) -> SimulatedSessio
 
 
 def _read_all(s: SimulatedSession, path: bytes, chunk: int = 65536) -> bytes:
-    stream = s.open_file(path)
+    stream = card_of(s).open_file(path)
     out = bytearray()
     buf = bytearray(chunk)
     try:
@@ -124,7 +134,7 @@ def test_the_password_is_checked_on_every_call(port: Path) -> None:
     with pytest.raises(AuthFailed):
         s.set_clock(dt.datetime.now())
     with pytest.raises(AuthFailed):
-        s.open_file(AVI)
+        card_of(s).open_file(AVI)
 
 
 # --- GA/T 947.4 calls ------------------------------------------------------------------------
@@ -201,7 +211,7 @@ def test_battery_out_of_range_is_a_protocol_error(tmp_path: Path, level: object)
 
 
 def test_list_files(port: Path) -> None:
-    files = _open(port).list_files()
+    files = card_of(_open(port)).list_files()
     assert [f.path for f in files] == sorted([AVI, IMP, LOG])
     sizes = {f.path: f.size for f in files}
     assert sizes[AVI] == 300_000 and sizes[IMP] == 200_000
@@ -214,7 +224,7 @@ def test_non_utf8_names_are_kept_as_bytes(port: Path) -> None:
     gbk = "DCIM/100ANDRO/执法_0003.AVI".encode("gbk")
     _put(port, gbk, b"x" * 10)
     s = _open(port)
-    assert gbk in [f.path for f in s.list_files()]
+    assert gbk in [f.path for f in card_of(s).list_files()]
     assert _read_all(s, gbk) == b"x" * 10
 
 
@@ -230,7 +240,7 @@ def test_symlinks_fifos_are_never_listed_or_opened(port: Path, tmp_path: Path) -
     os.mkfifo(card / "DCIM" / "pipe.AVI")
 
     s = _open(port)
-    assert [f.path for f in s.list_files()] == sorted([AVI, IMP, LOG])
+    assert [f.path for f in card_of(s).list_files()] == sorted([AVI, IMP, LOG])
     for path in (
         b"DCIM/100ANDRO/passwd.AVI",
         b"DCIM/linked/secret.AVI",
@@ -238,10 +248,10 @@ def test_symlinks_fifos_are_never_listed_or_opened(port: Path, tmp_path: Path) -
         b"dangling.AVI",
     ):
         with pytest.raises(CardReadError):
-            s.open_file(path)
-        assert s.stat_file(path) is None
+            card_of(s).open_file(path)
+        assert card_of(s).stat_file(path) is None
         with pytest.raises(CardReadError):
-            s.delete_file(path)
+            card_of(s).delete_file(path)
     assert (outside / "secret.AVI").exists()
     assert (card / "DCIM" / "100ANDRO" / "passwd.AVI").is_symlink()
 
@@ -252,7 +262,7 @@ def test_a_folder_reached_only_through_a_symlink_is_not_walked(port: Path, tmp_p
     (outside / "deep" / "x.AVI").write_bytes(b"x")
     os.symlink(outside, port / "card" / "Record")
     s = _open(port)
-    assert all(not f.path.startswith(b"Record") for f in s.list_files())
+    assert all(not f.path.startswith(b"Record") for f in card_of(s).list_files())
 
 
 def _call_with_deadline(fn: Any, fifo: Path, timeout: float = 3.0) -> tuple[Any, Any]:
@@ -281,10 +291,10 @@ def test_opening_a_fifo_fails_fast(port: Path) -> None:
     fifo = port / "card" / "DCIM" / "pipe.AVI"
     os.mkfifo(fifo)
     s = _open(port)
-    _, err = _call_with_deadline(lambda: s.open_file(b"DCIM/pipe.AVI"), fifo)
+    _, err = _call_with_deadline(lambda: card_of(s).open_file(b"DCIM/pipe.AVI"), fifo)
     assert isinstance(err, CardReadError)
-    assert _call_with_deadline(lambda: s.stat_file(b"DCIM/pipe.AVI"), fifo) == (None, None)
-    _, err = _call_with_deadline(lambda: s.delete_file(b"DCIM/pipe.AVI"), fifo)
+    assert _call_with_deadline(lambda: card_of(s).stat_file(b"DCIM/pipe.AVI"), fifo) == (None, None)
+    _, err = _call_with_deadline(lambda: card_of(s).delete_file(b"DCIM/pipe.AVI"), fifo)
     assert isinstance(err, CardReadError)
     assert fifo.exists()
 
@@ -305,16 +315,16 @@ def test_opening_a_fifo_fails_fast(port: Path) -> None:
 def test_dot_dot_and_absolute_card_paths_are_refused(port: Path, path: bytes) -> None:
     s = _open(port)
     with pytest.raises(CardReadError):
-        s.open_file(path)
+        card_of(s).open_file(path)
     with pytest.raises(CardReadError):
-        s.delete_file(path)
+        card_of(s).delete_file(path)
     assert (port / "recorder.json").exists()
 
 
 def test_card_read_before_set_msdc_is_a_protocol_error(port: Path) -> None:
     s = SimulatedDriver().open(_device(port), [PASSWORD])
     with pytest.raises(ProtocolError):
-        s.open_file(AVI)
+        card_of(s).open_file(AVI)
     s.enter_mass_storage()
     s.enter_mass_storage()  # idempotent
     assert _read_all(s, LOG).startswith(b"2026-11-21")
@@ -323,44 +333,44 @@ def test_card_read_before_set_msdc_is_a_protocol_error(port: Path) -> None:
 def test_read_from_an_offset_and_read_range(port: Path) -> None:
     s = _open(port)
     whole = (port / "card" / os.fsdecode(AVI)).read_bytes()
-    stream = s.open_file(AVI, offset=100_000)
+    stream = card_of(s).open_file(AVI, offset=100_000)
     buf = bytearray(1000)
     n = stream.readinto(memoryview(buf))
     stream.close()
     stream.close()  # closing twice is harmless
     assert bytes(buf[:n]) == whole[100_000 : 100_000 + n]
-    assert s.read_range(AVI, 299_990, 100) == whole[299_990:]  # short at the end
+    assert card_of(s).read_range(AVI, 299_990, 100) == whole[299_990:]  # short at the end
 
 
 def test_stat_file(port: Path) -> None:
     s = _open(port)
-    f = s.stat_file(AVI)
+    f = card_of(s).stat_file(AVI)
     assert f is not None
     assert (f.path, f.size) == (AVI, 300_000)
     assert f.mtime == (port / "card" / os.fsdecode(AVI)).stat().st_mtime
     with (port / "card" / os.fsdecode(AVI)).open("ab") as grow:
         grow.write(b"more")  # a file the recorder is still writing
-    assert s.stat_file(AVI).size == 300_004
-    assert s.stat_file(b"DCIM/100ANDRO/missing.AVI") is None
-    assert s.stat_file(b"../recorder.json") is None
+    assert card_of(s).stat_file(AVI).size == 300_004
+    assert card_of(s).stat_file(b"DCIM/100ANDRO/missing.AVI") is None
+    assert card_of(s).stat_file(b"../recorder.json") is None
 
 
 def test_bytes_read_counts(port: Path) -> None:
     s = _open(port)
-    assert s.bytes_read == 0
+    assert card_of(s).bytes_read == 0
     assert len(_read_all(s, AVI)) == 300_000
-    assert s.bytes_read == 300_000
+    assert card_of(s).bytes_read == 300_000
     _read_all(s, IMP, chunk=7000)
-    assert s.bytes_read == 500_000
-    s.read_range(AVI, 1000, 5000)
-    assert s.bytes_read == 505_000
+    assert card_of(s).bytes_read == 500_000
+    card_of(s).read_range(AVI, 1000, 5000)
+    assert card_of(s).bytes_read == 505_000
 
 
 def test_unplug_mid_read_raises_device_gone(port: Path, tmp_path: Path) -> None:
     big = b"DCIM/100ANDRO/100001_B100001_20261121090000_0003.AVI"
     _put(port, big, os.urandom(4_000_000))
     s = _open(port)
-    stream = s.open_file(big)
+    stream = card_of(s).open_file(big)
     buf = memoryview(bytearray(65536))
     assert stream.readinto(buf) == 65536
     os.rename(port, tmp_path / "aside")  # unplugged
@@ -368,11 +378,11 @@ def test_unplug_mid_read_raises_device_gone(port: Path, tmp_path: Path) -> None:
     with pytest.raises(DeviceGone):
         stream.readinto(buf)
     stream.close()
-    for call in (s.id_code, s.battery_percent, s.list_files):
+    for call in (s.id_code, s.battery_percent, lambda: card_of(s).list_files()):
         with pytest.raises(DeviceGone):
             call()
     with pytest.raises(DeviceGone):
-        s.open_file(AVI)
+        card_of(s).open_file(AVI)
 
 
 def test_another_recorder_in_the_same_port_is_not_the_same_device(port: Path) -> None:
@@ -407,19 +417,19 @@ def test_delete_file_removes_exactly_one_file(port: Path) -> None:
     s = _open(port)
     twin = AVI.replace(b"0001.AVI", b"0001.JPG")
     _put(port, twin, b"photo")
-    before = {f.path for f in s.list_files()}
-    s.delete_file(AVI)
-    after = {f.path for f in s.list_files()}
+    before = {f.path for f in card_of(s).list_files()}
+    card_of(s).delete_file(AVI)
+    after = {f.path for f in card_of(s).list_files()}
     assert before - after == {AVI}
     assert (port / "card" / os.fsdecode(twin)).read_bytes() == b"photo"
     assert (port / "card" / "DCIM" / "100ANDRO").is_dir()  # the folder stays
     with pytest.raises(CardReadError):
-        s.delete_file(AVI)  # already gone
-    assert {f.path for f in s.list_files()} == after
+        card_of(s).delete_file(AVI)  # already gone
+    assert {f.path for f in card_of(s).list_files()} == after
 
 
 def test_delete_file_on_a_folder_is_a_card_read_error(port: Path) -> None:
     s = _open(port)
     with pytest.raises(CardReadError):
-        s.delete_file(b"DCIM/100ANDRO")
-    assert len(s.list_files()) == 3
+        card_of(s).delete_file(b"DCIM/100ANDRO")
+    assert len(card_of(s).list_files()) == 3

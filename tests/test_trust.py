@@ -191,9 +191,7 @@ def test_recorder_claiming_another_officer_is_held(station: StationProc) -> None
     station.cli("recorders", "approve", "W000001", "--officer-no", "910001")
     station.wait_state(2, "complete")
     new = [
-        i
-        for i in station.api("/api/v1/files", serial="W000001")["items"]
-        if i["id"] not in first
+        i for i in station.api("/api/v1/files", serial="W000001")["items"] if i["id"] not in first
     ]
     assert len(new) == len(source) and {i["officer_no"] for i in new} == {"910001"}
     assert aside.exists()
