@@ -415,6 +415,112 @@ def audit_verify(config_path: str | None) -> None:
     click.echo("event chain intact")
 
 
+@cli.group()
+def retention() -> None:
+    """Retention: what expires, what is overwritten, what is kept."""
+
+
+def _sweeper(config: StationConfig) -> Any:
+    from station.retention import DiskFacts, RetentionSweeper, retention_rules
+    from station.store import Store
+
+    store = Store(config.store.disks, config.store.min_free_mb)
+    disks = [DiskFacts(str(d.path), *d.usage()) for d in store.disks if d.present()]
+    return RetentionSweeper(_catalog(config), retention_rules(config)), disks
+
+
+@retention.command("preview")
+@config_option
+@click.option("--json", "as_json", is_flag=True)
+def retention_preview(config_path: str | None, as_json: bool) -> None:
+    """What the next sweep would delete, and how much space it frees."""
+    from station.catalog import StoredFile
+
+    sweeper, disks = _sweeper(_config(config_path))
+    plan = sweeper.plan(disks)
+    with sweeper.catalog.read() as s:
+
+        def describe(ids: list[int]) -> list[dict[str, Any]]:
+            out = []
+            for i in ids:
+                f = s.get(StoredFile, i)
+                out.append(
+                    {
+                        "id": i,
+                        "path": str(Path(f.disk) / f.rel_path),
+                        "size": f.size,
+                        "level": f.level,
+                        "collected_at": f.collected_at.isoformat(),
+                    }
+                )
+            return out
+
+        data = {
+            "expired": describe(plan.expired),
+            "overwrite": describe(plan.overwrite),
+            "review": describe(plan.review),
+            "freed_bytes": plan.freed_bytes,
+            "cannot_make_room": plan.cannot_make_room,
+        }
+    if as_json:
+        click.echo(json.dumps(data, ensure_ascii=False, indent=2))
+        return
+    for key, title in (
+        ("expired", "expired, to delete"),
+        ("overwrite", "oldest, to overwrite"),
+        ("review", "protected and past their period: for review, kept"),
+    ):
+        click.echo(f"{title}: {len(data[key])}")
+        for f in data[key]:
+            click.echo(
+                f"  {f['id']:>7} {f['level']:<9} {f['size']:>12} {f['collected_at']} {f['path']}"
+            )
+    click.echo(f"frees {plan.freed_bytes / 1e6:.1f} MB")
+    for d in plan.cannot_make_room:
+        click.echo(f"cannot make room on {d}: only protected files are left")
+
+
+@retention.command("sweep")
+@config_option
+def retention_sweep(config_path: str | None) -> None:
+    """Run a sweep now (the daemon also sweeps on its own)."""
+    sweeper, disks = _sweeper(_config(config_path))
+    plan = sweeper.sweep(disks)
+    click.echo(
+        f"deleted {len(plan.delete)} file(s), freed {plan.freed_bytes / 1e6:.1f} MB; "
+        f"{len(plan.review)} protected file(s) past their period kept for review"
+    )
+
+
+@files.command("hold")
+@click.argument("file_id", type=int)
+@click.argument("case_no")
+@config_option
+@click.option("--by", default="administrator", show_default=True)
+def files_hold(file_id: int, case_no: str, config_path: str | None, by: str) -> None:
+    """Freeze a file under a legal hold (case number): nothing deletes it."""
+    _set_hold(file_id, case_no, config_path, by)
+
+
+@files.command("release")
+@click.argument("file_id", type=int)
+@config_option
+@click.option("--by", default="administrator", show_default=True)
+def files_release(file_id: int, config_path: str | None, by: str) -> None:
+    """Lift a legal hold."""
+    _set_hold(file_id, None, config_path, by)
+
+
+def _set_hold(file_id: int, case_no: str | None, config_path: str | None, by: str) -> None:
+    from station.annotations import AnnotationError, annotate
+
+    try:
+        annotate(_catalog(_config(config_path)), file_id, by=by, legal_hold=case_no or "")
+    except AnnotationError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"file {file_id}: " + (f"held for case {case_no}" if case_no else "released"))
+
+
 def main() -> None:
     try:
         cli(standalone_mode=True)

@@ -98,6 +98,7 @@ class Services:
     registration_mode: Callable[[], str]
     docked_elsewhere: Callable[[str, int], int | None]  # serial, port -> other port
     open_card: Callable[[DockedDevice, RecorderSession], Card]  # mount a USB-disk card
+    make_room: Callable[[], None]  # run a retention sweep now
 
 
 class Collector:
@@ -390,7 +391,11 @@ class Collector:
         return changed
 
     def _wait_for_space(self, rec: RecorderSession, cf: CardFile, why: str) -> None:
-        """No disk has room: raise the alarm, touch nothing on the card, wait for space."""
+        """No disk has room: overwrite old footage if the retention policy allows; else
+        raise the alarm, touch nothing on the card, and wait for space."""
+        self.sv.make_room()
+        if self.sv.store.pick(cf.size) is not None:
+            return
         self.sv.alarms.raise_("storage_full", f"all store disks are full ({why})")
         self._set(state="error", error="storage full: files kept on the recorder")
         self._event("collection_paused", f"storage full: {why}")
@@ -399,6 +404,7 @@ class Collector:
                 raise Interrupted()
             if not rec.alive():
                 raise DeviceGone("unplugged while waiting for space")
+            self.sv.make_room()
         self.sv.alarms.clear("storage_full")
         self._set(state="collecting", error=None)
 

@@ -13,7 +13,14 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 
@@ -94,7 +101,22 @@ class RegistrationSection(_Section):
 
 
 class RetentionSection(_Section):
-    days: Annotated[int, Field(strict=True, ge=1)] = 180
+    days: Annotated[int, Field(strict=True, ge=1)] = 180  # level "normal"
+    # "important" and "evidence" files are never deleted automatically: their period
+    # only puts them on the review list (None: kept until released)
+    important_days: Annotated[int, Field(strict=True, ge=1)] | None = 365
+    evidence_days: Annotated[int, Field(strict=True, ge=1)] | None = None
+    high_water_percent: Annotated[float, Field(gt=0, le=100)] = 95.0
+    low_water_percent: Annotated[float, Field(gt=0, le=100)] = 90.0
+    sweep_interval_s: Annotated[float, Field(gt=0)] = 3600.0
+    forecast_window_days: Annotated[float, Field(gt=0)] = 14.0
+    storage_low_days: Annotated[float, Field(ge=0)] = 14.0  # alarm below this forecast
+
+    @model_validator(mode="after")
+    def _marks(self) -> RetentionSection:
+        if self.low_water_percent >= self.high_water_percent:
+            raise ValueError("low_water_percent must be below high_water_percent")
+        return self
 
 
 class WebSection(_Section):

@@ -34,6 +34,7 @@ from station.config import StationConfig
 from station.names import parse_card_path
 from station.network import check_network
 from station.recovery import recover
+from station.retention import DiskFacts, Plan, RetentionSweeper, days_until_full, retention_rules
 from station.scrubber import Scrubber
 from station.store import Store, StoreDisk
 
@@ -90,6 +91,7 @@ class Station:
         self.network_online: bool | None = None
         self.version = 0
         self.stopping = False
+        self.days_until_full: float | None = None
         self.scrubber: Scrubber | None = None
         self._scrub_thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -100,6 +102,8 @@ class Station:
             max_workers=config.bus.ports + 4, thread_name_prefix="station"
         )
         self.alarms = AlarmBook(self.catalog, self.notify)
+        self.retention = RetentionSweeper(self.catalog, retention_rules(config))
+        self._sweep_lock = threading.Lock()
         self.watcher = PortWatcher(
             self.bus, self._on_port_change, debounce_s=config.bus.debounce_ms / 1000
         )
@@ -114,6 +118,7 @@ class Station:
             lambda: self.config.registration.mode,
             self.docked_elsewhere,
             self.open_card,
+            self.make_room,
         )
 
     def _disk_failed(self, disk: StoreDisk, why: str) -> None:
@@ -269,11 +274,60 @@ class Station:
         self._executor.shutdown(wait=True)
         self.catalog.close()
 
+    # --- retention ---------------------------------------------------------------------
+
+    def disk_facts(self) -> list[DiskFacts]:
+        out = []
+        for d in self.store.disks:
+            if d.present() and not d.failed:
+                total, free = d.usage()
+                out.append(DiskFacts(str(d.path), total, free))
+        return out
+
+    def sweep(self) -> Plan:
+        """One retention sweep (expired files; overwrite when every disk is past high water)."""
+        with self._sweep_lock:
+            plan = self.retention.sweep(self.disk_facts())
+        if plan.delete:
+            log.info("retention: deleted %s file(s), %s bytes", len(plan.delete), plan.freed_bytes)
+            self.notify()
+        return plan
+
+    def make_room(self) -> None:
+        """Collection is blocked for space: sweep now rather than at the next interval."""
+        self.sweep()
+
+    def _forecast(self) -> None:
+        r = self.config.retention
+        since = utcnow() - dt.timedelta(days=r.forecast_window_days)
+        free = sum(d.free for d in self.disk_facts())
+        days = days_until_full(free, self.retention.collected_bytes(since), r.forecast_window_days)
+        self.days_until_full = days
+        if days is not None and days < r.storage_low_days:
+            self.alarms.raise_(
+                "storage_low",
+                f"the disks will be full in about {days:.1f} days "
+                f"at the rate of the last {r.forecast_window_days:g} days",
+            )
+        else:
+            self.alarms.clear("storage_low")
+
+    def _retention_round(self) -> None:
+        try:
+            self.sweep()
+            self._forecast()
+        except Exception:
+            log.exception("retention sweep failed")
+
     async def _periodic(self, stop: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
         next_net = 0.0
+        next_sweep = 0.0
         while not stop.is_set():
             await loop.run_in_executor(None, self._check_disks)
+            if loop.time() >= next_sweep:
+                next_sweep = loop.time() + self.config.retention.sweep_interval_s
+                await loop.run_in_executor(None, self._retention_round)
             if loop.time() >= next_net:
                 next_net = loop.time() + self.config.network.interval_s
                 online = await loop.run_in_executor(None, check_network, self.config.network.check)

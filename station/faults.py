@@ -21,6 +21,7 @@ CRASHPOINTS = (
     "after_link",  # in place, catalog row not yet committed
     "after_commit",  # committed, not yet deleted from the recorder
     "after_card_delete",  # deleted from the recorder, job not yet marked cleared
+    "retention_after_tombstone",  # row tombstoned, file not yet removed
 )
 
 _lock = threading.Lock()

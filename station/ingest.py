@@ -641,6 +641,12 @@ def file_row(
         collected_at=sc.collected,
         important=sc.important,
         level=sc.level,
+        note=sc.note,
+        case_no=sc.case_no,
+        legal_hold=sc.legal_hold,
+        deleted_at=dt.datetime.fromisoformat(sc.deleted_at) if sc.deleted_at else None,
+        deleted_by=sc.deleted_by,
+        delete_reason=sc.delete_reason,
     )
 
 

@@ -24,6 +24,7 @@ from station.catalog import Catalog, IngestJob, Officer, Recorder, StoredFile
 from station.catalog.db import append_event
 from station.catalog.models import utcnow
 from station.ingest import file_row, hash_file
+from station.retention import remove_stored
 from station.sidecar import META, Sidecar, SidecarError, read_sidecar, sidecar_path
 from station.store import STAGING, StoreDisk, fsync_dir, make_dirs_durable
 
@@ -41,6 +42,7 @@ class Report:
     missing: list[str] = field(default_factory=list)
     mismatched: list[str] = field(default_factory=list)
     staging_removed: list[str] = field(default_factory=list)
+    deletions_finished: list[str] = field(default_factory=list)
     checked: int = 0
 
     def lines(self) -> list[str]:
@@ -116,6 +118,10 @@ def _quarantine(disk: Path, rel: str, why: str, report: Report) -> None:
 def _adopt_or_quarantine(catalog: Catalog, disk: Path, rel: str, report: Report) -> None:
     try:
         sc = read_sidecar(sidecar_path(disk, rel))
+        if sc.deleted_at:  # a deletion was under way when the station stopped: finish it
+            remove_stored(disk / rel)
+            report.deletions_finished.append(str(disk / rel))
+            return
         digest = hash_file(disk / rel).hexdigest()
     except (SidecarError, OSError) as e:
         _quarantine(disk, rel, f"no usable sidecar ({e})", report)
@@ -204,9 +210,12 @@ def recover(catalog: Catalog, disks: list[StoreDisk]) -> Report:
                 if str(temp) not in resumable:
                     temp.unlink()
                     report.staging_removed.append(str(temp))
-        known = _catalogued(catalog, disk.path)
+        known, deleted = _catalogued(catalog, disk.path)
         for rel in stored_files(disk.path):
-            if rel not in known:
+            if rel in deleted and rel not in known:
+                remove_stored(disk.path / rel)  # tombstoned, removal cut short
+                report.deletions_finished.append(str(disk.path / rel))
+            elif rel not in known:
                 _adopt_or_quarantine(catalog, disk.path, rel, report)
         for rel in known:
             if not (disk.path / rel).exists():
@@ -231,33 +240,50 @@ def _officer_id(s: Session, job: IngestJob) -> int:
     return recorder.officer_id
 
 
-def _catalogued(catalog: Catalog, disk: Path) -> set[str]:
+def _catalogued(catalog: Catalog, disk: Path) -> tuple[set[str], set[str]]:
+    """(paths of live rows, paths of tombstoned rows) on one disk."""
     with catalog.read() as s:
-        return set(
-            s.scalars(
-                select(StoredFile.rel_path).where(
-                    StoredFile.disk == str(disk), StoredFile.deleted_at.is_(None)
-                )
-            )
-        )
+        rows = s.execute(
+            select(StoredFile.rel_path, StoredFile.deleted_at).where(StoredFile.disk == str(disk))
+        ).all()
+    return ({r for r, d in rows if d is None}, {r for r, d in rows if d is not None})
+
+
+def sidecars(disk: Path) -> Iterator[str]:
+    """Relative paths of the stored files that have a sidecar on a disk."""
+    meta = disk / META
+    for root, _dirs, files in os.walk(meta):
+        for f in files:
+            if f.endswith(".json"):
+                yield os.path.relpath(os.path.join(root, f), meta)[: -len(".json")]
 
 
 def rebuild(catalog: Catalog, disks: list[Path], *, check_hashes: bool = True) -> Report:
-    """Fill an empty catalog from the sidecars on the disks."""
+    """Fill an empty catalog from the sidecars on the disks, tombstones included."""
     report = Report()
     for disk in disks:
-        for rel in stored_files(disk):
+        described = set()
+        for rel in sidecars(disk):
+            described.add(rel)
+            path = disk / rel
             try:
                 sc = read_sidecar(sidecar_path(disk, rel))
             except SidecarError as e:
-                report.quarantined.append(f"{disk / rel}: no usable sidecar ({e})")
+                report.quarantined.append(f"{path}: unusable sidecar ({e})")
                 continue
-            if check_hashes and hash_file(disk / rel).hexdigest() != sc.sha256:
-                report.mismatched.append(str(disk / rel))
+            if sc.deleted_at:
+                remove_stored(path)
+            elif not path.exists():
+                continue  # written just before a stop that lost the file: nothing to record
+            elif check_hashes and hash_file(path).hexdigest() != sc.sha256:
+                report.mismatched.append(str(path))
                 continue
             with catalog.write() as s:
                 adopt(s, disk, rel, sc)
-            report.adopted.append(str(disk / rel))
+            report.adopted.append(str(path))
+        for rel in stored_files(disk):
+            if rel not in described:
+                report.quarantined.append(f"{disk / rel}: no sidecar; left where it is")
     with catalog.write() as s:
         append_event(
             s,

@@ -42,6 +42,12 @@ class Sidecar:
     important: bool = False
     level: str = "normal"
     station_id: str = ""
+    note: str | None = None
+    case_no: str | None = None
+    legal_hold: str | None = None
+    deleted_at: str | None = None  # set when retention or a person deleted the file
+    deleted_by: str | None = None
+    delete_reason: str | None = None
     version: int = VERSION
 
     @property

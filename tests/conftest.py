@@ -153,9 +153,11 @@ class StationProc:
             raise AssertionError(f"port {port}: {self.slot(port)}\n{self.log()}") from None
 
     def query(self, sql: str, *args: Any) -> list[tuple]:
-        con = sqlite3.connect(self.db)
+        """Run SQL on the catalog (committed: tests also use it to age or damage rows)."""
+        con = sqlite3.connect(self.db, timeout=30)
         try:
-            return con.execute(sql, args).fetchall()
+            with con:
+                return con.execute(sql, args).fetchall()
         finally:
             con.close()
 

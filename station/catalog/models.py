@@ -163,6 +163,9 @@ class StoredFile(Base):
     collected_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
     important: Mapped[bool] = mapped_column(default=False)
     level: Mapped[str] = mapped_column(String(16), default="normal")
+    note: Mapped[str | None] = mapped_column(Text)
+    case_no: Mapped[str | None] = mapped_column(String(64), index=True)
+    legal_hold: Mapped[str | None] = mapped_column(String(64))  # case number freezing the file
     verified_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)  # last scrub
     deleted_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     deleted_by: Mapped[str | None] = mapped_column(String(64))

@@ -1,0 +1,242 @@
+"""Retention (S22, S34): expired footage is deleted, important footage never is.
+
+`plan_sweep` is the whole policy, as a pure function of the files, the disks
+and the rules, so it can be unit-tested and previewed (`station retention
+preview`) before anything is deleted:
+
+- a file is *protected* if it is marked important (IMP in its name, or level
+  `important`), is `evidence`, or is under a legal hold: protected files are
+  never deleted automatically, whatever the disks' state;
+- an unprotected file whose level's retention period has run out is deleted;
+- when every disk is past its high-water mark, the oldest unprotected files
+  are deleted (overwrite) until each disk is back under its low-water mark; if
+  only protected files remain, nothing is deleted and the station reports it
+  cannot make room (collection then stops and `storage_full` is raised).
+
+The `RetentionSweeper` carries a plan out crash-safely: the sidecar is marked
+deleted first, then the catalog row is tombstoned, then the file removed. A
+stop in between is finished by start-up recovery, never undone.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from sqlalchemy import func, select
+
+from station import faults
+from station.catalog import Catalog, StoredFile
+from station.catalog.db import append_event
+from station.catalog.models import utcnow
+from station.config import StationConfig
+from station.sidecar import SidecarError, read_sidecar, sidecar_path, write_sidecar
+from station.store import fsync_dir
+
+log = logging.getLogger(__name__)
+
+LEVELS = ("normal", "important", "evidence")
+PROTECTED_LEVELS = frozenset({"important", "evidence"})
+
+
+@dataclass(frozen=True)
+class FileFacts:
+    id: int
+    disk: str
+    size: int
+    collected_at: dt.datetime
+    level: str
+    important: bool
+    legal_hold: str | None = None
+
+    @property
+    def protected(self) -> bool:
+        return self.important or self.level in PROTECTED_LEVELS or bool(self.legal_hold)
+
+
+@dataclass(frozen=True)
+class DiskFacts:
+    path: str
+    total: int
+    free: int
+
+
+@dataclass(frozen=True)
+class Rules:
+    """Retention periods in days per level (None: kept until released) and water marks."""
+
+    days: dict[str, int | None]
+    high_water: float = 0.95  # fraction of a disk in use that starts overwriting
+    low_water: float = 0.90  # fraction to get back under
+
+
+@dataclass
+class Plan:
+    expired: list[int] = field(default_factory=list)  # past their retention period
+    overwrite: list[int] = field(default_factory=list)  # oldest, to make room
+    review: list[int] = field(default_factory=list)  # protected, period over: for people
+    freed: dict[str, int] = field(default_factory=dict)  # bytes per disk
+    cannot_make_room: list[str] = field(default_factory=list)  # disks full of protected files
+
+    @property
+    def delete(self) -> list[int]:
+        return self.expired + self.overwrite
+
+    @property
+    def freed_bytes(self) -> int:
+        return sum(self.freed.values())
+
+
+def retention_rules(config: StationConfig) -> Rules:
+    r = config.retention
+    return Rules(
+        days={"normal": r.days, "important": r.important_days, "evidence": r.evidence_days},
+        high_water=r.high_water_percent / 100,
+        low_water=r.low_water_percent / 100,
+    )
+
+
+def plan_sweep(
+    files: Iterable[FileFacts], disks: Iterable[DiskFacts], rules: Rules, now: dt.datetime
+) -> Plan:
+    """What the next sweep deletes, and why. Pure: no I/O, no clock."""
+    plan = Plan()
+    files = list(files)
+    disks = {d.path: d for d in disks}
+    gone: set[int] = set()
+    for f in files:
+        days = rules.days.get(f.level, rules.days.get("normal"))
+        if days is None or f.collected_at + dt.timedelta(days=days) > now:
+            continue
+        if f.protected:
+            plan.review.append(f.id)
+        else:
+            plan.expired.append(f.id)
+            gone.add(f.id)
+            plan.freed[f.disk] = plan.freed.get(f.disk, 0) + f.size
+
+    def used(d: DiskFacts) -> float:
+        return (d.total - d.free - plan.freed.get(d.path, 0)) / d.total if d.total else 0.0
+
+    present = [d for d in disks.values() if d.total > 0]
+    if present and all(used(d) > rules.high_water for d in present):
+        for d in present:
+            candidates = sorted(
+                (f for f in files if f.disk == d.path and f.id not in gone and not f.protected),
+                key=lambda f: (f.collected_at, f.id),
+            )
+            for f in candidates:
+                if used(d) <= rules.low_water:
+                    break
+                plan.overwrite.append(f.id)
+                gone.add(f.id)
+                plan.freed[d.path] = plan.freed.get(d.path, 0) + f.size
+            if used(d) > rules.high_water:
+                plan.cannot_make_room.append(d.path)
+    return plan
+
+
+def days_until_full(free_bytes: int, collected_bytes: int, window_days: float) -> float | None:
+    """At the rate of the window, how many days until the disks are full (None: no growth)."""
+    if collected_bytes <= 0 or window_days <= 0:
+        return None
+    return free_bytes / (collected_bytes / window_days)
+
+
+class RetentionSweeper:
+    """Plans and carries out retention sweeps against the catalog and the disks."""
+
+    def __init__(self, catalog: Catalog, rules: Rules) -> None:
+        self.catalog = catalog
+        self.rules = rules
+
+    def facts(self) -> list[FileFacts]:
+        with self.catalog.read() as s:
+            rows = s.execute(
+                select(
+                    StoredFile.id,
+                    StoredFile.disk,
+                    StoredFile.size,
+                    StoredFile.collected_at,
+                    StoredFile.level,
+                    StoredFile.important,
+                    StoredFile.legal_hold,
+                ).where(StoredFile.deleted_at.is_(None))
+            ).all()
+        return [FileFacts(*r) for r in rows]
+
+    def plan(self, disks: list[DiskFacts], now: dt.datetime | None = None) -> Plan:
+        return plan_sweep(self.facts(), disks, self.rules, now or utcnow())
+
+    def sweep(self, disks: list[DiskFacts], now: dt.datetime | None = None) -> Plan:
+        """Delete what the plan says, one file at a time, crash-safely."""
+        plan = self.plan(disks, now)
+        for file_id in plan.expired:
+            self.delete(file_id, "retention period expired")
+        for file_id in plan.overwrite:
+            self.delete(file_id, "disks past their high-water mark: oldest footage overwritten")
+        return plan
+
+    def delete(self, file_id: int, reason: str, *, by: str = "retention") -> bool:
+        """Delete one unprotected file: sidecar marked, row tombstoned, file removed."""
+        with self.catalog.read() as s:
+            f = s.get(StoredFile, file_id)
+        if f is None or f.deleted_at is not None:
+            return False
+        facts = FileFacts(f.id, f.disk, f.size, f.collected_at, f.level, f.important, f.legal_hold)
+        if facts.protected and by == "retention":
+            log.error("retention refused to delete protected file %s", file_id)
+            return False
+        disk, path = Path(f.disk), Path(f.disk) / f.rel_path
+        now = utcnow()
+        try:
+            sc = read_sidecar(sidecar_path(disk, f.rel_path))
+            write_sidecar(
+                disk,
+                f.rel_path,
+                replace(sc, deleted_at=now.isoformat(), deleted_by=by, delete_reason=reason),
+            )
+        except (SidecarError, OSError) as e:
+            log.warning("file %s: sidecar not updated (%s); deleting anyway", file_id, e)
+        with self.catalog.write() as s:
+            row = s.get(StoredFile, file_id)
+            assert row is not None
+            row.deleted_at, row.deleted_by, row.delete_reason = now, by, reason
+            append_event(
+                s,
+                "file_deleted",
+                f"{path}: {reason}",
+                actor=by,
+                file_id=file_id,
+                officer_no=row.officer.officer_no,
+                serial=row.recorder.serial,
+                size=row.size,
+                sha256=row.sha256,
+            )
+        faults.crashpoint("retention_after_tombstone")
+        remove_stored(path)
+        return True
+
+    def collected_bytes(self, since: dt.datetime) -> int:
+        with self.catalog.read() as s:
+            return int(
+                s.scalar(
+                    select(func.coalesce(func.sum(StoredFile.size), 0)).where(
+                        StoredFile.collected_at >= since
+                    )
+                )
+                or 0
+            )
+
+
+def remove_stored(path: Path) -> None:
+    """Remove a stored file durably (gone already is fine)."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        return
+    fsync_dir(path.parent)
