@@ -24,8 +24,9 @@ SEVERITY = {
     "verify_failed": "critical",
     "store_inconsistent": "critical",
     "store_corrupt": "critical",
-    "recorder_clock_drift": "info",
-    "battery_critical": "info",
+    "recorder_clock_drift": "warning",
+    "battery_critical": "warning",
+    "clock_unsynced": "warning",
 }
 
 
@@ -36,6 +37,11 @@ class ActiveAlarm:
     severity: str
     message: str
     since: str
+    id: int = 0
+    count: int = 1
+    acked_by: str | None = None
+    acked_at: str | None = None
+    cleared_at: str | None = None
 
 
 class AlarmBook:
@@ -85,11 +91,52 @@ class AlarmBook:
             self.on_change()
 
     def active(self) -> list[ActiveAlarm]:
+        return self.history(active_only=True)
+
+    def history(self, *, active_only: bool = False, limit: int = 500) -> list[ActiveAlarm]:
+        """Alarms newest first (or only the ones still raised)."""
+        q = select(Alarm)
+        if active_only:
+            q = q.where(Alarm.cleared_at.is_(None)).order_by(Alarm.raised_at)
+        else:
+            q = q.order_by(Alarm.raised_at.desc()).limit(limit)
         with self.catalog.read() as s:
-            rows = s.scalars(
-                select(Alarm).where(Alarm.cleared_at.is_(None)).order_by(Alarm.raised_at)
-            ).all()
+            rows = s.scalars(q).all()
+
+        def iso(t: object) -> str | None:
+            return t.isoformat() if t is not None else None  # type: ignore[attr-defined]
+
         return [
-            ActiveAlarm(r.code, r.subject, r.severity, r.message, r.raised_at.isoformat())
+            ActiveAlarm(
+                r.code,
+                r.subject,
+                r.severity,
+                r.message,
+                r.raised_at.isoformat(),
+                r.id,
+                r.count,
+                r.acked_by,
+                iso(r.acked_at),
+                iso(r.cleared_at),
+            )
             for r in rows
         ]
+
+    def acknowledge(self, alarm_id: int, by: str) -> bool:
+        """Someone on duty has seen it; it stays until its cause is fixed."""
+        with self.catalog.write() as s:
+            row = s.get(Alarm, alarm_id)
+            if row is None or row.cleared_at is not None:
+                return False
+            if row.acked_at is None:
+                row.acked_at, row.acked_by = utcnow(), by
+                append_event(
+                    s,
+                    "alarm_acknowledged",
+                    row.message,
+                    actor=by,
+                    code=row.code,
+                    subject=row.subject,
+                )
+        self.on_change()
+        return True

@@ -244,35 +244,16 @@ def recorders() -> None:
 @click.option("--json", "as_json", is_flag=True)
 def recorders_list(config_path: str | None, as_json: bool) -> None:
     """Every recorder the station has seen."""
-    from sqlalchemy import select
+    from station.daemon import list_recorders
 
-    from station.catalog import Recorder
-
-    catalog = _catalog(_config(config_path))
-    with catalog.read() as s:
-        rows = [
-            {
-                "serial": r.serial,
-                "status": r.status,
-                "officer_no": r.officer.officer_no if r.officer else None,
-                "reported_officer_no": r.block_officer_no,
-                "registered_how": r.registered_how,
-                "registered_by": r.registered_by,
-                "registered_at": r.registered_at.isoformat() if r.registered_at else None,
-                "last_seen_at": r.last_seen_at.isoformat(),
-                "last_port": r.last_port,
-                "battery_percent": r.battery_percent,
-                "clock_drift_s": r.clock_drift_s,
-            }
-            for r in s.scalars(select(Recorder).order_by(Recorder.serial))
-        ]
+    rows = list_recorders(_catalog(_config(config_path)))
     if as_json:
         click.echo(json.dumps(rows, ensure_ascii=False, indent=2))
         return
     for r in rows:
         click.echo(
             f"{r['serial']:<10} {r['status']:<11} officer={r['officer_no'] or '-':<8} "
-            f"reports={r['reported_officer_no']:<8} port={r['last_port']} "
+            f"reports={r['reported'].get('officer_no', '-'):<8} port={r['last_port']} "
             f"seen={r['last_seen_at']}"
         )
 
@@ -519,6 +500,95 @@ def _set_hold(file_id: int, case_no: str | None, config_path: str | None, by: st
     except AnnotationError as e:
         raise click.ClickException(str(e)) from None
     click.echo(f"file {file_id}: " + (f"held for case {case_no}" if case_no else "released"))
+
+
+@cli.command()
+@config_option
+@click.option("--after", type=int, default=0, help="only events after this id")
+@click.option("--kind", default=None, help="event kinds, comma-separated")
+@click.option("--serial", default=None)
+@click.option("--officer-no", default=None)
+@click.option("--actor", default=None)
+@click.option("--since", type=click.DateTime(), default=None)
+@click.option("--until", type=click.DateTime(), default=None)
+@click.option("--text", default=None, help="words in the message")
+@click.option("--limit", type=click.IntRange(1), default=1000, show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["text", "json", "csv"]), default="text")
+def events(
+    config_path: str | None,
+    after: int,
+    kind: str | None,
+    serial: str | None,
+    officer_no: str | None,
+    actor: str | None,
+    since: Any,
+    until: Any,
+    text: str | None,
+    limit: int,
+    fmt: str,
+) -> None:
+    """Search and export the system log."""
+    from station import eventlog
+
+    items = eventlog.search(
+        _catalog(_config(config_path)),
+        after=after,
+        kind=kind,
+        serial=serial,
+        officer_no=officer_no,
+        actor=actor,
+        text=text,
+        limit=limit,
+        since=since.astimezone() if since else None,
+        until=until.astimezone() if until else None,
+    )
+    if fmt == "json":
+        click.echo(json.dumps(items, ensure_ascii=False, indent=2))
+    elif fmt == "csv":
+        click.echo(eventlog.to_csv(items), nl=False)
+    else:
+        for e in items:
+            where = " ".join(
+                f"{k}={e[k]}"
+                for k in ("port", "serial", "officer_no", "file_id")
+                if e[k] is not None
+            )
+            click.echo(
+                f"{e['id']:>7} {e['at']} {e['kind']:<22} {e['actor']:<10} {where} {e['message']}"
+            )
+
+
+@cli.group()
+def alarms() -> None:
+    """Alarms: list, history, acknowledge."""
+
+
+@alarms.command("list")
+@config_option
+@click.option("--all", "show_all", is_flag=True, help="the history, not only raised alarms")
+def alarms_list(config_path: str | None, show_all: bool) -> None:
+    """Raised alarms (or all, newest first)."""
+    from station.alarms import AlarmBook
+
+    for a in AlarmBook(_catalog(_config(config_path))).history(active_only=not show_all):
+        state = "cleared" if a.cleared_at else ("acknowledged" if a.acked_at else "raised")
+        click.echo(
+            f"{a.id:>5} {a.severity:<8} {a.code:<22} {state:<12} x{a.count} "
+            f"since {a.since}  {a.message}"
+        )
+
+
+@alarms.command("ack")
+@click.argument("alarm_id", type=int)
+@config_option
+@click.option("--by", required=True, help="who acknowledges")
+def alarms_ack(alarm_id: int, config_path: str | None, by: str) -> None:
+    """Acknowledge a raised alarm."""
+    from station.alarms import AlarmBook
+
+    if not AlarmBook(_catalog(_config(config_path))).acknowledge(alarm_id, by):
+        raise click.ClickException(f"no raised alarm {alarm_id}")
+    click.echo(f"alarm {alarm_id} acknowledged by {by}")
 
 
 def main() -> None:

@@ -220,6 +220,14 @@ class Collector:
             id_code=id_code,
             battery_percent=battery,
         )
+        if battery < self.sv.config.recorders.battery_critical_percent:
+            self.sv.alarms.raise_(
+                "battery_critical",
+                f"recorder {info.serial} on port {self.slot.port}: battery at {battery} %",
+                subject=info.serial,
+            )
+        else:
+            self.sv.alarms.clear("battery_critical", subject=info.serial)
         owner_officer = self._registration(rec, info, id_code, battery)
         if owner_officer is None:
             return "held" if rec.alive() else "gone"

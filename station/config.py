@@ -139,6 +139,11 @@ class ApiSection(_Section):
 class RecordersSection(_Section):
     passwords: list[str] = Field(default_factory=lambda: ["000000", "123456"])
     clock_drift_alarm_s: Annotated[float, Field(ge=0)] = 60.0
+    battery_critical_percent: Annotated[int, Field(strict=True, ge=0, le=100)] = 10
+
+
+class AlarmsSection(_Section):
+    check_clock: bool = True  # raise clock_unsynced when the station clock is not NTP-synced
 
 
 class NetworkSection(_Section):
@@ -170,6 +175,7 @@ class StationConfig(BaseSettings):
     api: ApiSection = Field(default_factory=ApiSection)
     recorders: RecordersSection = Field(default_factory=RecordersSection)
     network: NetworkSection = Field(default_factory=NetworkSection)
+    alarms: AlarmsSection = Field(default_factory=AlarmsSection)
 
     @classmethod
     def settings_customise_sources(

@@ -10,9 +10,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import json
 import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -23,12 +25,13 @@ from sqlalchemy import func, select
 from drivers.base import DockedDevice, DriverRegistry, ProtocolError, RecorderSession
 from drivers.card import Card
 from drivers.simulated import SimulatedDriver
-from station import __version__
+from station import __version__, eventlog
 from station.alarms import AlarmBook
 from station.bus import Bus, PortChange, PortWatcher
 from station.catalog import Catalog, CollectionSession, Officer, Recorder, StoredFile
 from station.catalog.db import append_event
 from station.catalog.models import utcnow
+from station.clock import clock_synchronized
 from station.collector import Collector, Services, Slot
 from station.config import StationConfig
 from station.names import parse_card_path
@@ -330,12 +333,34 @@ class Station:
                 await loop.run_in_executor(None, self._retention_round)
             if loop.time() >= next_net:
                 next_net = loop.time() + self.config.network.interval_s
-                online = await loop.run_in_executor(None, check_network, self.config.network.check)
-                if online != self.network_online:
-                    self.network_online = online
-                    self.notify()
+                await loop.run_in_executor(None, self._check_network_and_clock)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), DISK_CHECK_S)
+
+    def _check_network_and_clock(self) -> None:
+        target = self.config.network.check
+        online = check_network(target)
+        if online != self.network_online:
+            self.network_online = online
+            self.notify()
+        if online:
+            self.alarms.clear("network_down")
+        else:
+            self.alarms.raise_(
+                "network_down",
+                f"the central server {target} is unreachable"
+                if target
+                else "no network link is up",
+            )
+        if self.config.alarms.check_clock:
+            synced = clock_synchronized()
+            if synced is False:
+                self.alarms.raise_(
+                    "clock_unsynced",
+                    "the station clock is not synchronised (NTP): recorder clocks are set from it",
+                )
+            elif synced:
+                self.alarms.clear("clock_unsynced")
 
     def _check_disks(self) -> None:
         for d in self.store.disks:
@@ -455,9 +480,51 @@ class Station:
             "alarms": alarms,
         }
 
+    def events(self, **filters: Any) -> list[dict[str, Any]]:
+        """The system log, after a cursor, filtered (`GET /api/v1/events`)."""
+        return eventlog.search(self.catalog, **filters)
+
+    def alarm_list(self, *, active_only: bool) -> list[dict[str, Any]]:
+        return [asdict(a) for a in self.alarms.history(active_only=active_only)]
+
+    def acknowledge_alarm(self, alarm_id: int, by: str) -> bool:
+        return self.alarms.acknowledge(alarm_id, by)
+
+    def recorders(self) -> list[dict[str, Any]]:
+        """Every recorder seen, with its registration and last state."""
+        return list_recorders(self.catalog)
+
+    def disks(self) -> list[dict[str, Any]]:
+        """The store disks (`GET /api/v1/disks`)."""
+        return self.status()["disks"]
+
     def files(self, **filters: Any) -> dict[str, Any]:
         """The data of `GET /api/v1/files`."""
         return list_files(self.catalog, self.tz, **filters)
+
+
+def list_recorders(catalog: Catalog) -> list[dict[str, Any]]:
+    """Every recorder the station has seen, registered or not."""
+    with catalog.read() as s:
+        return [
+            {
+                "serial": r.serial,
+                "id_code": r.id_code,
+                "status": r.status,
+                "officer_no": r.officer.officer_no if r.officer else None,
+                "officer_name": r.officer.name if r.officer else None,
+                "reported": json.loads(r.reported_block or "{}"),
+                "registered_how": r.registered_how,
+                "registered_by": r.registered_by,
+                "registered_at": r.registered_at.isoformat() if r.registered_at else None,
+                "first_seen_at": r.first_seen_at.isoformat(),
+                "last_seen_at": r.last_seen_at.isoformat(),
+                "last_port": r.last_port,
+                "battery_percent": r.battery_percent,
+                "clock_drift_s": r.clock_drift_s,
+            }
+            for r in s.scalars(select(Recorder).order_by(Recorder.serial))
+        ]
 
 
 def list_files(

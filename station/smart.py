@@ -312,10 +312,16 @@ def read_smart(device: str, *, runner: Runner = subprocess.run) -> dict[str, Any
     meta = data.setdefault("smartctl", {})
     if isinstance(meta, dict):
         meta.setdefault("exit_status", rc)
+    data.setdefault("device", {"name": device})  # absent when smartctl could not open it
     return data
 
 
 # --- grading ----------------------------------------------------------------------------------
+
+
+def _obj(v: Any) -> Mapping[str, Any]:
+    """A JSON object, or an empty one for anything else (missing, null, a stray list)."""
+    return v if isinstance(v, dict) else {}
 
 
 def _int(v: Any) -> int | None:
@@ -342,15 +348,19 @@ def _plausible_temp(t: int | None) -> int | None:
 
 
 def _ata_attrs(data: Mapping[str, Any]) -> dict[int, Mapping[str, Any]]:
-    table = (data.get("ata_smart_attributes") or {}).get("table") or []
+    table = _obj(data.get("ata_smart_attributes")).get("table")
+    if not isinstance(table, list):
+        return {}
     return {a["id"]: a for a in table if isinstance(a, dict) and isinstance(a.get("id"), int)}
 
 
 def _messages(data: Mapping[str, Any]) -> list[str]:
-    meta = data.get("smartctl") or {}
+    messages = _obj(data.get("smartctl")).get("messages")
+    if not isinstance(messages, list):
+        return []
     return [
         str(m.get("string", "")).strip()
-        for m in meta.get("messages") or []
+        for m in messages
         if isinstance(m, dict) and m.get("severity", "error") == "error" and m.get("string")
     ]
 
@@ -387,19 +397,18 @@ def assess(data: Mapping[str, Any], previous: Health | None = None) -> Health:
     with it, new bad sectors and new unsafe shutdowns since then also degrade
     the verdict. A reading of another serial is ignored. Pure: no I/O.
     """
-    meta = data.get("smartctl") or {}
-    status = _int(meta.get("exit_status")) or 0
+    status = _int(_obj(data.get("smartctl")).get("exit_status")) or 0
     status = status if status >= 0 else 0
-    device = (data.get("device") or {}).get("name")
-    protocol = (data.get("device") or {}).get("protocol")
+    device = _obj(data.get("device")).get("name")
+    protocol = _obj(data.get("device")).get("protocol")
     model = data.get("model_name") or data.get("scsi_model_name") or data.get("scsi_product")
     serial = data.get("serial_number")
-    smart_status = data.get("smart_status") or {}
-    passed = smart_status.get("passed") if isinstance(smart_status.get("passed"), bool) else None
+    passed = _obj(data.get("smart_status")).get("passed")
+    passed = passed if isinstance(passed, bool) else None
     attrs = _ata_attrs(data)
     nvme = data.get("nvme_smart_health_information_log")
     nvme = nvme if isinstance(nvme, dict) else None
-    support = data.get("smart_support") or {}
+    support = _obj(data.get("smart_support"))
 
     ident: dict[str, Any] = {
         "model": model,
@@ -419,7 +428,10 @@ def assess(data: Mapping[str, Any], previous: Health | None = None) -> Health:
     if passed is None and not attrs and nvme is None:
         why = _messages(data)
         if status & BIT_CMDLINE:
-            why.append(f"smartctl did not accept the command (exit status {status})")
+            why.append(
+                f"smartctl refused the command or could not tell the device type "
+                f"(exit status {status})"
+            )
         if status & BIT_OPEN:
             why.append(
                 f"smartctl could not open the disk or read its identity (exit status {status})"
@@ -433,14 +445,14 @@ def assess(data: Mapping[str, Any], previous: Health | None = None) -> Health:
                 return _attr_raw(attrs[i])
         return None
 
-    temp = _int((data.get("temperature") or {}).get("current"))
+    temp = _int(_obj(data.get("temperature")).get("current"))
     if temp is None:
         temp = attr(194, 190)
     if temp is None and nvme is not None:
         temp = _int(nvme.get("temperature"))
     temp = _plausible_temp(temp)
 
-    hours = _int((data.get("power_on_time") or {}).get("hours"))
+    hours = _int(_obj(data.get("power_on_time")).get("hours"))
     if hours is None:
         hours = attr(9)
     if hours is None and nvme is not None:
@@ -494,7 +506,7 @@ def assess(data: Mapping[str, Any], previous: Health | None = None) -> Health:
     # --- degraded ---
     if temp is not None:
         if nvme is not None:
-            warn = _int((data.get("nvme_composite_temperature_threshold") or {}).get("warning"))
+            warn = _int(_obj(data.get("nvme_composite_temperature_threshold")).get("warning"))
             if warn and temp >= warn:
                 degraded.append(f"temperature {temp} °C (warning threshold {warn} °C)")
             elif not warn and temp > NVME_TEMP_DEGRADED_C:
@@ -657,7 +669,10 @@ class HealthHistory:
         )
 
     def _iter(self, p: Path) -> Iterator[Reading]:
-        with contextlib.suppress(FileNotFoundError), open(p, encoding="utf-8", errors="replace") as f:
+        with (
+            contextlib.suppress(FileNotFoundError),
+            open(p, encoding="utf-8", errors="replace") as f,
+        ):
             for line in f:
                 r = _parse(line)
                 if r is not None:

@@ -21,9 +21,12 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import logging
+import os
 import re
 import shutil
+import signal
 import subprocess
 import tempfile
 import threading
@@ -33,7 +36,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, cast
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -215,26 +218,7 @@ ALARMS: dict[str, dict[Language, str]] = {
         "zh": "存储数据与目录不一致",
         "en": "The store does not match the catalogue",
     },
-    "_other": {
-        "zh": "系统告警，请查看屏幕",
-        "en": "System alarm, please check the screen",
-    },
-}
-
-#: the severity of alarm codes (mirrors station.alarms.SEVERITY, plus clock_unsynced)
-ALARM_SEVERITY: dict[str, Severity] = {
-    "storage_full": "critical",
-    "storage_low": "warning",
-    "disk_missing": "critical",
-    "disk_unhealthy": "critical",
-    "network_down": "warning",
-    "clock_unsynced": "warning",
-    "collection_failed": "warning",
-    "verify_failed": "critical",
-    "store_inconsistent": "critical",
-    "store_corrupt": "critical",
-    "recorder_clock_drift": "info",
-    "battery_critical": "info",
+    "_other": {"zh": "请查看屏幕", "en": "Please check the screen"},
 }
 
 #: default severity of the non-alarm kinds (only "critical" passes quiet hours)
@@ -276,13 +260,63 @@ def message(kind: str, language: Language, **params: object) -> str:
 def severity_of(kind: str, **params: object) -> Severity:
     """The default severity of an announcement."""
     if kind == "alarm":
-        return ALARM_SEVERITY.get(str(params.get("code", "")), "warning")
+        from station.alarms import SEVERITY  # here: the alarm book may one day import us
+
+        sev = SEVERITY.get(str(params.get("code", "")), "warning")
+        return cast(Severity, sev) if sev in ("info", "warning", "critical") else "warning"
     return KIND_SEVERITY.get(kind, "info")
 
 
+_ZH_DIGITS = "零一二三四五六七八九"
+
+
+def _zh_below_10000(n: int) -> str:
+    out, gap = "", False
+    for power, unit in ((1000, "千"), (100, "百"), (10, "十"), (1, "")):
+        d = n // power % 10
+        if d == 0:
+            gap = bool(out)
+            continue
+        if gap:
+            out += "零"
+            gap = False
+        out += _ZH_DIGITS[d] + unit
+    return out
+
+
+def zh_numeral(n: int) -> str:
+    """A number in Chinese numerals as it is spoken: 3 → 三, 12 → 十二, 105 → 一百零五."""
+    if n < 0:
+        return "负" + zh_numeral(-n)
+    if n == 0:
+        return "零"
+    if n >= 100_000_000:
+        return "".join(_ZH_DIGITS[int(d)] for d in str(n))
+    high, low = divmod(n, 10_000)
+    if high:
+        out = _zh_below_10000(high) + "万"
+        if low:
+            out += ("零" if low < 1000 else "") + _zh_below_10000(low)
+    else:
+        out = _zh_below_10000(low)
+    return out[1:] if out.startswith("一十") else out  # 十二, not 一十二
+
+
+def _zh_number_run(m: re.Match[str]) -> str:
+    digits = m[0]
+    if (len(digits) > 1 and digits.startswith("0")) or len(digits) > 8:
+        return "".join(_ZH_DIGITS[int(d)] for d in digits)  # a code, read digit by digit
+    return zh_numeral(int(digits))
+
+
 def spoken_text(text: str, language: Language) -> str:
-    """The text handed to the synthesiser: Mandarin polyphones fixed up with pinyin."""
+    """The text handed to the synthesiser.
+
+    For Mandarin, numbers become Chinese numerals (espeak-ng reads "10号" with a
+    pause, "十号" without) and polyphones that espeak-ng gets wrong become pinyin.
+    """
     if language == "zh":
+        text = re.sub(r"\d+", _zh_number_run, text)
         for word, pinyin in ZH_PRONUNCIATION.items():
             text = text.replace(word, f" {pinyin} ")
     text = " ".join(text.split())
@@ -319,16 +353,15 @@ def announcement_for_slot_change(
     after the change, if known: it picks the reason spoken with a failure and
     tells a held recorder (error set) from one waiting for registration (None).
     Transitions can be observed with gaps (identifying→complete), so the
-    announcement depends mostly on the new state. None: say nothing.
+    announcement depends mostly on the new state; when the slot's `generation`
+    changed (a new docking), pass old_state="empty". None: say nothing.
     """
     if old_state == new_state:
         return None
     if new_state == "collecting":
         if old_state == "error":
             return "collection_resumed", {"port": port}  # e.g. space came back
-        if old_state in ("empty", "identifying", "unregistered"):
-            return "collection_started", {"port": port}
-        return None
+        return "collection_started", {"port": port}  # from complete: a missed re-docking
     if new_state == "complete":
         return "collection_complete", {"port": port}
     if new_state == "error":
@@ -377,6 +410,8 @@ def render(
     exe = shutil.which(ESPEAK)
     if exe is None:
         raise SynthesisError(f"{ESPEAK} is not installed (Debian package espeak-ng)")
+    if not voice_exists(voice):
+        raise SynthesisError(f"{ESPEAK} has no voice {voice!r} (see espeak-ng --voices)")
     path = Path(path)
     cmd = [exe, "-v", voice, "-s", str(rate), "-a", str(amplitude(volume))]
     cmd += ["-b", "1", "-w", str(path), spoken]
@@ -394,6 +429,30 @@ def render(
     if frames <= 0:
         raise SynthesisError(f"{ESPEAK} wrote an empty WAV ({err[:300]})")
     return path
+
+
+@functools.lru_cache(maxsize=4)
+def _voices(exe: str) -> frozenset[str]:
+    r = subprocess.run([exe, "--voices"], capture_output=True, timeout=SYNTH_TIMEOUT_S, check=True)
+    names: set[str] = set()
+    for line in r.stdout.decode("utf-8", "replace").splitlines()[1:]:
+        cols = line.split()
+        if len(cols) >= 5:
+            names.update(c.lower() for c in (cols[1], cols[3], cols[4], cols[4].rsplit("/")[-1]))
+            names.update(m.lower() for m in re.findall(r"\(([^ )]+) \d+\)", line))
+    return frozenset(names)
+
+
+def voice_exists(voice: str) -> bool:
+    """Whether espeak-ng knows `voice` (it silently uses another voice for unknown names)."""
+    exe = shutil.which(ESPEAK)
+    if exe is None:
+        return False
+    try:
+        names = _voices(exe)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return voice.split("+")[0].lower() in names
 
 
 def wav_duration(path: Path) -> float:
@@ -560,7 +619,7 @@ class Announcer:
                 self._pending.clear()
                 if self._proc is not None:
                     with contextlib.suppress(OSError):
-                        self._proc.terminate()
+                        os.killpg(self._proc.pid, signal.SIGTERM)
             self._stopping = True
             self._cond.notify_all()
         if thread is not None:
@@ -650,18 +709,20 @@ class Announcer:
         timeout = wav_duration(wav) + PLAYER_GRACE_S
         with self._cond:
             if self._cut:
-                return
+                raise RuntimeError("stopping: not played")
             proc = subprocess.Popen(
                 [*self._player, str(wav)],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE,
+                start_new_session=True,  # its own process group: killed with its children
             )
             self._proc = proc
         try:
             _, err = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
-            proc.kill()
+            with contextlib.suppress(OSError):
+                os.killpg(proc.pid, signal.SIGKILL)
             proc.communicate()
             msg = f"{self._player[0]} still playing after {timeout:.0f} s: killed"
             raise RuntimeError(msg) from None
@@ -684,6 +745,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--volume", type=int, default=80)
     ap.add_argument("--wav", type=Path, help="write the WAV here instead of playing it")
     args = ap.parse_args(argv)
+    if any("=" not in p for p in args.params):
+        ap.error("parameters are name=value")
     params = dict(p.split("=", 1) for p in args.params)
     cfg = VoiceConfig(language=args.language, volume=args.volume)
     text = message(args.kind, cfg.language, **params)

@@ -322,7 +322,7 @@ def test_recorders_list(collected: StationProc) -> None:
     assert row["serial"] == "L000001"
     assert row["status"] == "registered"
     assert row["officer_no"] == "810001"
-    assert row["reported_officer_no"] == "810001"
+    assert row["reported"]["officer_no"] == "810001"
     assert row["registered_how"] == "auto"
     assert row["last_port"] == 7
     assert row["battery_percent"] == 71

@@ -12,13 +12,15 @@ import hmac
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from sse_starlette.sse import EventSourceResponse
+
+from station.eventlog import to_csv
 
 if TYPE_CHECKING:
     from station.daemon import Station
@@ -76,6 +78,58 @@ def create_app(station: Station) -> FastAPI:
             limit=limit,
             offset=offset,
         )
+
+    @app.get("/api/v1/events", dependencies=[Authorized], response_model=None)
+    def events(
+        after: Annotated[int, Query(ge=0, description="cursor: the last event id seen")] = 0,
+        kind: str | None = None,
+        serial: str | None = None,
+        officer_no: str | None = None,
+        actor: str | None = None,
+        file_id: int | None = None,
+        since: dt.datetime | None = None,
+        until: dt.datetime | None = None,
+        text: str | None = None,
+        limit: Annotated[int, Query(ge=1, le=10000)] = 1000,
+        format: Literal["json", "csv"] = "json",
+    ) -> dict[str, Any] | Response:
+        """The system log in order, after a cursor: poll with `after` = the last id seen."""
+        items = station.events(
+            after=after,
+            kind=kind,
+            serial=serial,
+            officer_no=officer_no,
+            actor=actor,
+            file_id=file_id,
+            since=_aware(since),
+            until=_aware(until),
+            text=text,
+            limit=limit,
+        )
+        if format == "csv":
+            return Response(to_csv(items), media_type="text/csv; charset=utf-8")
+        return {"items": items, "cursor": items[-1]["id"] if items else after}
+
+    @app.get("/api/v1/alarms", dependencies=[Authorized])
+    def alarms(active: bool = True) -> dict[str, Any]:
+        """Alarms still raised (or, with active=false, the history, newest first)."""
+        return {"items": station.alarm_list(active_only=active)}
+
+    @app.post("/api/v1/alarms/{alarm_id}/ack", dependencies=[Authorized])
+    def ack_alarm(
+        alarm_id: int, by: Annotated[str, Query(min_length=1, max_length=64)]
+    ) -> dict[str, Any]:
+        if not station.acknowledge_alarm(alarm_id, by):
+            raise HTTPException(404, f"no raised alarm {alarm_id}")
+        return {"acknowledged": alarm_id}
+
+    @app.get("/api/v1/recorders", dependencies=[Authorized])
+    def recorders() -> dict[str, Any]:
+        return {"items": station.recorders()}
+
+    @app.get("/api/v1/disks", dependencies=[Authorized])
+    def disks() -> dict[str, Any]:
+        return {"items": station.disks()}
 
     # --- the touchscreen (shown without login; S20) ---------------------------------
 

@@ -1,0 +1,50 @@
+"""Is the station's own clock synchronised (NTP)? Asked of the kernel with adjtimex."""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+
+TIME_ERROR = 5  # adjtimex: the clock is not synchronised
+STA_UNSYNC = 0x0040
+
+
+class _Timex(ctypes.Structure):
+    # struct timex (linux/timex.h), x86_64: enough fields plus the padding the kernel writes
+    _fields_ = [
+        ("modes", ctypes.c_uint),
+        ("offset", ctypes.c_long),
+        ("freq", ctypes.c_long),
+        ("maxerror", ctypes.c_long),
+        ("esterror", ctypes.c_long),
+        ("status", ctypes.c_int),
+        ("constant", ctypes.c_long),
+        ("precision", ctypes.c_long),
+        ("tolerance", ctypes.c_long),
+        ("time_sec", ctypes.c_long),
+        ("time_usec", ctypes.c_long),
+        ("tick", ctypes.c_long),
+        ("ppsfreq", ctypes.c_long),
+        ("jitter", ctypes.c_long),
+        ("shift", ctypes.c_int),
+        ("stabil", ctypes.c_long),
+        ("jitcnt", ctypes.c_long),
+        ("calcnt", ctypes.c_long),
+        ("errcnt", ctypes.c_long),
+        ("stbcnt", ctypes.c_long),
+        ("tai", ctypes.c_int),
+        ("_pad", ctypes.c_int * 11),
+    ]
+
+
+def clock_synchronized() -> bool | None:
+    """True when the kernel says the clock is NTP-synchronised, None if it cannot tell."""
+    name = ctypes.util.find_library("c")
+    if not name:
+        return None
+    libc = ctypes.CDLL(name, use_errno=True)
+    tx = _Timex()  # modes 0: read only
+    state = libc.adjtimex(ctypes.byref(tx))
+    if state < 0:
+        return None
+    return state != TIME_ERROR and not tx.status & STA_UNSYNC

@@ -1,0 +1,89 @@
+"""The system log (S21): search and export of the hash-chained event table."""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+import json
+from collections.abc import Iterable
+from typing import Any
+
+from sqlalchemy import select
+
+from station.catalog import Catalog, Event
+
+FIELDS = (
+    "id",
+    "at",
+    "kind",
+    "actor",
+    "port",
+    "serial",
+    "officer_no",
+    "file_id",
+    "message",
+    "data",
+    "hash",
+)
+
+
+def search(
+    catalog: Catalog,
+    *,
+    after: int = 0,
+    kind: str | None = None,
+    serial: str | None = None,
+    officer_no: str | None = None,
+    actor: str | None = None,
+    file_id: int | None = None,
+    since: dt.datetime | None = None,
+    until: dt.datetime | None = None,
+    text: str | None = None,
+    limit: int = 1000,
+) -> list[dict[str, Any]]:
+    """Events in log order after the cursor `after` (an event id), filtered."""
+    q = select(Event).where(Event.id > after)
+    if kind:
+        q = q.where(Event.kind.in_(kind.split(",")))
+    if serial:
+        q = q.where(Event.serial == serial)
+    if officer_no:
+        q = q.where(Event.officer_no == officer_no)
+    if actor:
+        q = q.where(Event.actor == actor)
+    if file_id is not None:
+        q = q.where(Event.file_id == file_id)
+    if since is not None:
+        q = q.where(Event.at >= since)
+    if until is not None:
+        q = q.where(Event.at < until)
+    if text:
+        q = q.where(Event.message.contains(text))
+    with catalog.read() as s:
+        return [as_dict(e) for e in s.scalars(q.order_by(Event.id).limit(limit))]
+
+
+def as_dict(e: Event) -> dict[str, Any]:
+    return {
+        "id": e.id,
+        "at": e.at.isoformat(),
+        "kind": e.kind,
+        "actor": e.actor,
+        "port": e.port,
+        "serial": e.serial,
+        "officer_no": e.officer_no,
+        "file_id": e.file_id,
+        "message": e.message,
+        "data": json.loads(e.data or "{}"),
+        "hash": e.hash,
+    }
+
+
+def to_csv(events: Iterable[dict[str, Any]]) -> str:
+    out = io.StringIO()
+    w = csv.DictWriter(out, fieldnames=FIELDS, extrasaction="ignore")
+    w.writeheader()
+    for e in events:
+        w.writerow({**e, "data": json.dumps(e["data"], ensure_ascii=False)})
+    return out.getvalue()

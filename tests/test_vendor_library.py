@@ -1,0 +1,601 @@
+"""The vendor-library driver through the real C ABI, against the reference library.
+
+drivers/native/gat947_ref.c is compiled once per test session in three builds:
+the common 94-byte officer block, the packed 89-byte one, and a single-device
+library without GetDeviceCount and the _ByIndex calls. Each test gives the
+library its own recorder folders through GAT947_REF_ROOT.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import datetime as dt
+import logging
+import os
+import shutil
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from drivers import vendor_library as vl
+from drivers.base import AuthFailed, DeviceGone, DockedDevice, OfficerInfo, ProtocolError
+from drivers.vendor_library import (
+    LibraryBusy,
+    VendorLibraryConfig,
+    VendorLibraryDriver,
+    VendorLibraryError,
+    check_status,
+    decode_officer_block,
+    encode_officer_block,
+)
+
+NATIVE = Path(__file__).resolve().parents[1] / "drivers" / "native"
+PASSWORD = "654321"
+STATION_PASSWORDS = ["000000", "123456", PASSWORD]
+VID, PID = 0x1234, 0xABCD
+
+RECORDER: dict[str, Any] = {
+    "id_code": "ZFY01",
+    "serial": "B100001",
+    "officer_no": "100001",
+    "officer_name": "张三",
+    "unit_no": "110101",
+    "unit_name": "城关派出所",
+    "password": PASSWORD,
+    "battery": 67,
+    "clock_offset_s": -42,
+    "msdc": 0,
+}
+NAME_32 = "张三李四王五赵六孙七周八吴九郑十"  # 16 characters, 32 bytes in GBK
+
+
+# --- building the reference library ---------------------------------------------------------
+
+
+def _compile(cc: str, source: Path, target: Path, *flags: str) -> Path:
+    cmd = [
+        cc,
+        "-shared",
+        "-fPIC",
+        "-O2",
+        "-Wall",
+        "-Werror",
+        *flags,
+        "-o",
+        str(target),
+        str(source),
+    ]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, f"{' '.join(cmd)} failed:\n{done.stderr}"
+    return target
+
+
+@pytest.fixture(scope="session")
+def compiler() -> str:
+    cc = shutil.which("gcc") or shutil.which("cc")
+    if cc is None:
+        pytest.skip("no C compiler")
+    return cc
+
+
+@pytest.fixture(scope="session")
+def libs(compiler: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The reference library built as "94", "89" (packed) and "single" (no _ByIndex)."""
+    out = tmp_path_factory.mktemp("gat947ref")
+    out.chmod(0o755)
+    src = NATIVE / "gat947_ref.c"
+    return {
+        "94": _compile(compiler, src, out / "libgat947ref94.so"),
+        "89": _compile(compiler, src, out / "libgat947ref89.so", "-DZFY_PACKED"),
+        "single": _compile(compiler, src, out / "libgat947single.so", "-DGAT947_REF_NO_INDEX"),
+    }
+
+
+@pytest.fixture(autouse=True)
+def _no_leaked_sessions() -> Iterator[None]:
+    yield
+    leaked = [s for lib in vl._LIBRARIES.values() for s in lib.sessions]
+    for s in leaked:
+        s.close()
+    assert not leaked, f"sessions left open: {leaked}"
+
+
+# --- recorders as folders ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    r = tmp_path / "recorders"
+    r.mkdir()
+    monkeypatch.setenv("GAT947_REF_ROOT", str(r))
+    return r
+
+
+def put_recorder(root: Path, index: int = 0, **fields: Any) -> Path:
+    """Write recorder `index`'s device.txt; text is stored as GBK bytes, bytes as given."""
+    values = {**RECORDER, **fields}
+    lines = []
+    for k, v in values.items():
+        if v is None:
+            continue
+        data = v if isinstance(v, bytes) else str(v).encode("gbk")
+        lines.append(k.encode() + b"=" + data + b"\n")
+    folder = root / str(index)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "device.txt").write_bytes(b"".join(lines))
+    return folder
+
+
+def get_recorder(root: Path, index: int = 0) -> dict[str, bytes]:
+    """Recorder `index`'s device.txt as raw bytes per key."""
+    out = {}
+    for line in (root / str(index) / "device.txt").read_bytes().splitlines():
+        k, _, v = line.partition(b"=")
+        out[k.decode()] = v
+    return out
+
+
+def docked(port: int = 1, serial: str | None = None, **kw: Any) -> DockedDevice:
+    return DockedDevice(
+        port=port,
+        key=f"usb:{port}:{serial}",
+        kind=kw.pop("kind", "usb"),
+        path=kw.pop("path", f"/nonexistent/port-{port}"),
+        vendor_id=kw.pop("vendor_id", VID),
+        product_id=kw.pop("product_id", PID),
+        serial=serial,
+        **kw,
+    )
+
+
+def driver(library: Path, **kw: Any) -> VendorLibraryDriver:
+    config = VendorLibraryConfig(name="ref", usb_ids=["1234:ABCD"], library=library, **kw)
+    return VendorLibraryDriver(config)
+
+
+@pytest.fixture(params=["94", "89"])
+def layout(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture
+def drv(libs: dict[str, Path], layout: str) -> VendorLibraryDriver:
+    return driver(libs[layout], layout=layout)
+
+
+# --- identify, officer block, battery, clock, mass storage -----------------------------------
+
+
+def test_identify(root: Path, drv: VendorLibraryDriver) -> None:
+    put_recorder(root)
+    assert drv.multi_device
+    with drv.open(docked(serial="B100001"), STATION_PASSWORDS) as rec:
+        assert rec.password == PASSWORD
+        assert rec.index == 0
+        assert rec.id_code() == "ZFY01"
+        assert rec.officer_info() == OfficerInfo(
+            "B100001", "100001", "张三", "110101", "城关派出所"
+        )
+        assert rec.battery_percent() == 67
+        assert rec.resolution() == (1920, 1080)
+        assert rec.card() is None
+        assert rec.alive()
+    assert not rec.alive()
+
+
+def test_officer_block_round_trip_gbk(root: Path, drv: VendorLibraryDriver) -> None:
+    put_recorder(root)
+    new = OfficerInfo("B100002", "200002", "李四", "110102", "城关派出所")
+    with drv.open(docked(), STATION_PASSWORDS) as rec:
+        rec.write_officer_info(new)
+        assert rec.officer_info() == new
+        assert rec.serial == "B100002"
+        assert rec.battery_percent() == 67  # the session follows the new serial
+    stored = get_recorder(root)
+    assert stored["officer_name"] == "李四".encode("gbk")
+    assert stored["unit_name"] == "城关派出所".encode("gbk")
+    assert stored["serial"] == b"B100002"
+    with drv.open(docked(), STATION_PASSWORDS) as rec:
+        assert rec.officer_info() == new
+
+
+def test_name_of_32_gbk_bytes_fits_and_33_is_refused(root: Path, drv: VendorLibraryDriver) -> None:
+    put_recorder(root)
+    assert len(NAME_32.encode("gbk")) == 32
+    full = OfficerInfo("B100001", "100001", NAME_32, "123456789012", NAME_32)
+    with drv.open(docked(), STATION_PASSWORDS) as rec:
+        rec.write_officer_info(full)
+        assert rec.officer_info() == full
+        before = (root / "0" / "device.txt").read_bytes()
+        for too_long in (NAME_32 + "A", "A" + NAME_32, NAME_32[:15] + "AAA"):
+            assert len(too_long.encode("gbk")) > 32
+            with pytest.raises(ValueError, match=r"officer_name .* bytes in gbk.* at most 32"):
+                rec.write_officer_info(OfficerInfo("B100001", "100001", too_long))
+        with pytest.raises(ValueError, match="serial"):
+            rec.write_officer_info(OfficerInfo("B1000012", "100001"))
+        with pytest.raises(ValueError, match="officer_no must not be empty"):
+            rec.write_officer_info(OfficerInfo("B100001", " "))
+        with pytest.raises(ValueError, match="cannot be written in gbk"):
+            rec.write_officer_info(OfficerInfo("B100001", "100001", "😀"))
+        with pytest.raises(ValueError, match="control characters"):
+            rec.write_officer_info(OfficerInfo("B100001", "100001", "a\nb"))
+        assert (root / "0" / "device.txt").read_bytes() == before
+        assert rec.officer_info() == full
+
+
+def test_undecodable_name_is_replaced_identifiers_are_refused(
+    root: Path, drv: VendorLibraryDriver, caplog: pytest.LogCaptureFixture
+) -> None:
+    cut = NAME_32.encode("gbk")[:31]  # a vendor tool cut the last character in two
+    put_recorder(root, officer_name=cut)
+    with caplog.at_level(logging.WARNING), drv.open(docked(), STATION_PASSWORDS) as rec:
+        info = rec.officer_info()
+        assert info.officer_name == NAME_32[:15] + "\ufffd"
+        assert "userName is not valid gbk" in caplog.text
+        put_recorder(root, serial=b"B\xff1")
+        with pytest.raises(ProtocolError, match=r"cSerial is not valid gbk: 42 ff 31"):
+            rec.officer_info()
+
+
+def test_empty_serial_or_officer_number_is_a_protocol_error(
+    root: Path, drv: VendorLibraryDriver
+) -> None:
+    put_recorder(root, officer_no="")
+    with pytest.raises(ProtocolError, match="userNo is empty"):
+        drv.open(docked(), STATION_PASSWORDS)
+    put_recorder(root, serial="", officer_no="100001")
+    with pytest.raises(ProtocolError, match="cSerial is empty"):
+        drv.open(docked(), STATION_PASSWORDS)
+    put_recorder(root, id_code="")
+    with pytest.raises(ProtocolError, match="empty ID code"):
+        drv.open(docked(), STATION_PASSWORDS)
+
+
+def test_passwords(root: Path, drv: VendorLibraryDriver, libs: dict[str, Path]) -> None:
+    put_recorder(root)
+    with pytest.raises(AuthFailed, match="none of 2 configured passwords"):
+        drv.open(docked(), ["000000", "123456"])
+    with drv.open(docked(), ["000000", "123456", PASSWORD, "999999"]) as rec:
+        assert rec.password == PASSWORD
+        put_recorder(root, password="111111")  # changed behind our back
+        with pytest.raises(AuthFailed, match="CHECK_PWD_FAILED"):
+            rec.battery_percent()
+    own = driver(libs[drv.config.layout], layout=drv.config.layout, passwords=["111111"])
+    with own.open(docked(), ["000000"]) as rec:  # the driver's list replaces the station's
+        assert rec.password == "111111"
+
+
+def test_battery_out_of_range(root: Path, drv: VendorLibraryDriver) -> None:
+    put_recorder(root, battery=150)
+    with drv.open(docked(), STATION_PASSWORDS) as rec:
+        with pytest.raises(ProtocolError, match="battery level 150 is not 0-100"):
+            rec.battery_percent()
+        put_recorder(root, battery=0)
+        assert rec.battery_percent() == 0
+
+
+def test_sync_time_zeroes_offset_and_msdc(root: Path, drv: VendorLibraryDriver) -> None:
+    put_recorder(root)
+    with drv.open(docked(), STATION_PASSWORDS) as rec:
+        assert rec.set_clock(dt.datetime.now().astimezone()) is None
+        assert get_recorder(root)["clock_offset_s"] == b"0"
+        assert get_recorder(root)["msdc"] == b"0"
+        rec.enter_mass_storage()
+        assert get_recorder(root)["msdc"] == b"1"
+        rec.enter_mass_storage()  # idempotent
+        assert rec.alive()
+    assert get_recorder(root)["officer_name"] == "张三".encode("gbk")  # the rest kept
+
+
+# --- devices that are not there ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("build", ["94", "single"])
+def test_missing_device_is_device_gone(
+    root: Path, libs: dict[str, Path], build: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    drv = driver(libs[build])
+    with pytest.raises(DeviceGone):
+        drv.open(docked(), STATION_PASSWORDS)
+    monkeypatch.delenv("GAT947_REF_ROOT")
+    with pytest.raises(DeviceGone):
+        drv.open(docked(), STATION_PASSWORDS)
+
+
+@pytest.mark.parametrize("build", ["94", "single"])
+def test_unplugged_mid_session(root: Path, libs: dict[str, Path], build: str) -> None:
+    folder = put_recorder(root)
+    with driver(libs[build]).open(docked(), STATION_PASSWORDS) as rec:
+        assert rec.alive()
+        shutil.rmtree(folder)
+        assert not rec.alive()
+        with pytest.raises(DeviceGone):
+            rec.battery_percent()
+        with pytest.raises(DeviceGone):
+            rec.set_clock(dt.datetime.now())
+
+
+def test_alive_follows_sysfs_after_msdc(root: Path, libs: dict[str, Path]) -> None:
+    """After SetMSDC a recorder may stop answering its library: sysfs presence decides."""
+    node = Path("/sys/bus")  # a folder that exists, standing in for the device's sysfs node
+    if not node.is_dir():
+        pytest.skip("no /sys")
+    folder = put_recorder(root)
+    with driver(libs["94"]).open(docked(path=str(node)), STATION_PASSWORDS) as rec:
+        rec.enter_mass_storage()
+        shutil.rmtree(folder)  # the recorder no longer answers the library ...
+        assert rec.alive()  # ... but is still on the bus
+    put_recorder(root)
+    with driver(libs["94"]).open(docked(path="/sys/no-such-device"), STATION_PASSWORDS) as rec:
+        assert not rec.alive()  # the library answers, the docked device is gone
+
+
+# --- several recorders ------------------------------------------------------------------------
+
+
+def test_by_index_sessions_go_to_the_right_recorder(root: Path, drv: VendorLibraryDriver) -> None:
+    put_recorder(root, 0)
+    put_recorder(root, 1, serial="B200002", officer_no="200002", officer_name="李四", battery=20)
+    with (
+        drv.open(docked(2, serial="B200002"), STATION_PASSWORDS) as b,
+        drv.open(docked(1, serial="B100001"), STATION_PASSWORDS) as a,
+    ):
+        assert (a.index, b.index) == (0, 1)
+        assert a.officer_info().officer_name == "张三"
+        assert b.officer_info().officer_name == "李四"
+        assert (a.battery_percent(), b.battery_percent()) == (67, 20)
+        b.enter_mass_storage()
+        b.set_clock(dt.datetime.now())
+        assert get_recorder(root, 1)["msdc"] == b"1"
+        assert get_recorder(root, 0)["msdc"] == b"0"
+        assert get_recorder(root, 0)["clock_offset_s"] == b"-42"
+        # the library renumbers its recorders: each session follows its own
+        os.rename(root / "0", root / "x")
+        os.rename(root / "1", root / "0")
+        os.rename(root / "x", root / "1")
+        assert (a.battery_percent(), b.battery_percent()) == (67, 20)
+        assert (a.index, b.index) == (1, 0)
+        shutil.rmtree(root / "1")  # a leaves
+        with pytest.raises(DeviceGone, match="B100001 no longer answers"):
+            a.battery_percent()
+        assert b.officer_info().serial == "B200002"
+
+
+def test_by_index_matches_usb_serial_to_id_code(root: Path, drv: VendorLibraryDriver) -> None:
+    put_recorder(root, 0)
+    put_recorder(root, 1, id_code="ZFY02", serial="B200002")
+    with drv.open(docked(1, serial="ZFY02"), STATION_PASSWORDS) as rec:
+        assert rec.index == 1
+
+
+def test_by_index_without_usb_serial_takes_the_one_left(
+    root: Path, drv: VendorLibraryDriver
+) -> None:
+    put_recorder(root, 0)
+    put_recorder(root, 1, serial="B200002")
+    with pytest.raises(ProtocolError, match="cannot tell which of 2 recorders is on port 1"):
+        drv.open(docked(1), STATION_PASSWORDS)
+    with drv.open(docked(1, serial="B200002"), STATION_PASSWORDS) as first:
+        with drv.open(docked(2, serial="not-the-serial"), STATION_PASSWORDS) as second:
+            assert (first.index, second.index) == (1, 0)
+        with pytest.raises(ProtocolError, match="all open on other ports"):
+            drv.open(docked(2), STATION_PASSWORDS)
+
+
+def test_by_index_wrong_password_for_the_docked_one(root: Path, drv: VendorLibraryDriver) -> None:
+    put_recorder(root, 0)
+    put_recorder(root, 1, id_code="ZFY02", serial="B200002", password="777777")
+    with pytest.raises(AuthFailed):
+        drv.open(docked(2, serial="ZFY02"), STATION_PASSWORDS)
+    with drv.open(docked(1, serial="B100001"), STATION_PASSWORDS) as rec:
+        # the only other recorder refuses every password: that is the docked one
+        with pytest.raises(AuthFailed):
+            drv.open(docked(2), STATION_PASSWORDS)
+        assert rec.index == 0
+
+
+def test_require_serial_match(root: Path, libs: dict[str, Path]) -> None:
+    put_recorder(root)
+    for build in ("94", "single"):
+        strict = driver(libs[build], require_serial_match=True)
+        with pytest.raises(ProtocolError, match="B999999"):
+            strict.open(docked(serial="B999999"), STATION_PASSWORDS)
+        with strict.open(docked(serial="B100001"), STATION_PASSWORDS) as rec:
+            assert rec.serial == "B100001"
+
+
+def test_concurrent_calls_are_serialized(root: Path, drv: VendorLibraryDriver) -> None:
+    put_recorder(root, 0)
+    put_recorder(root, 1, serial="B200002", battery=20)
+    errors: list[BaseException] = []
+    with (
+        drv.open(docked(1, serial="B100001"), STATION_PASSWORDS) as a,
+        drv.open(docked(2, serial="B200002"), STATION_PASSWORDS) as b,
+    ):
+
+        def work(rec: vl.VendorLibrarySession, battery: int) -> None:
+            try:
+                for _ in range(40):
+                    assert rec.battery_percent() == battery
+                    rec.set_clock(dt.datetime.now())
+            except BaseException as e:  # reported below
+                errors.append(e)
+
+        threads = [threading.Thread(target=work, args=(r, n)) for r, n in [(a, 67), (b, 20)] * 2]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+    assert not errors
+
+
+# --- a single-device library --------------------------------------------------------------------
+
+
+def test_single_device_library_one_recorder_at_a_time(root: Path, libs: dict[str, Path]) -> None:
+    put_recorder(root)
+    drv = driver(libs["single"])
+    assert not drv.multi_device
+    with drv.open(docked(1), STATION_PASSWORDS) as rec:
+        assert rec.index is None
+        assert rec.officer_info().officer_name == "张三"
+        with pytest.raises(LibraryBusy, match="one recorder at a time.*port 1; port 2 must wait"):
+            drv.open(docked(2), STATION_PASSWORDS)
+        # a second driver entry naming the same file shares the library and its limit
+        with pytest.raises(ProtocolError, match="one recorder at a time"):
+            driver(libs["single"]).open(docked(3), STATION_PASSWORDS)
+    with drv.open(docked(2), STATION_PASSWORDS) as rec:
+        assert rec.battery_percent() == 67
+
+
+def test_single_device_library_recorder_swapped(root: Path, libs: dict[str, Path]) -> None:
+    put_recorder(root)
+    with driver(libs["single"]).open(docked(), STATION_PASSWORDS) as rec:
+        put_recorder(root, serial="B300003")
+        assert not rec.alive()
+        with pytest.raises(DeviceGone, match="answers for recorder B300003, not B100001"):
+            rec.enter_mass_storage()
+    assert get_recorder(root)["msdc"] == b"0"
+
+
+# --- status codes, layouts, a malformed recorder ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("ret", "status", "error", "message"),
+    [
+        (1, 1, None, ""),
+        (1, 3, None, ""),
+        (1, 5, None, ""),
+        (1, 7, None, ""),
+        (1, 0, None, ""),
+        (0, 2, DeviceGone, "CONNECT_FAILED, status 2"),
+        (1, 2, DeviceGone, "CONNECT_FAILED"),
+        (0, 4, AuthFailed, "CHECK_PWD_FAILED, status 4"),
+        (0, 6, ProtocolError, "SET_SYSTEMTIME_FAILED, status 6"),
+        (0, 8, ProtocolError, "MSDC_FAILED, status 8"),
+        (0, 1, ProtocolError, "although its status is CONNECT_SUCCESS"),
+        (0, 0, ProtocolError, "without writing a status code"),
+        (0, 42, ProtocolError, "Fn failed .* unknown status code 42"),
+        (1, 42, ProtocolError, "Fn returned 1 with unknown status code 42"),
+    ],
+)
+def test_status_codes(ret: int, status: int, error: type[Exception] | None, message: str) -> None:
+    if error is None:
+        check_status("Fn", ret, status)
+    else:
+        with pytest.raises(error, match=message):
+            check_status("Fn", ret, status)
+
+
+def test_vendor_status_code_from_the_library(root: Path, drv: VendorLibraryDriver) -> None:
+    folder = put_recorder(root)
+    with drv.open(docked(), STATION_PASSWORDS) as rec:
+        (folder / "device.txt").write_bytes(b"password=654321\nnot a key value line\n")
+        with pytest.raises(ProtocolError, match=r"GetZFYInfo_ByIndex .*unknown status code 100"):
+            rec.officer_info()
+
+
+def test_layout_mismatch_is_a_protocol_error(root: Path, libs: dict[str, Path]) -> None:
+    put_recorder(root)
+    with pytest.raises(ProtocolError, match="not NUL-terminated"):
+        driver(libs["89"], layout="94").open(docked(), STATION_PASSWORDS)
+    with pytest.raises(ProtocolError, match="userNo is empty .*94-byte"):
+        driver(libs["94"], layout="89").open(docked(), STATION_PASSWORDS)
+
+
+def test_block_codec_both_layouts() -> None:
+    info = OfficerInfo("B100001", "100001", "张三", "", "城关派出所")
+    for layout, size in (("94", 94), ("89", 89)):
+        raw = encode_officer_block(info, layout, "gbk")  # type: ignore[arg-type]
+        assert len(raw) == size
+        assert decode_officer_block(raw, layout, "gbk") == info  # type: ignore[arg-type]
+    packed = encode_officer_block(OfficerInfo("B100001", "100001", NAME_32), "89", "gbk")
+    assert packed[:13] == b"B100001100001"  # no terminators between full fields
+    with pytest.raises(ProtocolError, match="89 bytes, layout 94 has 94"):
+        decode_officer_block(packed, "94", "gbk")
+
+
+def test_reference_library_rejects_bad_arguments(root: Path, libs: dict[str, Path]) -> None:
+    """The C side is memory-safe: NULL pointers and unterminated fields are refused."""
+    put_recorder(root)
+    lib = ctypes.CDLL(str(libs["94"]))
+    status = ctypes.c_int(0)
+    pwd = ctypes.create_string_buffer(PASSWORD.encode())
+    block = ctypes.create_string_buffer(b"A" * 94, 94)  # no terminators at all
+    assert lib.WriteZFYInfo(block, pwd, ctypes.byref(status)) == 0
+    assert status.value == 101
+    assert lib.GetZFYInfo(None, pwd, ctypes.byref(status)) == 0
+    assert status.value == 101
+    assert lib.GetZFYInfo(block, None, ctypes.byref(status)) == 0
+    assert status.value == 4
+    assert lib.GetIDCode(None, None) == 0  # no iRet: nothing written, nothing crashes
+    assert lib.GetZFYInfo_ByIndex(block, pwd, ctypes.byref(status), -1) == 0
+    assert status.value == 2
+    assert lib.GetDeviceCount(ctypes.byref(status)) == 1
+    assert get_recorder(root)["serial"] == b"B100001"
+
+
+# --- matching, configuration, loading ------------------------------------------------------------
+
+
+def test_match_on_usb_ids(libs: dict[str, Path]) -> None:
+    drv = driver(libs["94"])
+    assert drv.match(docked()) > 0
+    assert drv.match(docked(product_id=0xABCE)) == 0
+    assert drv.match(docked(vendor_id=None, product_id=None)) == 0
+    assert drv.match(docked(kind="simulated")) == 0
+    assert drv._lib is None  # matching does not load the library
+
+
+def test_config_validation(tmp_path: Path) -> None:
+    lib = tmp_path / "lib.so"
+    c = VendorLibraryConfig(
+        name=" acme ", usb_ids=["1234:ABCD", "1234:abcd", "0fe6:9900"], library=lib, layout=89
+    )
+    assert c.name == "acme"
+    assert c.usb_ids == ["1234:abcd", "0fe6:9900"]
+    assert c.layout == "89"
+    assert c.usb_id_pairs() == {(0x1234, 0xABCD), (0x0FE6, 0x9900)}
+    bad: list[dict[str, Any]] = [
+        {"usb_ids": ["1234abcd"]},
+        {"usb_ids": ["12345:abcd"]},
+        {"usb_ids": []},
+        {"library": "relative/lib.so"},
+        {"layout": "90"},
+        {"encoding": "no-such-codec"},
+        {"passwords": []},
+        {"name": " "},
+        {"unknown": 1},
+    ]
+    for override in bad:
+        with pytest.raises(ValidationError):
+            VendorLibraryConfig(
+                **{"name": "a", "usb_ids": ["1234:abcd"], "library": lib, **override}
+            )
+
+
+def test_library_that_cannot_be_loaded(tmp_path: Path, compiler: str) -> None:
+    missing = tmp_path / "nope" / "libzfy.so"
+    with pytest.raises(VendorLibraryError, match=f"{missing}: no such library file"):
+        driver(missing).open(docked(), STATION_PASSWORDS)
+    not_elf = tmp_path / "libtext.so"
+    not_elf.write_text("not a library")
+    with pytest.raises(VendorLibraryError, match=f"cannot load {not_elf}"):
+        driver(not_elf).load()
+    src = tmp_path / "partial.c"
+    src.write_text("int Init_Device(char *c, int *r) { (void)c; *r = 1; return 1; }\n")
+    partial = _compile(compiler, src, tmp_path / "libpartial.so")
+    with pytest.raises(VendorLibraryError, match=r"does not export UnInit_Device, GetIDCode"):
+        driver(partial).load()
+    writable = tmp_path / "shared"
+    writable.mkdir()
+    lib = _compile(compiler, src, writable / "libpartial2.so")
+    lib.chmod(0o777)
+    with pytest.raises(VendorLibraryError, match="writable by group or others"):
+        driver(lib).load()
