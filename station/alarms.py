@@ -19,6 +19,7 @@ SEVERITY = {
     "storage_low": "warning",
     "disk_missing": "critical",
     "disk_unhealthy": "critical",
+    "disk_degraded": "warning",
     "network_down": "warning",
     "collection_failed": "warning",
     "verify_failed": "critical",

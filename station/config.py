@@ -144,6 +144,7 @@ class RecordersSection(_Section):
 
 class AlarmsSection(_Section):
     check_clock: bool = True  # raise clock_unsynced when the station clock is not NTP-synced
+    smart_interval_s: Annotated[float, Field(gt=0)] = 3600.0  # SMART check of the store disks
 
 
 class NetworkSection(_Section):

@@ -39,6 +39,7 @@ from station.network import check_network
 from station.recovery import recover
 from station.retention import DiskFacts, Plan, RetentionSweeper, days_until_full, retention_rules
 from station.scrubber import Scrubber
+from station.smart import Health, HealthHistory, check_disk
 from station.store import Store, StoreDisk
 
 log = logging.getLogger(__name__)
@@ -95,6 +96,8 @@ class Station:
         self.version = 0
         self.stopping = False
         self.days_until_full: float | None = None
+        self.disk_health: dict[str, Health] = {}
+        self.smart_history = HealthHistory(self.config.database_path.parent / "smart")
         self.scrubber: Scrubber | None = None
         self._scrub_thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -325,8 +328,11 @@ class Station:
     async def _periodic(self, stop: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
         next_net = 0.0
-        next_sweep = 0.0
+        next_sweep = next_smart = 0.0
         while not stop.is_set():
+            if loop.time() >= next_smart:
+                next_smart = loop.time() + self.config.alarms.smart_interval_s
+                await loop.run_in_executor(None, self._check_smart)
             await loop.run_in_executor(None, self._check_disks)
             if loop.time() >= next_sweep:
                 next_sweep = loop.time() + self.config.retention.sweep_interval_s
@@ -336,6 +342,30 @@ class Station:
                 await loop.run_in_executor(None, self._check_network_and_clock)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), DISK_CHECK_S)
+
+    def _check_smart(self) -> None:
+        """Grade each store disk from SMART; a failed disk is taken out of use."""
+        for d in self.store.disks:
+            if not d.present():
+                continue
+            try:
+                h = check_disk(d.path, self.smart_history)
+            except Exception:
+                log.exception("SMART check of %s failed", d.path)
+                continue
+            self.disk_health[str(d.path)] = h
+            where = f"store disk {d.path} ({h.model or h.device or 'no SMART'})"
+            why = "; ".join(h.reasons)
+            if h.verdict == "failed":
+                self.alarms.raise_("disk_unhealthy", f"{where} is failing: {why}", str(d.path))
+                if not d.failed:
+                    self.store.take_out_of_use(d, f"SMART: {why}")
+            elif h.verdict == "degraded":
+                self.alarms.raise_("disk_degraded", f"{where} is degraded: {why}", str(d.path))
+            elif h.verdict == "healthy":
+                self.alarms.clear("disk_degraded", str(d.path))
+                if not d.failed:
+                    self.alarms.clear("disk_unhealthy", str(d.path))
 
     def _check_network_and_clock(self) -> None:
         target = self.config.network.check
@@ -420,6 +450,14 @@ class Station:
     def now(self) -> dt.datetime:
         return dt.datetime.now(self.tz).astimezone(self.tz)
 
+    def _health_word(self, d: StoreDisk) -> str:
+        if not d.present():
+            return "missing"
+        if d.failed:
+            return "failed"
+        h = self.disk_health.get(str(d.path))
+        return h.verdict if h and h.verdict != "unknown" else "healthy"
+
     def status(self) -> dict[str, Any]:
         """The data of `GET /api/v1/status` (CONTRACT.md)."""
         disks = []
@@ -431,7 +469,8 @@ class Station:
                     "total_bytes": total,
                     "free_bytes": free,
                     "active": d.index == self.store.active,
-                    "health": "failed" if d.failed else "healthy" if d.present() else "missing",
+                    "health": self._health_word(d),
+                    "smart": h.to_dict() if (h := self.disk_health.get(str(d.path))) else None,
                 }
             )
         slots = []

@@ -172,7 +172,7 @@ class Dv16Emulator:
     check_on: dict[int, tuple[int, int, int]] = field(default_factory=dict)
     status_on: dict[int, int] = field(default_factory=dict)  # last status after a command
     short_on: dict[int, int] = field(default_factory=dict)  # bytes actually moved
-    log: list[Sent] = field(default_factory=list)
+    log: list[Sent] = field(default_factory=list, repr=False)
     violations: list[str] = field(default_factory=list)
     gone: bool = False
     last_status: int = 0
@@ -489,7 +489,7 @@ def test_missing_node_does_not_match(emu: Dv16Emulator, tmp_path: Path) -> None:
         ScsiDv16Config(settle_ms=0), sg_nodes=lambda d: [str(tmp_path / "sg9")], ioctl=emu
     )
     assert driver.match(usb_device()) == 0
-    with pytest.raises(ProtocolError):
+    with pytest.raises(DeviceGone):  # the node sysfs named has gone
         driver.open(usb_device(), [PASSWORD])
 
 
@@ -760,6 +760,13 @@ def test_device_gone_enodev_mid_command(emu: Dv16Emulator, session: ScsiDv16Sess
         session.battery_percent()
     session.close()
     session.close()
+
+
+def test_device_gone_during_open(emu: Dv16Emulator, node: Path) -> None:
+    emu.gone_on.add(0x12)
+    with pytest.raises(DeviceGone):
+        make_driver(emu, node, settle_ms=0).open(usb_device(), [PASSWORD])
+    assert emu.commands() == []
 
 
 def test_device_gone_host_status(emu: Dv16Emulator, session: ScsiDv16Session) -> None:
