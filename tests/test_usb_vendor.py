@@ -4,7 +4,9 @@ The recorder is a `usb.backend.IBackend` (HIL.md tier 1): descriptors, string
 descriptors, vendor control requests answered by the protocol's reference
 device side, STALL as EPIPE, unplug as ENODEV, and the switch to mass storage
 as the recorder leaving and a disk with another product id arriving on the same
-port. The driver finds it through `usb.core.find(backend=...)` like a real one.
+port. The driver finds it through `usb.core.find(backend=...)` like a real one. The
+backend implements neither claim_interface nor set_configuration, so a driver
+that claimed an interface or reconfigured the recorder would fail here.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import datetime as dt
 import errno
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -38,6 +41,7 @@ from drivers.usb_vendor import (
 )
 from drivers.usb_vendor_proto import (
     CAP_GET_TIME,
+    CAP_UNIX_TIME,
     LAYOUT_89,
     OFFICER_BLOCK_SIZE,
     Battery,
@@ -97,6 +101,9 @@ class EmuDevice:
     # SET_MSDC: "ack" (status stage done, then gone), "nodev" (gone during the request),
     # "pipe" (the request fails as the device leaves), "late" (acked, leaves on demand)
     msdc_mode: str = "ack"
+    # a refused OUT request with data: "stall" it, or "ack" it and leave the refusal to
+    # LAST_STATUS, as a FunctionFS gadget must (its data stage completes before it looks)
+    out_refusal: str = "stall"
     disk_pid: int = DISK_PID
     # one-shot hooks run before a request is handled: bRequest -> callable
     faults: dict[int, Callable[[], None]] = field(default_factory=dict)
@@ -272,7 +279,9 @@ class EmuBackend(usb.backend.IBackend):
             try:
                 reply = dev.firmware.setup(bmRequestType, bRequest, wValue, wIndex, payload)
             except Stall:
-                raise _pipe() from None
+                if is_in or not payload or dev.out_refusal == "stall":
+                    raise _pipe() from None
+                reply = None
             if dev.firmware.switch_requested:
                 self._switch(dev)
         if not is_in:
@@ -321,9 +330,10 @@ def firmware() -> ReferenceRecorder:
     return ReferenceRecorder(state)
 
 
-@pytest.fixture
-def recorder(bus: EmuBackend, firmware: ReferenceRecorder) -> EmuDevice:
-    return bus.plug(firmware=firmware)
+@pytest.fixture(params=["stall", "ack"], ids=["stalls", "acks-data"])
+def recorder(bus: EmuBackend, firmware: ReferenceRecorder, request: Any) -> EmuDevice:
+    """The recorder, refusing OUT data either way a real one may."""
+    return bus.plug(firmware=firmware, out_refusal=request.param)
 
 
 @pytest.fixture
@@ -424,7 +434,8 @@ def test_protocol_module_needs_only_the_standard_library() -> None:
         "spec.loader.exec_module(m)\n"
         "r = m.ReferenceRecorder(m.RecorderState(password='x'))\n"
         "assert r.setup(0xC0, 1, 1, 7, 64)[:4] == b'ZFYV'\n"
-        "bad = sorted(n for n in sys.modules if n.split('.')[0] in ('usb', 'pydantic', 'drivers'))\n"
+        "top = {n.split('.')[0] for n in sys.modules}\n"
+        "bad = sorted(top & {'usb', 'pydantic', 'drivers'})\n"
         "print(bad)\n"
     )
     # -I -S: no site-packages, no project folder on the path
@@ -504,7 +515,7 @@ def test_identify_through_real_pyusb(
 ) -> None:
     with driver.open(docked(recorder), ["000000", PASSWORD]) as rec:
         assert isinstance(rec, UsbVendorSession)
-        assert rec.hello == Hello(1, 1, rec.hello.capabilities if rec.hello else 0)
+        assert rec.hello == Hello(1, 1, CAP_GET_TIME | CAP_UNIX_TIME)
         assert rec.id_code() == "ZFY01"
         assert rec.officer_info() == OfficerInfo(
             "B100001", "100001", "张三", "110101", "北京市公安局城关派出所"
@@ -529,7 +540,9 @@ def test_write_officer_block_in_gbk(
     with driver.open(docked(recorder), [PASSWORD]) as rec:
         rec.write_officer_info(new)
         assert rec.officer_info() == new
-    assert firmware.state.officer == OfficerBlock("B100001", "200002", "李四", "110102", new.unit_name)
+    assert firmware.state.officer == OfficerBlock(
+        "B100001", "200002", "李四", "110102", new.unit_name
+    )
     (sent,) = vendor_requests(recorder, Request.SET_OFFICER)
     assert sent[0] == 0x40 and len(sent[4]) == 94
     assert sent[4][15:19] == "李四".encode("gbk") == b"\xc0\xee\xcb\xc4"
@@ -577,7 +590,8 @@ def test_clock_drift_measured_then_set(
         assert again is not None and abs(again) <= 1.0
     (first, _) = vendor_requests(recorder, Request.SET_TIME)
     assert len(first[4]) == 11  # local fields and the unix time
-    assert abs(DeviceTime.unpack(first[4]).unix - time.time()) <= 2  # type: ignore[operator]
+    unix = DeviceTime.unpack(first[4]).unix
+    assert unix is not None and abs(unix - time.time()) <= 2
 
 
 def test_clock_uses_the_station_zone_wall_time(
@@ -591,7 +605,8 @@ def test_clock_uses_the_station_zone_wall_time(
     assert drift is not None and abs(drift + 30) <= 1.0
     assert abs(firmware.state.clock_offset_s) <= 1.0
     (sent,) = vendor_requests(recorder, Request.SET_TIME)
-    assert abs(DeviceTime.unpack(sent[4]).unix - time.time()) <= 2  # type: ignore[operator]
+    unix = DeviceTime.unpack(sent[4]).unix
+    assert unix is not None and abs(unix - time.time()) <= 2
 
 
 def test_clock_without_a_readable_recorder_clock(
@@ -638,19 +653,19 @@ def test_switch_refused_without_a_card(
         assert rec.battery_percent() == 67
 
 
-def test_alive_between_leaving_and_the_disk_arriving(bus: EmuBackend, recorder: EmuDevice) -> None:
+@pytest.mark.parametrize(("grace", "expected"), [(30.0, True), (0.0, False)])
+def test_alive_between_leaving_and_the_disk_arriving(
+    bus: EmuBackend, recorder: EmuDevice, grace: float, expected: bool
+) -> None:
     recorder.msdc_mode = "late"
-    for grace, expected in ((30.0, True), (0.0, False)):
-        config = UsbVendorConfig(usb_ids=[f"{VID:04x}:{PID:04x}"], switch_grace_s=grace)
-        rec = UsbVendorDriver(config, backend=bus).open(docked(recorder), [PASSWORD])
+    config = UsbVendorConfig(usb_ids=[f"{VID:04x}:{PID:04x}"], switch_grace_s=grace)
+    with UsbVendorDriver(config, backend=bus).open(docked(recorder), [PASSWORD]) as rec:
         rec.enter_mass_storage()
-        assert rec.alive()  # acknowledged, not gone yet
+        assert rec.alive()  # acknowledged, still on the bus
         bus.unplug(recorder)  # left; the disk is not there yet
         assert rec.alive() is expected
-        rec.close()
-        recorder = bus.plug(firmware=recorder.firmware, msdc_mode="late")
-        assert recorder.firmware is not None
-        recorder.firmware.reset()
+        bus.reenumerate_as_disk(recorder)
+        assert rec.alive()
 
 
 @pytest.mark.parametrize("error", [_nodev, _io, _pipe], ids=["ENODEV", "EIO", "EPIPE"])
@@ -688,7 +703,7 @@ def test_io_errors_and_timeouts_with_the_recorder_still_there(
             rec.id_code()
         recorder.faults[Request.LAST_STATUS] = fail(_pipe)
         recorder.faults[Request.GET_TIME] = fail(_pipe)
-        with pytest.raises(ProtocolError, match="LAST_STATUS too"):
+        with pytest.raises(ProtocolError, match="LAST_STATUS stalled too"):
             rec.set_clock(dt.datetime.now())
         assert rec.battery_percent() == 67  # and the session carries on
 
@@ -727,15 +742,18 @@ def test_a_stale_last_status_is_not_believed(
             raise _pipe()
 
         recorder.faults[Request.GET_BATTERY] = stall_and_forget
-        with pytest.raises(ProtocolError, match="stalled, but LAST_STATUS is about GET_ID_CODE"):
+        with pytest.raises(
+            ProtocolError, match=r"stalled \(tag \d+\), but LAST_STATUS is about GET_ID_CODE"
+        ):
             rec.battery_percent()
 
 
 def test_locating_the_device(driver: UsbVendorDriver, bus: EmuBackend) -> None:
     fw = ReferenceRecorder(RecorderState(password=PASSWORD))
     a = bus.plug(port=(1, 2), serial="AAA", firmware=fw)
-    b = bus.plug(port=(1, 3), serial="BBB", firmware=ReferenceRecorder(RecorderState("ZFY02")))
-    b.firmware.state.password = PASSWORD  # type: ignore[union-attr]
+    b = bus.plug(
+        port=(1, 3), serial="BBB", firmware=ReferenceRecorder(RecorderState("ZFY02", PASSWORD))
+    )
     by_port = docked(b, BUSNUM=None, DEVNUM=None)
     with driver.open(by_port, [PASSWORD]) as rec:
         assert rec.id_code() == "ZFY02"
@@ -753,3 +771,49 @@ def test_locating_the_device(driver: UsbVendorDriver, bus: EmuBackend) -> None:
     disk.pid = PID
     with pytest.raises(ProtocolError, match="no interface of class 0xff"):
         driver.open(docked(disk), [PASSWORD])
+
+
+def test_refused_writes_are_reported_whether_stalled_or_acknowledged(
+    driver: UsbVendorDriver, recorder: EmuDevice, firmware: ReferenceRecorder
+) -> None:
+    firmware.capabilities = 0  # no GET_TIME: set_clock goes straight to SET_TIME
+    with driver.open(docked(recorder), [PASSWORD]) as rec:
+        firmware.state.busy = True
+        with pytest.raises(Refused, match="SET_OFFICER: CONNECT_FAILED, BUSY"):
+            rec.write_officer_info(OfficerInfo("B100001", "200002"))
+        with pytest.raises(Refused, match="SET_TIME: SET_SYSTEMTIME_FAILED, BUSY"):
+            rec.set_clock(dt.datetime.now())
+        assert firmware.state.officer == OFFICER
+        firmware.state.busy = False
+        rec.write_officer_info(OfficerInfo("B100001", "200002"))
+    # every OUT request with data is followed by LAST_STATUS, stalled or not
+    names = [r[1] for r in recorder.requests if r[0] & 0x60 == 0x40]
+    for i, req in enumerate(names):
+        if req in (Request.AUTH, Request.SET_OFFICER, Request.SET_TIME):
+            assert names[i + 1] == Request.LAST_STATUS
+
+
+def test_switch_with_an_io_error_while_the_recorder_detaches(
+    driver: UsbVendorDriver, bus: EmuBackend, recorder: EmuDevice
+) -> None:
+    def io_error_then_leave() -> None:
+        threading.Timer(0.05, bus.reenumerate_as_disk, [recorder]).start()
+        raise _io()
+
+    with driver.open(docked(recorder), [PASSWORD]) as rec:
+        recorder.faults[Request.SET_MSDC] = io_error_then_leave
+        rec.enter_mass_storage()  # waited for it to leave
+        assert not recorder.present and rec.alive()
+
+
+def test_switch_with_an_io_error_and_a_recorder_that_stays(
+    driver: UsbVendorDriver, recorder: EmuDevice
+) -> None:
+    def io_error() -> None:
+        raise _io()
+
+    with driver.open(docked(recorder), [PASSWORD]) as rec:
+        recorder.faults[Request.SET_MSDC] = io_error
+        with pytest.raises(ProtocolError, match="SET_MSDC"):
+            rec.enter_mass_storage()
+        assert rec.alive() and rec.battery_percent() == 67
