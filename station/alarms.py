@@ -48,9 +48,15 @@ class ActiveAlarm:
 class AlarmBook:
     """The station's alarms, persisted in the catalog with their history."""
 
-    def __init__(self, catalog: Catalog, on_change: Callable[[], None] = lambda: None) -> None:
+    def __init__(
+        self,
+        catalog: Catalog,
+        on_change: Callable[[], None] = lambda: None,
+        on_raised: Callable[[str], None] = lambda code: None,
+    ) -> None:
         self.catalog = catalog
         self.on_change = on_change
+        self.on_raised = on_raised  # a new alarm (not a repeat): e.g. speak it
 
     def raise_(self, code: str, message: str, subject: str = "") -> None:
         """Raise (or refresh) an alarm; a repeat only bumps its count."""
@@ -76,6 +82,7 @@ class AlarmBook:
             append_event(s, "alarm_raised", message, code=code, subject=subject)
         log.warning("alarm %s %s: %s", code, subject, message)
         self.on_change()
+        self.on_raised(code)
 
     def clear(self, code: str, subject: str = "") -> None:
         with self.catalog.write() as s:

@@ -23,6 +23,8 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from station.voice import VoiceConfig
+
 
 class ConfigError(Exception):
     """The configuration cannot be used; the message names the key and file."""
@@ -177,6 +179,7 @@ class StationConfig(BaseSettings):
     recorders: RecordersSection = Field(default_factory=RecordersSection)
     network: NetworkSection = Field(default_factory=NetworkSection)
     alarms: AlarmsSection = Field(default_factory=AlarmsSection)
+    voice: VoiceConfig = Field(default_factory=VoiceConfig)
 
     @classmethod
     def settings_customise_sources(

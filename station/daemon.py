@@ -41,6 +41,7 @@ from station.retention import DiskFacts, Plan, RetentionSweeper, days_until_full
 from station.scrubber import Scrubber
 from station.smart import Health, HealthHistory, check_disk
 from station.store import Store, StoreDisk
+from station.voice import Announcer
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +108,9 @@ class Station:
         self._executor = ThreadPoolExecutor(
             max_workers=config.bus.ports + 4, thread_name_prefix="station"
         )
-        self.alarms = AlarmBook(self.catalog, self.notify)
+        self.announcer = Announcer(config.voice, clock=self.now)
+        self.alarms = AlarmBook(self.catalog, self.notify, self._alarm_raised)
+        self._spoken: dict[int, tuple[int, str]] = {}  # port -> (generation, state) last seen
         self.retention = RetentionSweeper(self.catalog, retention_rules(config))
         self._sweep_lock = threading.Lock()
         self.watcher = PortWatcher(
@@ -159,7 +162,20 @@ class Station:
         with contextlib.suppress(RuntimeError):  # loop closed during shutdown
             self._loop.call_soon_threadsafe(self._bump)
 
+    def _alarm_raised(self, code: str) -> None:
+        if code != "collection_failed":  # the port's own failure announcement says it
+            self.announcer.say("alarm", code=code)
+
+    def _speak_slot_changes(self) -> None:
+        for port, slot in self.slots.items():
+            gen, state = self._spoken.get(port, (slot.generation, "empty"))
+            old = "empty" if gen != slot.generation else state
+            if old != slot.state:
+                self.announcer.say_slot_change(old, slot.state, port, slot.error)
+            self._spoken[port] = (slot.generation, slot.state)
+
     def _bump(self) -> None:
+        self._speak_slot_changes()
         self.version += 1
         self._changed.set()
         self._changed = asyncio.Event()
@@ -178,6 +194,7 @@ class Station:
         self._loop = asyncio.get_running_loop()
         self._loop.set_default_executor(self._executor)
         await self._loop.run_in_executor(None, self._prepare)
+        self.announcer.start()
         await self.watcher.start()
 
     def _prepare(self) -> None:
@@ -271,6 +288,7 @@ class Station:
 
     async def shutdown(self) -> None:
         self._stop_workers.set()
+        self.announcer.stop()
         if self._scrub_thread is not None:
             await asyncio.get_running_loop().run_in_executor(None, self._scrub_thread.join)
         self.watcher.stop()

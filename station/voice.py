@@ -182,6 +182,10 @@ ALARMS: dict[str, dict[Language, str]] = {
         "zh": "存储硬盘故障，已停止使用",
         "en": "A storage disk has failed and was taken out of use",
     },
+    "disk_degraded": {
+        "zh": "存储硬盘状态异常，请尽快检查",
+        "en": "A storage disk is wearing out, please check it soon",
+    },
     "disk_missing": {
         "zh": "找不到存储硬盘，请检查硬盘",
         "en": "A storage disk is missing, please check the disks",
@@ -237,6 +241,9 @@ KIND_SEVERITY: dict[str, Severity] = {
 ZH_PRONUNCIATION: dict[str, str] = {
     "偏差": "pian1 cha1",  # 差 read cha4
     "校验": "jiao4 yan4",  # 校 read xiao4
+    "部分": "bu4 fen4",  # 分 read fen1
+    "处理": "chu3 li3",  # 处 read chu4
+    "尽快": "jin3 kuai4",  # 尽 read jin4
 }
 
 

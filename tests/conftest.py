@@ -198,6 +198,7 @@ def write_config(root: Path, port: int, **overrides: dict[str, Any]) -> Path:
         "web": {"host": "127.0.0.1", "port": port},
         "api": {"tokens": [TOKEN]},
         "network": {"interval_s": 2.0},
+        "voice": {"enabled": False},  # the voice test turns it on with a recording player
     }
     for section, values in overrides.items():
         cfg.setdefault(section, {}).update(values)
