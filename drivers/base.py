@@ -131,8 +131,8 @@ class RecorderSession(abc.ABC):
         """WriteZFYInfo: store a new officer block on the recorder."""
 
     @abc.abstractmethod
-    def battery_percent(self) -> int:
-        """ReadDeviceBatteryDumpEnergy: remaining charge, 0-100."""
+    def battery_percent(self) -> int | None:
+        """ReadDeviceBatteryDumpEnergy: remaining charge, 0-100 (None: cannot tell)."""
 
     @abc.abstractmethod
     def set_clock(self, now: dt.datetime) -> float | None:

@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import select
@@ -97,7 +98,7 @@ class Services:
     notify: Callable[[], None]  # thread-safe: something on screen changed
     registration_mode: Callable[[], str]
     docked_elsewhere: Callable[[str, int], int | None]  # serial, port -> other port
-    open_card: Callable[[DockedDevice, RecorderSession], Card]  # mount a USB-disk card
+    expect_card: Callable[[DockedDevice], Any]  # -> CardWait: the disk after SetMSDC
     make_room: Callable[[], None]  # run a retention sweep now
 
 
@@ -220,7 +221,7 @@ class Collector:
             id_code=id_code,
             battery_percent=battery,
         )
-        if battery < self.sv.config.recorders.battery_critical_percent:
+        if battery is not None and battery < self.sv.config.recorders.battery_critical_percent:
             self.sv.alarms.raise_(
                 "battery_critical",
                 f"recorder {info.serial} on port {self.slot.port}: battery at {battery} %",
@@ -260,7 +261,9 @@ class Collector:
             append_event(
                 s,
                 "clock_set",
-                f"drift {drift} s",
+                f"drift {drift:+.1f} s"
+                if drift is not None
+                else "clock set (this recorder cannot report its drift)",
                 port=self.slot.port,
                 serial=info.serial,
                 officer_no=officer.officer_no,
@@ -274,8 +277,9 @@ class Collector:
                 f"recorder {info.serial} clock was off by {drift:.0f} s",
                 subject=info.serial,
             )
-        rec.enter_mass_storage()
-        card = rec.card() or self.sv.open_card(self.device, rec)
+        with self.sv.expect_card(self.device) as wait:  # registered before the switch
+            rec.enter_mass_storage()
+            card = rec.card() or wait.card()
         try:
             return self._collect_files(
                 rec, card, info, id_code, officer, recorder_id, officer_id, session_id

@@ -23,6 +23,10 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from drivers.mass_storage import MassStorageConfig
+from drivers.scsi_dv16 import ScsiDv16Config
+from drivers.usb_vendor import UsbVendorConfig
+from drivers.vendor_library import VendorLibraryConfig
 from station.voice import VoiceConfig
 
 
@@ -96,6 +100,26 @@ class BusSection(_Section):
     # physical port -> USB port path (kernel port name like "1-1.2" or udev ID_PATH)
     port_map: dict[int, str] = Field(default_factory=dict)
     debounce_ms: Annotated[int, Field(strict=True, ge=0, le=5000)] = 200
+    mount_root: Path = Path("/run/station/cards")  # recorder cards are mounted below this
+    mounter: Literal["kernel", "fuse"] = "kernel"
+    reenumerate_timeout_s: Annotated[float, Field(gt=0)] = 30.0  # SetMSDC -> disk appears
+
+
+class DriversSection(_Section):
+    """Recorder families besides the simulated one (each off unless configured)."""
+
+    vendor_library: list[VendorLibraryConfig] = Field(default_factory=list)
+    usb_vendor: list[UsbVendorConfig] = Field(default_factory=list)
+    scsi_dv16: ScsiDv16Config | None = None
+    mass_storage: MassStorageConfig = Field(default_factory=MassStorageConfig)
+
+    @field_validator("vendor_library")
+    @classmethod
+    def _unique(cls, v: list[VendorLibraryConfig]) -> list[VendorLibraryConfig]:
+        names = [c.name for c in v]
+        if len(set(names)) != len(names):
+            raise ValueError("vendor library names must be unique")
+        return v
 
 
 class RegistrationSection(_Section):
@@ -180,6 +204,7 @@ class StationConfig(BaseSettings):
     network: NetworkSection = Field(default_factory=NetworkSection)
     alarms: AlarmsSection = Field(default_factory=AlarmsSection)
     voice: VoiceConfig = Field(default_factory=VoiceConfig)
+    drivers: DriversSection = Field(default_factory=DriversSection)
 
     @classmethod
     def settings_customise_sources(

@@ -13,6 +13,7 @@ import datetime as dt
 import json
 import logging
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
@@ -22,9 +23,13 @@ from zoneinfo import ZoneInfo
 import uvicorn
 from sqlalchemy import func, select
 
-from drivers.base import DockedDevice, DriverRegistry, ProtocolError, RecorderSession
+from drivers.base import DockedDevice, DriverRegistry, RecorderDriver, RecorderError
 from drivers.card import Card
+from drivers.mass_storage import MassStorageDriver
+from drivers.scsi_dv16 import ScsiDv16Driver
 from drivers.simulated import SimulatedDriver
+from drivers.usb_vendor import UsbVendorDriver
+from drivers.vendor_library import VendorLibraryDriver
 from station import __version__, eventlog
 from station.alarms import AlarmBook
 from station.bus import Bus, PortChange, PortWatcher
@@ -34,6 +39,7 @@ from station.catalog.models import utcnow
 from station.clock import clock_synchronized
 from station.collector import Collector, Services, Slot
 from station.config import StationConfig
+from station.mount import MountError, find_card_device, make_mounter, mount_card
 from station.names import parse_card_path
 from station.network import check_network
 from station.recovery import recover
@@ -48,8 +54,54 @@ log = logging.getLogger(__name__)
 DISK_CHECK_S = 5.0
 
 
-def default_drivers() -> DriverRegistry:
-    return DriverRegistry([SimulatedDriver()])
+def build_drivers(config: StationConfig, mount: Callable[[DockedDevice], Card]) -> DriverRegistry:
+    """The recorder families this station is configured for (the simulated one always)."""
+    d = config.drivers
+    drivers: list[RecorderDriver] = [SimulatedDriver()]
+    for c in d.vendor_library:
+        drv = VendorLibraryDriver(c)
+        try:
+            drv.load()
+        except RecorderError as e:
+            log.error("vendor library %s unusable: %s", c.name, e)
+        drivers.append(drv)
+    drivers += [UsbVendorDriver(c) for c in d.usb_vendor]
+    if d.scsi_dv16 is not None:
+        drivers.append(ScsiDv16Driver(d.scsi_dv16))
+    if d.mass_storage.allow:
+        drivers.append(MassStorageDriver(d.mass_storage, mount))
+    return DriverRegistry(drivers)
+
+
+class CardWait:
+    """A collector waiting for its recorder to come back on the same port as a disk."""
+
+    def __init__(self, station: Station, device: DockedDevice) -> None:
+        self.station = station
+        self.device = device
+        self.new: DockedDevice | None = None
+        self.arrived = threading.Event()
+
+    def __enter__(self) -> CardWait:
+        self.station._card_waits[self.device.port] = self
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.station._card_waits.pop(self.device.port, None)
+
+    def card(self) -> Card:
+        """Mount the card: on this same device if it is a disk already, else on the device
+        that re-enumerated on this port after SetMSDC."""
+        st = self.station
+        if find_card_device(self.device.path) is not None:
+            return st.mount(self.device)
+        if not self.arrived.wait(st.config.bus.reenumerate_timeout_s):
+            raise MountError(
+                f"port {self.device.port}: the recorder did not come back as a "
+                "disk after switching to mass storage"
+            )
+        assert self.new is not None
+        return st.mount(self.new)
 
 
 def make_bus(config: StationConfig) -> Bus:
@@ -90,7 +142,9 @@ class Station:
         self.store = Store(
             config.store.disks, config.store.min_free_mb, on_failed=self._disk_failed
         )
-        self.drivers = drivers or default_drivers()
+        self.mounter = make_mounter(config.bus.mounter)
+        self._card_waits: dict[int, CardWait] = {}
+        self.drivers = drivers or build_drivers(config, self.mount)
         self.bus = bus or make_bus(config)
         self.slots = {p: Slot(p) for p in range(1, config.bus.ports + 1)}
         self.network_online: bool | None = None
@@ -126,7 +180,7 @@ class Station:
             self.notify,
             lambda: self.config.registration.mode,
             self.docked_elsewhere,
-            self.open_card,
+            self.expect_card,
             self.make_room,
         )
 
@@ -135,12 +189,12 @@ class Station:
             "disk_unhealthy", f"store disk {disk.path} taken out of use: {why}", str(disk.path)
         )
 
-    def open_card(self, device: DockedDevice, rec: RecorderSession) -> Card:
-        """The card of a recorder that re-appears as a USB disk after SetMSDC."""
-        raise ProtocolError(
-            f"port {device.port}: this station cannot mount recorder cards yet "
-            f"({device.kind} device {device.vendor_id}:{device.product_id})"
-        )
+    def expect_card(self, device: DockedDevice) -> CardWait:
+        """Register, before SetMSDC, that this port's next device is the same recorder."""
+        return CardWait(self, device)
+
+    def mount(self, device: DockedDevice) -> Card:
+        return mount_card(self.mounter, device, self.config.bus.mount_root)
 
     def docked_elsewhere(self, serial: str, port: int) -> int | None:
         """Another port where a recorder with this serial is docked right now."""
@@ -427,6 +481,18 @@ class Station:
     def _on_port_change(self, change: PortChange) -> None:
         slot = self.slots.get(change.port)
         if slot is None:
+            return
+        wait = self._card_waits.get(change.port)
+        if wait is not None:
+            # the recorder re-enumerating after SetMSDC: the same docking goes on
+            log.info(
+                "port %s: re-enumerated as %s",
+                change.port,
+                change.new.key if change.new else "nothing yet",
+            )
+            if change.new is not None:
+                wait.new = change.new
+                wait.arrived.set()
             return
         if change.old is not None:
             log.info("port %s: undocked", change.port)
