@@ -232,9 +232,10 @@ class SimulatedStream(FolderStream):
         self.pos += n
         self._n += n
         if self.rate:
-            ahead = self._n / self.rate - (time.monotonic() - self._t0)
-            if ahead > 0:
-                time.sleep(ahead)
+            # keep to the speed limit, but notice an unplug as a real device would
+            while (ahead := self._n / self.rate - (time.monotonic() - self._t0)) > 0:
+                time.sleep(min(ahead, 0.1))
+                self.card.check()
         return n
 
 

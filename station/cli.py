@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -55,8 +56,12 @@ def cli(verbose: bool) -> None:
     _setup_logging(verbose)
 
 
-def run_station(config: StationConfig, extra: Any = None) -> None:
-    """Run the daemon until SIGTERM or SIGINT; `extra(station, stop)` runs beside it."""
+def run_station(config: StationConfig, extra: Any = None, path: str | None = None) -> None:
+    """Run the daemon until SIGTERM or SIGINT; `extra(station, stop)` runs beside it.
+
+    SIGHUP re-reads the configuration file `path` and applies what can change live
+    (API tokens, registration mode, retention, thresholds): tokens rotate without a restart.
+    """
     from station.daemon import Station
 
     async def main() -> None:
@@ -65,6 +70,19 @@ def run_station(config: StationConfig, extra: Any = None) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         station = Station(config)
+
+        def reload() -> None:
+            try:
+                new = load_config(path)
+            except ConfigError as e:
+                log.error("configuration not reloaded: %s", e)
+                return
+            for section in station.reload(new):
+                log.warning("[%s] changed: it takes effect after a restart", section)
+            log.info("configuration reloaded from %s", path)
+
+        if path or os.environ.get("STATION_CONFIG"):
+            loop.add_signal_handler(signal.SIGHUP, reload)
         side = asyncio.create_task(extra(station, stop)) if extra else None
         try:
             await station.run(stop)
@@ -80,7 +98,7 @@ def run_station(config: StationConfig, extra: Any = None) -> None:
 @config_option
 def run(config_path: str | None) -> None:
     """Run the station daemon."""
-    run_station(_config(config_path))
+    run_station(_config(config_path), path=config_path)
 
 
 @cli.command()

@@ -113,6 +113,7 @@ class Collector:
         self.device = device
         self.stop = stop
         self.generation = slot.generation
+        self.beat = time.monotonic()  # last sign of life, for the systemd watchdog
         self._last_notify = 0.0
         self._last_saved = 0.0
         # the collector's own record; the slot only mirrors it while this docking is current
@@ -128,6 +129,7 @@ class Collector:
         return self.slot.generation == self.generation
 
     def _set(self, **fields: object) -> None:
+        self.beat = time.monotonic()
         for k in ("session_id", "files_total", "files_done", "bytes_total", "bytes_done"):
             if k in fields:
                 setattr(self, k, fields[k])
@@ -136,6 +138,7 @@ class Collector:
             self.sv.notify()
 
     def _progress(self, n: int) -> None:
+        self.beat = time.monotonic()
         self.bytes_done += n
         if not self._current():
             return
@@ -412,6 +415,7 @@ class Collector:
         self._set(state="error", error="storage full: files kept on the recorder")
         self._event("collection_paused", f"storage full: {why}")
         while self.sv.store.pick(cf.size) is None:
+            self.beat = time.monotonic()
             if self.stop.wait(STORAGE_RETRY_S):
                 raise Interrupted()
             if not rec.alive():
@@ -508,6 +512,7 @@ class Collector:
                 self._set(
                     state="unregistered", error=None if reason == WAITING_FOR_APPROVAL else reason
                 )
+            self.beat = time.monotonic()
             if self.stop.wait(HOLD_POLL_S):
                 raise Interrupted()
             if not rec.alive():

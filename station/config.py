@@ -103,6 +103,8 @@ class BusSection(_Section):
     mount_root: Path = Path("/run/station/cards")  # recorder cards are mounted below this
     mounter: Literal["kernel", "fuse"] = "kernel"
     reenumerate_timeout_s: Annotated[float, Field(gt=0)] = 30.0  # SetMSDC -> disk appears
+    # a collection with no sign of life for this long stops the systemd watchdog
+    stall_s: Annotated[float, Field(gt=0)] = 300.0
 
 
 class DriversSection(_Section):

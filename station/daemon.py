@@ -13,6 +13,7 @@ import datetime as dt
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
@@ -30,7 +31,7 @@ from drivers.scsi_dv16 import ScsiDv16Driver
 from drivers.simulated import SimulatedDriver
 from drivers.usb_vendor import UsbVendorDriver
 from drivers.vendor_library import VendorLibraryDriver
-from station import __version__, eventlog
+from station import __version__, eventlog, sdnotify
 from station.alarms import AlarmBook
 from station.bus import Bus, PortChange, PortWatcher
 from station.catalog import Catalog, CollectionSession, Officer, Recorder, StoredFile
@@ -144,6 +145,7 @@ class Station:
         )
         self.mounter = make_mounter(config.bus.mounter)
         self._card_waits: dict[int, CardWait] = {}
+        self._collectors: dict[int, Collector] = {}
         self.drivers = drivers or build_drivers(config, self.mount)
         self.bus = bus or make_bus(config)
         self.slots = {p: Slot(p) for p in range(1, config.bus.ports + 1)}
@@ -302,6 +304,10 @@ class Station:
             asyncio.create_task(self._periodic(stop), name="periodic"),
         ]
         self._start_scrubber()
+        interval = sdnotify.watchdog_interval()
+        if interval is not None:  # only under systemd with WatchdogSec=
+            tasks.append(asyncio.create_task(self._watchdog(stop, interval), name="watchdog"))
+        sdnotify.notify("READY=1\nSTATUS=collecting")
         log.info(
             "station %s running, UI on http://%s:%s/",
             self.config.station.id,
@@ -314,6 +320,7 @@ class Station:
             if t is not stopper and t.exception():
                 log.error("%s failed: %s", t.get_name(), t.exception())
         self.stopping = True
+        sdnotify.notify("STOPPING=1")
         self._bump()  # wake the live streams so they end
         server.should_exit = True
         await self.shutdown()
@@ -321,6 +328,40 @@ class Station:
         for t in pending:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+    def stalled(self) -> list[int]:
+        """Ports whose collection shows no sign of life for `bus.stall_s` (a hung read)."""
+        now = time.monotonic()
+        return [p for p, c in self._collectors.items() if now - c.beat > self.config.bus.stall_s]
+
+    async def _watchdog(self, stop: asyncio.Event, interval: float) -> None:
+        """Pet systemd's watchdog only while the loop runs and no collection is stuck."""
+        while not stop.is_set():
+            stuck = self.stalled()
+            if stuck:
+                log.error("watchdog withheld: collection stalled on port(s) %s", stuck)
+            else:
+                busy = sum(s.state == "collecting" for s in self.slots.values())
+                sdnotify.notify(f"WATCHDOG=1\nSTATUS={busy} port(s) collecting")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), interval)
+
+    def reload(self, config: StationConfig) -> list[str]:
+        """Apply a changed configuration file (SIGHUP): tokens, modes, policies, thresholds.
+        Returns the sections that differ but need a restart."""
+        live = ("api", "registration", "retention", "recorders", "network", "alarms")
+        for name in live:
+            setattr(self.config, name, getattr(config, name))
+        self.retention.rules = retention_rules(config)
+        restart = [
+            n
+            for n in ("store", "database", "bus", "web", "drivers", "station")
+            if getattr(config, n) != getattr(self.config, n)
+        ]
+        with self.catalog.write() as s:
+            append_event(s, "settings_reloaded", ", ".join(live), needs_restart=restart)
+        self.notify()
+        return restart
 
     def collecting(self) -> bool:
         """Whether any port is busy moving footage (background work steps aside)."""
@@ -507,6 +548,7 @@ class Station:
                     s, "device_docked", change.new.kind, port=change.port, key=change.new.key
                 )
             collector = Collector(self.services, slot, change.new, self._stop_workers)
+            self._collectors[change.port] = collector
             assert self._loop is not None
             fut = self._loop.run_in_executor(None, collector.run)
             self._workers[change.port] = fut
@@ -516,6 +558,7 @@ class Station:
     def _worker_done(self, port: int, device: DockedDevice, fut: asyncio.Future[str]) -> None:
         if self._workers.get(port) is fut:
             del self._workers[port]
+            self._collectors.pop(port, None)
         if fut.cancelled() or fut.exception() or self._stop_workers.is_set():
             return
         if fut.result() == "gone":
