@@ -20,10 +20,12 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from station.catalog import Catalog, IngestJob, Officer, Recorder, StoredFile
+from drivers.base import OfficerInfo
+from station.catalog import Catalog, IngestJob, Recorder, StoredFile
 from station.catalog.db import append_event
 from station.catalog.models import utcnow
 from station.ingest import file_row, hash_file
+from station.registration import officer_for
 from station.retention import remove_stored
 from station.sidecar import META, Sidecar, SidecarError, read_sidecar, sidecar_path
 from station.store import STAGING, StoreDisk, fsync_dir, make_dirs_durable
@@ -71,16 +73,9 @@ def stored_files(disk: Path) -> Iterator[str]:
 
 def adopt(s: Session, disk: Path, rel: str, sc: Sidecar) -> StoredFile:
     """Catalogue a stored file from its sidecar, creating its officer and recorder if needed."""
-    officer = s.scalars(select(Officer).where(Officer.officer_no == sc.officer_no)).first()
-    if officer is None:
-        officer = Officer(
-            officer_no=sc.officer_no,
-            name=sc.officer_name,
-            unit_no=sc.unit_no,
-            unit_name=sc.unit_name,
-        )
-        s.add(officer)
-        s.flush()
+    officer = officer_for(
+        s, OfficerInfo(sc.serial, sc.officer_no, sc.officer_name, sc.unit_no, sc.unit_name)
+    )
     recorder = s.scalars(select(Recorder).where(Recorder.serial == sc.serial)).first()
     if recorder is None:
         recorder = Recorder(
