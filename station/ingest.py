@@ -33,6 +33,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from drivers.base import CardFile, CardReadError
 from drivers.card import Card
@@ -565,29 +566,15 @@ class FileIngest:
         assert job.final_path is not None and job.sha256 is not None
         sc = read_sidecar(sidecar_path(disk.path, job.final_path))
         with self.catalog.write() as s:
-            f = file_row(
-                sc,
-                disk.path,
-                job.final_path,
-                officer_id=self.owner.officer_id,
-                recorder_id=self.owner.recorder_id,
-                session_id=self.owner.session_id,
-            )
-            s.add(f)
-            s.flush()
-            row = s.get(IngestJob, job.id)
-            assert row is not None
-            row.state, row.file_id = "stored", f.id
-            append_event(
+            f = store_row(
                 s,
-                "file_stored",
-                f"{sc.name} -> {disk.path / job.final_path}",
+                job,
+                disk.path,
+                sc,
+                officer_id=self.owner.officer_id,
+                session_id=self.owner.session_id,
                 port=self.owner.port,
-                serial=self.owner.serial,
-                officer_no=self.owner.officer_no,
-                file_id=f.id,
-                sha256=job.sha256,
-                size=cf.size,
+                message=f"{sc.name} -> {disk.path / job.final_path}",
             )
             file_id = f.id
         faults.crashpoint("after_commit")
@@ -614,6 +601,46 @@ class FileIngest:
                 officer_no=self.owner.officer_no,
                 file_id=file_id,
             )
+
+
+def store_row(
+    s: Session,
+    job: IngestJob,
+    disk: Path,
+    sc: Sidecar,
+    *,
+    officer_id: int,
+    session_id: int | None,
+    message: str,
+    port: int | None = None,
+) -> StoredFile:
+    """Commit a verified transfer: the file's catalog row, the job marked stored, the event."""
+    assert job.final_path is not None
+    f = file_row(
+        sc,
+        disk,
+        job.final_path,
+        officer_id=officer_id,
+        recorder_id=job.recorder_id,
+        session_id=session_id,
+    )
+    s.add(f)
+    s.flush()
+    row = s.get(IngestJob, job.id)
+    assert row is not None
+    row.state, row.file_id = "stored", f.id
+    append_event(
+        s,
+        "file_stored",
+        message,
+        port=port,
+        serial=sc.serial,
+        officer_no=sc.officer_no,
+        file_id=f.id,
+        sha256=sc.sha256,
+        size=sc.size,
+    )
+    return f
 
 
 def file_row(

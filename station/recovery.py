@@ -24,7 +24,7 @@ from drivers.base import OfficerInfo
 from station.catalog import Catalog, IngestJob, Recorder, StoredFile
 from station.catalog.db import append_event
 from station.catalog.models import utcnow
-from station.ingest import file_row, hash_file
+from station.ingest import file_row, hash_file, store_row
 from station.registration import officer_for
 from station.retention import remove_stored
 from station.sidecar import META, Sidecar, SidecarError, read_sidecar, sidecar_path
@@ -175,27 +175,14 @@ def recover(catalog: Catalog, disks: list[StoreDisk]) -> Report:
         if hash_file(final).hexdigest() != sc.sha256 or sc.sha256 != job.sha256:
             continue
         with catalog.write() as s:
-            f = file_row(
-                sc,
-                disk.path,
-                job.final_path,
-                officer_id=_officer_id(s, job),
-                recorder_id=job.recorder_id,
-                session_id=job.session_id,
-            )
-            s.add(f)
-            s.flush()
-            row = s.get(IngestJob, job.id)
-            assert row is not None
-            row.state, row.file_id = "stored", f.id
-            append_event(
+            store_row(
                 s,
-                "file_stored",
-                f"recovered after a stop: {final}",
-                file_id=f.id,
-                serial=sc.serial,
-                officer_no=sc.officer_no,
-                sha256=sc.sha256,
+                job,
+                disk.path,
+                sc,
+                officer_id=_officer_id(s, job),
+                session_id=job.session_id,
+                message=f"recovered after a stop: {final}",
             )
         report.finished.append(str(final))
 

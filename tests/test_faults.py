@@ -90,8 +90,14 @@ def test_sigkill_at_every_crash_point_and_at_random(make_station) -> None:
     plan += [("copy_chunk", rng.randint(8, 30)) for _ in range(3)]
     plan += [("external", rng.uniform(1.0, 2.5)) for _ in range(3)]
     rng.shuffle(plan)
-    kills = 0
+    kills, batch = 0, 0
     for point, arg in plan:
+        if _cards_empty(cards):  # keep the station busy: new recorders replace emptied ones
+            batch += 1
+            for port in range(1, 9):
+                if (st.bus / f"port-{port}").exists():
+                    st.undock(port)
+            cards |= _fleet(st, ledger, read_mb_s=40, files=6, big_mb=8, seed=batch)
         if point == "external":
             st.env = {}
             st.start(wait=False)
@@ -108,7 +114,7 @@ def test_sigkill_at_every_crash_point_and_at_random(make_station) -> None:
     st.env = {}
     st.start()
     wait_for(lambda: _cards_empty(cards), 300, "every card to be cleared")
-    for port in range(1, len(cards) + 1):
+    for port in range(1, 9):
         st.wait_state(port, "complete")
     st.stop()
     _assert_invariants(st, ledger, cards)
@@ -118,7 +124,7 @@ def test_sigkill_at_every_crash_point_and_at_random(make_station) -> None:
         "SELECT count(*) FROM events WHERE kind = 'card_file_deleted' AND message LIKE 'duplicate%'"
     )[0][0]
     slack = kills * len(cards) * (2 * 2**20 + 2**20 + 64 * 1024) + ledger.total_files * 4 * 65536
-    assert read <= ledger.total_bytes + slack + dup * 7 * MB, (read, ledger.total_bytes)
+    assert read <= ledger.total_bytes + slack + dup * 9 * MB, (read, ledger.total_bytes)
 
 
 def test_yanked_at_random_bytes_and_redocked_on_other_ports(station: StationProc) -> None:
