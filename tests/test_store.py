@@ -333,3 +333,21 @@ def test_make_dirs_durable_tolerates_a_concurrent_mkdir(
     monkeypatch.setattr(Path, "mkdir", racing_mkdir)
     make_dirs_durable(target, root)
     assert target.is_dir()
+
+
+@pytest.mark.parametrize("size", [0, 1, 4095, 4096, 1 << 20, (1 << 20) + 7, 5 * (1 << 20) + 123])
+def test_uncached_read_back_hashes_exactly(tmp_path: Path, size: int) -> None:
+    """The read-back (O_DIRECT where the filesystem allows it) hashes every byte, tail included."""
+    import hashlib
+    import os
+
+    from station.ingest import hash_file
+
+    data = os.urandom(size)
+    for folder in (tmp_path, Path("/dev/shm")):  # a disk filesystem, and tmpfs (no O_DIRECT)
+        p = folder / f"readback-{os.getpid()}-{size}"
+        p.write_bytes(data)
+        try:
+            assert hash_file(p, uncached=True).hexdigest() == hashlib.sha256(data).hexdigest()
+        finally:
+            p.unlink()
