@@ -41,10 +41,11 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from drivers import zfy
 from drivers.base import (
     AuthFailed,
     DeviceGone,
@@ -503,68 +504,25 @@ def vendor_cdb(command: int, *, host_reads: bool, length: int) -> bytes:
 
 # --- the officer block (ZFY_INFO) ---------------------------------------------------------
 
-# (field, bytes in the 94-byte layout with its NUL, bytes in the packed 89-byte layout)
-OFFICER_FIELDS = (
-    ("serial", 8, 7),
-    ("officer_no", 7, 6),
-    ("officer_name", 33, 32),
-    ("unit_no", 13, 12),
-    ("unit_name", 33, 32),
-)
-LAYOUT_SIZES = {"94": 94, "89": 89}
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-
-
-def _field_sizes(layout: str) -> list[tuple[str, int, int]]:
-    """(field, size in the block, most text bytes) for a layout."""
-    if layout == "94":
-        return [(name, size, size - 1) for name, size, _ in OFFICER_FIELDS]
-    if layout == "89":
-        return [(name, size, size) for name, _, size in OFFICER_FIELDS]
-    raise ValueError(f"unknown officer block layout {layout!r}")
+# The codec is drivers/zfy.py. DV16 firmware is held to its strict reading (a serial and an
+# officer number, no control characters, text that decodes exactly), except that a field
+# filling its whole slot without a NUL is read to the end of the slot.
 
 
 def encode_officer_block(info: OfficerInfo, layout: str, encoding: str = "gbk") -> bytes:
     """The officer block as the recorder stores it; ProtocolError if a field cannot fit."""
-    if not info.serial or not info.officer_no:
-        raise ProtocolError("officer block needs a serial and an officer number")
-    out = bytearray()
-    for name, size, room in _field_sizes(layout):
-        value = getattr(info, name)
-        if _CONTROL.search(value):
-            raise ProtocolError(f"{name} holds control characters")
-        try:
-            raw = value.encode(encoding)
-        except UnicodeEncodeError:
-            raise ProtocolError(f"{name} {value!r} cannot be written in {encoding}") from None
-        if len(raw) > room:
-            raise ProtocolError(
-                f"{name} is {len(raw)} bytes in {encoding}; the {layout}-byte block has {room}"
-            )
-        out += raw.ljust(size, b"\x00")
-    return bytes(out)
+    try:
+        return zfy.encode(info, layout, encoding)
+    except zfy.OfficerBlockError as e:
+        raise ProtocolError(str(e)) from None
 
 
 def decode_officer_block(data: bytes, layout: str, encoding: str = "gbk") -> OfficerInfo:
     """Parse an officer block; ProtocolError for bad text or a missing serial/officer no."""
-    if len(data) != LAYOUT_SIZES.get(layout, -1):
-        raise ProtocolError(f"officer block is {len(data)} bytes, layout {layout} needs more")
-    values: dict[str, str] = {}
-    pos = 0
-    for name, size, _ in _field_sizes(layout):
-        raw = data[pos : pos + size].split(b"\x00", 1)[0]
-        pos += size
-        try:
-            text = raw.decode(encoding)
-        except UnicodeDecodeError:
-            raise ProtocolError(f"officer block {name} is not {encoding}: {raw.hex()}") from None
-        if _CONTROL.search(text):
-            raise ProtocolError(f"officer block {name} holds control characters")
-        values[name] = text.strip()
-    info = OfficerInfo(**values)
-    if not info.serial or not info.officer_no:
-        raise ProtocolError("officer block without serial or officer number")
-    return info
+    try:
+        return zfy.decode(data, layout, encoding, require_nul=False)
+    except zfy.OfficerBlockError as e:
+        raise ProtocolError(str(e)) from None
 
 
 # --- configuration and the sg node --------------------------------------------------------
@@ -578,7 +536,7 @@ class ScsiDv16Config(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    layout: Literal["94", "89"] = "94"  # the officer block layout this vendor uses
+    layout: zfy.Layout = "94"  # the officer block layout this vendor uses
     encoding: str = "gbk"  # text in the officer block and the password field
     usb_ids: list[str] = Field(default_factory=list)  # "vvvv:pppp"; if set, only these
     timeout_ms: int = Field(default=5000, ge=100, le=600_000)  # per SCSI command
@@ -744,7 +702,7 @@ class ScsiDv16Session(RecorderSession):
         return text
 
     def officer_info(self) -> OfficerInfo:
-        size = LAYOUT_SIZES[self.config.layout]
+        size = zfy.block_size(self.config.layout)
         with self._lock:
             raw = self._read(Dv16Command.GET_OFFICER_INFO, size, "get officer block")
         return decode_officer_block(raw, self.config.layout, self.config.encoding)

@@ -4,9 +4,12 @@ This module is the protocol, as code: request codes, status and reason codes,
 payload layouts with their pack/unpack functions, and a reference device side
 (`ReferenceRecorder`) that answers SETUP packets the way a recorder must. It is
 shared by the station's driver (drivers/usb_vendor.py), the pyusb emulator in
-the tests and the FunctionFS gadget responder, so it imports the standard
-library only: copy this one file into a VM and it works. The prose version,
-with the request table and byte layouts, is docs/usb-vendor-protocol.md.
+the tests and the FunctionFS gadget responder, so it needs the standard library
+only: besides it, it imports just drivers/zfy.py (the officer block codec) and
+drivers/base.py, both standard library only. A VM needs the `drivers` package
+with those files on its path (the HIL guest mounts the whole repository). The
+prose version, with the request table and byte layouts, is
+docs/usb-vendor-protocol.md.
 
 Summary. Every call is one control transfer to the device (recipient device,
 type vendor): bmRequestType 0xC0 for device-to-host, 0x40 for host-to-device.
@@ -24,7 +27,10 @@ import enum
 import hmac
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+
+from drivers import zfy
+from drivers.base import OfficerInfo
 
 PROTOCOL_NAME = "ZFYV"
 MAGIC = b"ZFYV"
@@ -277,23 +283,18 @@ def _printable_ascii(raw: bytes) -> bool:
 
 # --- GET_OFFICER / SET_OFFICER -------------------------------------------------------
 
-# GAT947.md section 1: field sizes of ZFY_INFO. The wire always uses LAYOUT_94; the
+# GAT947.md section 1, codec in drivers/zfy.py. The wire always uses LAYOUT_94; the
 # 89-byte layout is here for drivers of older families that share this codec.
-OFFICER_FIELDS = ("serial", "officer_no", "officer_name", "unit_no", "unit_name")
-LAYOUT_94 = (8, 7, 33, 13, 33)  # NUL-terminated fields
-LAYOUT_89 = (7, 6, 32, 12, 32)  # the same fields without terminators
+OFFICER_FIELDS = zfy.FIELDS
+LAYOUT_94 = zfy.LAYOUTS["94"]  # (8, 7, 33, 13, 33): NUL-terminated fields
+LAYOUT_89 = zfy.LAYOUTS["89"]  # (7, 6, 32, 12, 32): the same fields without terminators
 OFFICER_BLOCK_SIZE = sum(LAYOUT_94)  # 94
+_LAYOUT_NAMES = {LAYOUT_94: "94", LAYOUT_89: "89"}
 
 
 @dataclass(frozen=True)
-class OfficerBlock:
-    """ZFY_INFO: the recorder's officer block, as text."""
-
-    serial: str
-    officer_no: str
-    officer_name: str = ""
-    unit_no: str = ""
-    unit_name: str = ""
+class OfficerBlock(OfficerInfo):
+    """ZFY_INFO as it travels on the wire: the five text fields of OfficerInfo."""
 
     def problems(self) -> list[str]:
         """What GA/T 947.4 forbids in this block: empty serial or officer number."""
@@ -305,53 +306,48 @@ class OfficerBlock:
         return out
 
 
-def _terminated(layout: tuple[int, ...]) -> bool:
-    if layout == LAYOUT_94:
-        return True
-    if layout == LAYOUT_89:
-        return False
-    raise ValueError(f"unknown officer block layout {layout}")
+def _layout_name(layout: tuple[int, ...]) -> str:
+    """The zfy layout name ("94" or "89") of LAYOUT_94 or LAYOUT_89."""
+    try:
+        return _LAYOUT_NAMES[tuple(layout)]
+    except KeyError:
+        raise ValueError(f"unknown officer block layout {layout}") from None
+
+
+# The wire codec checks the layout only: empty identifiers are for the caller to refuse
+# (`problems`), text is kept as sent (no stripping, control characters other than NUL
+# allowed), and a field filling its whole slot without a NUL is read to the slot's end.
 
 
 def pack_officer(
-    block: OfficerBlock, encoding: str = "gbk", layout: tuple[int, ...] = LAYOUT_94
+    block: OfficerInfo, encoding: str = "gbk", layout: tuple[int, ...] = LAYOUT_94
 ) -> bytes:
     """The officer block bytes; raises WireError if a field is too long or not encodable."""
-    terminated = _terminated(layout)
-    out = bytearray()
-    for name, size in zip(OFFICER_FIELDS, layout, strict=True):
-        text = getattr(block, name)
-        try:
-            raw = text.encode(encoding)
-        except UnicodeEncodeError:
-            raise WireError(f"{name} {text!r} cannot be written in {encoding}") from None
-        room = size - 1 if terminated else size
-        if b"\0" in raw:
-            raise WireError(f"{name} contains a NUL character")
-        if len(raw) > room:
-            raise WireError(f"{name} {text!r} is {len(raw)} bytes in {encoding}, at most {room}")
-        out += raw.ljust(size, b"\0")
-    return bytes(out)
+    name = _layout_name(layout)
+    try:
+        return zfy.encode(block, name, encoding, require_ids=False, allow_control=True)
+    except zfy.OfficerBlockError as e:
+        raise WireError(str(e)) from None
 
 
 def unpack_officer(
     data: bytes, encoding: str = "gbk", layout: tuple[int, ...] = LAYOUT_94
 ) -> OfficerBlock:
     """Parse an officer block: each field ends at its first NUL or at the end of its slot."""
-    _terminated(layout)
-    data = bytes(data)
-    if len(data) != sum(layout):
-        raise WireError(f"officer block of {len(data)} bytes, expected {sum(layout)}")
-    values: dict[str, str] = {}
-    pos = 0
-    for name, size in zip(OFFICER_FIELDS, layout, strict=True):
-        raw = data[pos : pos + size].split(b"\0", 1)[0]
-        pos += size
-        try:
-            values[name] = raw.decode(encoding)
-        except UnicodeDecodeError:
-            raise WireError(f"{name} {raw!r} is not valid {encoding}") from None
-    return OfficerBlock(**values)
+    name = _layout_name(layout)
+    try:
+        info = zfy.decode(
+            data,
+            name,
+            encoding,
+            require_ids=False,
+            allow_control=True,
+            require_nul=False,
+            strip=False,
+        )
+    except zfy.OfficerBlockError as e:
+        raise WireError(str(e)) from None
+    return OfficerBlock(**asdict(info))
 
 
 # --- GET_BATTERY ---------------------------------------------------------------------

@@ -3,8 +3,9 @@
 Every maker ships a library with the same C functions (shared/GAT947.md section
 1): each returns 1 on success, 0 on failure, and writes a status code into
 `*iRet`. This driver declares their C signatures, maps every status code to a
-typed error, and decodes the officer block (ZFY_INFO) in either layout: the
-common 94-byte one with NUL-terminated fields, or the older packed 89-byte one.
+typed error, and decodes the officer block (ZFY_INFO, codec in drivers/zfy.py) in
+either layout: the common 94-byte one with NUL-terminated fields, or the older
+packed 89-byte one.
 
 Vendor libraries are rarely thread-safe and usually address "the" recorder, so
 every call into one library file goes through one lock, shared by all drivers
@@ -31,10 +32,11 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, field_validator
 
+from drivers import zfy
 from drivers.base import (
     AuthFailed,
     DeviceGone,
@@ -117,99 +119,24 @@ def check_status(function: str, ret: int, status: int) -> None:
 
 # --- the officer block ------------------------------------------------------------------
 
-# (OfficerInfo attribute, ZFY_INFO field, at most this many bytes of text) in struct order;
-# both layouts hold the same text, the 94-byte one adds a NUL after each field.
-FIELDS: tuple[tuple[str, str, int], ...] = (
-    ("serial", "cSerial", 7),
-    ("officer_no", "userNo", 6),
-    ("officer_name", "userName", 32),
-    ("unit_no", "unitNo", 12),
-    ("unit_name", "unitName", 32),
-)
-REQUIRED = ("serial", "officer_no")
-Layout = Literal["94", "89"]
+# The codec is drivers/zfy.py. Read from a library: the serial and the officer number must
+# decode exactly and not be empty; the display fields (names, unit number) are decoded with
+# U+FFFD and a warning rather than refusing the recorder; in the 94 layout a field without
+# its NUL is an error that points at the packed 89 layout. Written: nothing is truncated,
+# empty identifiers and control characters are refused.
 
 
-def block_size(layout: Layout) -> int:
-    """Size in bytes of ZFY_INFO in this layout (94 or 89)."""
-    return sum(limit for _, _, limit in FIELDS) + (len(FIELDS) if layout == "94" else 0)
+def decode_officer_block(raw: bytes, layout: zfy.Layout, encoding: str) -> OfficerInfo:
+    """Decode ZFY_INFO bytes; ProtocolError for a block the standard does not allow."""
+    try:
+        return zfy.decode(raw, layout, encoding, allow_control=True, lenient_text=True)
+    except zfy.OfficerBlockError as e:
+        raise ProtocolError(str(e)) from None
 
 
-def decode_officer_block(raw: bytes, layout: Layout, encoding: str) -> OfficerInfo:
-    """Decode ZFY_INFO bytes; ProtocolError for a block the standard does not allow.
-
-    Each field ends at its first NUL (the packed layout pads short values with
-    NULs) and surrounding whitespace is stripped. The serial and the officer
-    number identify the recorder and its officer: they must decode exactly and
-    must not be empty. The name fields are display text only: bytes that do not
-    decode (a vendor tool that cut a name in the middle of a GBK character)
-    become U+FFFD and a warning is logged, rather than refusing the recorder.
-    """
-    if len(raw) != block_size(layout):
-        raise ProtocolError(
-            f"officer block is {len(raw)} bytes, layout {layout} has {block_size(layout)}"
-        )
-    values: dict[str, str] = {}
-    pos = 0
-    for attr, cfield, limit in FIELDS:
-        size = limit + (1 if layout == "94" else 0)
-        field = raw[pos : pos + size]
-        pos += size
-        text, nul, _ = field.partition(b"\0")
-        if layout == "94" and not nul:
-            raise ProtocolError(
-                f"officer block field {cfield} is not NUL-terminated "
-                f"(is the library's layout the packed 89-byte one?)"
-            )
-        if attr in REQUIRED:
-            try:
-                values[attr] = text.decode(encoding).strip()
-            except UnicodeDecodeError:
-                raise ProtocolError(
-                    f"officer block field {cfield} is not valid {encoding}: {text.hex(' ')}"
-                ) from None
-            if not values[attr]:
-                hint = " (is the library's layout the 94-byte one?)" if layout == "89" else ""
-                raise ProtocolError(f"officer block field {cfield} is empty{hint}")
-        else:
-            try:
-                values[attr] = text.decode(encoding).strip()
-            except UnicodeDecodeError:
-                values[attr] = text.decode(encoding, errors="replace").strip()
-                log.warning(
-                    "officer block field %s is not valid %s (%s): decoded with replacement",
-                    cfield,
-                    encoding,
-                    text.hex(" "),
-                )
-    return OfficerInfo(**values)
-
-
-def encode_officer_block(info: OfficerInfo, layout: Layout, encoding: str) -> bytes:
-    """Encode an officer block; ValueError for a value the layout cannot hold.
-
-    Nothing is ever truncated: a value longer than its field is refused whole,
-    so a GBK character is never cut in two.
-    """
-    out = bytearray()
-    for attr, cfield, limit in FIELDS:
-        value = getattr(info, attr)
-        if attr in REQUIRED and not value.strip():
-            raise ValueError(f"{attr} must not be empty")
-        if any(ord(c) < 0x20 or c == "\x7f" for c in value):
-            raise ValueError(f"{attr} {value!r} contains control characters")
-        try:
-            data = value.encode(encoding)
-        except UnicodeEncodeError:
-            raise ValueError(f"{attr} {value!r} cannot be written in {encoding}") from None
-        if len(data) > limit:
-            raise ValueError(
-                f"{attr} {value!r} is {len(data)} bytes in {encoding}; "
-                f"the {cfield} field holds at most {limit}"
-            )
-        size = limit + (1 if layout == "94" else 0)
-        out += data.ljust(size, b"\0")
-    return bytes(out)
+def encode_officer_block(info: OfficerInfo, layout: zfy.Layout, encoding: str) -> bytes:
+    """Encode an officer block; ValueError (zfy.OfficerBlockError) for a value it cannot hold."""
+    return zfy.encode(info, layout, encoding)
 
 
 # --- configuration ----------------------------------------------------------------------
@@ -225,7 +152,7 @@ class VendorLibraryConfig(BaseModel):
     name: str
     usb_ids: list[str]
     library: Path
-    layout: Layout = "94"
+    layout: zfy.Layout = "94"
     encoding: str = "gbk"
     # None: the station's [recorders] passwords, as passed to open()
     passwords: list[str] | None = None
@@ -681,7 +608,7 @@ class VendorLibraryDriver(RecorderDriver):
         block = ctypes.create_string_buffer(_BLOCK_BUFFER)
         lib.call(label, "GetZFYInfo", block, _buffer(password, encoding), index=index)
         try:
-            return decode_officer_block(block.raw[: block_size(layout)], layout, encoding)
+            return decode_officer_block(block.raw[: zfy.block_size(layout)], layout, encoding)
         except ProtocolError as e:
             raise ProtocolError(f"{label}: {e.detail}") from None
 

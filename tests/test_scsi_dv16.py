@@ -652,10 +652,10 @@ def test_officer_block_too_long_or_unencodable(emu: Dv16Emulator, session: ScsiD
 
 def test_officer_block_from_a_lying_device(emu: Dv16Emulator, session: ScsiDv16Session) -> None:
     emu.officer = b"\x00" * 94
-    with pytest.raises(ProtocolError, match="serial"):
+    with pytest.raises(ProtocolError, match="cSerial is empty"):
         session.officer_info()
     emu.officer = b"B100001\x00" + b"\xff\xfe\x00" + b"\x00" * 83
-    with pytest.raises(ProtocolError, match="not gbk"):
+    with pytest.raises(ProtocolError, match="userNo is not valid gbk: ff fe"):
         session.officer_info()
     with pytest.raises(ProtocolError):
         decode_officer_block(b"\x00" * 90, "94")
