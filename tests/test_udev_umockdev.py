@@ -60,8 +60,22 @@ class Runs:
             return
         tmpdir = self.tmp / name  # a crashed run leaves its testbed here, not in /tmp
         tmpdir.mkdir()
+        cmd = [self.wrapper, sys.executable, str(SCRIPT), name]
+        if os.geteuid() == 0:
+            # libudev reads the host's udev database (/run/udev) even under umockdev:
+            # give the scenario an empty one, so the machine's own devices cannot leak in
+            cmd = [
+                "unshare",
+                "-m",
+                "--propagation",
+                "private",
+                "sh",
+                "-c",
+                'mount -t tmpfs tmpfs /run/udev 2>/dev/null || true; exec "$0" "$@"',
+                *cmd,
+            ]
         self.procs[name] = subprocess.Popen(
-            [self.wrapper, sys.executable, str(SCRIPT), name],
+            cmd,
             cwd=ROOT,
             env={**os.environ, "TMPDIR": str(tmpdir)},
             stdout=subprocess.PIPE,
