@@ -119,11 +119,16 @@ def run(config_path: str | None) -> None:
 )
 def demo(data: str, port: int, interval: float) -> None:
     """A whole station with simulated recorders docking by themselves."""
-    from station.demo import prepare_demo, recorder_traffic
+    from station.demo import DEMO_ADMIN, prepare_demo, recorder_traffic
 
     config, token = prepare_demo(Path(data).resolve(), port)
     click.echo(f"demo station: UI on http://127.0.0.1:{port}/  (data in {Path(data).resolve()})")
     click.echo(f"API token: {token}   config: {Path(data).resolve() / 'station.toml'}")
+    click.echo(
+        "file console: http://127.0.0.1:{}/ui/console  administrator {} PIN {}".format(
+            port, *DEMO_ADMIN
+        )
+    )
     run_station(config, lambda st, stop: recorder_traffic(st, stop, interval))
 
 
@@ -607,6 +612,33 @@ def alarms_ack(alarm_id: int, config_path: str | None, by: str) -> None:
     if not AlarmBook(_catalog(_config(config_path))).acknowledge(alarm_id, by):
         raise click.ClickException(f"no raised alarm {alarm_id}")
     click.echo(f"alarm {alarm_id} acknowledged by {by}")
+
+
+@cli.group()
+def users() -> None:
+    """Accounts for the touchscreen and browsers (officer, administrator, auditor)."""
+
+
+@users.command("add")
+@click.argument("officer_no")
+@config_option
+@click.option(
+    "--role",
+    type=click.Choice(["officer", "administrator", "auditor"]),
+    default="officer",
+    show_default=True,
+)
+@click.option("--name", default="", help="the person's name")
+@click.password_option("--pin", prompt="PIN or password", help="at least 6 characters")
+def users_add(officer_no: str, config_path: str | None, role: str, name: str, pin: str) -> None:
+    """Create a user (the first administrator: --role administrator)."""
+    from station.accounts import AccountError, create_user
+
+    try:
+        create_user(_catalog(_config(config_path)), officer_no, pin, role=role, name=name, by="cli")
+    except AccountError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"{officer_no} ({role}) added")
 
 
 def main() -> None:

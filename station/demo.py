@@ -58,9 +58,35 @@ def prepare_demo(data: Path, port: int) -> tuple[StationConfig, str]:
         )
     config = load_config(config_file)
     config.web.port = port
+    _demo_users(config)
     for d in config.store.disks:
         d.mkdir(parents=True, exist_ok=True)
     return config, config.api.tokens[0]
+
+
+DEMO_ADMIN = ("900001", "123456")  # printed at start: a demo has no secrets to keep
+
+
+def _demo_users(config: StationConfig) -> None:
+    """A demo administrator, so the file console can be tried at once."""
+    from station.accounts import AccountError, create_user
+    from station.catalog import Catalog
+
+    catalog = Catalog(config.database_path)
+    catalog.migrate()
+    try:
+        create_user(
+            catalog,
+            DEMO_ADMIN[0],
+            DEMO_ADMIN[1],
+            role="administrator",
+            name="Demo administrator",
+            by="demo",
+        )
+    except AccountError:
+        pass  # already there from an earlier run
+    finally:
+        catalog.close()
 
 
 async def recorder_traffic(station: Station, stop: asyncio.Event, interval: float) -> None:

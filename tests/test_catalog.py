@@ -28,6 +28,8 @@ TABLES = {
     "officers",
     "recorders",
     "station_state",
+    "user_sessions",
+    "users",
 }
 
 

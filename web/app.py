@@ -152,8 +152,38 @@ def create_app(station: Station) -> FastAPI:
 
         return EventSourceResponse(events(), ping=15)
 
+    _add_browser_ui(app, station)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app
+
+
+def _add_browser_ui(app: FastAPI, station: Station) -> None:
+    """Accounts, retrieval, playback, registration and settings for browsers (cookies + CSRF)."""
+    from station.playback import Transcoder
+    from web import auth, media, ui
+    from web.settings import SettingsStore
+
+    app.state.ui = auth.UIContext(
+        station, SettingsStore(station), Transcoder(auth.cache_dir_for(station))
+    )
+    app.include_router(auth.router())
+    app.include_router(ui.pages())
+    app.include_router(ui.router())
+    app.include_router(media.router())
+
+    @app.middleware("http")
+    async def security_headers(request: Request, call_next: Any) -> Response:
+        response = await call_next(request)
+        if not request.url.path.startswith("/api/"):
+            response.headers.setdefault("X-Content-Type-Options", "nosniff")
+            response.headers.setdefault("X-Frame-Options", "DENY")
+            response.headers.setdefault("Referrer-Policy", "same-origin")
+            response.headers.setdefault(
+                "Content-Security-Policy",
+                "default-src 'self'; img-src 'self' data:; media-src 'self'; "
+                "style-src 'self'; script-src 'self'; frame-ancestors 'none'",
+            )
+        return response
 
 
 def _aware(t: dt.datetime | None) -> dt.datetime | None:

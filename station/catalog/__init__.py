@@ -1,5 +1,6 @@
 """The catalog: a SQLite file that knows every recorder, file, session and event."""
 
+from station.catalog.accounts_models import User, UserSession
 from station.catalog.db import Catalog
 from station.catalog.models import (
     Alarm,
@@ -22,4 +23,6 @@ __all__ = [
     "Recorder",
     "StationState",
     "StoredFile",
+    "User",
+    "UserSession",
 ]

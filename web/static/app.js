@@ -1,106 +1,59 @@
 /*
- * Collection station touchscreen page.
+ * Collection station touchscreen page (no login to look at it; SPEC S20).
  *
  * Data: GET /ui/state (once on load, and again after the live stream
  * reconnects) and the Server-Sent Events stream GET /ui/stream (event
  * "status"; each data line is the JSON of GET /api/v1/status, see
  * CONTRACT.md). The port windows are built once from `slots` and then
- * updated in place.
+ * updated in place. If the daemon restarts, the stream reconnects by itself
+ * and the page catches up; it never reloads.
  *
  * Layout of the port windows (SPEC S33: one window per physical port, placed
- * as on the cabinet): 4 columns by default, port 1 top-left, filled row by
- * row. Override with the query string `?cols=N`, or by defining before this
- * script runs
- *   window.STATION_LAYOUT = 4;                        // columns only
- *   window.STATION_LAYOUT = {cols: 4, order: [5,6,7,8,1,2,3,4]};
- * where `order` lists the port numbers cell by cell, row by row (0 or null
- * leaves a cell blank). `?order=5,6,7,8,1,2,3,4` works too. The query string
- * wins over window.STATION_LAYOUT.
+ * as on the cabinet): set by an administrator on the settings page and read
+ * from GET /ui/layout ({cols, order}: `order` lists port numbers cell by cell,
+ * row by row, 0 for a blank cell). `?cols=N` and `?order=5,6,7,8,1,2,3,4` in
+ * the URL override it, e.g. for a kiosk's start URL.
  *
- * Language: zh-CN (default) or en, toggled by the header button and kept in
- * localStorage (`?lang=en` in the URL also selects it). Every visible string is in I18N below and nowhere else.
+ * In manual registration mode an unregistered recorder's window offers
+ * "Register": an administrator types their number and PIN on the on-screen
+ * keypad (keypad.js) and confirms or changes the officer.
+ *
+ * Language: zh-CN (default) or en (i18n.js), toggled by the header button.
+ * Every visible string is an English message id passed through _().
  */
 'use strict';
 
 (() => {
   // ---------------------------------------------------------------- strings
-  const I18N = {
-    page_title: { 'zh-CN': '执法记录仪采集站', en: 'Body camera collection station' },
-    lang_switch: { 'zh-CN': 'EN', en: '中文' },
-
-    net_online: { 'zh-CN': '网络在线', en: 'Online' },
-    net_offline: { 'zh-CN': '网络断开', en: 'Offline' },
-    mode_auto: { 'zh-CN': '自动注册', en: 'Auto register' },
-    mode_manual: { 'zh-CN': '手动注册', en: 'Manual register' },
-
-    disk_label: { 'zh-CN': '磁盘{n}', en: 'Disk {n}' },
-    disk_active: { 'zh-CN': '使用中', en: 'active' },
-    disk_free: { 'zh-CN': '剩余 {free} / 共 {total}', en: 'free {free} of {total}' },
-    disk_unhealthy: { 'zh-CN': '故障', en: 'fault' },
-    disk_none: { 'zh-CN': '未配置存储磁盘', en: 'No storage disk' },
-
-    conn_connecting: { 'zh-CN': '正在连接…', en: 'Connecting…' },
-    conn_reconnecting: { 'zh-CN': '正在重新连接…', en: 'Reconnecting…' },
-
-    weekday: {
-      'zh-CN': ['星期日', '星期一', '星期二', '星期三', '星期四', '星期五', '星期六'],
-      en: ['Sun', 'Mon', 'Tue', 'Wed', 'Thu', 'Fri', 'Sat'],
-    },
-    date_fmt: { 'zh-CN': '{y}年{m}月{d}日 {wd}', en: '{wd} {y}-{m}-{d}' },
-
-    alarm_more: { 'zh-CN': '（共 {n} 条告警）', en: '({n} alarms)' },
-    alarm_storage_full: { 'zh-CN': '存储磁盘已满', en: 'Storage disks full' },
-    alarm_network_offline: { 'zh-CN': '网络连接中断', en: 'Network connection lost' },
-
-    port: { 'zh-CN': '{n}', en: '{n}' },
-    state_empty: { 'zh-CN': '空闲', en: 'Empty' },
-    state_identifying: { 'zh-CN': '识别中', en: 'Identifying' },
-    state_unregistered: { 'zh-CN': '未注册', en: 'Pending' },
-    state_collecting: { 'zh-CN': '采集中', en: 'Collecting' },
-    state_complete: { 'zh-CN': '已完成', en: 'Complete' },
-    state_error: { 'zh-CN': '故障', en: 'Error' },
-    state_unknown: { 'zh-CN': '未知', en: 'Unknown' },
-
-    msg_empty: { 'zh-CN': '请插入执法记录仪', en: 'Dock a recorder' },
-    msg_identifying: { 'zh-CN': '正在识别设备…', en: 'Reading the recorder…' },
-    msg_unregistered: { 'zh-CN': '等待管理员审批', en: 'Unregistered: waiting for approval' },
-    msg_complete: { 'zh-CN': '✓ 可以拔出记录仪', en: '✓ You may unplug' },
-    msg_error: { 'zh-CN': '采集出错', en: 'Collection failed' },
-
-    lbl_officer_no: { 'zh-CN': '警号', en: 'No.' },
-    lbl_serial: { 'zh-CN': '设备号', en: 'Device' },
-    lbl_data_size: { 'zh-CN': '数据量', en: 'Data' },
-    files_progress: { 'zh-CN': '{done}/{total} 个文件', en: '{done}/{total} files' },
-    files_count: { 'zh-CN': '{n} 个文件', en: '{n} files' },
-    no_name: { 'zh-CN': '（未知警员）', en: '(unknown officer)' },
+  const STATE_TEXT = {
+    empty: N_('Empty'),
+    identifying: N_('Identifying'),
+    unregistered: N_('Unregistered'),
+    collecting: N_('Collecting'),
+    complete: N_('Complete'),
+    error: N_('Error'),
+    unknown: N_('Unknown'),
   };
-
-  const LANGS = ['zh-CN', 'en'];
-  const LANG_KEY = 'station.lang';
-  let lang = 'zh-CN';
-  try {
-    const saved = localStorage.getItem(LANG_KEY);
-    if (LANGS.includes(saved)) lang = saved;
-  } catch (_) { /* storage unavailable: keep the default */ }
-  const qLang = new URLSearchParams(window.location.search).get('lang');
-  if (LANGS.includes(qLang)) lang = qLang; // ?lang=en, e.g. for a kiosk's start URL
-
-  /** The message `id` in the current language, with {name} filled from params. */
-  function t(id, params) {
-    const entry = I18N[id];
-    if (!entry) return id;
-    let s = entry[lang] !== undefined ? entry[lang] : entry['zh-CN'];
-    if (params && typeof s === 'string') {
-      s = s.replace(/\{(\w+)\}/g, (m, k) => (params[k] !== undefined ? String(params[k]) : m));
-    }
-    return s;
-  }
-
-  function applyStaticText(root) {
-    for (const el of (root || document).querySelectorAll('[data-i18n]')) {
-      el.textContent = t(el.dataset.i18n);
-    }
-  }
+  const STATE_MSG = {
+    empty: N_('Dock a recorder'),
+    identifying: N_('Reading the recorder…'),
+    unregistered: N_('Waiting for approval by an administrator'),
+    complete: N_('Complete: you may unplug'),
+    error: N_('Collection failed'),
+  };
+  const ALARM_TEXT = {
+    storage_full: N_('Storage disks full'),
+    storage_low: N_('Storage disks almost full'),
+    network_down: N_('Network connection lost'),
+    disk_missing: N_('A storage disk is missing'),
+    disk_unhealthy: N_('A storage disk has failed'),
+    store_inconsistent: N_('Stored files need checking'),
+    clock_unsynced: N_('Station clock not synchronised'),
+    recorder_clock_drift: N_('A recorder clock was far off'),
+    battery_critical: N_('A recorder battery is critically low'),
+  };
+  const WEEKDAYS = [N_('Sunday'), N_('Monday'), N_('Tuesday'), N_('Wednesday'),
+    N_('Thursday'), N_('Friday'), N_('Saturday')];
 
   // ---------------------------------------------------------------- helpers
   const $ = (id) => document.getElementById(id);
@@ -146,23 +99,46 @@
     return `${inUnit(done, i)} / ${inUnit(total, i)} ${UNITS[i]}`;
   }
 
+  function fmtDuration(seconds) {
+    const s = Math.max(0, Math.round(seconds));
+    if (s < 60) return _('{s} s', { s });
+    const m = Math.floor(s / 60);
+    if (m < 60) return _('{m} min {s} s', { m, s: s % 60 });
+    return _('{h} h {m} min', { h: Math.floor(m / 60), m: m % 60 });
+  }
+
   // ---------------------------------------------------------------- layout
-  function readLayout() {
+  const query = new URLSearchParams(window.location.search);
+  let layout = { cols: 4, order: null };
+  let layoutKey = '';
+
+  function parseLayout(L) {
     let cols = 4;
     let order = null;
-    const L = window.STATION_LAYOUT;
-    if (typeof L === 'number') cols = L;
-    else if (L && typeof L === 'object') {
+    if (L && typeof L === 'object') {
       if (L.cols) cols = Number(L.cols);
-      if (Array.isArray(L.order)) order = L.order.map((p) => (p ? Number(p) : 0));
+      if (Array.isArray(L.order) && L.order.length) order = L.order.map((p) => (p ? Number(p) : 0));
     }
-    const q = new URLSearchParams(window.location.search);
-    if (q.get('cols')) cols = Number(q.get('cols'));
-    if (q.get('order')) order = q.get('order').split(',').map((p) => Number(p.trim()) || 0);
+    if (query.get('cols')) cols = Number(query.get('cols'));
+    if (query.get('order')) order = query.get('order').split(',').map((p) => Number(p.trim()) || 0);
     if (!Number.isInteger(cols) || cols < 1 || cols > 16) cols = 4;
     return { cols, order };
   }
-  const LAYOUT = readLayout();
+
+  async function fetchLayout() {
+    try {
+      const r = await fetch('/ui/layout', { cache: 'no-store' });
+      if (!r.ok) return;
+      const next = parseLayout(await r.json());
+      const key = JSON.stringify(next);
+      if (key !== layoutKey) {
+        layout = next;
+        layoutKey = key;
+        slotKey = null; // rebuild the grid with the next status
+        if (lastState) render(lastState);
+      }
+    } catch (_e) { /* keep the layout we have */ }
+  }
 
   // ---------------------------------------------------------------- slots
   const grid = $('grid');
@@ -174,13 +150,14 @@
     grid.textContent = '';
     slotEls.clear();
     let cells;
-    if (LAYOUT.order) {
-      cells = LAYOUT.order.filter((p, i, a) => !p || a.indexOf(p) === i); // no port twice
+    if (layout.order) {
+      cells = layout.order.filter((p, i, a) => !p || a.indexOf(p) === i); // no port twice
+      cells = cells.filter((p) => !p || ports.includes(p));
       for (const p of ports) if (!cells.includes(p)) cells.push(p); // never hide a port
     } else {
       cells = ports.slice().sort((a, b) => a - b);
     }
-    const cols = Math.min(LAYOUT.cols, Math.max(1, cells.length));
+    const cols = Math.min(layout.cols, Math.max(1, cells.length));
     const rows = Math.max(1, Math.ceil(cells.length / cols));
     grid.style.gridTemplateColumns = `repeat(${cols}, minmax(0, 1fr))`;
     grid.style.gridTemplateRows = `repeat(${rows}, minmax(0, 1fr))`;
@@ -188,7 +165,7 @@
     grid.dataset.rows = String(rows);
     grid.dataset.shape = ''; // measured again below
     for (const port of cells) {
-      if (!ports.includes(port)) {
+      if (!port) {
         const blank = document.createElement('div');
         blank.className = 'slot-blank';
         grid.appendChild(blank);
@@ -211,22 +188,27 @@
         msg: q('.msg'),
         progress: q('.progress'),
         pct: q('.pct'),
+        speed: q('.speed'),
+        eta: q('.eta'),
         files: q('.files'),
         barFill: q('.bar-fill'),
         bytes: q('.bytes'),
         foot: q('.slot-foot'),
         size: q('.v-size'),
         files2: q('.v-files'),
+        register: q('.register-btn'),
       };
       root.dataset.port = String(port);
       setText(parts.port, port);
-      applyStaticText(root);
+      I18n.apply(root);
+      parts.register.addEventListener('click', () => openRegister(port));
       slotEls.set(port, parts);
       grid.appendChild(root);
     }
   }
 
   const STATES = ['empty', 'identifying', 'unregistered', 'collecting', 'complete', 'error'];
+  const slotData = new Map(); // port -> the last slot status
 
   function errorText(err) {
     if (err == null || err === '') return '';
@@ -238,13 +220,14 @@
   function renderSlot(s) {
     const el = slotEls.get(s.port);
     if (!el) return;
+    slotData.set(s.port, s);
     const state = STATES.includes(s.state) ? s.state : 'unknown';
     const rec = s.recorder || null;
 
     setClass(el.root, `slot st-${state}${rec ? '' : ' no-rec'}`);
-    setText(el.state, t(`state_${state}`));
+    el.root.dataset.state = state;
+    setText(el.state, _(STATE_TEXT[state]));
 
-    // Battery: shown whenever the port reports it.
     const batt = s.battery_percent;
     const hasBatt = state !== 'empty' && typeof batt === 'number' && isFinite(batt);
     setHidden(el.battery, !hasBatt);
@@ -255,16 +238,14 @@
       setClass(el.battery, `battery ${b < 20 ? 'low' : b < 50 ? 'mid' : 'ok'}`);
     }
 
-    // Recorder identity.
     setHidden(el.rec, !rec);
     if (rec) {
-      setText(el.name, rec.officer_name || t('no_name'));
+      setText(el.name, rec.officer_name || _('(unknown officer)'));
       setText(el.officer, rec.officer_no || '—');
       setText(el.unit, rec.unit_name || '—');
       setText(el.serial, rec.serial || '—');
     }
 
-    // Main area: a message, or the progress of a collection.
     const total = num(s.bytes_total);
     const done = num(s.bytes_done);
     const filesTotal = num(s.files_total);
@@ -279,25 +260,67 @@
       // Floor, so that 100% is never shown before the last byte.
       setText(el.pct, `${Math.floor(pct)}%`);
       setWidth(el.barFill, pct);
-      setText(el.files, t('files_progress', { done: filesDone, total: filesTotal }));
+      const bps = num(s.bytes_per_s);
+      setText(el.speed, bps > 0 ? _('{rate} MB/s', { rate: (bps / 1e6).toFixed(1) }) : '');
+      setText(el.eta, bps > 0 && total > done
+        ? _('{time} left', { time: fmtDuration((total - done) / bps) }) : '');
+      setText(el.files, _('{done}/{total} files', { done: filesDone, total: filesTotal }));
       setText(el.bytes, fmtPair(done, total));
     }
     let msg = '';
-    if (state === 'error') msg = errorText(s.error) || t('msg_error');
+    if (state === 'error') msg = errorText(s.error) || _(STATE_MSG.error);
     else if (state === 'unknown') msg = String(s.state || '');
-    else if (!collecting) msg = t(`msg_${state}`);
+    else if (state === 'unregistered' && s.error) msg = errorText(s.error);
+    else if (!collecting) msg = _(STATE_MSG[state]);
     setText(el.msg, msg);
     setHidden(el.msg, collecting);
-    if (state === 'error') el.msg.title = msg;
+    el.msg.title = state === 'error' || state === 'unregistered' ? msg : '';
 
-    // Data size (bytes_total) whenever a recorder is docked; while collecting
-    // it is already in the progress line.
+    // "Register" whenever a recorder is held for an administrator
+    setHidden(el.register, !(state === 'unregistered' && rec && rec.serial));
+
     const showSize = state !== 'empty' && !collecting && (total > 0 || filesTotal > 0);
     setHidden(el.foot, !showSize);
     if (showSize) {
       setText(el.size, fmtBytes(total));
-      setText(el.files2, filesTotal > 0 ? t('files_count', { n: filesTotal }) : '');
+      setText(el.files2, filesTotal > 0 ? _('{n} files', { n: filesTotal }) : '');
     }
+  }
+
+  // ---------------------------------------------------------------- registration
+  function openRegister(port) {
+    const s = slotData.get(port);
+    if (!s || !s.recorder) return;
+    const rec = s.recorder;
+    const intro = _('Port {port}: recorder {serial}, officer {officer} {name}', {
+      port, serial: rec.serial, officer: rec.officer_no || '—', name: rec.officer_name || '',
+    });
+    Keypad.open({
+      title: _('Register recorder'),
+      intro,
+      fields: [
+        { name: 'officer_no', label: _('Assign to officer number'), value: rec.officer_no || '' },
+        { name: 'admin_no', label: _('Administrator number') },
+        { name: 'secret', label: _('Administrator PIN'), secret: true, maxLength: 64 },
+      ],
+      submit: _('Register'),
+      onSubmit: async (v) => {
+        await Api.session(); // the CSRF token of this browser
+        await Api.post(`/ui/api/recorders/${encodeURIComponent(rec.serial)}/approve`, {
+          admin_no: v.admin_no, secret: v.secret, officer_no: v.officer_no,
+        });
+        toast(_('Recorder {serial} registered', { serial: rec.serial }));
+      },
+    });
+  }
+
+  let toastTimer = null;
+  function toast(text) {
+    const t = $('toast');
+    setText(t, text);
+    t.hidden = false;
+    clearTimeout(toastTimer);
+    toastTimer = setTimeout(() => { t.hidden = true; }, 4000);
   }
 
   // ---------------------------------------------------------------- header
@@ -315,14 +338,21 @@
       for (let i = 0; i < list.length; i += 1) {
         const d = document.createElement('div');
         d.className = 'disk';
-        d.innerHTML = '<span class="disk-label"></span><span class="disk-tag"></span>'
-          + '<span class="disk-bar"><span class="disk-used"></span></span>'
-          + '<span class="disk-text"></span>';
+        for (const cls of ['disk-label', 'disk-tag', 'disk-bar', 'disk-text']) {
+          const span = document.createElement('span');
+          span.className = cls;
+          if (cls === 'disk-bar') {
+            const used = document.createElement('span');
+            used.className = 'disk-used';
+            span.appendChild(used);
+          }
+          d.appendChild(span);
+        }
         box.appendChild(d);
       }
     }
     if (!list.length) {
-      setText(box.firstElementChild, t('disk_none'));
+      setText(box.firstElementChild, _('No storage disk'));
       return;
     }
     list.forEach((disk, i) => {
@@ -338,14 +368,14 @@
       else if (lowSpace) cls += ' low';
       setClass(d, cls);
       d.title = disk.path || '';
-      setText(d.querySelector('.disk-label'), t('disk_label', { n: i + 1 }));
+      setText(d.querySelector('.disk-label'), _('Disk {n}', { n: i + 1 }));
       const tag = d.querySelector('.disk-tag');
-      const tagText = !healthy ? t('disk_unhealthy') : disk.active ? t('disk_active') : '';
+      const tagText = !healthy ? _('fault') : disk.active ? _('active') : '';
       setText(tag, tagText);
       setHidden(tag, !tagText);
       setWidth(d.querySelector('.disk-used'), usedPct);
       setText(d.querySelector('.disk-text'),
-        t('disk_free', { free: fmtBytes(free), total: fmtBytes(total) }));
+        _('free {free} of {total}', { free: fmtBytes(free), total: fmtBytes(total) }));
     });
   }
 
@@ -354,13 +384,9 @@
     const banner = $('alarm-banner');
     setHidden(banner, !list.length);
     if (!list.length) return;
-    const texts = list.map((a) => {
-      const key = `alarm_${a.code}`;
-      // Known codes in the current language; otherwise the server's message.
-      return I18N[key] ? t(key) : (a.message || a.code || '');
-    });
+    const texts = [...new Set(list.map((a) => (ALARM_TEXT[a.code] ? _(ALARM_TEXT[a.code]) : (a.message || a.code || ''))))];
     let s = texts.join('  ·  ');
-    if (list.length > 1) s += `  ${t('alarm_more', { n: list.length })}`;
+    if (list.length > 1) s += '  ' + _('({n} alarms)', { n: list.length });
     setText($('alarm-text'), s);
     banner.title = list.map((a) => a.message || a.code).join('\n');
   }
@@ -373,11 +399,11 @@
 
     const online = !!(st.network && st.network.online);
     setClass($('net-pill'), `pill ${online ? 'ok' : 'bad'}`);
-    setText($('net-text'), t(online ? 'net_online' : 'net_offline'));
+    setText($('net-text'), online ? _('Online') : _('Offline'));
 
     const manual = station.mode === 'manual';
     setClass($('mode-pill'), `pill mode ${manual ? 'manual' : 'auto'}`);
-    setText($('mode-text'), t(manual ? 'mode_manual' : 'mode_auto'));
+    setText($('mode-text'), manual ? _('Manual registration') : _('Automatic registration'));
 
     renderDisks(st.disks);
     renderAlarms(st.alarms);
@@ -417,7 +443,8 @@
         z.getHours(), z.getMinutes(), z.getSeconds(), z.getDay()];
     }
     setText($('clock-time'), `${pad(h)}:${pad(mi)}:${pad(s)}`);
-    setText($('clock-date'), t('date_fmt', { y, m: pad(mo), d: pad(d), wd: t('weekday')[wd] }));
+    setText($('clock-date'), _('{weekday} {year}-{month}-{day}',
+      { year: y, month: pad(mo), day: pad(d), weekday: _(WEEKDAYS[wd]) }));
   }
   function startClock() {
     tickClock();
@@ -454,16 +481,12 @@
     for (const s of slots) renderSlot(s);
   }
 
-  function setLang(l) {
-    lang = LANGS.includes(l) ? l : 'zh-CN';
-    try { localStorage.setItem(LANG_KEY, lang); } catch (_) { /* ignore */ }
-    document.documentElement.lang = lang;
-    document.title = t('page_title');
-    applyStaticText(document);
+  I18n.onChange(() => {
+    document.title = _('Body camera collection station');
     updateConn();
     if (lastState) render(lastState);
     tickClock();
-  }
+  });
 
   // ---------------------------------------------------------------- data
   let conn = 'connecting'; // connecting | live | reconnecting
@@ -471,7 +494,8 @@
     const box = $('conn');
     setHidden(box, conn === 'live');
     setClass(box, `conn ${conn}`);
-    setText($('conn-text'), t(conn === 'reconnecting' ? 'conn_reconnecting' : 'conn_connecting'));
+    setText($('conn-text'), conn === 'reconnecting' ? _('Reconnecting…') : _('Connecting…'));
+    document.body.dataset.conn = conn;
   }
   function setConn(c) { conn = c; updateConn(); }
 
@@ -493,7 +517,7 @@
       const st = await r.json();
       if (streamMsgs === before) handleStatus(st);
       else if (st && st.station) noteStationTime(st.station.time);
-    } catch (_) { /* the stream will bring the state */ }
+    } catch (_e) { /* the stream will bring the state */ }
   }
 
   let es = null;
@@ -504,7 +528,7 @@
     es = new EventSource('/ui/stream');
     const onData = (ev) => {
       let st;
-      try { st = JSON.parse(ev.data); } catch (_) { return; }
+      try { st = JSON.parse(ev.data); } catch (_e) { return; }
       streamMsgs += 1;
       setConn('live');
       handleStatus(st);
@@ -513,7 +537,7 @@
     es.onmessage = onData; // in case the server sends unnamed events
     es.onopen = () => {
       setConn('live');
-      if (wasDown) fetchState(); // changes may have been missed while down
+      if (wasDown) { fetchState(); fetchLayout(); } // changes may have been missed while down
       wasDown = false;
     };
     es.onerror = () => {
@@ -522,15 +546,18 @@
       // EventSource retries by itself unless it gave up (e.g. an HTTP error
       // answer); then start a new one after a pause.
       if (es.readyState === EventSource.CLOSED && !retryTimer) {
-        retryTimer = setTimeout(() => { retryTimer = null; connect(); }, 3000);
+        retryTimer = setTimeout(() => { retryTimer = null; connect(); }, 2000);
       }
     };
   }
 
   // ---------------------------------------------------------------- start
-  $('lang-btn').addEventListener('click', () => setLang(lang === 'zh-CN' ? 'en' : 'zh-CN'));
-  setLang(lang);
-  startClock();
-  fetchState();
-  if (typeof EventSource === 'function') connect();
+  $('lang-btn').addEventListener('click', () => I18n.toggle());
+  $('files-btn').addEventListener('click', () => { window.location.href = '/ui/console'; });
+  I18n.load(I18n.lang).then(() => {
+    startClock();
+    fetchLayout().then(fetchState);
+    setInterval(fetchLayout, 15000); // an administrator may change it on the settings page
+    if (typeof EventSource === 'function') connect();
+  });
 })();

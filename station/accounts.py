@@ -1,0 +1,453 @@
+"""Station accounts (S31): users, roles, argon2-hashed secrets, sessions and lockout.
+
+Roles:
+
+- `officer`: sees, annotates and downloads only the files collected for the
+  catalog officer with the same officer number;
+- `administrator`: every file, deletion, settings, users, registration;
+- `auditor`: every file and the system log, read-only.
+
+A secret (a PIN typed on the touchscreen's keypad, or a password) is stored
+only as an argon2id hash. Five wrong secrets in a row lock the account for
+`LOCK_MINUTES` (an administrator may unlock it sooner); while it is locked even
+the right secret is refused. Sessions are random tokens of which only the
+SHA-256 is stored; they end on logout, after `idle_minutes` without a request,
+or `MAX_SESSION_HOURS` after login. Logins, failures, lockouts and account
+changes are events in the system log.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+from sqlalchemy import func, select, update
+
+from station.catalog import Catalog, User, UserSession
+from station.catalog.accounts_models import ROLES
+from station.catalog.db import append_event
+from station.catalog.models import utcnow
+
+MAX_FAILURES = 5
+LOCK_MINUTES = 15
+MAX_SESSION_HOURS = 12
+DEFAULT_IDLE_MINUTES = 15
+MIN_SECRET = 6
+TOUCH_EVERY_S = 20  # write last_seen_at at most this often per session
+
+# argon2id at OWASP's 19 MiB, t=2: the station has 4 GB and a daemon budget of 200 MB, and
+# lockout after MAX_FAILURES bounds guessing; RFC 9106's 64 MiB profile would add 64 MiB
+# per concurrent login. Existing hashes keep their own parameters (argon2 stores them).
+_hasher = PasswordHasher(time_cost=2, memory_cost=19 * 1024, parallelism=1)
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    """Verified against when the officer number is unknown, so both cases take as long."""
+    return _hasher.hash(secrets.token_hex(16))
+
+
+class AccountError(Exception):
+    """A request about accounts that cannot be carried out; the message says why."""
+
+
+@dataclass(frozen=True)
+class Account:
+    """A user as the web layer sees it (no hash)."""
+
+    id: int
+    officer_no: str
+    name: str
+    role: str
+    active: bool
+    locked: bool
+    failed_logins: int
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "administrator"
+
+    @property
+    def sees_all_files(self) -> bool:
+        return self.role in ("administrator", "auditor")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "officer_no": self.officer_no,
+            "name": self.name,
+            "role": self.role,
+            "active": self.active,
+            "locked": self.locked,
+            "failed_logins": self.failed_logins,
+        }
+
+
+@dataclass(frozen=True)
+class LoginResult:
+    """What a login attempt came to: an account, or a reason it was refused."""
+
+    account: Account | None
+    reason: str | None = None  # bad_credentials | locked | disabled
+
+
+def _account(u: User, now: dt.datetime) -> Account:
+    return Account(
+        id=u.id,
+        officer_no=u.officer_no,
+        name=u.name,
+        role=u.role,
+        active=u.active,
+        locked=u.locked_until is not None and u.locked_until > now,
+        failed_logins=u.failed_logins,
+    )
+
+
+def hash_secret(secret: str) -> str:
+    """The argon2id hash of a PIN or password."""
+    return _hasher.hash(secret)
+
+
+def check_secret_policy(secret: str) -> None:
+    """Refuse a secret that is too short to survive guessing."""
+    if len(secret) < MIN_SECRET:
+        raise AccountError(f"the PIN or password must have at least {MIN_SECRET} characters")
+    if len(secret) > 256:
+        raise AccountError("the PIN or password is too long")
+
+
+def _valid_officer_no(officer_no: str) -> str:
+    officer_no = officer_no.strip()
+    if not officer_no or len(officer_no) > 32 or not officer_no.isprintable():
+        raise AccountError("an officer number of 1 to 32 printable characters is needed")
+    return officer_no
+
+
+# --- users -------------------------------------------------------------------------------
+
+
+def create_user(
+    catalog: Catalog,
+    officer_no: str,
+    secret: str,
+    *,
+    role: str,
+    name: str = "",
+    by: str = "station",
+) -> Account:
+    """Add a user; refuses an unknown role, a weak secret or a number already in use."""
+    officer_no = _valid_officer_no(officer_no)
+    if role not in ROLES:
+        raise AccountError(f"unknown role {role!r}: one of {', '.join(ROLES)}")
+    check_secret_policy(secret)
+    digest = hash_secret(secret)
+    with catalog.write() as s:
+        if s.scalars(select(User).where(User.officer_no == officer_no)).first():
+            raise AccountError(f"a user with officer number {officer_no} exists already")
+        u = User(
+            officer_no=officer_no,
+            name=name.strip()[:64],
+            role=role,
+            password_hash=digest,
+            created_by=by,
+        )
+        s.add(u)
+        s.flush()
+        append_event(
+            s, "user_created", f"{officer_no} ({role})", actor=by, officer_no=officer_no, role=role
+        )
+        return _account(u, utcnow())
+
+
+def list_users(catalog: Catalog) -> list[Account]:
+    """Every user, by officer number."""
+    now = utcnow()
+    with catalog.read() as s:
+        return [_account(u, now) for u in s.scalars(select(User).order_by(User.officer_no))]
+
+
+def get_user(catalog: Catalog, officer_no: str) -> Account | None:
+    with catalog.read() as s:
+        u = s.scalars(select(User).where(User.officer_no == officer_no)).first()
+        return _account(u, utcnow()) if u else None
+
+
+def count_admins(catalog: Catalog) -> int:
+    """Active administrators (the station must keep at least one)."""
+    with catalog.read() as s:
+        return (
+            s.scalar(
+                select(func.count())
+                .select_from(User)
+                .where(User.role == "administrator", User.active.is_(True))
+            )
+            or 0
+        )
+
+
+def update_user(
+    catalog: Catalog,
+    officer_no: str,
+    *,
+    by: str,
+    name: str | None = None,
+    role: str | None = None,
+    active: bool | None = None,
+    secret: str | None = None,
+    unlock: bool = False,
+) -> Account:
+    """Change a user; a new secret, disabling or a role change ends their sessions."""
+    if role is not None and role not in ROLES:
+        raise AccountError(f"unknown role {role!r}: one of {', '.join(ROLES)}")
+    if secret is not None:
+        check_secret_policy(secret)
+    digest = hash_secret(secret) if secret is not None else None
+    now = utcnow()
+    with catalog.write() as s:
+        u = s.scalars(select(User).where(User.officer_no == officer_no)).first()
+        if u is None:
+            raise AccountError(f"no user with officer number {officer_no}")
+        was_admin = u.role == "administrator" and u.active
+        changes = []
+        if name is not None and name.strip() != u.name:
+            u.name = name.strip()[:64]
+            changes.append("name")
+        if role is not None and role != u.role:
+            u.role = role
+            changes.append(f"role {role}")
+        if active is not None and active != u.active:
+            u.active = active
+            changes.append("enabled" if active else "disabled")
+        if digest is not None:
+            u.password_hash, u.password_changed_at = digest, now
+            changes.append("secret changed")
+        if unlock and (u.failed_logins or u.locked_until):
+            u.failed_logins, u.locked_until = 0, None
+            changes.append("unlocked")
+        if was_admin and not (u.role == "administrator" and u.active):
+            others = s.scalar(
+                select(func.count())
+                .select_from(User)
+                .where(User.role == "administrator", User.active.is_(True), User.id != u.id)
+            )
+            if not others:
+                raise AccountError("the station must keep at least one active administrator")
+        if not changes:
+            return _account(u, now)
+        if digest is not None or active is False or role is not None:
+            _end_sessions(s, u.id, "account changed", now)
+        append_event(
+            s,
+            "user_changed",
+            f"{officer_no}: {', '.join(changes)}",
+            actor=by,
+            officer_no=officer_no,
+        )
+        return _account(u, now)
+
+
+# --- logging in ----------------------------------------------------------------------------
+
+
+def authenticate(
+    catalog: Catalog, officer_no: str, secret: str, *, now: dt.datetime | None = None
+) -> LoginResult:
+    """Check a secret, counting failures and locking after `MAX_FAILURES` in a row."""
+    now = now or utcnow()
+    officer_no = officer_no.strip()[:32]
+    with catalog.read() as s:
+        u = s.scalars(select(User).where(User.officer_no == officer_no)).first()
+        digest = u.password_hash if u is not None else _dummy_hash()
+    # argon2 takes tens of milliseconds: outside the write lock
+    try:
+        ok = _hasher.verify(digest, secret)
+    except (VerifyMismatchError, VerificationError, InvalidHashError):
+        ok = False
+    with catalog.write() as s:
+        if u is None:
+            append_event(s, "login_failed", "unknown officer number", actor=officer_no or "?")
+            return LoginResult(None, "bad_credentials")
+        u = s.get(User, u.id)
+        assert u is not None
+        if u.locked_until is not None and u.locked_until > now:
+            append_event(
+                s, "login_refused", "account locked", actor=officer_no, officer_no=officer_no
+            )
+            return LoginResult(None, "locked")
+        if not u.active:
+            append_event(
+                s, "login_refused", "account disabled", actor=officer_no, officer_no=officer_no
+            )
+            return LoginResult(None, "disabled")
+        if not ok:
+            u.failed_logins += 1
+            append_event(
+                s,
+                "login_failed",
+                f"wrong secret ({u.failed_logins} in a row)",
+                actor=officer_no,
+                officer_no=officer_no,
+            )
+            if u.failed_logins >= MAX_FAILURES:
+                u.locked_until = now + dt.timedelta(minutes=LOCK_MINUTES)
+                append_event(
+                    s,
+                    "account_locked",
+                    f"{u.failed_logins} wrong secrets in a row: locked for {LOCK_MINUTES} min",
+                    actor="station",
+                    officer_no=officer_no,
+                )
+                return LoginResult(None, "locked")
+            return LoginResult(None, "bad_credentials")
+        u.failed_logins, u.locked_until, u.last_login_at = 0, None, now
+        if _hasher.check_needs_rehash(u.password_hash):
+            u.password_hash = hash_secret(secret)
+        return LoginResult(_account(u, now))
+
+
+# --- sessions --------------------------------------------------------------------------------
+
+
+def _token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def csrf_token(session_token: str) -> str:
+    """The CSRF token of a session: derived from its secret cookie, never stored."""
+    return hmac.new(session_token.encode(), b"station-csrf", hashlib.sha256).hexdigest()
+
+
+def start_session(catalog: Catalog, account: Account, *, client: str = "") -> str:
+    """Open a session for a logged-in account; returns the cookie token."""
+    token = secrets.token_urlsafe(32)
+    now = utcnow()
+    with catalog.write() as s:
+        s.add(
+            UserSession(
+                token_hash=_token_hash(token),
+                user_id=account.id,
+                created_at=now,
+                last_seen_at=now,
+                expires_at=now + dt.timedelta(hours=MAX_SESSION_HOURS),
+                client=client[:128],
+            )
+        )
+        append_event(
+            s,
+            "login",
+            f"{account.officer_no} ({account.role}) logged in",
+            actor=account.officer_no,
+            officer_no=account.officer_no,
+            client=client[:128],
+        )
+    return token
+
+
+def session_account(
+    catalog: Catalog,
+    token: str,
+    *,
+    idle_minutes: float = DEFAULT_IDLE_MINUTES,
+    now: dt.datetime | None = None,
+) -> Account | None:
+    """The account of a live session (and note the activity); None if it has ended."""
+    if not token:
+        return None
+    now = now or utcnow()
+    th = _token_hash(token)
+    with catalog.read() as s:
+        row = s.scalars(select(UserSession).where(UserSession.token_hash == th)).first()
+        if row is None or row.ended_at is not None:
+            return None
+        why = None
+        if now >= row.expires_at:
+            why = "expired"
+        elif now - row.last_seen_at > dt.timedelta(minutes=idle_minutes):
+            why = "idle"
+        elif not row.user.active:
+            why = "account disabled"
+        account = _account(row.user, now)
+        stale = (now - row.last_seen_at).total_seconds() > TOUCH_EVERY_S
+        sid = row.id
+    if why is not None:
+        with catalog.write() as s:
+            row = s.get(UserSession, sid)
+            if row is not None and row.ended_at is None:
+                row.ended_at, row.ended_why = now, why
+                append_event(
+                    s,
+                    "session_ended",
+                    f"{account.officer_no}: {why}",
+                    actor="station",
+                    officer_no=account.officer_no,
+                )
+        return None
+    if stale:
+        with catalog.write() as s:
+            s.execute(update(UserSession).where(UserSession.id == sid).values(last_seen_at=now))
+    return account
+
+
+def end_session(catalog: Catalog, token: str, why: str = "logout") -> None:
+    """Log out: the token stops working at once."""
+    th = _token_hash(token)
+    with catalog.write() as s:
+        row = s.scalars(select(UserSession).where(UserSession.token_hash == th)).first()
+        if row is None or row.ended_at is not None:
+            return
+        row.ended_at, row.ended_why = utcnow(), why
+        append_event(
+            s,
+            "logout",
+            f"{row.user.officer_no} logged out",
+            actor=row.user.officer_no,
+            officer_no=row.user.officer_no,
+        )
+
+
+def _end_sessions(s: Any, user_id: int, why: str, now: dt.datetime) -> None:
+    s.execute(
+        update(UserSession)
+        .where(UserSession.user_id == user_id, UserSession.ended_at.is_(None))
+        .values(ended_at=now, ended_why=why[:32])
+    )
+
+
+# --- the system log ----------------------------------------------------------------------------
+
+
+def audit(
+    catalog: Catalog,
+    kind: str,
+    message: str,
+    *,
+    actor: str,
+    file_id: int | None = None,
+    officer_no: str | None = None,
+    serial: str | None = None,
+    **data: Any,
+) -> None:
+    """Write one event to the system log on behalf of a user (access to footage, settings)."""
+    with catalog.write() as s:
+        append_event(
+            s,
+            kind,
+            message,
+            actor=actor,
+            file_id=file_id,
+            officer_no=officer_no,
+            serial=serial,
+            **data,
+        )
+
+
+def bootstrap_admin(catalog: Catalog, officer_no: str, secret: str, name: str = "") -> Account:
+    """Create an administrator from the command line (the first one of a new station)."""
+    return create_user(catalog, officer_no, secret, role="administrator", name=name, by="cli")

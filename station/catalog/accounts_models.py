@@ -1,0 +1,76 @@
+"""The catalog tables of station accounts: users, their sessions, and the search indexes.
+
+Kept beside `models.py` (same `Base`, same metadata) so that Alembic sees them;
+the revision that creates them is `0004_accounts`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from sqlalchemy import ForeignKey, Index, String, Text
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from station.catalog.models import Base, StoredFile, UTCDateTime, utcnow
+
+ROLES = ("officer", "administrator", "auditor")
+
+
+class User(Base):
+    """A person who may log in: an officer, an administrator or an auditor.
+
+    `officer_no` is the login name; an officer sees the files of the catalog
+    officer with the same number. The secret (PIN or password) is kept only as
+    an argon2 hash. Accounts are disabled, never deleted, so the system log's
+    actors stay meaningful.
+    """
+
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    officer_no: Mapped[str] = mapped_column(String(32), unique=True)
+    name: Mapped[str] = mapped_column(String(64), default="")
+    role: Mapped[str] = mapped_column(String(16))  # officer|administrator|auditor
+    password_hash: Mapped[str] = mapped_column(Text)
+    active: Mapped[bool] = mapped_column(default=True)
+    failed_logins: Mapped[int] = mapped_column(default=0)  # in a row
+    locked_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    created_by: Mapped[str] = mapped_column(String(64), default="")
+    password_changed_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_login_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+
+
+class UserSession(Base):
+    """One login: the hash of its cookie token, when it started, last acted and ends."""
+
+    __tablename__ = "user_sessions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_seen_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)  # absolute limit
+    ended_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    ended_why: Mapped[str | None] = mapped_column(String(32))  # logout|idle|expired|...
+    client: Mapped[str] = mapped_column(String(128), default="")
+
+    user: Mapped[User] = relationship(lazy="joined")
+
+
+# Search indexes on `files` for the retrieval screens (station/search.py): newest first by
+# recorded time, narrowed by recorder, kind or level. (officer_id, recorded_at) and
+# case_no already exist. Declared here, against the files table, so that the models
+# and the schema agree.
+_LIVE = StoredFile.deleted_at.is_(None)  # partial: the index alone answers "not deleted"
+Index("ix_files_recorded", StoredFile.recorded_at, StoredFile.id, sqlite_where=_LIVE)
+Index("ix_files_recorder_time", StoredFile.recorder_id, StoredFile.recorded_at, sqlite_where=_LIVE)
+Index("ix_files_kind_time", StoredFile.kind, StoredFile.recorded_at, sqlite_where=_LIVE)
+Index("ix_files_level_time", StoredFile.level, StoredFile.recorded_at, sqlite_where=_LIVE)
+Index("ix_files_important_time", StoredFile.important, StoredFile.recorded_at, sqlite_where=_LIVE)
+Index(
+    "ix_files_note",
+    StoredFile.note,
+    sqlite_where=StoredFile.note.is_not(None),
+)

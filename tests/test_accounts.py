@@ -1,0 +1,155 @@
+"""Accounts (S31): argon2 hashes, roles, lockout after five wrong PINs, sessions that end."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from station import accounts
+from station.accounts import AccountError
+from station.catalog import Catalog, Event, User
+from station.catalog.models import utcnow
+
+
+@pytest.fixture
+def catalog(tmp_path: Path) -> Iterator[Catalog]:
+    c = Catalog(tmp_path / "catalog.db")
+    c.migrate()
+    yield c
+    c.close()
+
+
+def kinds(catalog: Catalog) -> list[str]:
+    with catalog.read() as s:
+        return [e.kind for e in s.query(Event).order_by(Event.id)]
+
+
+def test_secret_is_stored_only_as_an_argon2id_hash(catalog: Catalog) -> None:
+    accounts.create_user(catalog, "900001", "135790", role="administrator", name="赵")
+    with catalog.read() as s:
+        u = s.query(User).one()
+    assert u.password_hash.startswith("$argon2id$")
+    assert "135790" not in u.password_hash
+    assert accounts.authenticate(catalog, "900001", "135790").account is not None
+    assert accounts.authenticate(catalog, "900001", "135791").account is None
+
+
+def test_create_refuses_bad_role_short_secret_and_duplicates(catalog: Catalog) -> None:
+    with pytest.raises(AccountError, match="role"):
+        accounts.create_user(catalog, "1", "123456", role="root")
+    with pytest.raises(AccountError, match="at least"):
+        accounts.create_user(catalog, "1", "12345", role="officer")
+    accounts.create_user(catalog, "1", "123456", role="officer")
+    with pytest.raises(AccountError, match="exists"):
+        accounts.create_user(catalog, "1", "654321", role="officer")
+
+
+def test_five_wrong_secrets_lock_even_the_right_one_until_the_lock_ends(catalog: Catalog) -> None:
+    accounts.create_user(catalog, "800001", "246801", role="officer")
+    now = utcnow()
+    for i in range(4):
+        r = accounts.authenticate(catalog, "800001", "000000", now=now)
+        assert (r.account, r.reason) == (None, "bad_credentials"), i
+    r = accounts.authenticate(catalog, "800001", "000000", now=now)
+    assert r.reason == "locked"
+    assert accounts.authenticate(catalog, "800001", "246801", now=now).reason == "locked"
+    later = now + dt.timedelta(minutes=accounts.LOCK_MINUTES, seconds=1)
+    assert accounts.authenticate(catalog, "800001", "246801", now=later).account is not None
+    log = kinds(catalog)
+    assert log.count("login_failed") == 5
+    assert "account_locked" in log and "login_refused" in log
+
+
+def test_a_success_resets_the_failure_count(catalog: Catalog) -> None:
+    accounts.create_user(catalog, "800001", "246801", role="officer")
+    for _ in range(4):
+        accounts.authenticate(catalog, "800001", "x")
+    assert accounts.authenticate(catalog, "800001", "246801").account is not None
+    for _ in range(4):
+        assert accounts.authenticate(catalog, "800001", "x").reason == "bad_credentials"
+
+
+def test_administrator_unlocks(catalog: Catalog) -> None:
+    accounts.create_user(catalog, "900001", "135790", role="administrator")
+    accounts.create_user(catalog, "800001", "246801", role="officer")
+    for _ in range(5):
+        accounts.authenticate(catalog, "800001", "x")
+    assert accounts.get_user(catalog, "800001").locked
+    accounts.update_user(catalog, "800001", by="900001", unlock=True)
+    assert accounts.authenticate(catalog, "800001", "246801").account is not None
+
+
+def test_unknown_and_disabled_accounts(catalog: Catalog) -> None:
+    assert accounts.authenticate(catalog, "nobody", "123456").reason == "bad_credentials"
+    accounts.create_user(catalog, "900001", "135790", role="administrator")
+    accounts.create_user(catalog, "800001", "246801", role="officer")
+    accounts.update_user(catalog, "800001", by="900001", active=False)
+    assert accounts.authenticate(catalog, "800001", "246801").reason == "disabled"
+
+
+def test_sessions_end_on_logout_idle_and_absolute_expiry(catalog: Catalog) -> None:
+    a = accounts.create_user(catalog, "800001", "246801", role="officer")
+    token = accounts.start_session(catalog, a)
+    assert accounts.session_account(catalog, token).officer_no == "800001"
+    assert accounts.session_account(catalog, token + "x") is None
+    now = utcnow()
+    # idle: no request for longer than the idle time
+    assert accounts.session_account(catalog, token, idle_minutes=5, now=now + dt.timedelta(
+        minutes=6)) is None  # fmt: skip
+    assert accounts.session_account(catalog, token) is None  # ended for good
+
+    t2 = accounts.start_session(catalog, a)
+    # activity keeps it alive, up to the absolute limit
+    step = now
+    for _ in range(5):
+        step += dt.timedelta(minutes=4)
+        assert accounts.session_account(catalog, t2, idle_minutes=5, now=step) is not None
+    late = now + dt.timedelta(hours=accounts.MAX_SESSION_HOURS, minutes=1)
+    assert accounts.session_account(catalog, t2, idle_minutes=10**6, now=late) is None
+
+    t3 = accounts.start_session(catalog, a)
+    accounts.end_session(catalog, t3)
+    assert accounts.session_account(catalog, t3) is None
+    assert {"login", "logout", "session_ended"} <= set(kinds(catalog))
+
+
+def test_new_secret_or_disabling_ends_sessions(catalog: Catalog) -> None:
+    accounts.create_user(catalog, "900001", "135790", role="administrator")
+    a = accounts.create_user(catalog, "800001", "246801", role="officer")
+    token = accounts.start_session(catalog, a)
+    accounts.update_user(catalog, "800001", by="900001", secret="999999")
+    assert accounts.session_account(catalog, token) is None
+    assert accounts.authenticate(catalog, "800001", "999999").account is not None
+    token = accounts.start_session(catalog, a)
+    accounts.update_user(catalog, "800001", by="900001", active=False)
+    assert accounts.session_account(catalog, token) is None
+
+
+def test_the_last_administrator_stays(catalog: Catalog) -> None:
+    accounts.create_user(catalog, "900001", "135790", role="administrator")
+    with pytest.raises(AccountError, match="at least one"):
+        accounts.update_user(catalog, "900001", by="900001", active=False)
+    with pytest.raises(AccountError, match="at least one"):
+        accounts.update_user(catalog, "900001", by="900001", role="officer")
+    accounts.create_user(catalog, "900002", "135790", role="administrator")
+    accounts.update_user(catalog, "900001", by="900002", role="auditor")
+    assert accounts.count_admins(catalog) == 1
+
+
+def test_csrf_token_is_bound_to_the_session(catalog: Catalog) -> None:
+    a = accounts.create_user(catalog, "800001", "246801", role="officer")
+    t1, t2 = accounts.start_session(catalog, a), accounts.start_session(catalog, a)
+    assert accounts.csrf_token(t1) == accounts.csrf_token(t1)
+    assert accounts.csrf_token(t1) != accounts.csrf_token(t2)
+    assert t1 not in accounts.csrf_token(t1)
+
+
+def test_roles() -> None:
+    base = dict(id=1, officer_no="1", name="", active=True, locked=False, failed_logins=0)
+    assert accounts.Account(role="administrator", **base).sees_all_files
+    assert accounts.Account(role="auditor", **base).sees_all_files
+    assert not accounts.Account(role="officer", **base).sees_all_files
+    assert not accounts.Account(role="auditor", **base).is_admin

@@ -1,0 +1,141 @@
+"""Browser playback of recorder footage: MJPEG AVI (with PCM sound) to H.264/AAC MP4 by PyAV."""
+
+from __future__ import annotations
+
+import math
+import struct
+import time
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import pytest
+from PIL import Image
+
+from station import playback
+from station.playback import Transcoder
+from station.sim.media import make_video
+
+
+def avi_with_sound(path: Path, *, frames: int = 45, size: tuple[int, int] = (1280, 720)) -> None:
+    """An MJPEG AVI with 16 kHz mono PCM sound, as many recorders write."""
+    with av.open(str(path), "w", format="avi") as c:
+        v = c.add_stream("mjpeg", rate=30)
+        v.width, v.height, v.pix_fmt = size[0], size[1], "yuvj420p"
+        a = c.add_stream("pcm_s16le", rate=16000)
+        a.layout = "mono"
+        for i in range(frames):
+            img = Image.new("RGB", size, ((i * 5) % 255, 80, 160))
+            f = av.VideoFrame.from_image(img).reformat(format="yuvj420p")
+            f.pts, f.time_base = i, Fraction(1, 30)
+            for p in v.encode(f):
+                c.mux(p)
+        n = 16000 * frames // 30
+        pcm = b"".join(struct.pack("<h", int(8000 * math.sin(i * 2 * math.pi * 440 / 16000)))
+                       for i in range(n))  # fmt: skip
+        af = av.AudioFrame(format="s16", layout="mono", samples=n)
+        af.planes[0].update(pcm)
+        af.sample_rate, af.pts = 16000, 0
+        for p in a.encode(af):
+            c.mux(p)
+        for p in v.encode():
+            c.mux(p)
+        for p in a.encode():
+            c.mux(p)
+
+
+def probe(path: Path) -> dict[str, tuple]:
+    with av.open(str(path)) as c:
+        return {
+            s.type: (s.codec_context.name, getattr(s.codec_context, "height", None))
+            for s in c.streams
+        } | {"duration": (c.duration / 1e6 if c.duration else 0.0,)}
+
+
+def test_recorder_avi_becomes_h264_aac_mp4(tmp_path: Path) -> None:
+    src = tmp_path / "REC.AVI"
+    avi_with_sound(src)
+    tr = Transcoder(tmp_path / "cache")
+    job = tr.start(src, "a" * 64)
+    assert job.done.wait(60)
+    assert job.error is None
+    out = tr.cached("a" * 64)
+    assert out is not None and out.suffix == ".mp4"
+    info = probe(out)
+    assert info["video"] == ("h264", 720)
+    assert info["audio"][0] == "aac"
+    assert info["duration"][0] == pytest.approx(1.5, abs=0.2)
+    assert job.frames_done == 45 and job.progress == 1.0
+    # the index is in front (faststart), so a browser can seek with range requests
+    head = out.read_bytes()[:4096]
+    assert head.find(b"moov") < head.find(b"mdat") or b"mdat" not in head
+    assert not list((tmp_path / "cache").glob("*.frag.mp4"))
+
+
+def test_large_video_is_scaled_down_to_720_lines(tmp_path: Path) -> None:
+    src = tmp_path / "BIG.AVI"
+    avi_with_sound(src, frames=3, size=(1920, 1080))
+    out = tmp_path / "o.mp4"
+    playback.transcode(src, out)
+    with av.open(str(out)) as c:
+        v = c.streams.video[0].codec_context
+        assert (v.width, v.height) == (1280, 720)
+
+
+def test_follow_streams_the_copy_while_it_is_made(tmp_path: Path) -> None:
+    src = tmp_path / "V.AVI"
+    make_video(src, 4_000_000, label="TEST")
+    tr = Transcoder(tmp_path / "cache")
+    job = tr.start(src, "b" * 64)
+    data = b"".join(tr.follow(job))
+    assert job.done.is_set() and job.error is None
+    assert data[4:8] == b"ftyp"
+    streamed = tmp_path / "streamed.mp4"
+    streamed.write_bytes(data)
+    with av.open(str(streamed)) as c:  # the fragmented copy is a whole, playable file
+        assert sum(1 for _ in c.decode(video=0)) == job.frames_done > 0
+
+
+def test_cache_is_reused_and_trimmed(tmp_path: Path) -> None:
+    src = tmp_path / "V.AVI"
+    make_video(src, 300_000)
+    tr = Transcoder(tmp_path / "cache", max_bytes=10**9)
+    first = tr.start(src, "c" * 64)
+    first.done.wait(60)
+    stamp = tr.cached("c" * 64).stat().st_mtime_ns
+    again = tr.start(src, "c" * 64)
+    assert again.done.is_set()  # no second transcoding
+    assert tr.cached("c" * 64).stat().st_mtime_ns >= stamp
+    time.sleep(0.01)
+    other = tr.start(src, "d" * 64)
+    other.done.wait(60)
+    tr.cached("d" * 64)  # most recently used
+    tr.max_bytes = tr.cached("d" * 64).stat().st_size
+    tr.trim()
+    assert tr.cached("c" * 64) is None and tr.cached("d" * 64) is not None
+
+
+def test_a_broken_file_fails_cleanly(tmp_path: Path) -> None:
+    src = tmp_path / "BAD.AVI"
+    src.write_bytes(b"RIFF\0\0\0\0AVI garbage" * 100)
+    tr = Transcoder(tmp_path / "cache")
+    job = tr.start(src, "e" * 64)
+    assert job.done.wait(30)
+    assert job.error
+    assert tr.cached("e" * 64) is None
+    assert tr.start(src, "e" * 64) is job  # not retried at once
+    assert list(tr.follow(job)) == []
+
+
+def test_device_logs_read_in_utf8_or_gbk(tmp_path: Path) -> None:
+    p = tmp_path / "a.LOG"
+    p.write_bytes("2026-11-21 08:00:01 开机\r\n".encode("gbk"))
+    assert "开机" in playback.read_text(p)
+    p.write_bytes("2026-11-21 08:00:01 录像开始\r\n".encode())
+    assert "录像开始" in playback.read_text(p)
+
+
+def test_what_plays_as_stored() -> None:
+    assert playback.browser_type("X.JPG", "photo") == "image/jpeg"
+    assert playback.browser_type("X.WAV", "audio") == "audio/wav"
+    assert playback.browser_type("X.AVI", "video") is None

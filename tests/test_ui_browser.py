@@ -1,0 +1,401 @@
+"""What people see: the touchscreen and the console in real headless Chromium at 1024x600.
+
+Runs Debian's /usr/bin/chromium through Playwright against a real station
+daemon (tests/conftest.py) with simulated recorders. Skipped when Chromium or
+Playwright is missing. With UPDATE_SCREENSHOTS=1 the main screens are saved to
+docs/screenshots/ (for the README and docs/ui.md).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import subprocess
+import time
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import StationProc, free_port, sha256_file, wait_for, write_config
+
+from station import accounts
+from station.catalog import Catalog
+from station.sim.recorder import RecorderSpec
+
+sync_api = pytest.importorskip("playwright.sync_api")
+
+CHROMIUM = "/usr/bin/chromium"
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium")
+
+SHOTS = Path(__file__).parent.parent / "docs" / "screenshots"
+ADMIN = ("900001", "135790")
+OFFICER = ("800001", "246801")
+OTHER_OFFICER = ("800002", "112233")
+AUDITOR = ("700001", "998877")
+LOCKME = ("800009", "445566")
+
+
+def shot(page: Any, name: str, tmp: Path) -> None:
+    """A screenshot: into docs/screenshots/ when asked to update them, else the test's folder."""
+    folder = SHOTS if os.environ.get("UPDATE_SCREENSHOTS") else tmp
+    folder.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(folder / f"{name}.png"))
+
+
+@pytest.fixture(scope="module")
+def st(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StationProc]:
+    root = tmp_path_factory.mktemp("ui") / "station"
+    for d in ("disk1", "disk2", "bus"):
+        (root / d).mkdir(parents=True)
+    port = free_port()
+    proc = StationProc(
+        root,
+        write_config(
+            root,
+            port,
+            station={"id": "PG-0001", "name": "平谷采集站 1"},
+            registration={"mode": "manual"},
+        ),
+        port,
+    )
+    try:
+        proc.start()
+        catalog = Catalog(proc.db)
+        for (no, pin), role, name in (
+            (ADMIN, "administrator", "赵管理"),
+            (OFFICER, "officer", "王五"),
+            (OTHER_OFFICER, "officer", "李四"),
+            (AUDITOR, "auditor", "孙审计"),
+            (LOCKME, "officer", "周六"),
+        ):
+            accounts.create_user(catalog, no, pin, role=role, name=name)
+        catalog.close()
+        yield proc
+    finally:
+        proc.stop()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--no-first-run",
+                "--disable-sync",
+                "--autoplay-policy=no-user-gesture-required",
+            ],
+        )
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser: Any, st: StationProc) -> Iterator[Any]:
+    ctx = browser.new_context(
+        viewport={"width": 1024, "height": 600},
+        has_touch=True,
+        accept_downloads=True,
+        locale="zh-CN",
+        bypass_csp=True,  # the pages' CSP forbids eval, which wait_for_function uses
+    )
+    pg = ctx.new_page()
+    errors: list[str] = []
+    pg.on("pageerror", lambda e: errors.append(str(e)))
+    yield pg
+    ctx.close()
+    assert not errors, errors
+
+
+def slot_state(page: Any, port: int) -> str | None:
+    return page.evaluate(
+        "p => { const e = document.querySelector(`.slot[data-port='${p}']`);"
+        " return e ? e.dataset.state : null; }",
+        port,
+    )
+
+
+def tap(page: Any, digits: str) -> None:
+    for d in digits:
+        page.click(f".kp-key[data-key='{d}']")
+
+
+def keypad_login(page: Any, officer_no: str, pin: str) -> None:
+    page.wait_for_selector(".kp-panel")
+    page.click(".kp-input[name='officer_no']")
+    tap(page, officer_no)
+    page.click(".kp-input[name='secret']")
+    tap(page, pin)
+    page.click(".kp-ok")
+
+
+def dock(st: StationProc, port: int, seed: int, **spec: Any) -> None:
+    st.dock(port, st.build(RecorderSpec(**spec), seed=seed))
+
+
+# --- the station screen ----------------------------------------------------------------------
+
+
+def test_station_screen_registration_and_collection(
+    st: StationProc, page: Any, tmp_path: Path
+) -> None:
+    page.goto(st.url("/"))
+    page.wait_for_function("document.body.dataset.conn === 'live'")
+    page.wait_for_selector(".slot[data-port='8']")
+    assert page.evaluate("document.querySelectorAll('.slot').length") == 8
+    assert page.inner_text("#mode-text") == "手动注册"
+    assert page.inner_text(".slot[data-port='3'] .slot-state") == "空闲"
+    shot(page, "station-empty", tmp_path)
+
+    # a recorder docked at port 3 shows in window 3, within a second, and nowhere else
+    recorder = st.build(
+        RecorderSpec(serial="K000003", officer_no=OFFICER[0], officer_name="王五",
+                     unit_name="平谷分局 城关派出所", files=4, imp=1, size_mb=8,
+                     battery_percent=64, read_mb_s=4),
+        seed=3,
+    )  # fmt: skip
+    t0 = time.monotonic()
+    st.dock(3, recorder)
+    page.wait_for_function(
+        "document.querySelector(\".slot[data-port='3']\").dataset.state !== 'empty'",
+        timeout=5000,
+    )
+    assert time.monotonic() - t0 < 1.0, "the dock took more than a second to show"
+    page.wait_for_function(
+        "document.querySelector(\".slot[data-port='3']\").dataset.state === 'unregistered'"
+    )
+    for p in (1, 2, 4, 5, 6, 7, 8):
+        assert slot_state(page, p) == "empty"
+    win = ".slot[data-port='3']"
+    assert page.inner_text(f"{win} .rec-name") == "王五"
+    assert page.inner_text(f"{win} .v-officer") == OFFICER[0]
+    assert page.inner_text(f"{win} .v-serial") == "K000003"
+    assert page.inner_text(f"{win} .rec-unit") == "平谷分局 城关派出所"
+    assert page.inner_text(f"{win} .battery-text") == "64%"
+    assert "等待管理员审批" in page.inner_text(f"{win} .msg")
+    shot(page, "station-unregistered", tmp_path)
+
+    # register it: the administrator's number and PIN on the on-screen keypad
+    page.click(f"{win} .register-btn")
+    page.wait_for_selector(".kp-panel")
+    assert page.input_value(".kp-input[name='officer_no']") == OFFICER[0]  # confirm the officer
+    page.click(".kp-input[name='admin_no']")
+    tap(page, ADMIN[0])
+    page.click(".kp-input[name='secret']")
+    tap(page, "000000")  # wrong PIN first: refused, dialog stays
+    shot(page, "station-register-keypad", tmp_path)
+    page.click(".kp-ok")
+    page.wait_for_selector(".kp-error:not([hidden])")
+    assert "警号或密码错误" in page.inner_text(".kp-error")
+    assert slot_state(page, 3) == "unregistered"
+    page.click(".kp-input[name='secret']")
+    tap(page, ADMIN[1])
+    page.click(".kp-ok")
+    page.wait_for_selector(".kp-panel", state="detached")
+
+    page.wait_for_function(
+        "document.querySelector(\".slot[data-port='3']\").dataset.state === 'collecting'",
+        timeout=30000,
+    )
+    page.wait_for_function(
+        "document.querySelector(\".slot[data-port='3'] .speed\").textContent.includes('MB/')",
+        timeout=30000,
+    )
+    shot(page, "station-collecting", tmp_path)
+    page.wait_for_function(
+        "document.querySelector(\".slot[data-port='3']\").dataset.state === 'complete'",
+        timeout=120000,
+    )
+    assert "可以拔出" in page.inner_text(f"{win} .msg")
+    shot(page, "station-complete", tmp_path)
+
+    page.click("#lang-btn")
+    page.wait_for_function(
+        "document.querySelector(\".slot[data-port='3'] .slot-state\").textContent === 'Complete'"
+    )
+    assert "unplug" in page.inner_text(f"{win} .msg")
+    shot(page, "station-complete-en", tmp_path)
+    page.click("#lang-btn")
+    page.wait_for_function(
+        "document.querySelector(\".slot[data-port='3'] .slot-state\").textContent === '已完成'"
+    )
+    st.undock(3)
+    page.wait_for_function(
+        "document.querySelector(\".slot[data-port='3']\").dataset.state === 'empty'"
+    )
+
+
+# --- the console ----------------------------------------------------------------------------
+
+
+def _collected(st: StationProc) -> list[dict[str, Any]]:
+    return wait_for(
+        lambda: st.api("/api/v1/files", officer_no=OFFICER[0])["items"], 60, "collected files"
+    )
+
+
+def test_login_search_play_and_download(st: StationProc, page: Any, tmp_path: Path) -> None:
+    files = _collected(st)
+    page.goto(st.url("/ui/console"))
+    shot(page, "console-login", tmp_path)
+    keypad_login(page, *OFFICER)
+    page.wait_for_selector("#results .row")
+    assert page.inner_text("#who-name").endswith(OFFICER[0])
+    rows = page.locator("#results .row").count()
+    assert rows == len(files)
+    shot(page, "console-files", tmp_path)
+
+    # search: videos only
+    page.select_option("select[name='kind']", "video")
+    page.click("#search button[type='submit']")
+    page.wait_for_function(
+        "[...document.querySelectorAll('#results .row')].every(r => r.classList.contains("
+        "'kind-video'))"
+    )
+    videos = [f for f in files if f["name"].upper().endswith(".AVI")]
+    assert page.locator("#results .row").count() == len(videos)
+
+    # play one: the browser copy (H.264) plays in the <video> element
+    page.locator("#results .row").first.click()
+    page.wait_for_selector("video.player")
+    page.wait_for_function(
+        "(() => { const v = document.querySelector('video.player');"
+        " return v && v.dataset.playing === '1' && v.videoWidth > 0; })()",
+        timeout=60000,
+    )
+    assert page.evaluate("document.querySelector('video.player').videoWidth") == 640
+    shot(page, "console-player", tmp_path)
+
+    # annotate: level, case number, note
+    page.select_option("#annotate select[name='level']", "evidence")
+    page.fill("#annotate input[name='case_no']", "PG2026-0042")
+    page.fill("#annotate textarea[name='note']", "路口纠纷 现场录像")
+    page.click("#annotate button[type='submit']")
+    page.wait_for_selector("#toast:not([hidden])")
+    fid = int(page.get_attribute("#download-one", "href").split("/")[3])
+    row = st.query("SELECT level, case_no, note FROM files WHERE id = ?", fid)[0]
+    assert row == ("evidence", "PG2026-0042", "路口纠纷 现场录像")
+
+    # back, search the note, select everything and download a zip
+    page.click("#back-to-results")
+    page.select_option("select[name='kind']", "")
+    page.click("#search button[type='reset']")
+    page.wait_for_function(f"document.querySelectorAll('#results .row').length === {len(files)}")
+    page.click("#select-page")
+    with page.expect_download() as dl:
+        page.click("#zip-btn")
+    path = tmp_path / "files.zip"
+    dl.value.save_as(path)
+    with zipfile.ZipFile(path) as z:
+        manifest = z.read("MANIFEST.sha256").decode()
+        meta = json.loads(z.read("manifest.json"))
+        lines = [ln.split("  ", 1) for ln in manifest.splitlines()]
+        assert len(lines) == len(files)
+        by_id = {f["id"]: f for f in files}
+        for digest, member in lines:
+            data = z.read(member)
+            assert hashlib.sha256(data).hexdigest() == digest
+        for e in meta["files"]:
+            stored = by_id[e["file_id"]]
+            assert e["sha256"] == stored["sha256"] == sha256_file(Path(stored["stored_path"]))
+            assert e["matches_catalog"] is True
+        assert meta["created_by"] == OFFICER[0]
+    kinds = {e["kind"] for e in st.api("/api/v1/events", actor=OFFICER[0])["items"]}
+    assert {"login", "file_viewed", "file_annotated", "files_downloaded"} <= kinds
+
+
+def test_officer_sees_only_own_files(st: StationProc, page: Any) -> None:
+    _collected(st)
+    page.goto(st.url("/ui/console"))
+    keypad_login(page, *OTHER_OFFICER)
+    page.wait_for_selector("#results .empty")
+    assert page.locator("#results .row").count() == 0
+    # no officer filter, no log or settings tabs for an officer
+    assert not page.is_visible("#search input[name='officer_no']")
+    assert not page.is_visible(".tab[data-view='log']")
+    assert not page.is_visible(".tab[data-view='settings']")
+
+
+def test_five_wrong_pins_lock_the_account(st: StationProc, page: Any, tmp_path: Path) -> None:
+    page.goto(st.url("/ui/console"))
+    for i in range(5):
+        keypad_login(page, LOCKME[0], "000000")
+        page.wait_for_selector(".kp-error:not([hidden])")
+        text = page.inner_text(".kp-error")
+        if i < 4:
+            assert "警号或密码错误" in text
+        page.click(".kp-cancel")
+        page.goto(st.url("/ui/console"))
+    keypad_login(page, *LOCKME)  # the right PIN: still refused while locked
+    page.wait_for_selector(".kp-error:not([hidden])")
+    assert "锁定" in page.inner_text(".kp-error")
+    shot(page, "console-locked", tmp_path)
+    kinds = [e["kind"] for e in st.api("/api/v1/events", officer_no=LOCKME[0])["items"]]
+    assert kinds.count("login_failed") == 5
+    assert "account_locked" in kinds and "login" not in kinds
+
+
+def test_administrator_screens(st: StationProc, page: Any, tmp_path: Path) -> None:
+    _collected(st)
+    page.goto(st.url("/ui/console"))
+    keypad_login(page, *ADMIN)
+    page.wait_for_selector("#results .row")
+    page.click(".tab[data-view='log']")
+    page.wait_for_selector("#log-list .log-row")
+    shot(page, "console-log", tmp_path)
+    page.click(".tab[data-view='users']")
+    page.wait_for_selector(f".user-row[data-officer='{LOCKME[0]}']")
+    assert "已锁定" in page.inner_text(f".user-row[data-officer='{LOCKME[0]}']")
+    shot(page, "console-users", tmp_path)
+
+    # settings: registration mode applies at once (the station screen's mode pill follows)
+    page.click(".tab[data-view='settings']")
+    page.wait_for_function("document.querySelector('[name=retention_days]').value !== ''")
+    shot(page, "console-settings", tmp_path)
+    page.check("input[name='registration_mode'][value='auto']")
+    page.click("#settings button[type='submit']")
+    page.wait_for_selector("#toast:not([hidden])")
+    wait_for(lambda: st.api("/api/v1/status")["station"]["mode"] == "auto", 10, "auto mode")
+    page.check("input[name='registration_mode'][value='manual']")
+    page.click("#settings button[type='submit']")
+    wait_for(lambda: st.api("/api/v1/status")["station"]["mode"] == "manual", 10, "manual mode")
+
+
+def test_screen_recovers_when_the_daemon_restarts(st: StationProc, page: Any) -> None:
+    page.goto(st.url("/"))
+    page.wait_for_function("document.body.dataset.conn === 'live'")
+    st.stop()
+    page.wait_for_function("document.body.dataset.conn === 'reconnecting'", timeout=20000)
+    st.start()
+    page.wait_for_function("document.body.dataset.conn === 'live'", timeout=30000)
+    # and it is live: a dock shows up without reloading the page
+    dock(st, 6, 6, serial="K000006", officer_no=OFFICER[0], files=1, imp=0, size_mb=0.3)
+    page.wait_for_function(
+        "document.querySelector(\".slot[data-port='6']\").dataset.state !== 'empty'",
+        timeout=10000,
+    )
+    assert page.evaluate("performance.getEntriesByType('navigation').length") == 1
+
+
+def test_zip_manifest_is_checkable(tmp_path: Path) -> None:
+    """`sha256sum -c MANIFEST.sha256` accepts the manifest format we write."""
+    if not shutil.which("sha256sum"):
+        pytest.skip("no sha256sum")
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("a/b/x.AVI", b"hello")
+        z.writestr(
+            "MANIFEST.sha256",
+            "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824  a/b/x.AVI\n",
+        )
+    zipfile.ZipFile(io.BytesIO(buf.getvalue())).extractall(tmp_path)
+    subprocess.run(["sha256sum", "-c", "MANIFEST.sha256"], cwd=tmp_path, check=True)

@@ -1,0 +1,159 @@
+"""Settings an administrator changes on the screen, kept in the catalog and applied live.
+
+The configuration file gives the starting values; a value changed on the
+settings page is stored in the catalog (`station_state`, key `ui.settings`, only
+the keys that were changed) and wins over the file from then on, also after a
+restart. Applied at once: registration mode, retention periods, network check
+address (the daemon reads these from its configuration each time), the port
+layout and the session timeout (read by the web layer). Voice settings are
+applied to `config.voice` when the daemon has that section.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from station.accounts import DEFAULT_IDLE_MINUTES, audit
+from station.config import NetworkSection
+from station.retention import retention_rules
+
+if TYPE_CHECKING:
+    from station.daemon import Station
+
+log = logging.getLogger(__name__)
+
+STATE_KEY = "ui.settings"
+
+
+class Settings(BaseModel):
+    """Everything the settings page shows and changes."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    registration_mode: Literal["auto", "manual"] = "auto"
+    retention_days: Annotated[int, Field(strict=True, ge=1, le=36500)] = 180
+    retention_important_days: Annotated[int, Field(strict=True, ge=1, le=36500)] | None = 365
+    retention_evidence_days: Annotated[int, Field(strict=True, ge=1, le=36500)] | None = None
+    layout_cols: Annotated[int, Field(strict=True, ge=1, le=8)] = 4
+    layout_order: list[Annotated[int, Field(ge=0, le=32)]] = Field(default_factory=list)
+    voice_enabled: bool = True
+    voice_language: Literal["zh", "en"] = "zh"
+    voice_volume: Annotated[int, Field(strict=True, ge=0, le=100)] = 80
+    network_check: str | None = None
+    session_idle_minutes: Annotated[int, Field(strict=True, ge=1, le=240)] = DEFAULT_IDLE_MINUTES
+
+    @field_validator("network_check")
+    @classmethod
+    def _network(cls, v: str | None) -> str | None:
+        v = (v or "").strip() or None
+        return NetworkSection(check=v).check
+
+    @field_validator("layout_order")
+    @classmethod
+    def _order(cls, v: list[int]) -> list[int]:
+        ports = [p for p in v if p]
+        if len(ports) != len(set(ports)):
+            raise ValueError("a port is placed twice")
+        return v
+
+
+class SettingsError(Exception):
+    """Settings refused; the message names the bad fields."""
+
+
+def _from_config(station: Station) -> dict[str, Any]:
+    c = station.config
+    out: dict[str, Any] = {
+        "registration_mode": c.registration.mode,
+        "retention_days": c.retention.days,
+        "retention_important_days": c.retention.important_days,
+        "retention_evidence_days": c.retention.evidence_days,
+        "layout_order": list(range(1, c.bus.ports + 1)),
+        "network_check": c.network.check,
+    }
+    voice = getattr(c, "voice", None)
+    if voice is not None:
+        out |= {
+            "voice_enabled": voice.enabled,
+            "voice_language": voice.language,
+            "voice_volume": voice.volume,
+        }
+    return out
+
+
+class SettingsStore:
+    """The live settings of one station."""
+
+    def __init__(self, station: Station) -> None:
+        self.station = station
+        self._lock = threading.Lock()
+        self._stored: dict[str, Any] = {}
+        raw = station.catalog.get_state(STATE_KEY)
+        if raw:
+            try:
+                self._stored = dict(json.loads(raw))
+                Settings(**(_from_config(station) | self._stored))
+            except (ValueError, ValidationError) as e:
+                log.error("stored settings ignored, they are not valid: %s", e)
+                self._stored = {}
+        self._current = Settings(**(_from_config(station) | self._stored))
+        self._apply(self._current)
+
+    def current(self) -> Settings:
+        return self._current
+
+    def update(self, changes: dict[str, Any], *, by: str) -> Settings:
+        """Validate, store, apply and log a change of some settings."""
+        with self._lock:
+            unknown = set(changes) - set(Settings.model_fields)
+            if unknown:
+                raise SettingsError(f"unknown settings: {', '.join(sorted(unknown))}")
+            try:
+                new = Settings(**(self._current.model_dump() | changes))
+            except ValidationError as e:
+                fields = ", ".join(str(err["loc"][0]) for err in e.errors() if err["loc"])
+                raise SettingsError(f"invalid: {fields}") from None
+            old = self._current.model_dump()
+            diff = {k: (old[k], v) for k, v in new.model_dump().items() if old[k] != v}
+            if not diff:
+                return self._current
+            self._stored |= {k: v for k, (_, v) in diff.items()}
+            self.station.catalog.set_state(
+                STATE_KEY, json.dumps(self._stored, sort_keys=True, ensure_ascii=False)
+            )
+            self._current = new
+            self._apply(new)
+        audit(
+            self.station.catalog,
+            "settings_changed",
+            "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items()),
+            actor=by,
+        )
+        self.station.notify()
+        return new
+
+    def _apply(self, s: Settings) -> None:
+        c = self.station.config
+        c.registration.mode = s.registration_mode
+        c.retention.days = s.retention_days
+        c.retention.important_days = s.retention_important_days
+        c.retention.evidence_days = s.retention_evidence_days
+        self.station.retention.rules = retention_rules(c)
+        c.network.check = s.network_check
+        voice = getattr(c, "voice", None)
+        if voice is not None:
+            voice.enabled, voice.language, voice.volume = (
+                s.voice_enabled,
+                s.voice_language,
+                s.voice_volume,
+            )
+
+    def layout(self) -> dict[str, Any]:
+        """The port windows' grid for the station screen (SPEC S33)."""
+        s = self._current
+        return {"cols": s.layout_cols, "order": s.layout_order}

@@ -1,0 +1,562 @@
+/*
+ * Retrieval and administration console (/ui/console).
+ *
+ * Login: officer number and PIN on the on-screen keypad (keypad.js), or typed
+ * in a browser. Then, by role: Files (search, view/play, annotate, download,
+ * zip of a selection, delete), System log, Settings, Users. The server decides
+ * what each role may see and do; the page only hides what would be refused.
+ */
+'use strict';
+
+(() => {
+  const $ = (id) => document.getElementById(id);
+  const PAGE = 20;
+  const KIND_TEXT = { video: N_('Video'), audio: N_('Audio'), photo: N_('Photo'), log: N_('Device log'), other: N_('Other') };
+  const LEVEL_TEXT = { normal: N_('Normal'), important: N_('Important'), evidence: N_('Evidence') };
+  const ROLE_TEXT = { officer: N_('Officer'), administrator: N_('Administrator'), auditor: N_('Auditor') };
+
+  let user = null;
+  let view = 'files';
+  let query = {};
+  let offset = 0;
+  let lastPage = null;
+  const selected = new Set();
+  let current = null; // the file shown
+  let logBefore = null;
+  let pollTimer = null;
+
+  function el(tag, cls, text) {
+    const e = document.createElement(tag);
+    if (cls) e.className = cls;
+    if (text !== undefined && text !== null) e.textContent = text;
+    return e;
+  }
+
+  let toastTimer = null;
+  function toast(text, bad) {
+    const t = $('toast');
+    t.textContent = text;
+    t.className = bad ? 'toast bad' : 'toast';
+    t.hidden = false;
+    clearTimeout(toastTimer);
+    toastTimer = setTimeout(() => { t.hidden = true; }, bad ? 6000 : 3500);
+  }
+
+  function fmtBytes(n) {
+    const u = ['B', 'KB', 'MB', 'GB', 'TB'];
+    let i = 0;
+    let v = Number(n) || 0;
+    while (v >= 1000 && i < u.length - 1) { v /= 1000; i += 1; }
+    return `${i ? v.toFixed(v >= 100 ? 0 : v >= 10 ? 1 : 2) : v} ${u[i]}`;
+  }
+  const fmtTime = (iso) => (iso ? iso.replace('T', ' ').slice(0, 19) : '—');
+
+  /** A modal question: fields of text, answered with OK (resolve) or Cancel (null). */
+  function ask({ title, text, fields, ok, danger }) {
+    return new Promise((resolve) => {
+      const box = el('div', 'kp-overlay');
+      const form = el('form', 'dialog');
+      form.appendChild(el('h2', 'dialog-title', title));
+      if (text) form.appendChild(el('p', 'dialog-text', text));
+      const inputs = [];
+      for (const f of fields || []) {
+        const lab = el('label', 'dialog-field');
+        lab.appendChild(el('span', '', f.label));
+        const inp = f.multiline ? el('textarea') : el('input');
+        inp.name = f.name;
+        if (f.type) inp.type = f.type;
+        inp.required = !!f.required;
+        if (f.minLength) inp.minLength = f.minLength;
+        lab.appendChild(inp);
+        form.appendChild(lab);
+        inputs.push(inp);
+      }
+      const row = el('div', 'dialog-buttons');
+      const cancel = el('button', 'btn', _('Cancel'));
+      cancel.type = 'button';
+      const okb = el('button', danger ? 'btn danger' : 'btn primary', ok || _('OK'));
+      okb.type = 'submit';
+      row.append(cancel, okb);
+      form.appendChild(row);
+      box.appendChild(form);
+      document.body.appendChild(box);
+      const done = (v) => { box.remove(); resolve(v); };
+      cancel.addEventListener('click', () => done(null));
+      form.addEventListener('submit', (ev) => {
+        ev.preventDefault();
+        if (!form.reportValidity()) return;
+        const v = {};
+        for (const i of inputs) v[i.name] = i.value.trim();
+        done(v);
+      });
+      (inputs[0] || okb).focus();
+    });
+  }
+
+  // ------------------------------------------------------------ session
+  function applyRoles() {
+    for (const e of document.querySelectorAll('[data-roles]')) {
+      e.hidden = !user || !e.dataset.roles.split(' ').includes(user.role);
+    }
+    $('who-name').textContent = user ? `${user.name || ''} ${user.officer_no}`.trim() : '';
+    $('who-role').textContent = user ? _(ROLE_TEXT[user.role] || user.role) : '';
+  }
+
+  function showLogin() {
+    user = null;
+    applyRoles();
+    for (const v of document.querySelectorAll('.view')) v.hidden = true;
+    Keypad.open({
+      title: _('Log in'),
+      intro: _('Officer number and PIN'),
+      fields: [
+        { name: 'officer_no', label: _('Officer no.') },
+        { name: 'secret', label: _('PIN'), secret: true, maxLength: 256 },
+      ],
+      submit: _('Log in'),
+      onSubmit: async (v) => {
+        const r = await Api.post('/ui/api/login', { officer_no: v.officer_no, secret: v.secret });
+        user = r.user;
+        applyRoles();
+        show('files');
+        search();
+      },
+    });
+    // Cancel on the login keypad goes back to the station screen
+    const cancel = document.querySelector('.kp-cancel');
+    if (cancel) cancel.addEventListener('click', () => { window.location.href = '/'; });
+  }
+
+  async function guard(p) {
+    try {
+      return await p;
+    } catch (e) {
+      if (e.status === 401) { showLogin(); return null; }
+      toast(e.message, true);
+      return null;
+    }
+  }
+
+  // ------------------------------------------------------------ views
+  function show(name) {
+    view = name;
+    clearInterval(pollTimer);
+    for (const v of document.querySelectorAll('.view')) v.hidden = v.id !== `view-${name}`;
+    for (const t of document.querySelectorAll('.tab')) {
+      t.classList.toggle('on', t.dataset.view === name || (name === 'file' && t.dataset.view === 'files'));
+    }
+    const media = $('viewer').querySelector('video, audio');
+    if (name !== 'file' && media) media.pause();
+    if (name === 'log') loadLog(true);
+    if (name === 'settings') loadSettings();
+    if (name === 'users') loadUsers();
+  }
+
+  // ------------------------------------------------------------ files
+  function readQuery() {
+    const f = new FormData($('search'));
+    const q = {};
+    for (const [k, v] of f.entries()) if (String(v).trim()) q[k] = String(v).trim();
+    if (q.grade === 'imp') q.important = 'true';
+    else if (q.grade) q.level = q.grade;
+    delete q.grade;
+    return q;
+  }
+
+  async function search(keepOffset) {
+    if (!keepOffset) offset = 0;
+    const params = new URLSearchParams({ ...query, limit: PAGE, offset });
+    const page = await guard(Api.get(`/ui/api/files?${params}`));
+    if (!page) return;
+    lastPage = page;
+    renderResults(page);
+  }
+
+  function renderResults(page) {
+    const box = $('results');
+    box.textContent = '';
+    const total = page.total_capped ? `${page.total}+` : page.total;
+    $('result-count').textContent = _('{n} files found', { n: total });
+    if (!page.items.length) box.appendChild(el('div', 'empty', _('No files match')));
+    for (const f of page.items) {
+      const row = el('div', `row kind-${f.kind}${f.protected ? ' protected' : ''}`);
+      row.setAttribute('role', 'listitem');
+      row.dataset.id = String(f.id);
+      const check = el('button', `check${selected.has(f.id) ? ' on' : ''}`);
+      check.type = 'button';
+      check.setAttribute('aria-label', _('Select'));
+      check.addEventListener('click', (ev) => {
+        ev.stopPropagation();
+        if (selected.has(f.id)) selected.delete(f.id); else selected.add(f.id);
+        check.classList.toggle('on', selected.has(f.id));
+        updateZip();
+      });
+      row.appendChild(check);
+      row.appendChild(el('span', 'kind', _(KIND_TEXT[f.kind] || f.kind)));
+      const mid = el('div', 'row-main');
+      mid.appendChild(el('div', 'row-name', f.name));
+      mid.appendChild(el('div', 'row-sub',
+        `${f.officer_no} ${f.officer_name || ''} · ${f.serial} · ${fmtTime(f.recorded_at)}`));
+      row.appendChild(mid);
+      const tags = el('div', 'row-tags');
+      if (f.important) tags.appendChild(el('span', 'tag imp', 'IMP'));
+      if (f.level !== 'normal') tags.appendChild(el('span', `tag lvl-${f.level}`, _(LEVEL_TEXT[f.level])));
+      if (f.case_no) tags.appendChild(el('span', 'tag case', f.case_no));
+      if (f.legal_hold) tags.appendChild(el('span', 'tag hold', _('Legal hold')));
+      row.appendChild(tags);
+      row.appendChild(el('span', 'row-size', fmtBytes(f.size)));
+      row.addEventListener('click', () => openFile(f.id));
+      box.appendChild(row);
+    }
+    const pages = Math.max(1, Math.ceil(page.total / PAGE));
+    $('page-info').textContent = _('Page {page} of {pages}', {
+      page: Math.floor(offset / PAGE) + 1, pages: page.total_capped ? String(pages) + '+' : pages,
+    });
+    $('prev-page').disabled = offset === 0;
+    $('next-page').disabled = offset + PAGE >= page.total && !page.total_capped;
+    updateZip();
+  }
+
+  function updateZip() {
+    const b = $('zip-btn');
+    b.disabled = selected.size === 0;
+    b.textContent = _('Download selected ({n})', { n: selected.size });
+  }
+
+  async function downloadZip() {
+    if (!selected.size) return;
+    const r = await guard(Api.post('/ui/media/zip', { ids: [...selected] }));
+    if (!r) return;
+    const a = el('a');
+    a.href = r.url;
+    a.download = '';
+    document.body.appendChild(a);
+    a.click();
+    a.remove();
+    toast(_('Download started: {n} files', { n: r.files }));
+  }
+
+  // ------------------------------------------------------------ one file
+  async function openFile(id) {
+    const f = await guard(Api.get(`/ui/api/files/${id}`));
+    if (!f) return;
+    current = f;
+    show('file');
+    $('file-title').textContent = f.name;
+    const facts = $('file-facts');
+    facts.textContent = '';
+    const rows = [
+      [_('Officer'), `${f.officer_no} ${f.officer_name || ''}`],
+      [_('Unit'), f.unit_name || '—'],
+      [_('Recorder'), f.serial],
+      [_('Type'), _(KIND_TEXT[f.kind] || f.kind)],
+      [_('Recorded'), fmtTime(f.recorded_at)],
+      [_('Collected'), fmtTime(f.collected_at)],
+      [_('Size'), fmtBytes(f.size)],
+      ['SHA-256', f.sha256],
+    ];
+    if (f.important) rows.push([_('Marked'), _('IMP on the recorder')]);
+    for (const [k, v] of rows) {
+      facts.appendChild(el('dt', '', k));
+      facts.appendChild(el('dd', k === 'SHA-256' ? 'hash' : '', v));
+    }
+    const form = $('annotate');
+    form.level.value = f.level;
+    form.case_no.value = f.case_no || '';
+    form.note.value = f.note || '';
+    form.legal_hold.value = f.legal_hold || '';
+    const readOnly = user.role === 'auditor';
+    for (const c of form.elements) c.disabled = readOnly;
+    form.hidden = false;
+    $('download-one').href = `/ui/media/${f.id}/download`;
+    renderHistory(f.history || []);
+    renderViewer(f);
+  }
+
+  function renderHistory(items) {
+    const box = $('file-history');
+    box.textContent = '';
+    if (!items.length) return;
+    box.appendChild(el('h3', '', _('History')));
+    for (const e of items.slice(0, 20)) {
+      box.appendChild(el('div', 'hist', `${fmtTime(e.at)} ${e.kind} · ${e.actor}`));
+    }
+  }
+
+  function viewerStatus(text) {
+    const s = $('viewer-status');
+    s.hidden = !text;
+    s.textContent = text || '';
+  }
+
+  async function renderViewer(f) {
+    const box = $('viewer');
+    box.textContent = '';
+    viewerStatus('');
+    if (f.kind === 'photo') {
+      const img = el('img', 'photo');
+      img.alt = f.name;
+      img.src = `/ui/media/${f.id}/view`;
+      box.appendChild(img);
+    } else if (f.kind === 'audio') {
+      const a = el('audio');
+      a.controls = true;
+      a.src = `/ui/media/${f.id}/view`;
+      box.appendChild(a);
+    } else if (f.kind === 'log') {
+      const r = await guard(Api.get(`/ui/media/${f.id}/text`));
+      if (r) box.appendChild(el('pre', 'logtext', r.text));
+    } else if (f.kind === 'video') {
+      const v = el('video', 'player');
+      v.controls = true;
+      v.playsInline = true;
+      v.preload = 'auto';
+      v.addEventListener('playing', () => { v.dataset.playing = '1'; });
+      v.addEventListener('error', () => viewerStatus(_('This video cannot be played: download it')));
+      box.appendChild(v);
+      const st = await guard(Api.get(`/ui/media/${f.id}/status`));
+      if (!st) return;
+      if (st.state === 'failed') { viewerStatus(_('This video cannot be played: download it')); return; }
+      v.src = `/ui/media/${f.id}/play`;
+      if (st.state !== 'ready') {
+        // playing while the browser copy is made; when it is done, reload it so seeking works
+        viewerStatus(_('Preparing the video…'));
+        pollTimer = setInterval(async () => {
+          if (view !== 'file' || !current || current.id !== f.id) { clearInterval(pollTimer); return; }
+          const s = await Api.get(`/ui/media/${f.id}/status`);
+          if (!s || s.state === 'working') return;
+          clearInterval(pollTimer);
+          viewerStatus('');
+          if (s.state === 'ready') {
+            const t = v.currentTime;
+            const playing = !v.paused;
+            v.src = `/ui/media/${f.id}/play`;
+            v.currentTime = t;
+            if (playing) v.play().catch(() => {});
+          }
+        }, 1000);
+      }
+      v.play().catch(() => { /* autoplay may be refused: the controls are there */ });
+    } else {
+      box.appendChild(el('div', 'empty', _('This file cannot be shown in the browser: download it')));
+    }
+  }
+
+  async function saveAnnotation(ev) {
+    ev.preventDefault();
+    if (!current) return;
+    const form = $('annotate');
+    const body = { level: form.level.value, case_no: form.case_no.value.trim(), note: form.note.value.trim() };
+    if (user.role === 'administrator') body.legal_hold = form.legal_hold.value.trim();
+    const f = await guard(Api.post(`/ui/api/files/${current.id}/annotate`, body));
+    if (!f) return;
+    current = { ...current, ...f };
+    toast(_('Saved'));
+  }
+
+  async function deleteCurrent() {
+    if (!current) return;
+    const a = await ask({
+      title: _('Delete file'),
+      text: current.name,
+      fields: [{ name: 'reason', label: _('Reason (required)'), multiline: true, required: true, minLength: 3 }],
+      ok: _('Delete'),
+      danger: true,
+    });
+    if (!a) return;
+    let body = { reason: a.reason, confirm_protected: false };
+    try {
+      await Api.post(`/ui/api/files/${current.id}/delete`, body);
+    } catch (e) {
+      if (e.status !== 409) { if (e.status === 401) showLogin(); else toast(e.message, true); return; }
+      const again = await ask({
+        title: _('Protected file'),
+        text: _('This file is protected (IMP, important, evidence or legal hold). Delete it anyway?'),
+        ok: _('Delete protected file'),
+        danger: true,
+      });
+      if (!again) return;
+      body = { ...body, confirm_protected: true };
+      if (!(await guard(Api.post(`/ui/api/files/${current.id}/delete`, body)))) return;
+    }
+    toast(_('File deleted'));
+    selected.delete(current.id);
+    current = null;
+    show('files');
+    search(true);
+  }
+
+  // ------------------------------------------------------------ system log
+  async function loadLog(fresh) {
+    if (fresh) { logBefore = null; $('log-list').textContent = ''; }
+    const f = new FormData($('log-search'));
+    const params = new URLSearchParams();
+    for (const [k, v] of f.entries()) if (String(v).trim()) params.set(k, String(v).trim());
+    if (logBefore) params.set('before', logBefore);
+    const r = await guard(Api.get(`/ui/api/log?${params}`));
+    if (!r) return;
+    const box = $('log-list');
+    for (const e of r.items) {
+      const row = el('div', 'log-row');
+      row.appendChild(el('span', 'log-at', fmtTime(e.at)));
+      row.appendChild(el('span', 'log-kind', e.kind));
+      row.appendChild(el('span', 'log-actor', e.actor));
+      row.appendChild(el('span', 'log-msg', [e.officer_no, e.serial, e.file_id ? `#${e.file_id}` : '', e.message].filter(Boolean).join(' · ')));
+      box.appendChild(row);
+    }
+    logBefore = r.before;
+    $('log-more').disabled = !r.before;
+  }
+
+  // ------------------------------------------------------------ settings
+  async function loadSettings() {
+    const r = await guard(Api.get('/ui/api/settings'));
+    if (!r) return;
+    const s = r.settings;
+    const form = $('settings');
+    for (const input of form.elements) {
+      if (!input.name || !(input.name in s)) continue;
+      const v = s[input.name];
+      if (input.type === 'radio') input.checked = input.value === v;
+      else if (input.type === 'checkbox') input.checked = !!v;
+      else if (Array.isArray(v)) input.value = v.join(',');
+      else input.value = v === null || v === undefined ? '' : String(v);
+    }
+  }
+
+  async function saveSettings(ev) {
+    ev.preventDefault();
+    const form = $('settings');
+    const num = (n) => (form[n].value.trim() === '' ? null : Number(form[n].value));
+    const body = {
+      registration_mode: form.querySelector('[name=registration_mode]:checked').value,
+      retention_days: num('retention_days'),
+      retention_important_days: num('retention_important_days'),
+      retention_evidence_days: num('retention_evidence_days'),
+      layout_cols: num('layout_cols'),
+      layout_order: form.layout_order.value.split(',').map((p) => p.trim()).filter((p) => p !== '').map(Number),
+      voice_enabled: form.voice_enabled.checked,
+      voice_language: form.voice_language.value,
+      voice_volume: num('voice_volume'),
+      network_check: form.network_check.value.trim() || null,
+      session_idle_minutes: num('session_idle_minutes'),
+    };
+    const r = await guard(Api.post('/ui/api/settings', body));
+    if (r) toast(_('Settings saved'));
+  }
+
+  // ------------------------------------------------------------ users
+  async function loadUsers() {
+    const r = await guard(Api.get('/ui/api/users'));
+    if (!r) return;
+    const box = $('user-list');
+    box.textContent = '';
+    for (const u of r.items) {
+      const row = el('div', `user-row${u.active ? '' : ' disabled'}${u.locked ? ' locked' : ''}`);
+      row.dataset.officer = u.officer_no;
+      row.appendChild(el('span', 'u-no', u.officer_no));
+      row.appendChild(el('span', 'u-name', u.name || '—'));
+      row.appendChild(el('span', 'u-role', _(ROLE_TEXT[u.role] || u.role)));
+      const state = !u.active ? _('Disabled') : u.locked ? _('Locked') : _('Active');
+      row.appendChild(el('span', 'u-state', state));
+      const act = (label, body, cls) => {
+        const b = el('button', `btn ${cls || ''}`, label);
+        b.type = 'button';
+        b.addEventListener('click', async () => {
+          let payload = body;
+          if (body === 'pin') {
+            const a = await ask({ title: _('New PIN for {no}', { no: u.officer_no }),
+              fields: [{ name: 'secret', label: _('PIN or password'), type: 'password', required: true, minLength: 6 }] });
+            if (!a) return;
+            payload = { secret: a.secret };
+          }
+          const ok = await guard(Api.post(`/ui/api/users/${encodeURIComponent(u.officer_no)}`, payload));
+          if (ok) { toast(_('Saved')); loadUsers(); }
+        });
+        row.appendChild(b);
+      };
+      if (u.locked || u.failed_logins) act(_('Unlock'), { unlock: true });
+      act(u.active ? _('Disable') : _('Enable'), { active: !u.active }, u.active ? 'danger' : '');
+      act(_('Set PIN'), 'pin');
+      box.appendChild(row);
+    }
+  }
+
+  async function addUser(ev) {
+    ev.preventDefault();
+    const form = $('new-user');
+    const body = {
+      officer_no: form.officer_no.value.trim(), name: form.name.value.trim(),
+      role: form.role.value, secret: form.secret.value,
+    };
+    const r = await guard(Api.post('/ui/api/users', body));
+    if (!r) return;
+    form.reset();
+    toast(_('User {no} added', { no: r.officer_no }));
+    loadUsers();
+  }
+
+  // ------------------------------------------------------------ keypad for number fields
+  function attachKeypads() {
+    if (!window.matchMedia('(pointer: coarse)').matches) return; // a keyboard is there
+    for (const input of document.querySelectorAll('.kp-attach')) {
+      input.readOnly = true;
+      input.addEventListener('click', () => {
+        const label = input.closest('label').querySelector('span').textContent;
+        Keypad.open({
+          title: label,
+          fields: [{ name: 'v', label, value: input.value, optional: true }],
+          onSubmit: async (v) => { input.value = v.v; },
+        });
+      });
+    }
+  }
+
+  // ------------------------------------------------------------ start
+  function wire() {
+    $('to-station').addEventListener('click', () => { window.location.href = '/'; });
+    $('lang-btn').addEventListener('click', () => I18n.toggle());
+    $('logout-btn').addEventListener('click', async () => {
+      await Api.post('/ui/api/logout');
+      selected.clear();
+      showLogin();
+    });
+    for (const t of document.querySelectorAll('.tab')) t.addEventListener('click', () => show(t.dataset.view));
+    $('search').addEventListener('submit', (ev) => { ev.preventDefault(); query = readQuery(); search(); });
+    $('search').addEventListener('reset', () => { setTimeout(() => { query = {}; search(); }, 0); });
+    $('prev-page').addEventListener('click', () => { offset = Math.max(0, offset - PAGE); search(true); });
+    $('next-page').addEventListener('click', () => { offset += PAGE; search(true); });
+    $('select-page').addEventListener('click', () => {
+      if (!lastPage) return;
+      const all = lastPage.items.every((f) => selected.has(f.id));
+      for (const f of lastPage.items) { if (all) selected.delete(f.id); else selected.add(f.id); }
+      renderResults(lastPage);
+    });
+    $('zip-btn').addEventListener('click', downloadZip);
+    $('back-to-results').addEventListener('click', () => { show('files'); search(true); });
+    $('annotate').addEventListener('submit', saveAnnotation);
+    $('delete-one').addEventListener('click', deleteCurrent);
+    $('log-search').addEventListener('submit', (ev) => { ev.preventDefault(); loadLog(true); });
+    $('log-more').addEventListener('click', () => loadLog(false));
+    $('settings').addEventListener('submit', saveSettings);
+    $('new-user').addEventListener('submit', addUser);
+    attachKeypads();
+  }
+
+  I18n.onChange(() => {
+    document.title = _('Footage and administration');
+    applyRoles();
+    if (lastPage && view === 'files') renderResults(lastPage);
+  });
+
+  I18n.load(I18n.lang).then(async () => {
+    wire();
+    let s = null;
+    try { s = await Api.session(); } catch (_e) { s = null; }
+    user = s && s.user;
+    applyRoles();
+    if (!user) { showLogin(); return; }
+    show('files');
+    search();
+  });
+})();

@@ -1,0 +1,310 @@
+"""The browser's routes besides sessions: registration, files, system log, users, settings.
+
+All under `/ui/api/`, JSON, session-authenticated (web/auth.py); errors carry an
+English message id in `detail`, which the page translates.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, HTTPException, Query
+from fastapi.responses import FileResponse, JSONResponse
+from pydantic import BaseModel, Field
+
+from station import accounts, search
+from station.annotations import AnnotationError, annotate
+from station.registration import RegistrationError, approve
+from station.retention import LEVELS
+from web.auth import (
+    UI,
+    AdminUser,
+    CurrentUser,
+    StaffUser,
+    csrf_protect,
+    login_refusal,
+)
+from web.i18n import DEFAULT_LANGUAGE, LANGUAGES, N_, messages
+from web.settings import SettingsError
+
+STATIC = Path(__file__).parent / "static"
+
+
+class ApproveBody(BaseModel):
+    admin_no: str = Field(min_length=1, max_length=32)
+    secret: str = Field(min_length=1, max_length=256)
+    officer_no: str | None = Field(default=None, max_length=32)
+
+
+class AnnotateBody(BaseModel):
+    level: Literal["normal", "important", "evidence"] | None = None
+    note: str | None = Field(default=None, max_length=2000)
+    case_no: str | None = Field(default=None, max_length=64)
+    legal_hold: str | None = Field(default=None, max_length=64)
+
+
+class DeleteBody(BaseModel):
+    reason: str = Field(min_length=3, max_length=500)
+    confirm_protected: bool = False
+
+
+class NewUserBody(BaseModel):
+    officer_no: str = Field(min_length=1, max_length=32)
+    name: str = Field(default="", max_length=64)
+    role: Literal["officer", "administrator", "auditor"]
+    secret: str = Field(min_length=1, max_length=256)
+
+
+class UserChangeBody(BaseModel):
+    name: str | None = Field(default=None, max_length=64)
+    role: Literal["officer", "administrator", "auditor"] | None = None
+    active: bool | None = None
+    secret: str | None = Field(default=None, max_length=256)
+    unlock: bool = False
+
+
+def scope_of(user: accounts.Account) -> str | None:
+    """The officer number an account's file access is limited to (None: all files)."""
+    return None if user.sees_all_files else user.officer_no
+
+
+def pages() -> APIRouter:
+    """The console page, the layout of the station screen and the translations."""
+    r = APIRouter(include_in_schema=False)
+
+    @r.get("/ui/console")
+    def console() -> FileResponse:
+        return FileResponse(STATIC / "console.html", headers={"Cache-Control": "no-cache"})
+
+    @r.get("/ui/layout")
+    def layout(ctx: UI) -> dict[str, Any]:
+        return ctx.settings.layout()
+
+    @r.get("/ui/i18n/{lang}.json")
+    def translations(lang: str) -> JSONResponse:
+        if lang not in LANGUAGES:
+            lang = DEFAULT_LANGUAGE
+        return JSONResponse(
+            {"lang": lang, "messages": messages(lang)},
+            headers={"Cache-Control": "no-cache"},
+        )
+
+    return r
+
+
+def router() -> APIRouter:
+    r = APIRouter(prefix="/ui/api", dependencies=[Depends(csrf_protect)], tags=["ui"])
+
+    # --- registration (S36) -------------------------------------------------------------
+
+    @r.post("/recorders/{serial}/approve")
+    def approve_recorder(serial: str, body: ApproveBody, ctx: UI) -> dict[str, Any]:
+        """An administrator registers a held recorder with their PIN, typed on the screen."""
+        catalog = ctx.station.catalog
+        result = accounts.authenticate(catalog, body.admin_no, body.secret)
+        if result.account is None:
+            raise login_refusal(result.reason)
+        if not result.account.is_admin:
+            raise HTTPException(403, N_("Only an administrator may do this"))
+        officer_no = (body.officer_no or "").strip() or None
+        try:
+            r = approve(catalog, serial, officer_no=officer_no, by=result.account.officer_no)
+        except RegistrationError as e:
+            raise HTTPException(409, N_("This recorder cannot be registered")) from e
+        ctx.station.notify()
+        return {"serial": r.serial, "status": r.status}
+
+    # --- files (S31, S34) ---------------------------------------------------------------
+
+    @r.get("/files")
+    def files(
+        user: CurrentUser,
+        ctx: UI,
+        officer_no: str | None = None,
+        serial: str | None = None,
+        date_from: dt.date | None = None,
+        date_to: dt.date | None = None,
+        kind: Literal["video", "audio", "photo", "log", "other", ""] = "",
+        important: bool | None = None,
+        level: Literal["normal", "important", "evidence", ""] = "",
+        text: Annotated[str | None, Query(max_length=200)] = None,
+        case_no: Annotated[str | None, Query(max_length=64)] = None,
+        limit: Annotated[int, Query(ge=1, le=200)] = 20,
+        offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
+    ) -> dict[str, Any]:
+        q = search.FileQuery(
+            officer_no=officer_no or None,
+            serial=serial or None,
+            date_from=date_from,
+            date_to=date_to,
+            kind=kind or None,
+            important=important,
+            level=level or None,
+            text=text or None,
+            case_no=case_no or None,
+        )
+        return search.search_files(
+            ctx.station.catalog,
+            ctx.station.tz,
+            q,
+            scope_officer_no=scope_of(user),
+            limit=limit,
+            offset=offset,
+        )
+
+    def _file(ctx: UI, user: accounts.Account, file_id: int) -> dict[str, Any]:
+        f = search.get_file(
+            ctx.station.catalog, ctx.station.tz, file_id, scope_officer_no=scope_of(user)
+        )
+        if f is None:
+            raise HTTPException(404, N_("No such file"))
+        return f
+
+    @r.get("/files/{file_id}")
+    def file_detail(file_id: int, user: CurrentUser, ctx: UI) -> dict[str, Any]:
+        f = _file(ctx, user, file_id)
+        if user.sees_all_files:
+            f["history"] = search.recent_events(ctx.station.catalog, file_id=file_id, limit=50)[
+                "items"
+            ]
+        return f
+
+    @r.post("/files/{file_id}/annotate")
+    def annotate_file(
+        file_id: int, body: AnnotateBody, user: CurrentUser, ctx: UI
+    ) -> dict[str, Any]:
+        """Level, note, case number (an officer on their own files; legal hold: administrator)."""
+        if user.role == "auditor":
+            raise HTTPException(403, N_("An auditor cannot change files"))
+        if body.legal_hold is not None and not user.is_admin:
+            raise HTTPException(403, N_("Only an administrator may do this"))
+        _file(ctx, user, file_id)
+        try:
+            annotate(
+                ctx.station.catalog,
+                file_id,
+                by=user.officer_no,
+                level=body.level,
+                note=body.note,
+                case_no=body.case_no,
+                legal_hold=body.legal_hold,
+            )
+        except AnnotationError as e:
+            if "IMP" in str(e):
+                raise HTTPException(
+                    409, N_("A file marked IMP on the recorder cannot be graded normal")
+                ) from e
+            raise HTTPException(409, N_("The change could not be saved")) from e
+        return _file(ctx, user, file_id)
+
+    @r.post("/files/{file_id}/delete")
+    def delete_file(file_id: int, body: DeleteBody, user: AdminUser, ctx: UI) -> dict[str, Any]:
+        """Delete a file (administrator, with a reason; a protected file needs confirming)."""
+        f = _file(ctx, user, file_id)
+        if f["protected"] and not body.confirm_protected:
+            raise HTTPException(
+                409, N_("This file is protected: confirm a second time to delete it")
+            )
+        why = body.reason.strip()
+        if f["protected"]:
+            why = f"{why} (protected file: deletion confirmed twice)"
+        if not ctx.station.retention.delete(file_id, why, by=user.officer_no):
+            raise HTTPException(404, N_("No such file"))
+        ctx.station.notify()
+        return {"deleted": file_id}
+
+    # --- system log (S21) ---------------------------------------------------------------
+
+    @r.get("/log")
+    def system_log(
+        user: StaffUser,
+        ctx: UI,
+        before: Annotated[int | None, Query(ge=1)] = None,
+        kind: Annotated[str | None, Query(max_length=200)] = None,
+        officer_no: Annotated[str | None, Query(max_length=32)] = None,
+        serial: Annotated[str | None, Query(max_length=32)] = None,
+        actor: Annotated[str | None, Query(max_length=64)] = None,
+        text: Annotated[str | None, Query(max_length=200)] = None,
+        limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    ) -> dict[str, Any]:
+        return search.recent_events(
+            ctx.station.catalog,
+            before=before,
+            kind=kind or None,
+            officer_no=officer_no or None,
+            serial=serial or None,
+            actor=actor or None,
+            text=text or None,
+            limit=limit,
+        )
+
+    # --- users ---------------------------------------------------------------------------
+
+    @r.get("/users")
+    def users(user: AdminUser, ctx: UI) -> dict[str, Any]:
+        return {"items": [a.as_dict() for a in accounts.list_users(ctx.station.catalog)]}
+
+    @r.post("/users")
+    def add_user(body: NewUserBody, user: AdminUser, ctx: UI) -> dict[str, Any]:
+        try:
+            a = accounts.create_user(
+                ctx.station.catalog,
+                body.officer_no,
+                body.secret,
+                role=body.role,
+                name=body.name,
+                by=user.officer_no,
+            )
+        except accounts.AccountError as e:
+            raise HTTPException(409, _account_error(e)) from e
+        return a.as_dict()
+
+    @r.post("/users/{officer_no}")
+    def change_user(
+        officer_no: str, body: UserChangeBody, user: AdminUser, ctx: UI
+    ) -> dict[str, Any]:
+        try:
+            a = accounts.update_user(
+                ctx.station.catalog,
+                officer_no,
+                by=user.officer_no,
+                name=body.name,
+                role=body.role,
+                active=body.active,
+                secret=body.secret or None,
+                unlock=body.unlock,
+            )
+        except accounts.AccountError as e:
+            raise HTTPException(409, _account_error(e)) from e
+        return a.as_dict()
+
+    # --- settings ------------------------------------------------------------------------
+
+    @r.get("/settings")
+    def get_settings(user: AdminUser, ctx: UI) -> dict[str, Any]:
+        return {"settings": ctx.settings.current().model_dump(), "levels": list(LEVELS)}
+
+    @r.post("/settings")
+    def set_settings(changes: dict[str, Any], user: AdminUser, ctx: UI) -> dict[str, Any]:
+        try:
+            s = ctx.settings.update(changes, by=user.officer_no)
+        except SettingsError as e:
+            raise HTTPException(400, N_("Some settings are not valid")) from e
+        return {"settings": s.model_dump(), "levels": list(LEVELS)}
+
+    return r
+
+
+def _account_error(e: accounts.AccountError) -> str:
+    text = str(e)
+    if "at least" in text and "characters" in text:
+        return N_("The PIN must have at least 6 digits")
+    if "exists already" in text:
+        return N_("A user with this officer number exists already")
+    if "active administrator" in text:
+        return N_("The station must keep at least one active administrator")
+    if "no user" in text:
+        return N_("No such user")
+    return N_("The change could not be saved")
