@@ -28,6 +28,7 @@ SEVERITY = {
     "recorder_clock_drift": "warning",
     "battery_critical": "warning",
     "clock_unsynced": "warning",
+    "forward_failing": "warning",
 }
 
 

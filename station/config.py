@@ -27,6 +27,7 @@ from drivers.mass_storage import MassStorageConfig
 from drivers.scsi_dv16 import ScsiDv16Config
 from drivers.usb_vendor import UsbVendorConfig
 from drivers.vendor_library import VendorLibraryConfig
+from station.forward import ForwardConfig
 from station.voice import VoiceConfig
 
 
@@ -207,6 +208,7 @@ class StationConfig(BaseSettings):
     alarms: AlarmsSection = Field(default_factory=AlarmsSection)
     voice: VoiceConfig = Field(default_factory=VoiceConfig)
     drivers: DriversSection = Field(default_factory=DriversSection)
+    forward: ForwardConfig = Field(default_factory=ForwardConfig)
 
     @classmethod
     def settings_customise_sources(

@@ -40,6 +40,7 @@ from station.catalog.models import utcnow
 from station.clock import clock_synchronized
 from station.collector import Collector, Services, Slot
 from station.config import StationConfig
+from station.forward import Forwarder
 from station.mount import MountError, find_card_device, make_mounter, mount_card
 from station.names import parse_card_path
 from station.network import check_network
@@ -157,6 +158,8 @@ class Station:
         self.smart_history = HealthHistory(self.config.database_path.parent / "smart")
         self.scrubber: Scrubber | None = None
         self._scrub_thread: threading.Thread | None = None
+        self.forwarder: Forwarder | None = None
+        self._forward_thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._changed = asyncio.Event()
         self._stop_workers = threading.Event()
@@ -304,6 +307,7 @@ class Station:
             asyncio.create_task(self._periodic(stop), name="periodic"),
         ]
         self._start_scrubber()
+        self._start_forwarder()
         interval = sdnotify.watchdog_interval()
         if interval is not None:  # only under systemd with WatchdogSec=
             tasks.append(asyncio.create_task(self._watchdog(stop, interval), name="watchdog"))
@@ -381,11 +385,28 @@ class Station:
         self._scrub_thread = threading.Thread(target=self.scrubber.run, name="scrubber")
         self._scrub_thread.start()
 
+    def _start_forwarder(self) -> None:
+        if not self.config.forward.enabled:
+            return
+        self.forwarder = Forwarder(
+            self.config.forward,
+            self.catalog,
+            self.config.station.id,
+            clock=self.now,
+            stop=self._stop_workers,
+            alarms=self.alarms,
+            state_path=self.config.database_path.parent / "forward.db",
+            on_change=self.notify,
+        )
+        self._forward_thread = threading.Thread(target=self.forwarder.run, name="forwarder")
+        self._forward_thread.start()
+
     async def shutdown(self) -> None:
         self._stop_workers.set()
         self.announcer.stop()
-        if self._scrub_thread is not None:
-            await asyncio.get_running_loop().run_in_executor(None, self._scrub_thread.join)
+        for t in (self._scrub_thread, self._forward_thread):
+            if t is not None:
+                await asyncio.get_running_loop().run_in_executor(None, t.join)
         self.watcher.stop()
         if self._workers:
             await asyncio.gather(*self._workers.values(), return_exceptions=True)
@@ -644,6 +665,7 @@ class Station:
             "disks": disks,
             "slots": slots,
             "alarms": alarms,
+            "forward": self.forwarder.status() if self.forwarder else {"enabled": False},
         }
 
     def events(self, **filters: Any) -> list[dict[str, Any]]:
