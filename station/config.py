@@ -155,6 +155,10 @@ class WebSection(_Section):
 
 class ApiSection(_Section):
     tokens: list[str] = Field(default_factory=list)
+    # a listener of its own for the central server (e.g. the station's network address),
+    # so the kiosk UI can stay on loopback; None: the API shares the [web] listener
+    host: str | None = None
+    port: Annotated[int, Field(strict=True, ge=0, le=65535)] | None = None
 
     @field_validator("tokens")
     @classmethod

@@ -292,18 +292,30 @@ class Station:
         await self.start()
         from web.app import create_app
 
-        server = _Server(
-            uvicorn.Config(
-                create_app(self),
-                host=self.config.web.host,
-                port=self.config.web.port,
-                log_level="warning",
-                lifespan="off",
-                access_log=False,
+        api = self.config.api
+        if api.port is not None:  # the central server's API on a listener of its own
+            listeners = [
+                (create_app(self, api=False), self.config.web.host, self.config.web.port),
+                (create_app(self, ui=False), api.host or self.config.web.host, api.port),
+            ]
+        else:
+            listeners = [(create_app(self), self.config.web.host, self.config.web.port)]
+        servers = [
+            _Server(
+                uvicorn.Config(
+                    app,
+                    host=host,
+                    port=port,
+                    log_level="warning",
+                    lifespan="off",
+                    access_log=False,
+                    timeout_graceful_shutdown=3,
+                )
             )
-        )
+            for app, host, port in listeners
+        ]
         tasks = [
-            asyncio.create_task(server.serve(), name="web"),
+            *(asyncio.create_task(srv.serve(), name="web") for srv in servers),
             asyncio.create_task(self._periodic(stop), name="periodic"),
         ]
         self._start_scrubber()
@@ -326,7 +338,8 @@ class Station:
         self.stopping = True
         sdnotify.notify("STOPPING=1")
         self._bump()  # wake the live streams so they end
-        server.should_exit = True
+        for srv in servers:
+            srv.should_exit = True
         await self.shutdown()
         done, pending = await asyncio.wait(tasks, timeout=5)
         for t in pending:

@@ -18,9 +18,11 @@ from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import FileResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sse_starlette.sse import EventSourceResponse
 
 from station.eventlog import to_csv
+from station.metrics import registry_for
 
 if TYPE_CHECKING:
     from station.daemon import Station
@@ -29,8 +31,9 @@ STATIC = Path(__file__).parent / "static"
 _bearer = HTTPBearer(auto_error=False)
 
 
-def create_app(station: Station) -> FastAPI:
-    """The ASGI app for one running station."""
+def create_app(station: Station, *, api: bool = True, ui: bool = True) -> FastAPI:
+    """The ASGI app for one running station: the central server's API (`/api/...`,
+    `/metrics`), the touchscreen and browser UI, or both on one listener."""
     app = FastAPI(
         title="Collection station",
         version="1",
@@ -58,6 +61,13 @@ def create_app(station: Station) -> FastAPI:
     @app.get("/api/v1/status", dependencies=[Authorized])
     def status() -> dict[str, Any]:
         return station.status()
+
+    metrics_registry = registry_for(station)
+
+    @app.get("/metrics", dependencies=[Authorized], include_in_schema=False)
+    def metrics() -> Response:
+        """Prometheus text exposition (scrape with the bearer token)."""
+        return Response(generate_latest(metrics_registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/api/v1/files", dependencies=[Authorized])
     def files(
@@ -152,9 +162,27 @@ def create_app(station: Station) -> FastAPI:
 
         return EventSourceResponse(events(), ping=15)
 
-    _add_browser_ui(app, station)
-    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    if ui:
+        _add_browser_ui(app, station)
+        app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    if not (api and ui):  # one listener each: keep only this side's routes
+        app.router.routes = [r for r in app.router.routes if _is_api(r) == api or _is_docs(r)]
     return app
+
+
+def _is_api(route: Any) -> bool:
+    path = getattr(route, "path", "")
+    return path.startswith("/api/") or path == "/metrics"
+
+
+def _is_docs(route: Any) -> bool:
+    """Routes both listeners keep: health, and the API's own documentation."""
+    return getattr(route, "path", "") in (
+        "/api/v1/health",
+        "/api/docs",
+        "/api/docs/oauth2-redirect",
+        "/api/v1/openapi.json",
+    )
 
 
 def _add_browser_ui(app: FastAPI, station: Station) -> None:
