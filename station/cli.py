@@ -641,6 +641,46 @@ def users_add(officer_no: str, config_path: str | None, role: str, name: str, pi
     click.echo(f"{officer_no} ({role}) added")
 
 
+@cli.group()
+def ports() -> None:
+    """The cabinet's physical docking ports."""
+
+
+@ports.command("learn")
+@config_option
+@click.option(
+    "--ports",
+    "count",
+    type=click.IntRange(1, 32),
+    default=None,
+    help="how many ports (default: bus.ports)",
+)
+@click.option("--write", is_flag=True, help="store the map in the configuration file")
+@click.option(
+    "--wait-s",
+    type=float,
+    default=10.0,
+    show_default=True,
+    help="how long each prompt waits, six times, before giving up",
+)
+def ports_learn(config_path: str | None, count: int | None, write: bool, wait_s: float) -> None:
+    """Walk through the ports, plugging a device into each, and learn their USB paths."""
+    from station.portlearn import LearnError, learn, udev_events, write_port_map
+
+    config = _config(config_path)
+    try:
+        mapping = learn(count or config.bus.ports, udev_events(wait_s), click.echo)
+    except LearnError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo("[bus.port_map]")
+    for port, path in mapping.items():
+        click.echo(f'"{port}" = "{path}"')
+    if write:
+        path = Path(config_path or os.environ["STATION_CONFIG"])
+        backup = write_port_map(path, mapping)
+        click.echo(f"written to {path} (the old file is {backup}); restart the station")
+
+
 def main() -> None:
     try:
         cli(standalone_mode=True)
