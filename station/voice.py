@@ -182,6 +182,10 @@ ALARMS: dict[str, dict[Language, str]] = {
         "zh": "存储硬盘故障，已停止使用",
         "en": "A storage disk has failed and was taken out of use",
     },
+    "forward_failing": {
+        "zh": "上传到中心存储失败，请检查网络",
+        "en": "Uploading to central storage is failing, please check the network",
+    },
     "disk_degraded": {
         "zh": "存储硬盘状态异常，请尽快检查",
         "en": "A storage disk is wearing out, please check it soon",
