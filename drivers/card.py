@@ -12,12 +12,25 @@ from __future__ import annotations
 
 import abc
 import errno
+import fcntl
 import os
 import stat
 from collections.abc import Callable
 from pathlib import Path
 
 from drivers.base import CardFile, CardReadError, CardStream, DeviceGone
+
+ALIGN = 4096  # O_DIRECT offsets, lengths and buffers are multiples of this
+
+
+def set_direct(fd: int, on: bool) -> bool:
+    """Switch O_DIRECT on or off for `fd`; False when the filesystem refuses it."""
+    flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_DIRECT if on else flags & ~os.O_DIRECT)
+    except OSError:
+        return False
+    return True
 
 
 def split_card_path(path: bytes) -> list[bytes]:
@@ -141,7 +154,7 @@ class FolderCard(Card):
         dfd, fd, _ = self.open_beneath(path)
         os.close(dfd)
         os.lseek(fd, offset, os.SEEK_SET)
-        return FolderStream(self, fd)
+        return FolderStream(self, fd, offset)
 
     def stat_file(self, path: bytes) -> CardFile | None:
         self.check()
@@ -171,16 +184,30 @@ class FolderCard(Card):
 
 
 class FolderStream:
-    """A card file open for reading; an error becomes DeviceGone if the card went away."""
+    """A card file open for reading; an error becomes DeviceGone if the card went away.
 
-    def __init__(self, card: FolderCard, fd: int) -> None:
+    Reads go around the page cache (O_DIRECT) while the offset and the caller's buffer
+    allow it: the bytes come from the card, without a copy through cached pages that
+    nobody reads again. The first read that does not fit (the file's tail, an unaligned
+    buffer, a filesystem that refuses it) switches to ordinary reads.
+    """
+
+    def __init__(self, card: FolderCard, fd: int, offset: int = 0) -> None:
         self.card = card
         self.fd = fd
+        self.direct = offset % ALIGN == 0 and set_direct(fd, True)
 
     def readinto(self, buffer: memoryview) -> int:
         self.card.check()
         try:
-            n = os.readv(self.fd, [buffer])
+            try:
+                n = os.readv(self.fd, [buffer])
+            except OSError as e:
+                if e.errno != errno.EINVAL or not self.direct:
+                    raise
+                set_direct(self.fd, False)
+                self.direct = False
+                n = os.readv(self.fd, [buffer])
         except OSError as e:
             self.card.check()
             raise CardReadError(f"read failed: {e.strerror}") from None

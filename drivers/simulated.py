@@ -209,7 +209,7 @@ class SimulatedStream(FolderStream):
         unstable: bool = False,
         bad_sector: int | None = None,
     ) -> None:
-        super().__init__(card, fd)
+        super().__init__(card, fd, offset)
         self.sim = card
         self.rate = rate
         self.pos = offset

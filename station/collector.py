@@ -12,6 +12,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -40,11 +41,13 @@ from station.ingest import (
     FileChanged,
     FileIngest,
     Interrupted,
+    Outcome,
     Owner,
     StorageFull,
     VerifyFailed,
 )
 from station.names import parse_card_path
+from station.ratelimit import PriorityGate
 from station.registration import WAITING_FOR_APPROVAL, block_json, register
 from station.store import Store
 
@@ -100,6 +103,7 @@ class Services:
     docked_elsewhere: Callable[[str, int], int | None]  # serial, port -> other port
     expect_card: Callable[[DockedDevice], Any]  # -> CardWait: the disk after SetMSDC
     make_room: Callable[[], None]  # run a retention sweep now
+    priority: PriorityGate  # S30: the port collected first
 
 
 class Collector:
@@ -326,6 +330,7 @@ class Collector:
             tz=self.sv.tz,
             stop=self.stop,
             progress=self._progress,
+            throttle=self._throttle,
             card_recheck=self.sv.config.store.card_recheck,
         )
         failures = self._collect_card(ingest, rec, card)
@@ -374,36 +379,72 @@ class Collector:
         files: list[CardFile],
         failures: dict[bytes, str],
     ) -> list[CardFile]:
-        """Collect `files`; record failures; return the files that changed while copied."""
+        """Collect `files`; record failures; return the files that changed while copied.
+
+        Pipelined: while one file is read back, committed and cleared from the card (on
+        a helper thread), the next is already being read from it, so the card never
+        waits for the store's disk. Each file is cleared only by its own finishing step.
+        """
         changed: list[CardFile] = []
-        for cf in files:
-            done_before = self.bytes_done
-            name = parse_card_path(cf.path).display
-            while True:
-                try:
-                    ingest.collect(cf)
-                    self._set(files_done=self.files_done + 1, bytes_done=done_before + cf.size)
-                    break
-                except StorageFull as e:
-                    self._wait_for_space(rec, cf, str(e))
-                    self._set(bytes_done=done_before)
-                except FileChanged:
-                    log.info("port %s: %s is still being written; later", self.slot.port, name)
-                    self._set(bytes_done=done_before)
-                    changed.append(cf)
-                    break
-                except (CardReadError, VerifyFailed) as e:
-                    log.warning("port %s: %s: %s", self.slot.port, name, e)
-                    self._event("file_failed", f"{name}: {e}")
-                    if isinstance(e, VerifyFailed):
-                        self.sv.alarms.raise_(
-                            "verify_failed", f"{name}: {e}", subject=f"port{self.slot.port}"
-                        )
-                    failures[cf.path] = f"{name}: {e}"
-                    self._set(bytes_done=done_before + cf.size)
-                    break
+        finishing: tuple[CardFile, Future[Outcome]] | None = None
+
+        def settle() -> None:
+            nonlocal finishing
+            if finishing is None:
+                return
+            cf, fut = finishing
+            finishing = None
+            try:
+                fut.result()
+                self._set(files_done=self.files_done + 1)
+            except FileChanged:
+                self._changed(cf, changed)
+                self._set(bytes_done=self.bytes_done - cf.size)
+            except (CardReadError, VerifyFailed) as e:
+                self._failed(cf, e, failures)
             self._save_progress()
+
+        # Leaving the block waits for the last finishing step, also when interrupted.
+        with ThreadPoolExecutor(1, thread_name_prefix=f"finish{self.slot.port}") as pool:
+            for cf in files:
+                done_before = self.bytes_done
+                while True:
+                    try:
+                        finish = ingest.copy(cf)
+                    except StorageFull as e:
+                        self._wait_for_space(rec, cf, str(e))
+                        self._set(bytes_done=done_before)
+                        continue
+                    except FileChanged:
+                        self._changed(cf, changed)
+                        self._set(bytes_done=done_before)
+                    except (CardReadError, VerifyFailed) as e:
+                        self._failed(cf, e, failures)
+                        self._set(bytes_done=done_before + cf.size)
+                    else:
+                        self._set(bytes_done=done_before + cf.size)
+                        settle()
+                        finishing = (cf, pool.submit(finish))
+                    break
+            settle()
         return changed
+
+    def _throttle(self, n: int) -> None:
+        if not self.sv.priority.take(self.slot.port, n, self.stop):
+            raise Interrupted()
+
+    def _changed(self, cf: CardFile, changed: list[CardFile]) -> None:
+        name = parse_card_path(cf.path).display
+        log.info("port %s: %s is still being written; later", self.slot.port, name)
+        changed.append(cf)
+
+    def _failed(self, cf: CardFile, e: Exception, failures: dict[bytes, str]) -> None:
+        name = parse_card_path(cf.path).display
+        log.warning("port %s: %s: %s", self.slot.port, name, e)
+        self._event("file_failed", f"{name}: {e}")
+        if isinstance(e, VerifyFailed):
+            self.sv.alarms.raise_("verify_failed", f"{name}: {e}", subject=f"port{self.slot.port}")
+        failures[cf.path] = f"{name}: {e}"
 
     def _wait_for_space(self, rec: RecorderSession, cf: CardFile, why: str) -> None:
         """No disk has room: overwrite old footage if the retention policy allows; else

@@ -173,6 +173,8 @@ class RecordersSection(_Section):
     passwords: list[str] = Field(default_factory=lambda: ["000000", "123456"])
     clock_drift_alarm_s: Annotated[float, Field(ge=0)] = 60.0
     battery_critical_percent: Annotated[int, Field(strict=True, ge=0, le=100)] = 10
+    # S30 "collect first": what all the other ports share meanwhile
+    priority_others_mb_s: Annotated[float, Field(gt=0)] = 4.0
 
 
 class AlarmsSection(_Section):

@@ -44,6 +44,7 @@ from station.forward import Forwarder
 from station.mount import MountError, find_card_device, make_mounter, mount_card
 from station.names import parse_card_path
 from station.network import check_network
+from station.ratelimit import PriorityGate
 from station.recovery import recover
 from station.retention import DiskFacts, Plan, RetentionSweeper, days_until_full, retention_rules
 from station.scrubber import Scrubber
@@ -175,6 +176,7 @@ class Station:
         self.watcher = PortWatcher(
             self.bus, self._on_port_change, debounce_s=config.bus.debounce_ms / 1000
         )
+        self.priority = PriorityGate(config.recorders.priority_others_mb_s)
         self.services = Services(
             config,
             self.catalog,
@@ -187,6 +189,7 @@ class Station:
             self.docked_elsewhere,
             self.expect_card,
             self.make_room,
+            self.priority,
         )
 
     def _disk_failed(self, disk: StoreDisk, why: str) -> None:
@@ -370,6 +373,7 @@ class Station:
         for name in live:
             setattr(self.config, name, getattr(config, name))
         self.retention.rules = retention_rules(config)
+        self.priority.set_budget(config.recorders.priority_others_mb_s)
         restart = [
             n
             for n in ("store", "database", "bus", "web", "drivers", "station")
@@ -379,6 +383,30 @@ class Station:
             append_event(s, "settings_reloaded", ", ".join(live), needs_restart=restart)
         self.notify()
         return restart
+
+    def set_priority(self, port: int | None, by: str) -> None:
+        """S30 "collect first": `port`'s recorder gets the bandwidth, the others slow down
+        until it is done (None: back to equal shares). Only a port that is collecting."""
+        if port is not None:
+            slot = self.slots.get(port)
+            busy = slot is not None and slot.state in ("identifying", "collecting")
+            if not busy or port not in self._workers:
+                raise ValueError(f"port {port} is not collecting")
+        before = self.priority.set(port)
+        if before == port:
+            return
+        with self.catalog.write() as s:
+            if port is None:
+                append_event(s, "priority_cleared", "taken back", actor=by, port=before)
+            else:
+                append_event(s, "priority_set", f"port {port} first", actor=by, port=port)
+        self.notify()
+
+    def _end_priority(self, port: int, why: str) -> None:
+        if self.priority.release(port):
+            with self.catalog.write() as s:
+                append_event(s, "priority_cleared", why, port=port)
+            self.notify()
 
     def collecting(self) -> bool:
         """Whether any port is busy moving footage (background work steps aside)."""
@@ -572,6 +600,7 @@ class Station:
         if change.old is not None:
             log.info("port %s: undocked", change.port)
             slot.reset()
+            self._end_priority(change.port, "recorder undocked")
             with self.catalog.write() as s:
                 append_event(s, "recorder_undocked", port=change.port)
         if change.new is not None:
@@ -593,6 +622,7 @@ class Station:
         if self._workers.get(port) is fut:
             del self._workers[port]
             self._collectors.pop(port, None)
+        self._end_priority(port, "its collection ended")
         if fut.cancelled() or fut.exception() or self._stop_workers.is_set():
             return
         if fut.result() == "gone":
@@ -654,6 +684,7 @@ class Station:
                     "bytes_done": slot.bytes_done,
                     "bytes_per_s": round(slot.bytes_per_s()),
                     "error": slot.error,
+                    "priority": slot.port == self.priority.port,
                 }
             )
         alarms = [

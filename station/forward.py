@@ -36,7 +36,6 @@ import mimetypes
 import re
 import sqlite3
 import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +48,7 @@ from sqlalchemy import select
 from station.catalog import Catalog, Officer, Recorder, StoredFile
 from station.catalog.db import append_event
 from station.names import parse_card_path
+from station.ratelimit import TokenBucket
 
 if TYPE_CHECKING:
     from station.alarms import AlarmBook
@@ -198,30 +198,6 @@ class _Interrupted(Exception):
 # --- bandwidth --------------------------------------------------------------------------------
 
 
-class TokenBucket:
-    """At most `rate` bytes per second on average, with bursts of at most `burst` bytes."""
-
-    def __init__(self, rate: float | None, burst: float | None = None) -> None:
-        self.rate = rate
-        self.burst = burst if burst is not None else max(SEND_CHUNK * 4.0, (rate or 0) / 4)
-        self.tokens = self.burst
-        self.t = time.monotonic()
-        self.lock = threading.Lock()
-
-    def take(self, n: int, stop: threading.Event) -> None:
-        """Wait until `n` bytes may be sent; raises `_Interrupted` if `stop` is set meanwhile."""
-        if self.rate is None:
-            return
-        with self.lock:
-            now = time.monotonic()
-            self.tokens = min(self.burst, self.tokens + (now - self.t) * self.rate)
-            self.t = now
-            self.tokens -= n  # may go negative: the debt is waited out here
-            wait = -self.tokens / self.rate if self.tokens < 0 else 0.0
-        if wait > 0 and stop.wait(wait):
-            raise _Interrupted()
-
-
 class _ThrottledBody(io.BytesIO):
     """A part's bytes, handed to the HTTP connection no faster than the bucket allows."""
 
@@ -240,7 +216,8 @@ class _ThrottledBody(io.BytesIO):
             n = SEND_CHUNK
         data = super().read(n)
         if data:
-            self.bucket.take(len(data), self.stop)
+            if not self.bucket.take(len(data), self.stop):
+                raise _Interrupted()
             self.sent(len(data))
         return data
 

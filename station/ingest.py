@@ -37,7 +37,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from drivers.base import CardFile, CardReadError
-from drivers.card import Card
+from drivers.card import ALIGN, Card, set_direct
 from station import faults
 from station.catalog import Catalog, IngestJob, StoredFile
 from station.catalog.db import append_event
@@ -212,14 +212,22 @@ class FileIngest:
 
     def collect(self, cf: CardFile) -> Outcome:
         """Store `cf` (or prove it is stored already), then delete it from the card."""
+        return self.copy(cf)()
+
+    def copy(self, cf: CardFile) -> Callable[[], Outcome]:
+        """Copy `cf` into the store; return the step that verifies, stores and clears it.
+
+        The collector runs that step for one file while it copies the next, so the
+        card is read without pause; nothing is cleared before its own step succeeds.
+        """
         dup = self._find_duplicate(cf)
         if dup is not None:
-            return dup
+            return lambda: dup
         job = self._resumable_job(cf)
         if job is not None and job.state == "verified":
             outcome = self._finish_verified(job, cf)
             if outcome is not None:
-                return outcome
+                return lambda: outcome
             job = None
         if job is None:
             job, disk = self._new_job(cf)
@@ -360,8 +368,10 @@ class FileIngest:
         log.info("job %s: resuming at byte %s of %s", job.id, offset, cf.size)
         return offset
 
-    def _copy(self, job: IngestJob, cf: CardFile, reserved: StoreDisk | None = None) -> Outcome:
-        """Copy, verify and store; `reserved` is the disk already promised to a new job."""
+    def _copy(
+        self, job: IngestJob, cf: CardFile, reserved: StoreDisk | None = None
+    ) -> Callable[[], Outcome]:
+        """Copy; return the verify-and-store step. `reserved`: the disk promised to a new job."""
         disk = reserved or self.store.disk_by_path(job.disk)
         try:
             if reserved is not None:
@@ -388,7 +398,7 @@ class FileIngest:
         finally:
             if reserved is not None:
                 self.store.release(reserved, cf.size)
-        return self._finish(job, cf, disk, digest)
+        return lambda: self._finish(job, cf, disk, digest)
 
     def _stream(self, job: IngestJob, cf: CardFile, disk: StoreDisk, offset: int) -> str:
         """Copy bytes [offset, size) into the temp file; return the SHA-256 of the whole."""
@@ -396,11 +406,15 @@ class FileIngest:
         disk.prepare()
         h = hash_file(temp, 0, offset) if offset else hashlib.sha256()
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT, 0o640)
+        buf = mmap.mmap(-1, self.chunk)  # page-aligned, as O_DIRECT needs
+        mv = memoryview(buf)
         try:
             os.ftruncate(fd, offset)
             os.lseek(fd, offset, os.SEEK_SET)
-            buf = bytearray(self.chunk)
-            mv = memoryview(buf)
+            # Whole aligned chunks go to the disk directly (O_DIRECT): no copy through
+            # the page cache and no dirty pages to write back; the file's unaligned tail
+            # (or a filesystem that refuses it, like tmpfs) is written normally.
+            direct = offset % ALIGN == 0 and self.chunk % ALIGN == 0 and set_direct(fd, True)
             synced = offset
             stream = self.card.open_file(cf.path, offset)
             try:
@@ -413,6 +427,9 @@ class FileIngest:
                     piece = mv[:n]
                     h.update(piece)
                     faults.check_write(job.disk)
+                    if direct and n % ALIGN:
+                        set_direct(fd, False)
+                        direct = False
                     _write_all(fd, piece)
                     offset += n
                     faults.crashpoint("copy_chunk")
