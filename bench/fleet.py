@@ -52,7 +52,6 @@ import datetime as dt
 import json
 import math
 import os
-import platform
 import random
 import shutil
 import signal
@@ -711,28 +710,12 @@ def ms(x: float) -> str:
     return "-" if math.isnan(x) else f"{x * 1000:.1f}"
 
 
-def machine() -> str:
-    model = "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (
-        f"{platform.node()}: {os.cpu_count()}-core {model} VM, "
-        f"{psutil.virtual_memory().total / GIB:.0f} GiB RAM, Linux {platform.release()}, "
-        f"Python {platform.python_version()}"
-    )
-
-
 def report(
     results: list[RunResult], args: argparse.Namespace, notes: list[str], command: str
 ) -> tuple[int, list[str]]:
     out: list[str] = []
     out.append("=" * 100)
-    out.append(f"fleet benchmark  {dt.datetime.now():%Y-%m-%d %H:%M}  {machine()}")
+    out.append(f"fleet benchmark  {dt.datetime.now():%Y-%m-%d %H:%M}  {ing.machine()}")
     out.append(f"command: {command}")
     out.append(f"daemon: {ing.source_version(args.source)}")
     out.append(

@@ -234,6 +234,39 @@ def test_station_screen_registration_and_collection(
     )
 
 
+def test_collect_first_from_the_screen(st: StationProc, page: Any, tmp_path: Path) -> None:
+    page.goto(st.url("/"))
+    page.wait_for_function("document.body.dataset.conn === 'live'")
+    for port in (5, 6):
+        serial = f"K00000{port}"
+        dock(st, port, port, serial=serial, officer_no=OFFICER[0], officer_name="王五",
+             files=4, imp=0, size_mb=6, read_mb_s=1.5)  # fmt: skip
+        st.wait_state(port, "unregistered")
+        st.cli("recorders", "approve", serial)
+    win = ".slot[data-port='6']"
+    page.wait_for_selector(f"{win} .first-btn:not([hidden])", timeout=60000)
+    assert page.inner_text(f"{win} .first-btn") == "优先"
+    page.click(f"{win} .first-btn")
+    page.wait_for_selector(f"{win} .first-btn[aria-pressed='true']")
+    assert page.inner_text(f"{win} .first-btn") == "优先"
+    assert "6 号口优先采集" in page.inner_text("#toast")
+    assert page.get_attribute(".slot[data-port='5'] .first-btn", "aria-pressed") == "false"
+    slots = st.api("/api/v1/status")["slots"]
+    assert [s["port"] for s in slots if s["priority"]] == [6]
+    shot(page, "station-collect-first", tmp_path)
+
+    # tapped again: back to equal shares
+    page.click(f"{win} .first-btn")
+    page.wait_for_selector(f"{win} .first-btn[aria-pressed='false']")
+    assert not any(s["priority"] for s in st.api("/api/v1/status")["slots"])
+    page.click(f"{win} .first-btn")
+    page.wait_for_selector(f"{win} .first-btn[aria-pressed='true']")
+    for port in (5, 6):
+        st.wait_state(port, "complete")
+        st.undock(port)
+    page.wait_for_selector(".slot.is-first", state="detached")
+
+
 # --- the console ----------------------------------------------------------------------------
 
 

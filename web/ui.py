@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query
+from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel, Field
 
@@ -22,6 +23,7 @@ from web.auth import (
     UI,
     AdminUser,
     CurrentUser,
+    OptionalUser,
     StaffUser,
     csrf_protect,
     login_refusal,
@@ -115,6 +117,28 @@ def router() -> APIRouter:
             raise HTTPException(409, N_("This recorder cannot be registered")) from e
         ctx.station.notify()
         return {"serial": r.serial, "status": r.status}
+
+    # --- priority (S30) -----------------------------------------------------------------
+
+    @r.post("/ports/{port}/priority")
+    def collect_first(
+        port: Annotated[int, PathParam(ge=1, le=64)], ctx: UI, user: OptionalUser
+    ) -> dict[str, Any]:
+        """Collect this port first: anyone at the cabinet may pick the recorder they wait for."""
+        try:
+            ctx.station.set_priority(port, by=user.officer_no if user else "kiosk")
+        except ValueError as e:
+            raise HTTPException(409, N_("This port is not collecting")) from e
+        return {"priority_port": port}
+
+    @r.delete("/ports/{port}/priority")
+    def collect_equally(
+        port: Annotated[int, PathParam(ge=1, le=64)], ctx: UI, user: OptionalUser
+    ) -> dict[str, Any]:
+        """Back to equal shares (only if `port` is the one first)."""
+        if ctx.station.priority.port == port:
+            ctx.station.set_priority(None, by=user.officer_no if user else "kiosk")
+        return {"priority_port": ctx.station.priority.port}
 
     # --- files (S31, S34) ---------------------------------------------------------------
 

@@ -35,6 +35,7 @@ const Api = (() => {
   return {
     get: (url) => request('GET', url),
     post: (url, body) => request('POST', url, body === undefined ? {} : body),
+    del: (url) => request('DELETE', url),
     session: () => request('GET', '/ui/api/session'),
     setCsrf(t) { csrf = t; },
   };

@@ -197,11 +197,13 @@
         size: q('.v-size'),
         files2: q('.v-files'),
         register: q('.register-btn'),
+        first: q('.first-btn'),
       };
       root.dataset.port = String(port);
       setText(parts.port, port);
       I18n.apply(root);
       parts.register.addEventListener('click', () => openRegister(port));
+      parts.first.addEventListener('click', () => toggleFirst(port));
       slotEls.set(port, parts);
       grid.appendChild(root);
     }
@@ -276,6 +278,14 @@
     setHidden(el.msg, collecting);
     el.msg.title = state === 'error' || state === 'unregistered' ? msg : '';
 
+    // "Collect first" (S30) on a collecting port; pressed while it is the one first
+    const first = collecting && s.priority === true;
+    setHidden(el.first, !collecting);
+    setText(el.first, _('First'));
+    el.first.title = _('Collect first');
+    el.first.setAttribute('aria-pressed', String(first));
+    el.root.classList.toggle('is-first', first);
+
     // "Register" whenever a recorder is held for an administrator
     setHidden(el.register, !(state === 'unregistered' && rec && rec.serial));
 
@@ -312,6 +322,24 @@
         toast(_('Recorder {serial} registered', { serial: rec.serial }));
       },
     });
+  }
+
+  // ---------------------------------------------------------------- priority (S30)
+  async function toggleFirst(port) {
+    const s = slotData.get(port);
+    if (!s) return;
+    try {
+      await Api.session(); // the CSRF token of this browser
+      if (s.priority) {
+        await Api.del(`/ui/api/ports/${port}/priority`);
+        toast(_('Port {port}: back to equal shares', { port }));
+      } else {
+        await Api.post(`/ui/api/ports/${port}/priority`, {});
+        toast(_('Port {port} is collected first', { port }));
+      }
+    } catch (e) {
+      toast(e.message);
+    }
   }
 
   let toastTimer = null;
