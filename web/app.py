@@ -15,14 +15,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
-from fastapi.responses import FileResponse, Response
+from fastapi import Path as PathParam
+from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import AfterValidator, BeforeValidator
 from sse_starlette.sse import EventSourceResponse
 
 from station.eventlog import to_csv
 from station.metrics import registry_for
+from web import schemas as m
+from web.schemas import INT64_MAX, INT64_MIN
 
 if TYPE_CHECKING:
     from station.daemon import Station
@@ -53,14 +57,28 @@ def create_app(station: Station, *, api: bool = True, ui: bool = True) -> FastAP
             )
 
     Authorized = Depends(token_ok)
+    # the answers of every /api/v1 route but health, besides its own (OpenAPI document)
+    unauthorized: dict[int | str, dict[str, Any]] = {
+        401: {"model": m.ErrorDetail, "description": "No bearer token, or a wrong one"}
+    }
 
-    @app.get("/api/v1/health")
+    @app.get("/api/v1/health", response_model=m.Health, summary="Liveness (no token needed)")
     def health() -> dict[str, Any]:
         return {"status": "ok", "station": station.config.station.id}
 
-    @app.get("/api/v1/status", dependencies=[Authorized])
-    def status() -> dict[str, Any]:
-        return station.status()
+    # Polled by the central server from every station: the model only documents the answer
+    # (`responses=`), the dict goes out as the station built it, straight through json.dumps
+    # (no per-request validation, filtering or jsonable_encoder; tests/test_openapi.py
+    # checks it against the document). A pre-rendered `Response` fits here just as well.
+    @app.get(
+        "/api/v1/status",
+        dependencies=[Authorized],
+        response_model=None,
+        responses={200: {"model": m.Status}, **unauthorized},
+        summary="The station's status: disks, ports, alarms",
+    )
+    def status() -> Response:
+        return JSONResponse(station.status())
 
     metrics_registry = registry_for(station)
 
@@ -69,37 +87,57 @@ def create_app(station: Station, *, api: bool = True, ui: bool = True) -> FastAP
         """Prometheus text exposition (scrape with the bearer token)."""
         return Response(generate_latest(metrics_registry), media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/api/v1/files", dependencies=[Authorized])
+    @app.get(
+        "/api/v1/files",
+        dependencies=[Authorized],
+        response_model=m.FileList,
+        responses=unauthorized,
+        summary="Collected files, newest first",
+    )
     def files(
         officer_no: str | None = None,
         serial: str | None = None,
         important: bool | None = None,
-        since: dt.datetime | None = None,
-        until: dt.datetime | None = None,
+        since: Instant | None = None,
+        until: Instant | None = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-        offset: Annotated[int, Query(ge=0)] = 0,
+        offset: Annotated[int, Query(ge=0, le=INT64_MAX)] = 0,
     ) -> dict[str, Any]:
         return station.files(
             officer_no=officer_no or None,
             serial=serial or None,
             important=important,
-            since=_aware(since),
-            until=_aware(until),
+            since=since,
+            until=until,
             limit=limit,
             offset=offset,
         )
 
-    @app.get("/api/v1/events", dependencies=[Authorized], response_model=None)
+    @app.get(
+        "/api/v1/events",
+        dependencies=[Authorized],
+        response_model=m.EventPage,
+        responses={
+            200: {
+                "description": "The events: JSON, or with `format=csv` a CSV file",
+                "content": {"text/csv": {"schema": {"type": "string"}}},
+            },
+            **unauthorized,
+        },
+        summary="The system log after a cursor",
+    )
     def events(
-        after: Annotated[int, Query(ge=0, description="cursor: the last event id seen")] = 0,
-        kind: str | None = None,
+        after: Annotated[
+            int, Query(ge=0, le=INT64_MAX, description="cursor: the last event id seen")
+        ] = 0,
+        kind: Annotated[str | None, Query(description="one kind, or several: a,b")] = None,
         serial: str | None = None,
         officer_no: str | None = None,
         actor: str | None = None,
-        file_id: int | None = None,
-        since: dt.datetime | None = None,
-        until: dt.datetime | None = None,
-        text: str | None = None,
+        file_id: Annotated[int | None, Query(ge=INT64_MIN, le=INT64_MAX)] = None,
+        since: Instant | None = None,
+        until: Instant | None = None,
+        text: Annotated[str | None, Query(description="in the message")] = None,
         limit: Annotated[int, Query(ge=1, le=10000)] = 1000,
         format: Literal["json", "csv"] = "json",
     ) -> dict[str, Any] | Response:
@@ -111,8 +149,8 @@ def create_app(station: Station, *, api: bool = True, ui: bool = True) -> FastAP
             officer_no=officer_no,
             actor=actor,
             file_id=file_id,
-            since=_aware(since),
-            until=_aware(until),
+            since=since,
+            until=until,
             text=text,
             limit=limit,
         )
@@ -120,24 +158,52 @@ def create_app(station: Station, *, api: bool = True, ui: bool = True) -> FastAP
             return Response(to_csv(items), media_type="text/csv; charset=utf-8")
         return {"items": items, "cursor": items[-1]["id"] if items else after}
 
-    @app.get("/api/v1/alarms", dependencies=[Authorized])
+    @app.get(
+        "/api/v1/alarms",
+        dependencies=[Authorized],
+        response_model=m.AlarmList,
+        responses=unauthorized,
+        summary="Alarms raised, or their history",
+    )
     def alarms(active: bool = True) -> dict[str, Any]:
         """Alarms still raised (or, with active=false, the history, newest first)."""
         return {"items": station.alarm_list(active_only=active)}
 
-    @app.post("/api/v1/alarms/{alarm_id}/ack", dependencies=[Authorized])
+    @app.post(
+        "/api/v1/alarms/{alarm_id}/ack",
+        dependencies=[Authorized],
+        response_model=m.Acknowledged,
+        responses={
+            **unauthorized,
+            404: {"model": m.ErrorDetail, "description": "No raised alarm with this id"},
+        },
+        summary="Acknowledge a raised alarm",
+    )
     def ack_alarm(
-        alarm_id: int, by: Annotated[str, Query(min_length=1, max_length=64)]
+        alarm_id: Annotated[int, PathParam(ge=INT64_MIN, le=INT64_MAX)],
+        by: Annotated[str, Query(min_length=1, max_length=64, description="who acknowledges")],
     ) -> dict[str, Any]:
         if not station.acknowledge_alarm(alarm_id, by):
             raise HTTPException(404, f"no raised alarm {alarm_id}")
         return {"acknowledged": alarm_id}
 
-    @app.get("/api/v1/recorders", dependencies=[Authorized])
+    @app.get(
+        "/api/v1/recorders",
+        dependencies=[Authorized],
+        response_model=m.RecorderList,
+        responses=unauthorized,
+        summary="Every recorder seen, with its registration",
+    )
     def recorders() -> dict[str, Any]:
         return {"items": station.recorders()}
 
-    @app.get("/api/v1/disks", dependencies=[Authorized])
+    @app.get(
+        "/api/v1/disks",
+        dependencies=[Authorized],
+        response_model=m.DiskList,
+        responses=unauthorized,
+        summary="The store disks, with their SMART health",
+    )
     def disks() -> dict[str, Any]:
         return {"items": station.disks()}
 
@@ -194,10 +260,9 @@ def _add_browser_ui(app: FastAPI, station: Station) -> None:
     app.state.ui = auth.UIContext(
         station, SettingsStore(station), Transcoder(auth.cache_dir_for(station))
     )
-    app.include_router(auth.router())
-    app.include_router(ui.pages())
-    app.include_router(ui.router())
-    app.include_router(media.router())
+    # the browser's own routes (cookies and CSRF): not in the central server's API document
+    for router in (auth.router(), ui.pages(), ui.router(), media.router()):
+        app.include_router(router, include_in_schema=False)
 
     @app.middleware("http")
     async def security_headers(request: Request, call_next: Any) -> Response:
@@ -214,7 +279,25 @@ def _add_browser_ui(app: FastAPI, station: Station) -> None:
         return response
 
 
-def _aware(t: dt.datetime | None) -> dt.datetime | None:
-    if t is None or t.tzinfo is not None:
-        return t
-    return t.astimezone()
+def _iso_text(v: object) -> object:
+    """Times as ISO 8601 text only, as documented: not pydantic's Unix timestamps ("1.0")."""
+    try:
+        float(v)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return v
+    raise ValueError("an ISO 8601 time is expected, e.g. 2026-11-21T10:00:00+08:00")
+
+
+def _instant(t: dt.datetime) -> dt.datetime:
+    """A time parameter made aware (local time when it has no offset) and checked to be
+    storable: the catalog keeps UTC, and e.g. 0001-01-01T00:00+08:00 is before year 1."""
+    try:
+        aware = t if t.tzinfo is not None else t.astimezone()
+        aware.astimezone(dt.UTC)
+    except (OverflowError, ValueError, OSError):
+        raise ValueError("outside the range of UTC times from year 1 to 9999") from None
+    return aware
+
+
+# a time query parameter (ISO 8601; without an offset, station local time)
+Instant = Annotated[dt.datetime, BeforeValidator(_iso_text), AfterValidator(_instant)]
