@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from station.catalog import Alarm, Catalog
 from station.catalog.db import append_event
@@ -46,6 +49,9 @@ class ActiveAlarm:
     cleared_at: str | None = None
 
 
+ACTIVE_MAX_AGE_S = 5.0
+
+
 class AlarmBook:
     """The station's alarms, persisted in the catalog with their history."""
 
@@ -58,10 +64,22 @@ class AlarmBook:
         self.catalog = catalog
         self.on_change = on_change
         self.on_raised = on_raised  # a new alarm (not a repeat): e.g. speak it
+        # The raised alarms, kept between changes (the central server's status polls read
+        # them hundreds of times a minute): (changes seen, when read, alarms).
+        self._changes = 0
+        self._active: tuple[int, float, list[ActiveAlarm]] | None = None
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[Session]:
+        try:
+            with self.catalog.write() as s:
+                yield s
+        finally:
+            self._changes += 1  # after the commit: a reader meanwhile caches nothing stale
 
     def raise_(self, code: str, message: str, subject: str = "") -> None:
         """Raise (or refresh) an alarm; a repeat only bumps its count."""
-        with self.catalog.write() as s:
+        with self._write() as s:
             row = s.scalars(
                 select(Alarm).where(
                     Alarm.code == code, Alarm.subject == subject, Alarm.cleared_at.is_(None)
@@ -86,7 +104,7 @@ class AlarmBook:
         self.on_raised(code)
 
     def clear(self, code: str, subject: str = "") -> None:
-        with self.catalog.write() as s:
+        with self._write() as s:
             rows = s.scalars(
                 select(Alarm).where(
                     Alarm.code == code, Alarm.subject == subject, Alarm.cleared_at.is_(None)
@@ -100,7 +118,19 @@ class AlarmBook:
             self.on_change()
 
     def active(self) -> list[ActiveAlarm]:
-        return self.history(active_only=True)
+        """The raised alarms: from memory until this book changes one (and read again
+        after ACTIVE_MAX_AGE_S anyway, for changes made by `station alarms ack`)."""
+        cached = self._active
+        if (
+            cached is not None
+            and cached[0] == self._changes
+            and time.monotonic() - cached[1] < ACTIVE_MAX_AGE_S
+        ):
+            return cached[2]
+        seen = self._changes
+        alarms = self.history(active_only=True)
+        self._active = (seen, time.monotonic(), alarms)
+        return alarms
 
     def history(self, *, active_only: bool = False, limit: int = 500) -> list[ActiveAlarm]:
         """Alarms newest first (or only the ones still raised)."""
@@ -133,7 +163,7 @@ class AlarmBook:
 
     def acknowledge(self, alarm_id: int, by: str) -> bool:
         """Someone on duty has seen it; it stays until its cause is fixed."""
-        with self.catalog.write() as s:
+        with self._write() as s:
             row = s.get(Alarm, alarm_id)
             if row is None or row.cleared_at is not None:
                 return False

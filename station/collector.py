@@ -7,6 +7,7 @@ that matters into the catalog's event log.
 
 from __future__ import annotations
 
+import collections
 import datetime as dt
 import logging
 import threading
@@ -56,6 +57,7 @@ log = logging.getLogger(__name__)
 HOLD_POLL_S = 1.0
 STORAGE_RETRY_S = 5.0
 GROWING_WAIT_S = 2.0
+MAX_FINISHING = 8  # copied files waiting to be read back and cleared, per port
 
 
 @dataclass
@@ -98,7 +100,7 @@ class Services:
     drivers: DriverRegistry
     alarms: AlarmBook
     tz: ZoneInfo | None
-    notify: Callable[[], None]  # thread-safe: something on screen changed
+    notify: Callable[..., None]  # thread-safe: something on screen changed (progress=True)
     registration_mode: Callable[[], str]
     docked_elsewhere: Callable[[str, int], int | None]  # serial, port -> other port
     expect_card: Callable[[DockedDevice], Any]  # -> CardWait: the disk after SetMSDC
@@ -153,7 +155,7 @@ class Collector:
             self.slot.rate_samples.pop(0)
         if now - self._last_notify > 0.25:
             self._last_notify = now
-            self.sv.notify()
+            self.sv.notify(progress=True)
 
     def _event(self, kind: str, message: str = "", **data: object) -> None:
         rec = self.slot.recorder or {}
@@ -359,8 +361,10 @@ class Collector:
             pending = [f for f in card.list_files() if f.path not in failures]
             if not pending:
                 return failures
-            # IMP files first: recorders never overwrite them, so they fill cards
-            pending.sort(key=lambda f: (not parse_card_path(f.path).important, f.path))
+            # IMP files first: recorders never overwrite them, so they fill cards. Then the
+            # biggest first: the small ones copied last keep the card busy while the big
+            # ones are read back, and the recorder is done sooner.
+            pending.sort(key=lambda f: (not parse_card_path(f.path).important, -f.size, f.path))
             new = [f for f in pending if f.path not in seen]
             seen.update(f.path for f in new)
             self._set(
@@ -381,19 +385,22 @@ class Collector:
     ) -> list[CardFile]:
         """Collect `files`; record failures; return the files that changed while copied.
 
-        Pipelined: while one file is read back, committed and cleared from the card (on
-        a helper thread), the next is already being read from it, so the card never
-        waits for the store's disk. Each file is cleared only by its own finishing step.
+        Pipelined: while copied files are read back, committed and cleared from the card
+        (in order, on a helper thread), the next ones are already being read from it, so
+        the card does not wait for the store's disk. Each file is cleared only by its own
+        finishing step; at most MAX_FINISHING files wait for theirs.
         """
         changed: list[CardFile] = []
-        finishing: tuple[CardFile, Future[Outcome]] | None = None
+        finishing: collections.deque[tuple[CardFile, Future[Outcome]]] = collections.deque()
 
-        def settle() -> None:
-            nonlocal finishing
-            if finishing is None:
-                return
-            cf, fut = finishing
-            finishing = None
+        def settle(wait: bool) -> None:
+            """Account for the finished steps (with `wait`, for the oldest one at least)."""
+            while finishing and (wait or finishing[0][1].done()):
+                wait = False
+                cf, fut = finishing.popleft()
+                account(cf, fut)
+
+        def account(cf: CardFile, fut: Future[Outcome]) -> None:
             try:
                 fut.result()
                 self._set(files_done=self.files_done + 1)
@@ -404,8 +411,8 @@ class Collector:
                 self._failed(cf, e, failures)
             self._save_progress()
 
-        # Leaving the block waits for the last finishing step, also when interrupted.
-        with ThreadPoolExecutor(1, thread_name_prefix=f"finish{self.slot.port}") as pool:
+        pool = ThreadPoolExecutor(1, thread_name_prefix=f"finish{self.slot.port}")
+        try:
             for cf in files:
                 done_before = self.bytes_done
                 while True:
@@ -423,10 +430,15 @@ class Collector:
                         self._set(bytes_done=done_before + cf.size)
                     else:
                         self._set(bytes_done=done_before + cf.size)
-                        settle()
-                        finishing = (cf, pool.submit(finish))
+                        finishing.append((cf, pool.submit(finish)))
+                        settle(wait=len(finishing) > MAX_FINISHING)
                     break
-            settle()
+            while finishing:
+                settle(wait=True)
+        finally:
+            # Interrupted: the step under way ends, the ones not started are dropped (their
+            # jobs are picked up again at the next docking, nothing was cleared for them).
+            pool.shutdown(wait=True, cancel_futures=True)
         return changed
 
     def _throttle(self, n: int) -> None:

@@ -12,6 +12,7 @@ import contextlib
 import datetime as dt
 import json
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -55,6 +56,7 @@ from station.voice import Announcer
 log = logging.getLogger(__name__)
 
 DISK_CHECK_S = 5.0
+STATUS_MAX_AGE_S = 0.5  # the central API's status: rendered at most twice a second
 
 
 def build_drivers(config: StationConfig, mount: Callable[[DockedDevice], Card]) -> DriverRegistry:
@@ -164,6 +166,9 @@ class Station:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._changed = asyncio.Event()
         self._stop_workers = threading.Event()
+        self._status_lock = threading.Lock()
+        self._status_cache: tuple[float, int, bytes] = (-math.inf, 0, b"")
+        self._status_changes = 0
         self._workers: dict[int, asyncio.Future[str]] = {}
         self._executor = ThreadPoolExecutor(
             max_workers=config.bus.ports + 4, thread_name_prefix="station"
@@ -217,8 +222,11 @@ class Station:
 
     # --- change notification ----------------------------------------------------------
 
-    def notify(self) -> None:
-        """Something visible changed. Safe from any thread."""
+    def notify(self, progress: bool = False) -> None:
+        """Something visible changed. Safe from any thread. Anything but a transfer's
+        progress is in the very next `status_json()`; progress within STATUS_MAX_AGE_S."""
+        if not progress:
+            self._status_changes += 1
         if self._loop is None:
             return
         with contextlib.suppress(RuntimeError):  # loop closed during shutdown
@@ -711,6 +719,27 @@ class Station:
             "alarms": alarms,
             "forward": self.forwarder.status() if self.forwarder else {"enabled": False},
         }
+
+    def status_json(self, max_age_s: float = STATUS_MAX_AGE_S) -> bytes:
+        """`status()` rendered as JSON, at most `max_age_s` old: the central server's
+        pollers (325 stations' worth may poll one station) share one rendering."""
+        body = self.cached_status_json(max_age_s)
+        if body is not None:
+            return body
+        with self._status_lock:  # one rendering at a time; the others take its result
+            body = self.cached_status_json(max_age_s)
+            if body is None:
+                at, seen = time.monotonic(), self._status_changes
+                text = json.dumps(self.status(), ensure_ascii=False, separators=(",", ":"))
+                body = text.encode()
+                self._status_cache = (at, seen, body)
+        return body
+
+    def cached_status_json(self, max_age_s: float = STATUS_MAX_AGE_S) -> bytes | None:
+        """The last rendering of `status()` if it is fresh enough, without waiting."""
+        at, seen, body = self._status_cache
+        fresh = seen == self._status_changes and time.monotonic() - at < max_age_s
+        return body if fresh else None
 
     def events(self, **filters: Any) -> list[dict[str, Any]]:
         """The system log, after a cursor, filtered (`GET /api/v1/events`)."""

@@ -16,12 +16,14 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi import Path as PathParam
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import AfterValidator, BeforeValidator
 from sse_starlette.sse import EventSourceResponse
+from starlette.concurrency import run_in_threadpool
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from station.eventlog import to_csv
 from station.metrics import registry_for
@@ -45,7 +47,9 @@ def create_app(station: Station, *, api: bool = True, ui: bool = True) -> FastAP
         openapi_url="/api/v1/openapi.json",
     )
 
-    def token_ok(creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
+    async def token_ok(
+        creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    ) -> None:  # async: checked on the event loop, no hop to a worker thread
         given = creds.credentials.encode() if creds else b""
         # compare with every token, in constant time, so timing says nothing
         ok = False
@@ -67,9 +71,9 @@ def create_app(station: Station, *, api: bool = True, ui: bool = True) -> FastAP
         return {"status": "ok", "station": station.config.station.id}
 
     # Polled by the central server from every station: the model only documents the answer
-    # (`responses=`), the dict goes out as the station built it, straight through json.dumps
-    # (no per-request validation, filtering or jsonable_encoder; tests/test_openapi.py
-    # checks it against the document). A pre-rendered `Response` fits here just as well.
+    # (`responses=`); the body is the station's own rendering, shared by every poll within
+    # half a second (no per-request validation or encoding, no worker thread unless it has
+    # to be rendered anew; tests/test_openapi.py checks it against the document).
     @app.get(
         "/api/v1/status",
         dependencies=[Authorized],
@@ -77,8 +81,11 @@ def create_app(station: Station, *, api: bool = True, ui: bool = True) -> FastAP
         responses={200: {"model": m.Status}, **unauthorized},
         summary="The station's status: disks, ports, alarms",
     )
-    def status() -> Response:
-        return JSONResponse(station.status())
+    async def status() -> Response:
+        body = station.cached_status_json()
+        if body is None:
+            body = await run_in_threadpool(station.status_json)
+        return Response(body, media_type="application/json")
 
     metrics_registry = registry_for(station)
 
@@ -264,19 +271,40 @@ def _add_browser_ui(app: FastAPI, station: Station) -> None:
     for router in (auth.router(), ui.pages(), ui.router(), media.router()):
         app.include_router(router, include_in_schema=False)
 
-    @app.middleware("http")
-    async def security_headers(request: Request, call_next: Any) -> Response:
-        response = await call_next(request)
-        if not request.url.path.startswith("/api/"):
-            response.headers.setdefault("X-Content-Type-Options", "nosniff")
-            response.headers.setdefault("X-Frame-Options", "DENY")
-            response.headers.setdefault("Referrer-Policy", "same-origin")
-            response.headers.setdefault(
-                "Content-Security-Policy",
-                "default-src 'self'; img-src 'self' data:; media-src 'self'; "
-                "style-src 'self'; script-src 'self'; frame-ancestors 'none'",
-            )
-        return response
+    app.add_middleware(SecurityHeaders)
+
+
+class SecurityHeaders:
+    """Browser hardening headers on every page but the central API's (plain ASGI: no
+    per-request task or response streaming as with `@app.middleware`)."""
+
+    HEADERS = (
+        (b"x-content-type-options", b"nosniff"),
+        (b"x-frame-options", b"DENY"),
+        (b"referrer-policy", b"same-origin"),
+        (
+            b"content-security-policy",
+            b"default-src 'self'; img-src 'self' data:; media-src 'self'; "
+            b"style-src 'self'; script-src 'self'; frame-ancestors 'none'",
+        ),
+    )
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"].startswith("/api/"):
+            await self.app(scope, receive, send)
+            return
+
+        async def send_hardened(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                have = {k.lower() for k, _ in message.get("headers", [])}
+                extra = [(k, v) for k, v in self.HEADERS if k not in have]
+                message["headers"] = [*message.get("headers", []), *extra]
+            await send(message)
+
+        await self.app(scope, receive, send_hardened)
 
 
 def _iso_text(v: object) -> object:
