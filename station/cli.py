@@ -681,6 +681,139 @@ def ports_learn(config_path: str | None, count: int | None, write: bool, wait_s:
         click.echo(f"written to {path} (the old file is {backup}); restart the station")
 
 
+# --- support and settings backup (docs/deploy.md) ----------------------------------------------
+
+
+def _config_file(path: str | None) -> Path:
+    """The configuration file's path: --config, else $STATION_CONFIG."""
+    path = path or os.environ.get("STATION_CONFIG")
+    if not path:
+        raise StationError("no configuration: pass --config FILE or set STATION_CONFIG")
+    return Path(path)
+
+
+@cli.command("diagnose")
+@config_option
+@click.option(
+    "--out",
+    "out_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="the bundle to write (default: station-support-<id>-<time>.tar.gz here)",
+)
+@click.option("--events", type=click.IntRange(1, 100_000), default=500, show_default=True)
+@click.option("--journal-lines", type=click.IntRange(1, 1_000_000), default=2000, show_default=True)
+def diagnose_command(
+    config_path: str | None, out_path: str | None, events: int, journal_lines: int
+) -> None:
+    """Write a support bundle: versions, settings without secrets, logs, alarms, disks, ports.
+
+    Also when the configuration is invalid (the bundle then says what is wrong).
+    """
+    from station import support
+
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one status request: not news
+    try:
+        config, invalid = support.load_for_diagnose(config_path)
+    except ConfigError as e:
+        raise StationError(str(e)) from None
+    out = Path(out_path or support.default_name("support", config.station.id))
+    try:
+        written = support.diagnose(
+            config, out, invalid=invalid, events=events, journal_lines=journal_lines
+        )
+    except OSError as e:
+        raise click.ClickException(f"could not write {out}: {e}") from None
+    if invalid is not None:
+        click.echo(f"warning: {invalid.error}", err=True)
+    click.echo(str(written))
+
+
+@cli.group("config")
+def config_group() -> None:
+    """Back up and restore the station's settings."""
+
+
+@config_group.command("export")
+@config_option
+@click.option(
+    "--out",
+    "out_path",
+    type=click.Path(dir_okay=False, allow_dash=True),
+    default=None,
+    help="the backup to write (default: station-settings-<id>-<time>.tar.gz here; - for stdout)",
+)
+def config_export(config_path: str | None, out_path: str | None) -> None:
+    """Back up the configuration file and the settings changed on the screen.
+
+    The backup holds the API tokens and device passwords: keep it safe.
+    """
+    from station import support
+
+    path = _config_file(config_path)
+    try:
+        data, backup = support.export_settings(path)
+    except ConfigError as e:
+        raise StationError(str(e)) from None
+    if error := backup.manifest.get("ui_settings_error"):
+        click.echo(f"warning: the screen's settings are not in the backup: {error}", err=True)
+    if out_path == "-":
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+        return
+    out = Path(out_path or support.default_name("settings", backup.config.station.id))
+    try:
+        support.write_private(out, data)
+    except OSError as e:
+        raise click.ClickException(f"could not write {out}: {e}") from None
+    click.echo(str(out))
+
+
+@config_group.command("import")
+@click.argument("backup", type=click.Path(dir_okay=False, allow_dash=True))
+@config_option
+@click.option("--dry-run", is_flag=True, help="check the backup, show what would change")
+@click.option("--by", default="cli", show_default=True, help="who restores it (system log)")
+def config_import(backup: str, config_path: str | None, dry_run: bool, by: str) -> None:
+    """Restore settings from BACKUP (from `config export`, or a bare TOML file; - for stdin).
+
+    Nothing is written unless all of it is valid.
+    """
+    from station import support
+
+    path = _config_file(config_path)
+    try:
+        data = sys.stdin.buffer.read() if backup == "-" else Path(backup).read_bytes()
+    except OSError as e:
+        raise StationError(f"{backup}: {e.strerror or e}") from None
+    source = "<stdin>" if backup == "-" else backup
+    try:
+        result = support.import_settings(data, path, source=source, dry_run=dry_run, by=by)
+    except ConfigError as e:
+        raise StationError(str(e)) from None
+    except OSError as e:
+        raise click.ClickException(f"could not write {path}: {e}") from None
+    station_id = result.config.station.id
+    verb = "would change" if dry_run else "changed"
+    if result.new_file:
+        click.echo(f"{path}: new configuration for station {station_id}")
+    else:
+        click.echo(
+            f"{path}: station {station_id}; {verb}: {', '.join(result.changed) or 'nothing'}"
+        )
+    if result.ui_settings is not None:
+        click.echo(
+            f"screen settings {'to restore' if dry_run else 'restored'}: "
+            + (", ".join(sorted(result.ui_settings)) or "none changed from the file")
+        )
+    if dry_run:
+        click.echo("dry run: nothing written")
+        return
+    if result.backup_path is not None:
+        click.echo(f"the previous configuration is kept as {result.backup_path}")
+    click.echo("restart the station to apply it: systemctl restart station")
+
+
 def main() -> None:
     try:
         cli(standalone_mode=True)
