@@ -377,6 +377,8 @@ class RunResult:
     loop_lag_max_s: float  # the load generator's own worst delay (its event loop's)
     requests: int
     errors: list[str]
+    # the slowest status requests while collecting: (sent, s after the first dock; latency, s)
+    status_slowest: list[tuple[float, float]] = dataclasses.field(default_factory=list)
     warm_s: float = 0.0  # the --period seconds before the dock (pollers running, if any)
     warm_cpu_s: float = 0.0  # the daemon's CPU then
     warm_requests: int = 0
@@ -613,6 +615,8 @@ def run_once(
         during = [s for s in fleet.samples if t_dock <= s.sent <= t_end]
         result.status_collecting = [s.latency for s in during if s.kind == "status" and s.ok]
         result.events_collecting = [s.latency for s in during if s.kind == "events" and s.ok]
+        slow = sorted((s for s in during if s.kind == "status" and s.ok), key=lambda s: s.latency)
+        result.status_slowest = [(s.sent - t_dock, s.latency) for s in slow[-8:][::-1]]
         result.status_idle = [
             s.latency for s in fleet.samples if s.kind == "status" and s.ok and s.sent < t_dock
         ]
@@ -763,6 +767,11 @@ def report(
             )
             for e in sorted(set(r.errors))[:5]:
                 out.append(f"    error: {e} (x{r.errors.count(e)})")
+            if r.status_slowest:
+                out.append(
+                    "    slowest status (s after the first dock: ms): "
+                    + ", ".join(f"{t:.1f}: {lat * 1000:.0f}" for t, lat in r.status_slowest)
+                )
     for case in dict.fromkeys(r.case for r in results):
         base = [r for r in results if r.case == case and not r.polled]
         for r in (r for r in results if r.case == case and r.polled):

@@ -203,11 +203,13 @@ def sim_undock(port: int, bus: str) -> None:
 
 
 def _api_get(config: StationConfig, path: str, **params: Any) -> Any:
-    host = config.web.host if config.web.host not in ("0.0.0.0", "::") else "127.0.0.1"
-    url = f"http://{host}:{config.web.port}{path}"
+    from station.support import api_base
+
+    url = api_base(config) + path
     headers = {"Authorization": f"Bearer {config.api.tokens[0]}"} if config.api.tokens else {}
     try:
-        r = httpx.get(url, params=params, headers=headers, timeout=10)
+        # straight to the station, never through a proxy from the environment
+        r = httpx.get(url, params=params, headers=headers, timeout=10, trust_env=False)
     except httpx.HTTPError as e:
         raise click.ClickException(f"the station daemon is not answering at {url}: {e}") from None
     if r.status_code != 200:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 
 TIME_ERROR = 5  # adjtimex: the clock is not synchronised
 STA_UNSYNC = 0x0040
@@ -37,12 +38,18 @@ class _Timex(ctypes.Structure):
     ]
 
 
+@functools.cache
+def _libc() -> ctypes.CDLL | None:
+    # find_library runs `ldconfig -p` in a subprocess: once per process is enough
+    name = ctypes.util.find_library("c")
+    return ctypes.CDLL(name, use_errno=True) if name else None
+
+
 def clock_synchronized() -> bool | None:
     """True when the kernel says the clock is NTP-synchronised, None if it cannot tell."""
-    name = ctypes.util.find_library("c")
-    if not name:
+    libc = _libc()
+    if libc is None:
         return None
-    libc = ctypes.CDLL(name, use_errno=True)
     tx = _Timex()  # modes 0: read only
     state = libc.adjtimex(ctypes.byref(tx))
     if state < 0:

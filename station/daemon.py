@@ -16,7 +16,8 @@ import math
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent import futures
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -166,6 +167,8 @@ class Station:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._changed = asyncio.Event()
         self._stop_workers = threading.Event()
+        self._loop_log = ThreadPoolExecutor(1, thread_name_prefix="looplog")
+        self.reload_hooks: list[Callable[[], None]] = []  # run after a SIGHUP's reload
         self._status_lock = threading.Lock()
         self._status_cache: tuple[float, int, bytes] = (-math.inf, 0, b"")
         self._status_changes = 0
@@ -380,7 +383,9 @@ class Station:
         live = ("api", "registration", "retention", "recorders", "network", "alarms")
         for name in live:
             setattr(self.config, name, getattr(config, name))
-        self.retention.rules = retention_rules(config)
+        for hook in self.reload_hooks:  # e.g. settings changed on the touchscreen win again
+            hook()
+        self.retention.rules = retention_rules(self.config)
         self.priority.set_budget(config.recorders.priority_others_mb_s)
         restart = [
             n
@@ -412,9 +417,19 @@ class Station:
 
     def _end_priority(self, port: int, why: str) -> None:
         if self.priority.release(port):
-            with self.catalog.write() as s:
-                append_event(s, "priority_cleared", why, port=port)
+            self._log_from_loop("priority_cleared", why, port=port)
             self.notify()
+
+    def _log_from_loop(self, kind: str, message: str = "", **fields: Any) -> Future[None]:
+        """Append to the system log from the event loop without blocking it: a commit can
+        take tens of milliseconds while 8 recorders write, and the API waits meanwhile.
+        One writer thread keeps these entries in order."""
+
+        def write() -> None:
+            with self.catalog.write() as s:
+                append_event(s, kind, message, **fields)
+
+        return self._loop_log.submit(write)
 
     def collecting(self) -> bool:
         """Whether any port is busy moving footage (background work steps aside)."""
@@ -461,6 +476,7 @@ class Station:
             await asyncio.gather(*self._workers.values(), return_exceptions=True)
         self.catalog.set_state("active_disk", str(self.store.active))
         self._executor.shutdown(wait=True)
+        self._loop_log.shutdown(wait=True)
         self.catalog.close()
 
     # --- retention ---------------------------------------------------------------------
@@ -609,19 +625,22 @@ class Station:
             log.info("port %s: undocked", change.port)
             slot.reset()
             self._end_priority(change.port, "recorder undocked")
-            with self.catalog.write() as s:
-                append_event(s, "recorder_undocked", port=change.port)
+            self._log_from_loop("recorder_undocked", port=change.port)
         if change.new is not None:
             log.info("port %s: docked %s", change.port, change.new.key)
             slot.reset()
-            with self.catalog.write() as s:
-                append_event(
-                    s, "device_docked", change.new.kind, port=change.port, key=change.new.key
-                )
+            docked = self._log_from_loop(
+                "device_docked", change.new.kind, port=change.port, key=change.new.key
+            )
             collector = Collector(self.services, slot, change.new, self._stop_workers)
             self._collectors[change.port] = collector
             assert self._loop is not None
-            fut = self._loop.run_in_executor(None, collector.run)
+
+            def run(collector: Collector = collector) -> str:
+                futures.wait([docked])  # the docking is in the log before what follows it
+                return collector.run()
+
+            fut = self._loop.run_in_executor(None, run)
             self._workers[change.port] = fut
             fut.add_done_callback(lambda f, p=change.port, d=change.new: self._worker_done(p, d, f))
         self.notify()

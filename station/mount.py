@@ -26,10 +26,11 @@ from drivers.card import FolderCard
 log = logging.getLogger(__name__)
 
 MOUNT_OPTIONS = "nosuid,nodev,noexec"
-# FAT long names are UTF-16 on disk: utf8 gives them to us exactly; codepage 936 (GBK)
+# FAT long names are UTF-16 on disk: `utf8` gives them to us exactly (the kernel advises
+# it over iocharset=utf8, which it warns about); codepage 936 (GBK)
 # decodes 8.3 short names written by Chinese firmware.
 FS_OPTIONS = {
-    "vfat": "iocharset=utf8,codepage=936,shortname=mixed,uid=0,gid=0,umask=077,flush",
+    "vfat": "utf8,codepage=936,shortname=mixed,uid=0,gid=0,umask=077,flush",
     "exfat": "iocharset=utf8,uid=0,gid=0,umask=077",
 }
 CARD_FILESYSTEMS = frozenset(FS_OPTIONS)

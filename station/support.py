@@ -407,17 +407,22 @@ def port_map(config: StationConfig) -> dict[str, Any]:
     return info
 
 
-def daemon_status(config: StationConfig) -> Any:
-    """What the running daemon says (GET /api/v1/status), or why it does not answer."""
-    import httpx
-
-    # the API's own listener when it has one ([api] host/port), else the UI's
+def api_base(config: StationConfig) -> str:
+    """Where this machine reaches the daemon's API: its own listener when it has one
+    ([api] host/port), else the UI's; a wildcard address becomes loopback."""
     host = config.api.host or config.web.host
     port = config.api.port or config.web.port
     host = host if host not in ("0.0.0.0", "::", "") else "127.0.0.1"
     host = f"[{host}]" if ":" in host else host
+    return f"http://{host}:{port}"
+
+
+def daemon_status(config: StationConfig) -> Any:
+    """What the running daemon says (GET /api/v1/status), or why it does not answer."""
+    import httpx
+
     headers = {"Authorization": f"Bearer {config.api.tokens[0]}"} if config.api.tokens else {}
-    url = f"http://{host}:{port}/api/v1/status"
+    url = api_base(config) + "/api/v1/status"
     try:
         # straight to the station, never through a proxy from the environment
         r = httpx.get(url, headers=headers, timeout=5, trust_env=False)

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import hashlib
+import signal
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
+import tomli_w
 from conftest import TOKEN, StationProc, free_port, wait_for, write_config
 
 from station import accounts
 from station.catalog import Catalog
+from station.config import load_config
 from station.sim.recorder import RecorderSpec
 
 ADMIN = ("900001", "135790")
@@ -276,6 +279,24 @@ def test_settings_apply_live_and_survive_a_restart(st: StationProc) -> None:
     assert adm.get("/ui/api/settings").json()["settings"]["retention_days"] == 90
     adm.post("/ui/api/settings", {"registration_mode": "auto"})
     assert st.api("/api/v1/status")["station"]["mode"] == "auto"
+
+
+def test_a_reloaded_configuration_file_keeps_the_touchscreen_settings(make_station: Any) -> None:
+    st = make_station(registration={"mode": "auto"}, retention={"days": 30})
+    catalog = Catalog(st.db)
+    accounts.create_user(catalog, *ADMIN, role="administrator")
+    catalog.close()
+    adm = as_user(st, ADMIN)
+    assert adm.post("/ui/api/settings", {"registration_mode": "manual"}).status_code == 200
+    # the file changes something else and the daemon is told to reload it (SIGHUP)
+    data = load_config(st.config_path).model_dump(mode="json", exclude_none=True)
+    data["retention"]["days"] = 45
+    st.config_path.write_text(tomli_w.dumps(data))
+    st.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: events(st, kind="settings_reloaded"), 30, "the reload")
+    assert st.api("/api/v1/status")["station"]["mode"] == "manual"  # the touchscreen's
+    settings = adm.get("/ui/api/settings").json()["settings"]
+    assert (settings["registration_mode"], settings["retention_days"]) == ("manual", 45)
 
 
 def test_users_are_managed_by_administrators(st: StationProc) -> None:

@@ -103,6 +103,17 @@ class SettingsStore:
                 self._stored = {}
         self._current = Settings(**(_from_config(station) | self._stored))
         self._apply(self._current)
+        station.reload_hooks.append(self._reloaded)
+
+    def _reloaded(self) -> None:
+        """The configuration file was reloaded (SIGHUP): its values count again, except
+        where they were changed here, which still win."""
+        with self._lock:
+            try:
+                self._current = Settings(**(_from_config(self.station) | self._stored))
+            except ValidationError as e:
+                log.error("settings changed on the screen no longer fit the file: %s", e)
+            self._apply(self._current)
 
     def current(self) -> Settings:
         return self._current

@@ -176,7 +176,7 @@ def smoke(out: Path, plan: dict[str, Any]) -> dict[str, Any]:
         result["alive_after_switch"] = rec.alive()
     mnt = Path("/run/hil/mnt")
     mnt.mkdir(parents=True, exist_ok=True)
-    opts = "nosuid,nodev,noexec,iocharset=utf8,codepage=936,shortname=mixed,flush,ro"
+    opts = "nosuid,nodev,noexec,utf8,codepage=936,shortname=mixed,flush,ro"
     subprocess.run(["mount", "-t", "vfat", "-o", opts, node, str(mnt)], check=True)
     t["switch_to_mounted_s"] = time.monotonic() - started
     files = []
