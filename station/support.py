@@ -45,6 +45,7 @@ from typing import Any
 
 from station import __version__
 from station.config import ConfigError, StationConfig, load_config, parse_config
+from station.store import fsync_dir
 
 REDACTED = "<redacted>"
 # A configuration key whose name contains one of these holds a secret.
@@ -612,37 +613,17 @@ def diagnose(
     part("kernel.txt", lambda: kernel_log())
     files["errors.txt"] = "".join(f"{e}\n" for e in errors) or "(none)\n"
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            with tarfile.open(fileobj=f, mode="w:gz") as tar:
-                for name, text in files.items():
-                    _add(tar, f"{top}/{name}", _scrub(text, secrets).encode(), now)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, out)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(out.parent)
-    return out
+    bundle = io.BytesIO()
+    with tarfile.open(fileobj=bundle, mode="w:gz") as tar:
+        for name, text in files.items():
+            _add(tar, f"{top}/{name}", _scrub(text, secrets).encode(), now)
+    return write_private(out, bundle.getvalue())
 
 
 def _add(tar: tarfile.TarFile, name: str, data: bytes, when: dt.datetime) -> None:
     info = tarfile.TarInfo(name)
     info.size, info.mtime, info.mode = len(data), int(when.timestamp()), 0o600
     tar.addfile(info, io.BytesIO(data))
-
-
-def _fsync_dir(folder: Path) -> None:
-    dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def _json(value: Any) -> str:
@@ -979,11 +960,12 @@ def _replace_file(path: Path, data: bytes) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    _fsync_dir(folder)
+    fsync_dir(folder)
 
 
 def write_private(path: str | os.PathLike[str], data: bytes) -> Path:
-    """Write a file only root can read (a backup with secrets, a bundle), atomically."""
+    """Write a file only its owner can read (a backup with secrets, a bundle), atomically
+    (mkstemp creates it 0600)."""
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
@@ -997,7 +979,7 @@ def write_private(path: str | os.PathLike[str], data: bytes) -> Path:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    _fsync_dir(out.parent)
+    fsync_dir(out.parent)
     return out
 
 
