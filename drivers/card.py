@@ -55,8 +55,9 @@ class Card(abc.ABC):
         """Every regular file on the card; links and device nodes are never followed."""
 
     @abc.abstractmethod
-    def open_file(self, path: bytes, offset: int = 0) -> CardStream:
-        """Open a card file for reading, positioned at `offset`."""
+    def open_file(self, path: bytes, offset: int = 0, *, direct: bool = False) -> CardStream:
+        """Open a card file for reading, positioned at `offset`; `direct`: around the page
+        cache where the card allows it (the caller's buffers are page-aligned)."""
 
     @abc.abstractmethod
     def stat_file(self, path: bytes) -> CardFile | None:
@@ -150,11 +151,11 @@ class FolderCard(Card):
         os.set_blocking(fd, True)
         return dfd, fd, parts[-1]
 
-    def open_file(self, path: bytes, offset: int = 0) -> CardStream:
+    def open_file(self, path: bytes, offset: int = 0, *, direct: bool = False) -> CardStream:
         dfd, fd, _ = self.open_beneath(path)
         os.close(dfd)
         os.lseek(fd, offset, os.SEEK_SET)
-        return FolderStream(self, fd, offset)
+        return FolderStream(self, fd, direct=direct and offset % ALIGN == 0)
 
     def stat_file(self, path: bytes) -> CardFile | None:
         self.check()
@@ -192,10 +193,10 @@ class FolderStream:
     buffer, a filesystem that refuses it) switches to ordinary reads.
     """
 
-    def __init__(self, card: FolderCard, fd: int, offset: int = 0) -> None:
+    def __init__(self, card: FolderCard, fd: int, *, direct: bool = False) -> None:
         self.card = card
         self.fd = fd
-        self.direct = offset % ALIGN == 0 and set_direct(fd, True)
+        self.direct = direct and set_direct(fd, True)
 
     def readinto(self, buffer: memoryview) -> int:
         self.card.check()

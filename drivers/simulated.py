@@ -37,7 +37,7 @@ from drivers.base import (
     RecorderDriver,
     RecorderSession,
 )
-from drivers.card import FolderCard, FolderStream
+from drivers.card import ALIGN, FolderCard, FolderStream
 
 RECORDER_JSON = "recorder.json"
 CARD = "card"
@@ -172,7 +172,7 @@ class SimulatedCard(FolderCard):
         super().__init__(session.port_dir / CARD, session.alive)
         self.session = session
 
-    def open_file(self, path: bytes, offset: int = 0) -> SimulatedStream:
+    def open_file(self, path: bytes, offset: int = 0, *, direct: bool = False) -> SimulatedStream:
         data = self.session._load()
         rate = data.get("read_mb_s")
         dfd, fd, _ = self.open_beneath(path)
@@ -185,6 +185,7 @@ class SimulatedCard(FolderCard):
             fd,
             float(rate) * 1e6 if rate else None,
             offset=offset,
+            direct=direct,
             unplug_after=faults.get("unplug_after_bytes"),
             unstable=name in (faults.get("unstable") or []),
             bad_sector=(faults.get("bad_sectors") or {}).get(name),
@@ -208,8 +209,9 @@ class SimulatedStream(FolderStream):
         unplug_after: int | None = None,
         unstable: bool = False,
         bad_sector: int | None = None,
+        direct: bool = False,
     ) -> None:
-        super().__init__(card, fd, offset)
+        super().__init__(card, fd, direct=direct and offset % ALIGN == 0)
         self.sim = card
         self.rate = rate
         self.pos = offset

@@ -8,11 +8,12 @@ that matters into the catalog's event log.
 from __future__ import annotations
 
 import collections
+import contextlib
 import datetime as dt
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -105,7 +106,9 @@ class Services:
     docked_elsewhere: Callable[[str, int], int | None]  # serial, port -> other port
     expect_card: Callable[[DockedDevice], Any]  # -> CardWait: the disk after SetMSDC
     make_room: Callable[[], None]  # run a retention sweep now
+    recorder_lock: Callable[[str], threading.Lock]  # serial -> held while collecting it
     priority: PriorityGate  # S30: the port collected first
+    end_priority: Callable[[int, str], None]  # port, why: collect-first is over for it
 
 
 class Collector:
@@ -142,6 +145,9 @@ class Collector:
         if self._current():
             self.slot.__dict__.update(fields)
             self.sv.notify()
+            state = fields.get("state")
+            if state is not None and state != "collecting":
+                self.sv.end_priority(self.slot.port, f"the port is {state}")
 
     def _progress(self, n: int) -> None:
         self.beat = time.monotonic()
@@ -290,11 +296,27 @@ class Collector:
             rec.enter_mass_storage()
             card = rec.card() or wait.card()
         try:
-            return self._collect_files(
-                rec, card, info, id_code, officer, recorder_id, officer_id, session_id
-            )
+            with self._recorder_turn(info.serial):
+                return self._collect_files(
+                    rec, card, info, id_code, officer, recorder_id, officer_id, session_id
+                )
         finally:
             card.close()
+
+    @contextlib.contextmanager
+    def _recorder_turn(self, serial: str) -> Iterator[None]:
+        """One docking of a recorder collects at a time: docked again (here or on another
+        port) while its last docking still finishes a copied file, it waits for that, so
+        two dockings never work on the same job or temp file."""
+        lock = self.sv.recorder_lock(serial)
+        while not lock.acquire(timeout=0.5):
+            self.beat = time.monotonic()
+            if self.stop.is_set():
+                raise Interrupted()
+        try:
+            yield
+        finally:
+            lock.release()
 
     def _collect_files(
         self,
@@ -419,6 +441,8 @@ class Collector:
                     try:
                         finish = ingest.copy(cf)
                     except StorageFull as e:
+                        while finishing:  # their alarms and counts do not wait for space
+                            settle(wait=True)
                         self._wait_for_space(rec, cf, str(e))
                         self._set(bytes_done=done_before)
                         continue
@@ -435,10 +459,19 @@ class Collector:
                     break
             while finishing:
                 settle(wait=True)
-        finally:
-            # Interrupted: the step under way ends, the ones not started are dropped (their
-            # jobs are picked up again at the next docking, nothing was cleared for them).
+        except BaseException:
+            # Interrupted (unplugged, stopping, an error): the step under way ends, the ones
+            # not started are dropped (their jobs resume at the next docking; nothing was
+            # cleared for them), and what the finished ones did is still counted.
             pool.shutdown(wait=True, cancel_futures=True)
+            for cf, fut in finishing:
+                if fut.done() and not fut.cancelled():
+                    try:
+                        account(cf, fut)
+                    except Exception as e:  # the first error is the one raised
+                        log.info("port %s: a finishing step also failed: %r", self.slot.port, e)
+            raise
+        pool.shutdown()
         return changed
 
     def _throttle(self, n: int) -> None:

@@ -168,7 +168,10 @@ class Station:
         self._changed = asyncio.Event()
         self._stop_workers = threading.Event()
         self._loop_log = ThreadPoolExecutor(1, thread_name_prefix="looplog")
-        self.reload_hooks: list[Callable[[], None]] = []  # run after a SIGHUP's reload
+        self._priority_lock = threading.Lock()
+        self._recorder_locks: dict[str, threading.Lock] = {}
+        # run on a SIGHUP's new configuration before it goes live
+        self.reload_hooks: list[Callable[[StationConfig], None]] = []
         self._status_lock = threading.Lock()
         self._status_cache: tuple[float, int, bytes] = (-math.inf, 0, b"")
         self._status_changes = 0
@@ -197,7 +200,9 @@ class Station:
             self.docked_elsewhere,
             self.expect_card,
             self.make_room,
+            self.recorder_lock,
             self.priority,
+            self._end_priority,
         )
 
     def _disk_failed(self, disk: StoreDisk, why: str) -> None:
@@ -226,8 +231,9 @@ class Station:
     # --- change notification ----------------------------------------------------------
 
     def notify(self, progress: bool = False) -> None:
-        """Something visible changed. Safe from any thread. Anything but a transfer's
-        progress is in the very next `status_json()`; progress within STATUS_MAX_AGE_S."""
+        """Something visible changed. Safe from any thread. What is notified (slot states,
+        alarms raised or cleared, settings) is in the very next `status_json()`; progress
+        and what is only measured (disk space, SMART) within STATUS_MAX_AGE_S."""
         if not progress:
             self._status_changes += 1
         if self._loop is None:
@@ -381,10 +387,10 @@ class Station:
         """Apply a changed configuration file (SIGHUP): tokens, modes, policies, thresholds.
         Returns the sections that differ but need a restart."""
         live = ("api", "registration", "retention", "recorders", "network", "alarms")
+        for hook in self.reload_hooks:  # e.g. settings changed on the touchscreen win again
+            hook(config)
         for name in live:
             setattr(self.config, name, getattr(config, name))
-        for hook in self.reload_hooks:  # e.g. settings changed on the touchscreen win again
-            hook()
         self.retention.rules = retention_rules(self.config)
         self.priority.set_budget(config.recorders.priority_others_mb_s)
         restart = [
@@ -400,36 +406,50 @@ class Station:
     def set_priority(self, port: int | None, by: str) -> None:
         """S30 "collect first": `port`'s recorder gets the bandwidth, the others slow down
         until it is done (None: back to equal shares). Only a port that is collecting."""
-        if port is not None:
-            slot = self.slots.get(port)
-            busy = slot is not None and slot.state in ("identifying", "collecting")
-            if not busy or port not in self._workers:
-                raise ValueError(f"port {port} is not collecting")
-        before = self.priority.set(port)
+        with self._priority_lock:  # checked and set at once: its collection may just end
+            if port is not None:
+                slot = self.slots.get(port)
+                if slot is None or slot.state != "collecting" or port not in self._workers:
+                    raise ValueError(f"port {port} is not collecting")
+            before = self.priority.set(port)
         if before == port:
             return
-        with self.catalog.write() as s:
-            if port is None:
-                append_event(s, "priority_cleared", "taken back", actor=by, port=before)
-            else:
-                append_event(s, "priority_set", f"port {port} first", actor=by, port=port)
+        if port is None:
+            logged = self._log_queued("priority_cleared", "taken back", actor=by, port=before)
+        else:
+            logged = self._log_queued("priority_set", f"port {port} first", actor=by, port=port)
+        logged.result()
         self.notify()
 
+    def recorder_lock(self, serial: str) -> threading.Lock:
+        """The lock a collector holds while it collects the recorder `serial`."""
+        with self._priority_lock:
+            return self._recorder_locks.setdefault(serial, threading.Lock())
+
     def _end_priority(self, port: int, why: str) -> None:
-        if self.priority.release(port):
-            self._log_from_loop("priority_cleared", why, port=port)
+        """Collect-first is over for `port` (its collection ended, it was unplugged)."""
+        with self._priority_lock:
+            released = self.priority.release(port)
+        if released:
+            self._log_queued("priority_cleared", why, port=port)
             self.notify()
 
-    def _log_from_loop(self, kind: str, message: str = "", **fields: Any) -> Future[None]:
-        """Append to the system log from the event loop without blocking it: a commit can
-        take tens of milliseconds while 8 recorders write, and the API waits meanwhile.
-        One writer thread keeps these entries in order."""
+    def _log_queued(self, kind: str, message: str = "", **fields: Any) -> Future[None]:
+        """Append to the system log through one writer thread, in order: the event loop
+        must not wait for a commit (tens of milliseconds while 8 recorders write, and the
+        API would wait meanwhile)."""
 
         def write() -> None:
             with self.catalog.write() as s:
                 append_event(s, kind, message, **fields)
 
-        return self._loop_log.submit(write)
+        def failed(f: Future[None]) -> None:
+            if not f.cancelled() and f.exception() is not None:
+                log.error("system log: %s not written: %s", kind, f.exception())
+
+        fut = self._loop_log.submit(write)
+        fut.add_done_callback(failed)
+        return fut
 
     def collecting(self) -> bool:
         """Whether any port is busy moving footage (background work steps aside)."""
@@ -624,12 +644,12 @@ class Station:
         if change.old is not None:
             log.info("port %s: undocked", change.port)
             slot.reset()
+            self._log_queued("recorder_undocked", port=change.port)
             self._end_priority(change.port, "recorder undocked")
-            self._log_from_loop("recorder_undocked", port=change.port)
         if change.new is not None:
             log.info("port %s: docked %s", change.port, change.new.key)
             slot.reset()
-            docked = self._log_from_loop(
+            docked = self._log_queued(
                 "device_docked", change.new.kind, port=change.port, key=change.new.key
             )
             collector = Collector(self.services, slot, change.new, self._stop_workers)
@@ -646,10 +666,10 @@ class Station:
         self.notify()
 
     def _worker_done(self, port: int, device: DockedDevice, fut: asyncio.Future[str]) -> None:
-        if self._workers.get(port) is fut:
+        if self._workers.get(port) is fut:  # not when a newer docking has the port
             del self._workers[port]
             self._collectors.pop(port, None)
-        self._end_priority(port, "its collection ended")
+            self._end_priority(port, "its collection ended")
         if fut.cancelled() or fut.exception() or self._stop_workers.is_set():
             return
         if fut.result() == "gone":

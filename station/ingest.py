@@ -210,10 +210,6 @@ class FileIngest:
 
     # --- entry point ------------------------------------------------------------------
 
-    def collect(self, cf: CardFile) -> Outcome:
-        """Store `cf` (or prove it is stored already), then delete it from the card."""
-        return self.copy(cf)()
-
     def copy(self, cf: CardFile) -> Callable[[], Outcome]:
         """Copy `cf` into the store; return the step that verifies, stores and clears it.
 
@@ -260,6 +256,15 @@ class FileIngest:
         digest = h.hexdigest()
         match = next((r for r in rows if r.sha256 == digest), None)
         if match is None:
+            return None
+        # The card's copy goes only if the stored one still holds these bytes.
+        stored = Path(match.disk) / match.rel_path
+        try:
+            intact = hash_file(stored, uncached=True).hexdigest() == digest
+        except OSError:
+            intact = False
+        if not intact:
+            log.warning("%s: stored copy %s does not verify: collected again", cf.path, stored)
             return None
         self._delete_from_card(cf, match.id, duplicate=True)
         self.progress(cf.size)
@@ -405,9 +410,8 @@ class FileIngest:
         temp = Path(job.temp_path)
         disk.prepare()
         h = hash_file(temp, 0, offset) if offset else hashlib.sha256()
+        mv = memoryview(mmap.mmap(-1, self.chunk))  # page-aligned, as O_DIRECT needs
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT, 0o640)
-        buf = mmap.mmap(-1, self.chunk)  # page-aligned, as O_DIRECT needs
-        mv = memoryview(buf)
         try:
             os.ftruncate(fd, offset)
             os.lseek(fd, offset, os.SEEK_SET)
@@ -416,7 +420,7 @@ class FileIngest:
             # (or a filesystem that refuses it, like tmpfs) is written normally.
             direct = offset % ALIGN == 0 and self.chunk % ALIGN == 0 and set_direct(fd, True)
             synced = offset
-            stream = self.card.open_file(cf.path, offset)
+            stream = self.card.open_file(cf.path, offset, direct=True)
             try:
                 while offset < cf.size:
                     if self.stop.is_set():
@@ -428,9 +432,17 @@ class FileIngest:
                     h.update(piece)
                     faults.check_write(job.disk)
                     if direct and n % ALIGN:
-                        set_direct(fd, False)
                         direct = False
-                    _write_all(fd, piece)
+                        set_direct(fd, False)
+                    try:
+                        _write_all(fd, piece)
+                    except OSError as e:
+                        if e.errno != errno.EINVAL or not direct:
+                            raise
+                        # refused as a direct write after all: the position has not moved
+                        direct = False
+                        set_direct(fd, False)
+                        _write_all(fd, piece)
                     offset += n
                     faults.crashpoint("copy_chunk")
                     self.progress(n)

@@ -203,3 +203,37 @@ def test_already_collected_file_is_not_stored_again(station: StationProc) -> Non
         "SELECT count(*) FROM events WHERE kind = 'card_file_deleted' AND message LIKE 'duplicate%'"
     )
     assert dups == [(first,)]
+
+
+def test_a_duplicate_is_only_dropped_if_the_stored_copy_still_verifies(
+    station: StationProc,
+) -> None:
+    spec = RecorderSpec(serial="F000002", officer_no="500002", files=2, imp=0, size_mb=1)
+    rec = station.build(spec)
+    keep = station.root / "keep"
+    shutil.copytree(rec, keep)
+    source = card_hashes(rec)
+    station.dock(5, rec)
+    station.wait_state(5, "complete")
+    items = station.api("/api/v1/files", serial="F000002")["items"]
+    # one stored copy goes bad (cut short), and the card comes back with the same files
+    bad = next(i for i in items if i["size"] > 1000)
+    Path(bad["stored_path"]).chmod(0o640)
+    with open(bad["stored_path"], "r+b") as f:
+        f.truncate(bad["size"] // 2)
+    aside = station.undock(5)
+    wait_for(lambda: station.slot(5)["state"] == "empty")
+    shutil.rmtree(aside / "card")
+    shutil.copytree(keep / "card", aside / "card")
+    station.dock(5, aside)
+    station.wait_state(5, "complete")
+    # the intact one was dropped as a duplicate; the other was collected again, intact
+    assert [p for p in (station.bus / "port-5" / "card").rglob("*") if p.is_file()] == []
+    again = station.api("/api/v1/files", serial="F000002")["items"]
+    assert len(again) == len(items) + 1
+    good = [
+        i
+        for i in again
+        if i["name"] == bad["name"] and sha256_file(Path(i["stored_path"])) == i["sha256"]
+    ]
+    assert len(good) == 1 and (good[0]["size"], good[0]["sha256"]) == source[bad["card_path"]]

@@ -67,7 +67,7 @@ def test_the_chosen_port_is_collected_first_and_the_others_slow_down(
 
     # The priority ends with its collection; the others go back to full speed and finish.
     ended = wait_for(lambda: events(st, "priority_cleared"), what="priority_cleared")
-    assert ended[0]["port"] == 1 and "ended" in ended[0]["message"]
+    assert ended[0]["port"] == 1 and ended[0]["message"] == "the port is complete"
     set_ = events(st, "priority_set")
     assert len(set_) == 1 and set_[0]["port"] == 1 and set_[0]["actor"] == "kiosk"
     for p in (2, 3):

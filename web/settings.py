@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from station.accounts import DEFAULT_IDLE_MINUTES, audit
-from station.config import NetworkSection
+from station.config import NetworkSection, StationConfig
 from station.retention import retention_rules
 
 if TYPE_CHECKING:
@@ -66,8 +66,7 @@ class SettingsError(Exception):
     """Settings refused; the message names the bad fields."""
 
 
-def _from_config(station: Station) -> dict[str, Any]:
-    c = station.config
+def _from_config(c: StationConfig) -> dict[str, Any]:
     out: dict[str, Any] = {
         "registration_mode": c.registration.mode,
         "retention_days": c.retention.days,
@@ -97,23 +96,25 @@ class SettingsStore:
         if raw:
             try:
                 self._stored = dict(json.loads(raw))
-                Settings(**(_from_config(station) | self._stored))
+                Settings(**(_from_config(station.config) | self._stored))
             except (ValueError, ValidationError) as e:
                 log.error("stored settings ignored, they are not valid: %s", e)
                 self._stored = {}
-        self._current = Settings(**(_from_config(station) | self._stored))
+        self._current = Settings(**(_from_config(station.config) | self._stored))
         self._apply(self._current)
         station.reload_hooks.append(self._reloaded)
 
-    def _reloaded(self) -> None:
-        """The configuration file was reloaded (SIGHUP): its values count again, except
-        where they were changed here, which still win."""
+    def _reloaded(self, config: StationConfig) -> None:
+        """The configuration file is reloaded (SIGHUP): before it goes live, what was
+        changed here is put over its values, so the screen's settings still win."""
         with self._lock:
             try:
-                self._current = Settings(**(_from_config(self.station) | self._stored))
+                merged = Settings(**(_from_config(config) | self._stored))
             except ValidationError as e:
-                log.error("settings changed on the screen no longer fit the file: %s", e)
-            self._apply(self._current)
+                log.error("settings changed on the screen do not fit the file, not kept: %s", e)
+                return
+            self._current = merged
+            self._apply(merged, config)
 
     def current(self) -> Settings:
         return self._current
@@ -148,8 +149,8 @@ class SettingsStore:
         self.station.notify()
         return new
 
-    def _apply(self, s: Settings) -> None:
-        c = self.station.config
+    def _apply(self, s: Settings, c: StationConfig | None = None) -> None:
+        c = c or self.station.config
         c.registration.mode = s.registration_mode
         c.retention.days = s.retention_days
         c.retention.important_days = s.retention_important_days
