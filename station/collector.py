@@ -441,8 +441,10 @@ class Collector:
                     try:
                         finish = ingest.copy(cf)
                     except StorageFull as e:
+                        partial = self.bytes_done - done_before
                         while finishing:  # their alarms and counts do not wait for space
                             settle(wait=True)
+                        done_before = self.bytes_done - partial
                         self._wait_for_space(rec, cf, str(e))
                         self._set(bytes_done=done_before)
                         continue
