@@ -6,17 +6,20 @@ it, and is an event in the system log.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
 from station.catalog import Catalog, StoredFile
 from station.catalog.db import append_event
-from station.retention import LEVELS
-from station.sidecar import SidecarError, read_sidecar, sidecar_path, write_sidecar
+from station.protection import LEVELS, PROTECTED_LEVELS, lowers_protection
+from station.sidecar import SidecarError, mirror_row, read_sidecar, sidecar_path, write_sidecar
 
 
 class AnnotationError(Exception):
     """The change is refused; the message says why."""
+
+
+class ProtectionError(AnnotationError):
+    """The change would take protection away, and the person may not do that."""
 
 
 def annotate(
@@ -28,8 +31,14 @@ def annotate(
     note: str | None = None,
     case_no: str | None = None,
     legal_hold: str | None = None,
+    admin: bool = False,
 ) -> StoredFile:
-    """Change what is given (None leaves a field alone, "" clears a text field)."""
+    """Change what is given (None leaves a field alone, "" clears a text field).
+
+    Only an administrator (`admin`) may take protection away: lower an `important`
+    or `evidence` grade, or clear the case number of such a file. The sidecar is
+    rewritten from the row (never carrying a stale field of its own forward).
+    """
     if level is not None and level not in LEVELS:
         raise AnnotationError(f"unknown level {level!r}: one of {', '.join(LEVELS)}")
     with catalog.write() as s:
@@ -38,6 +47,12 @@ def annotate(
             raise AnnotationError(f"no stored file {file_id}")
         if level is not None and f.important and level == "normal":
             raise AnnotationError("a file marked IMP by its recorder cannot be graded normal")
+        if not admin and level is not None and lowers_protection(f.level, level):
+            raise ProtectionError(f"only an administrator may lower a file graded {f.level}")
+        if not admin and case_no == "" and f.case_no and f.level in PROTECTED_LEVELS:
+            raise ProtectionError(
+                f"only an administrator may clear the case number of a file graded {f.level}"
+            )
         changes = {}
         for name, value in (
             ("level", level),
@@ -55,9 +70,7 @@ def annotate(
             return f
         try:
             sc = read_sidecar(sidecar_path(Path(f.disk), f.rel_path))
-            write_sidecar(
-                Path(f.disk), f.rel_path, replace(sc, **{k: v for k, (_, v) in changes.items()})
-            )
+            write_sidecar(Path(f.disk), f.rel_path, mirror_row(sc, f))
         except (SidecarError, OSError) as e:
             raise AnnotationError(f"the file's on-disk record could not be updated: {e}") from e
         append_event(

@@ -366,10 +366,15 @@ def catalog() -> None:
 def catalog_rebuild(config_path: str | None, no_hash: bool) -> None:
     """Recreate the catalog from the disks alone (the old one is kept aside)."""
     from station.catalog import Catalog
+    from station.catalog.db import CatalogBusy, lock_exclusive
     from station.recovery import move_aside, rebuild
 
     config = _config(config_path)
     path = config.database_path
+    try:
+        lock_exclusive(path)  # held until this command ends
+    except CatalogBusy as e:
+        raise click.ClickException(str(e)) from None
     if path.exists():
         click.echo(f"old catalog kept as {move_aside(path)}")
     cat = Catalog(path)
@@ -521,7 +526,9 @@ def _set_hold(file_id: int, case_no: str | None, config_path: str | None, by: st
     from station.annotations import AnnotationError, annotate
 
     try:
-        annotate(_catalog(_config(config_path)), file_id, by=by, legal_hold=case_no or "")
+        annotate(
+            _catalog(_config(config_path)), file_id, by=by, legal_hold=case_no or "", admin=True
+        )
     except AnnotationError as e:
         raise click.ClickException(str(e)) from None
     click.echo(f"file {file_id}: " + (f"held for case {case_no}" if case_no else "released"))

@@ -37,7 +37,7 @@ from station import __version__, eventlog, sdnotify
 from station.alarms import AlarmBook
 from station.bus import Bus, PortChange, PortWatcher
 from station.catalog import Catalog, CollectionSession, Officer, Recorder, StoredFile
-from station.catalog.db import append_event
+from station.catalog.db import append_event, lock_exclusive
 from station.catalog.models import utcnow
 from station.clock import clock_synchronized
 from station.collector import Collector, Services, Slot
@@ -277,6 +277,7 @@ class Station:
         await self.watcher.start()
 
     def _prepare(self) -> None:
+        self._catalog_lock = lock_exclusive(self.catalog.path)  # held until the process ends
         self.catalog.migrate()
         self.store.active = int(self.catalog.get_state("active_disk", "0") or 0)
         self.store.prepare()
@@ -294,6 +295,19 @@ class Station:
                 "store_inconsistent",
                 f"{len(report.missing)} catalogued file(s) are missing from the disks",
                 "missing",
+            )
+        if report.duplicates:
+            self.alarms.raise_(
+                "store_inconsistent",
+                f"{len(report.duplicates)} second copies of stored files were quarantined",
+                "duplicate",
+            )
+        if report.mismatched or report.errors:
+            self.alarms.raise_(
+                "store_inconsistent",
+                f"{len(report.mismatched) + len(report.errors)} stored file(s) could not be "
+                "reconciled with their records: see the system log",
+                "unreconciled",
             )
         with self.catalog.write() as s:
             stale = s.scalars(

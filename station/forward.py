@@ -48,6 +48,7 @@ from sqlalchemy import select
 from station.catalog import Catalog, Officer, Recorder, StoredFile
 from station.catalog.db import append_event
 from station.names import parse_card_path
+from station.protection import is_protected
 from station.ratelimit import TokenBucket
 
 if TYPE_CHECKING:
@@ -358,7 +359,7 @@ class Candidate:
 
     @property
     def protected(self) -> bool:
-        return self.important or self.level in ("important", "evidence") or bool(self.legal_hold)
+        return is_protected(self.important, self.level, self.legal_hold)
 
 
 def alternate_key(key: str, sha256: str) -> str:

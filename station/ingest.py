@@ -29,7 +29,7 @@ import os
 import random
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -39,20 +39,13 @@ from sqlalchemy.orm import Session
 from drivers.base import CardFile, CardReadError
 from drivers.card import ALIGN, Card, set_direct
 from station import faults
-from station.catalog import Catalog, IngestJob, StoredFile
+from station.catalog import Catalog, IngestJob, Officer, StoredFile
 from station.catalog.db import append_event
 from station.catalog.models import utcnow
+from station.durable import copy_prefix, fsync_dir, link_into_place, make_dirs_durable, write_all
 from station.names import parse_card_path, safe_relpath
 from station.sidecar import Sidecar, read_sidecar, sidecar_path, write_sidecar
-from station.store import (
-    Store,
-    StoreDisk,
-    fsync_dir,
-    is_space_error,
-    make_dirs_durable,
-    stored_relpath,
-    unique_target,
-)
+from station.store import Store, StoreDisk, is_space_error, stored_relpath, unique_target
 
 log = logging.getLogger(__name__)
 
@@ -172,12 +165,6 @@ def _hash_direct(path: Path, chunk: int) -> hashlib._Hash | None:
         os.close(fd)
 
 
-def _write_all(fd: int, data: memoryview) -> None:
-    while data:
-        n = os.write(fd, data)
-        data = data[n:]
-
-
 class FileIngest:
     """Collects the files of one docked recorder, one at a time."""
 
@@ -239,6 +226,7 @@ class FileIngest:
                     StoredFile.recorder_id == self.owner.recorder_id,
                     StoredFile.card_path == cf.path,
                     StoredFile.size == cf.size,
+                    StoredFile.deleted_at.is_(None),  # a deleted copy is no copy
                 )
             ).all()
         if not rows:
@@ -320,10 +308,22 @@ class FileIngest:
         return job, disk
 
     def _create_job(self, cf: CardFile, disk: StoreDisk) -> IngestJob:
+        """The new job, superseding in the same transaction any unfinished one for the
+        same card file (a verified copy on a disk that did not come back, say): recovery
+        never commits a superseded job, so the file cannot be stored twice that way."""
         with self.catalog.write() as s:
+            for old in s.scalars(
+                select(IngestJob).where(
+                    IngestJob.recorder_id == self.owner.recorder_id,
+                    IngestJob.card_path == cf.path,
+                    IngestJob.state.in_(("copying", "verified")),
+                )
+            ):
+                old.state, old.error = "superseded", "collected again by a later job"
             job = IngestJob(
                 recorder_id=self.owner.recorder_id,
                 session_id=self.owner.session_id,
+                officer_id=self.owner.officer_id,
                 card_path=cf.path,
                 size=cf.size,
                 mtime=cf.mtime,
@@ -435,14 +435,14 @@ class FileIngest:
                         direct = False
                         set_direct(fd, False)
                     try:
-                        _write_all(fd, piece)
+                        write_all(fd, piece)
                     except OSError as e:
                         if e.errno != errno.EINVAL or not direct:
                             raise
                         # refused as a direct write after all: the position has not moved
                         direct = False
                         set_direct(fd, False)
-                        _write_all(fd, piece)
+                        write_all(fd, piece)
                     offset += n
                     faults.crashpoint("copy_chunk")
                     self.progress(n)
@@ -488,7 +488,7 @@ class FileIngest:
             if job.durable_offset and (
                 hash_file(old_temp, 0, job.durable_offset).hexdigest() == job.prefix_sha256
             ):
-                _copy_prefix(old_temp, new_temp, job.durable_offset)
+                copy_prefix(old_temp, new_temp, job.durable_offset)
                 offset = job.durable_offset
         except OSError as e:
             log.warning("job %s: prefix could not be carried over: %s", job.id, e)
@@ -574,26 +574,44 @@ class FileIngest:
         readback = hash_file(temp, uncached=True).hexdigest()
         if readback != digest:
             raise self._fail(job, f"{temp}: read back {readback}, wrote {digest}")
+        owner = self._owner_of(job)
         day = dt.datetime.now(self.tz).date()
-        rel_dir = stored_relpath(self.owner.officer_no, self.owner.serial, day, "")
+        rel_dir = stored_relpath(owner.officer_no, owner.serial, day, "")
         folder = disk.path / rel_dir
         make_dirs_durable(folder, disk.path)
         final = unique_target(folder, safe_relpath(cf.path))
         rel = str(final.relative_to(disk.path))
-        write_sidecar(disk.path, rel, self._sidecar(cf, digest))
+        write_sidecar(disk.path, rel, self._sidecar(cf, digest, owner))
         with self.catalog.write() as s:
             row = s.get(IngestJob, job.id)
             assert row is not None
             row.state, row.sha256, row.final_path = "verified", digest, rel
         job.state, job.sha256, job.final_path = "verified", digest, rel
         faults.crashpoint("after_verify")
-        _link_into_place(temp, final)
+        link_into_place(temp, final)
         faults.crashpoint("after_link")
         return self._commit(job, cf, disk)
 
-    def _sidecar(self, cf: CardFile, digest: str) -> Sidecar:
+    def _owner_of(self, job: IngestJob) -> Owner:
+        """Whose file a job collects: the officer bound when it began, even if the recorder
+        has been given to another officer since (a job finished at a later docking)."""
+        if job.officer_id is None or job.officer_id == self.owner.officer_id:
+            return self.owner
+        with self.catalog.read() as s:
+            officer = s.get(Officer, job.officer_id)
+        if officer is None:
+            return self.owner
+        return replace(
+            self.owner,
+            officer_id=officer.id,
+            officer_no=officer.officer_no,
+            officer_name=officer.name,
+            unit_no=officer.unit_no,
+            unit_name=officer.unit_name,
+        )
+
+    def _sidecar(self, cf: CardFile, digest: str, o: Owner) -> Sidecar:
         name = parse_card_path(cf.path)
-        o = self.owner
         return Sidecar(
             sha256=digest,
             size=cf.size,
@@ -622,7 +640,7 @@ class FileIngest:
         temp = Path(job.temp_path)
         try:
             if not final.exists() and temp.exists():
-                _link_into_place(temp, final)
+                link_into_place(temp, final)
             elif final.exists() and temp.exists():
                 os.unlink(temp)
             if hash_file(final).hexdigest() != job.sha256:
@@ -634,14 +652,23 @@ class FileIngest:
 
     def _commit(self, job: IngestJob, cf: CardFile, disk: StoreDisk) -> Outcome:
         assert job.final_path is not None and job.sha256 is not None
+        owner = self._owner_of(job)
         sc = read_sidecar(sidecar_path(disk.path, job.final_path))
+        if (sc.sha256, sc.size, sc.serial, sc.card_path) != (
+            job.sha256,
+            cf.size,
+            owner.serial,
+            cf.path,
+        ) or sc.officer_no != owner.officer_no:
+            # the record at the final name is not this job's: commit nothing, delete nothing
+            raise self._fail(job, f"{job.final_path}: its sidecar describes another file")
         with self.catalog.write() as s:
             f = store_row(
                 s,
                 job,
                 disk.path,
                 sc,
-                officer_id=self.owner.officer_id,
+                officer_id=owner.officer_id,
                 session_id=self.owner.session_id,
                 port=self.owner.port,
                 message=f"{sc.name} -> {disk.path / job.final_path}",
@@ -745,32 +772,3 @@ def file_row(
         deleted_by=sc.deleted_by,
         delete_reason=sc.delete_reason,
     )
-
-
-def _copy_prefix(src: Path, dst: Path, length: int) -> None:
-    """Copy the first `length` bytes of `src` to a new file `dst`, durably."""
-    with open(src, "rb") as fi, open(dst, "wb") as fo:
-        remaining = length
-        while remaining:
-            data = fi.read(min(remaining, 1 << 20))
-            if not data:
-                raise OSError(errno.EIO, f"{src} shorter than {length}")
-            fo.write(data)
-            remaining -= len(data)
-        fo.flush()
-        os.fdatasync(fo.fileno())
-
-
-def _link_into_place(temp: Path, final: Path) -> None:
-    """Give the verified temp file its final name, never replacing another file."""
-    try:
-        os.link(temp, final)  # fails with EEXIST instead of overwriting evidence
-        os.unlink(temp)
-    except OSError as e:
-        if e.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EMLINK):
-            raise
-        if final.exists():
-            raise FileExistsError(errno.EEXIST, "target exists", str(final)) from None
-        os.rename(temp, final)  # filesystems without hard links
-    fsync_dir(final.parent)
-    fsync_dir(temp.parent)

@@ -16,19 +16,29 @@ import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from drivers.base import OfficerInfo
-from station.catalog import Catalog, IngestJob, Recorder, StoredFile
+from station.catalog import Catalog, IngestJob, Officer, Recorder, StoredFile
 from station.catalog.db import append_event
 from station.catalog.models import utcnow
+from station.durable import fsync_dir, link_into_place, make_dirs_durable
 from station.ingest import file_row, hash_file, store_row
 from station.registration import officer_for
 from station.retention import remove_stored
-from station.sidecar import META, Sidecar, SidecarError, read_sidecar, sidecar_path
-from station.store import STAGING, StoreDisk, fsync_dir, make_dirs_durable
+from station.sidecar import (
+    META,
+    Sidecar,
+    SidecarError,
+    mirror_row,
+    read_sidecar,
+    sidecar_path,
+    write_sidecar,
+)
+from station.store import STAGING, StoreDisk
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +55,10 @@ class Report:
     mismatched: list[str] = field(default_factory=list)
     staging_removed: list[str] = field(default_factory=list)
     deletions_finished: list[str] = field(default_factory=list)
+    duplicates: list[str] = field(default_factory=list)  # second copies, quarantined
+    restored: list[str] = field(default_factory=list)  # final names re-made from staging
+    sidecars_rewritten: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)  # steps that failed; recovery went on
     checked: int = 0
 
     def lines(self) -> list[str]:
@@ -56,6 +70,9 @@ class Report:
             "missing",
             "mismatched",
             "staging_removed",
+            "restored",
+            "sidecars_rewritten",
+            "errors",
         ):
             for item in getattr(self, name):
                 out.append(f"{name}: {item}")
@@ -110,95 +127,225 @@ def _quarantine(disk: Path, rel: str, why: str, report: Report) -> None:
     report.quarantined.append(f"{src} -> {dst}: {why}")
 
 
+def live_copy(s: Session, serial: str, card_path: bytes, sha256: str) -> StoredFile | None:
+    """A live catalogued copy of the same card file (same recorder, path and bytes)."""
+    return s.scalars(
+        select(StoredFile)
+        .join(Recorder, StoredFile.recorder_id == Recorder.id)
+        .where(
+            Recorder.serial == serial,
+            StoredFile.card_path == card_path,
+            StoredFile.sha256 == sha256,
+            StoredFile.deleted_at.is_(None),
+        )
+    ).first()
+
+
 def _adopt_or_quarantine(catalog: Catalog, disk: Path, rel: str, report: Report) -> None:
     try:
         sc = read_sidecar(sidecar_path(disk, rel))
-        if sc.deleted_at:  # a deletion was under way when the station stopped: finish it
-            remove_stored(disk / rel)
-            report.deletions_finished.append(str(disk / rel))
-            return
-        digest = hash_file(disk / rel).hexdigest()
-    except (SidecarError, OSError) as e:
+    except SidecarError as e:
         _quarantine(disk, rel, f"no usable sidecar ({e})", report)
         return
-    if digest != sc.sha256 or (disk / rel).stat().st_size != sc.size:
+    if sc.deleted_at:  # a deletion was under way when the station stopped
+        if sc.protected:  # ... of a protected file: never finished without a person
+            _quarantine(disk, rel, "its sidecar says deleted, but it is protected", report)
+        else:
+            remove_stored(disk / rel)
+            report.deletions_finished.append(str(disk / rel))
+        return
+    try:
+        intact = (disk / rel).stat().st_size == sc.size and hash_file(
+            disk / rel
+        ).hexdigest() == sc.sha256
+    except OSError as e:
+        _quarantine(disk, rel, f"cannot be read ({e})", report)
+        return
+    if not intact:
         _quarantine(disk, rel, "bytes do not match the sidecar's hash", report)
         return
     with catalog.write() as s:
-        f = adopt(s, disk, rel, sc)
-        append_event(
-            s,
-            "file_adopted",
-            f"{disk / rel}",
-            serial=sc.serial,
-            officer_no=sc.officer_no,
-            file_id=f.id,
-            sha256=sc.sha256,
-        )
+        other = live_copy(s, sc.serial, sc.card_path, sc.sha256)
+        if other is None:
+            f = adopt(s, disk, rel, sc)
+            append_event(
+                s,
+                "file_adopted",
+                f"{disk / rel}",
+                serial=sc.serial,
+                officer_no=sc.officer_no,
+                file_id=f.id,
+                sha256=sc.sha256,
+            )
+    if other is not None:
+        _quarantine(disk, rel, f"a second copy of stored file {other.id}", report)
+        report.duplicates.append(str(disk / rel))
+        return
     report.adopted.append(str(disk / rel))
 
 
+def _finish_verified(catalog: Catalog, disk: StoreDisk, job: IngestJob, report: Report) -> None:
+    """Commit a transfer that was verified (sidecar written, maybe linked) before a stop."""
+    assert job.final_path is not None
+    final, temp = disk.path / job.final_path, Path(job.temp_path)
+    if not final.exists() and temp.exists():
+        link_into_place(temp, final)
+    elif temp.exists() and final.exists() and hash_file(final).hexdigest() == job.sha256:
+        remove_stored(temp)
+    if not final.exists():
+        # neither copy survived: the recorder still holds the file, collect it again
+        with catalog.write() as s:
+            row = s.get(IngestJob, job.id)
+            assert row is not None
+            row.state, row.error = "abandoned", "verified copy lost before commit"
+        return
+    fsync_dir(final.parent)  # a link made just before a power cut may not be durable yet
+    try:
+        sc = read_sidecar(sidecar_path(disk.path, job.final_path))
+    except SidecarError:
+        return  # left to the orphan pass
+    if hash_file(final).hexdigest() != sc.sha256 or sc.sha256 != job.sha256:
+        return  # left to the orphan pass (quarantined there)
+    with catalog.write() as s:
+        row = s.get(IngestJob, job.id)
+        assert row is not None
+        if row.state != "verified":
+            return
+        if live_copy(s, sc.serial, sc.card_path, sc.sha256) is not None:
+            row.state, row.error = "superseded", "the file was stored by another job"
+            return  # the orphan pass quarantines this copy as a duplicate
+        store_row(
+            s,
+            job,
+            disk.path,
+            sc,
+            officer_id=_officer_id(s, job, sc),
+            session_id=job.session_id,
+            message=f"recovered after a stop: {final}",
+        )
+    report.finished.append(str(final))
+
+
+def _clear_staging(catalog: Catalog, disk: StoreDisk, resumable: set[str], report: Report) -> None:
+    """Remove staging files no transfer will resume, unless one is the last copy of a file."""
+    if not disk.staging.is_dir():
+        return
+    for temp in list(disk.staging.iterdir()):
+        if str(temp) in resumable:
+            continue
+        job_id = temp.name.removesuffix(".part")
+        with catalog.read() as s:
+            job = s.get(IngestJob, int(job_id)) if job_id.isdigit() else None
+        if job is None:
+            _quarantine(
+                disk.path, str(temp.relative_to(disk.path)), "staging file of no job", report
+            )
+            continue
+        final = disk.path / job.final_path if job.final_path else None
+        if (
+            job.state in ("stored", "cleared")
+            and final is not None
+            and not final.exists()
+            and job.disk == str(disk.path)
+            and job.sha256 == hash_file(temp).hexdigest()
+        ):
+            link_into_place(temp, final)  # the link was lost in a power cut: this is the file
+            report.restored.append(str(final))
+            continue
+        remove_stored(temp)
+        report.staging_removed.append(str(temp))
+
+
+def reconcile_sidecars(catalog: Catalog, disk: Path, report: Report) -> None:
+    """Every live row's sidecar says what the row says (grade, hold, not deleted).
+
+    The row is the truth while it is live: a sidecar left marked deleted by a deletion
+    that never committed, or holding an older grade, is rewritten from it; a missing or
+    unreadable one is written anew. A sidecar naming other bytes or another officer is
+    reported (an alarm), never rewritten.
+    """
+    with catalog.read() as s:
+        rows = list(
+            s.scalars(
+                select(StoredFile).where(
+                    StoredFile.disk == str(disk), StoredFile.deleted_at.is_(None)
+                )
+            )
+        )
+    for row in rows:
+        path = sidecar_path(disk, row.rel_path)
+        try:
+            sc = read_sidecar(path)
+        except SidecarError:
+            if not (disk / row.rel_path).exists():
+                continue  # reported as missing
+            write_sidecar(disk, row.rel_path, sidecar_of(row))
+            report.sidecars_rewritten.append(str(path))
+            continue
+        if (sc.sha256, sc.size, sc.officer_no, sc.serial) != (
+            row.sha256,
+            row.size,
+            row.officer.officer_no,
+            row.recorder.serial,
+        ):
+            report.mismatched.append(f"{path}: describes another file than catalog row {row.id}")
+            continue
+        live = mirror_row(sc, row)
+        if live != sc:
+            write_sidecar(disk, row.rel_path, live)
+            report.sidecars_rewritten.append(str(path))
+
+
+def sidecar_of(row: StoredFile) -> Sidecar:
+    """A sidecar written from a catalog row (when the file's own was lost)."""
+    return mirror_row(
+        Sidecar(
+            sha256=row.sha256,
+            size=row.size,
+            officer_no=row.officer.officer_no,
+            serial=row.recorder.serial,
+            card_path_hex=row.card_path.hex(),
+            name=row.name,
+            collected_at=row.collected_at.isoformat(),
+            officer_name=row.officer.name,
+            unit_no=row.officer.unit_no,
+            unit_name=row.officer.unit_name,
+            id_code=row.recorder.id_code,
+            kind=row.kind,
+            recorded_at=row.recorded_at.isoformat() if row.recorded_at else None,
+        ),
+        row,
+    )
+
+
 def recover(catalog: Catalog, disks: list[StoreDisk]) -> Report:
-    """Bring the catalog and the disks back into agreement after any stop, clean or not."""
+    """Bring the catalog and the disks back into agreement after any stop, clean or not.
+
+    Never raises for one bad file: whatever cannot be settled is reported (and alarmed
+    by the caller), and the station starts.
+    """
     report = Report()
     by_path = {str(d.path): d for d in disks if d.present()}
     with catalog.read() as s:
         jobs = s.scalars(select(IngestJob).where(IngestJob.state.in_(("copying", "verified"))))
         jobs = list(jobs)
-    resumable = set()
+    resumable = {job.temp_path for job in jobs if job.state == "copying"}
     for job in jobs:
         disk = by_path.get(job.disk)
-        if job.state == "copying":
-            resumable.add(job.temp_path)
+        if job.state != "verified" or disk is None or job.final_path is None:
             continue
-        if disk is None or job.final_path is None:
-            continue
-        final, temp = disk.path / job.final_path, Path(job.temp_path)
-        if not final.exists() and temp.exists():
-            os.link(temp, final)
-            fsync_dir(final.parent)
-        if temp.exists() and final.exists():
-            os.unlink(temp)
-            fsync_dir(temp.parent)
-        if not final.exists():
-            # neither copy survived: the recorder still holds the file, collect it again
-            with catalog.write() as s:
-                row = s.get(IngestJob, job.id)
-                assert row is not None
-                row.state, row.error = "abandoned", "verified copy lost before commit"
-            continue
-        # the file is whole and in place: commit it (the sidecar was written first)
-        try:
-            sc = read_sidecar(sidecar_path(disk.path, job.final_path))
-        except SidecarError:
-            continue  # left to the orphan pass below
-        if hash_file(final).hexdigest() != sc.sha256 or sc.sha256 != job.sha256:
-            continue
-        with catalog.write() as s:
-            store_row(
-                s,
-                job,
-                disk.path,
-                sc,
-                officer_id=_officer_id(s, job),
-                session_id=job.session_id,
-                message=f"recovered after a stop: {final}",
-            )
-        report.finished.append(str(final))
-
+        _settle(report, f"job {job.id}", _finish_verified, catalog, disk, job, report)
     for disk in by_path.values():
-        if disk.staging.is_dir():
-            for temp in disk.staging.iterdir():
-                if str(temp) not in resumable:
-                    temp.unlink()
-                    report.staging_removed.append(str(temp))
+        _settle(report, str(disk.staging), _clear_staging, catalog, disk, resumable, report)
         known, deleted = _catalogued(catalog, disk.path)
         for rel in stored_files(disk.path):
-            if rel in deleted and rel not in known:
-                remove_stored(disk.path / rel)  # tombstoned, removal cut short
-                report.deletions_finished.append(str(disk.path / rel))
-            elif rel not in known:
-                _adopt_or_quarantine(catalog, disk.path, rel, report)
+            if rel in known:
+                continue
+            if rel in deleted:
+                _settle(report, rel, _finish_deletion, disk.path, rel, report)
+            else:
+                _settle(report, rel, _adopt_or_quarantine, catalog, disk.path, rel, report)
+        _settle(report, str(disk.path), reconcile_sidecars, catalog, disk.path, report)
         for rel in known:
             if not (disk.path / rel).exists():
                 report.missing.append(str(disk.path / rel))
@@ -212,11 +359,41 @@ def recover(catalog: Catalog, disks: list[StoreDisk]) -> Report:
                 quarantined=len(report.quarantined),
                 missing=len(report.missing),
                 finished=len(report.finished),
+                duplicates=len(report.duplicates),
+                errors=len(report.errors),
             )
     return report
 
 
-def _officer_id(s: Session, job: IngestJob) -> int:
+def _settle(report: Report, what: str, step: Callable[..., None], *args: Any) -> None:
+    """Run one recovery step; a failure is reported, and recovery goes on."""
+    try:
+        step(*args)
+    except Exception as e:
+        log.exception("recovery: %s", what)
+        report.errors.append(f"{what}: {type(e).__name__}: {e}")
+
+
+def _finish_deletion(disk: Path, rel: str, report: Report) -> None:
+    """The row is tombstoned but the file is still there: the removal was cut short."""
+    try:
+        held = read_sidecar(sidecar_path(disk, rel)).legal_hold
+    except SidecarError:
+        held = None
+    if held:
+        _quarantine(disk, rel, "tombstoned in the catalog, but its sidecar shows a hold", report)
+        return
+    remove_stored(disk / rel)
+    report.deletions_finished.append(str(disk / rel))
+
+
+def _officer_id(s: Session, job: IngestJob, sc: Sidecar) -> int:
+    """The officer a recovered job is committed to: the one it began for."""
+    if job.officer_id is not None:
+        return job.officer_id
+    officer = s.scalars(select(Officer).where(Officer.officer_no == sc.officer_no)).first()
+    if officer is not None:
+        return officer.id
     recorder = s.get(Recorder, job.recorder_id)
     assert recorder is not None and recorder.officer_id is not None
     return recorder.officer_id
@@ -253,6 +430,10 @@ def rebuild(catalog: Catalog, disks: list[Path], *, check_hashes: bool = True) -
             except SidecarError as e:
                 report.quarantined.append(f"{path}: unusable sidecar ({e})")
                 continue
+            if sc.deleted_at and sc.protected and path.exists():
+                # never delete protected footage on a sidecar's word: a person decides
+                report.quarantined.append(f"{path}: sidecar says deleted, but it is protected")
+                continue
             if sc.deleted_at:
                 remove_stored(path)
             elif not path.exists():
@@ -261,7 +442,13 @@ def rebuild(catalog: Catalog, disks: list[Path], *, check_hashes: bool = True) -
                 report.mismatched.append(str(path))
                 continue
             with catalog.write() as s:
-                adopt(s, disk, rel, sc)
+                other = None if sc.deleted_at else live_copy(s, sc.serial, sc.card_path, sc.sha256)
+                if other is None:
+                    adopt(s, disk, rel, sc)
+            if other is not None:
+                _quarantine(disk, rel, f"a second copy of stored file {other.id}", report)
+                report.duplicates.append(str(path))
+                continue
             report.adopted.append(str(path))
         for rel in stored_files(disk):
             if rel not in described:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -34,13 +33,18 @@ from station.catalog import Catalog, StoredFile
 from station.catalog.db import append_event
 from station.catalog.models import utcnow
 from station.config import StationConfig
-from station.sidecar import SidecarError, read_sidecar, sidecar_path, write_sidecar
-from station.store import fsync_dir
+from station.durable import remove
+from station.protection import is_protected
+from station.sidecar import (
+    Sidecar,
+    SidecarError,
+    mirror_row,
+    read_sidecar,
+    sidecar_path,
+    write_sidecar,
+)
 
 log = logging.getLogger(__name__)
-
-LEVELS = ("normal", "important", "evidence")
-PROTECTED_LEVELS = frozenset({"important", "evidence"})
 
 
 @dataclass(frozen=True)
@@ -55,7 +59,7 @@ class FileFacts:
 
     @property
     def protected(self) -> bool:
-        return self.important or self.level in PROTECTED_LEVELS or bool(self.legal_hold)
+        return is_protected(self.important, self.level, self.legal_hold)
 
 
 @dataclass(frozen=True)
@@ -147,6 +151,10 @@ def days_until_full(free_bytes: int, collected_bytes: int, window_days: float) -
     return free_bytes / (collected_bytes / window_days)
 
 
+class DeletionRefused(Exception):
+    """A person asked to delete a file that may not be deleted now (a legal hold)."""
+
+
 class RetentionSweeper:
     """Plans and carries out retention sweeps against the catalog and the disks."""
 
@@ -182,41 +190,67 @@ class RetentionSweeper:
         return plan
 
     def delete(self, file_id: int, reason: str, *, by: str = "retention") -> bool:
-        """Delete one unprotected file: sidecar marked, row tombstoned, file removed."""
-        with self.catalog.read() as s:
-            f = s.get(StoredFile, file_id)
-        if f is None or f.deleted_at is not None:
-            return False
-        facts = FileFacts(f.id, f.disk, f.size, f.collected_at, f.level, f.important, f.legal_hold)
-        if facts.protected and by == "retention":
-            log.error("retention refused to delete protected file %s", file_id)
-            return False
-        disk, path = Path(f.disk), Path(f.disk) / f.rel_path
-        now = utcnow()
+        """Delete one file crash-safely: sidecar marked, row tombstoned, file removed.
+
+        The protection check and the tombstone are one `BEGIN IMMEDIATE` transaction,
+        so a hold or a re-grade committed meanwhile (by the console, or by `station
+        files hold` in another process) is seen: a hold always wins. Retention never
+        deletes a protected file; a person (`by` another name) may delete a protected
+        one they confirmed, but never one under a legal hold (DeletionRefused). If the
+        catalog step fails, the sidecar is put back; if the station dies before it,
+        start-up recovery puts it back (`reconcile_sidecars`).
+        """
+        restore: tuple[Path, str, Sidecar] | None = None
         try:
-            sc = read_sidecar(sidecar_path(disk, f.rel_path))
-            write_sidecar(
-                disk,
-                f.rel_path,
-                replace(sc, deleted_at=now.isoformat(), deleted_by=by, delete_reason=reason),
-            )
-        except (SidecarError, OSError) as e:
-            log.warning("file %s: sidecar not updated (%s); deleting anyway", file_id, e)
-        with self.catalog.write() as s:
-            row = s.get(StoredFile, file_id)
-            assert row is not None
-            row.deleted_at, row.deleted_by, row.delete_reason = now, by, reason
-            append_event(
-                s,
-                "file_deleted",
-                f"{path}: {reason}",
-                actor=by,
-                file_id=file_id,
-                officer_no=row.officer.officer_no,
-                serial=row.recorder.serial,
-                size=row.size,
-                sha256=row.sha256,
-            )
+            with self.catalog.write() as s:
+                row = s.get(StoredFile, file_id)
+                if row is None or row.deleted_at is not None:
+                    return False
+                if row.legal_hold:
+                    if by == "retention":
+                        log.error("retention refused to delete file %s: legal hold", file_id)
+                        return False
+                    raise DeletionRefused(
+                        f"file {file_id} is under legal hold {row.legal_hold!r}: release it first"
+                    )
+                if by == "retention" and is_protected(row.important, row.level, None):
+                    log.error("retention refused to delete protected file %s", file_id)
+                    return False
+                disk, path = Path(row.disk), Path(row.disk) / row.rel_path
+                now = utcnow()
+                try:
+                    live = mirror_row(read_sidecar(sidecar_path(disk, row.rel_path)), row)
+                except (SidecarError, OSError) as e:
+                    log.warning("file %s: sidecar not updated (%s); deleting anyway", file_id, e)
+                else:
+                    write_sidecar(
+                        disk,
+                        row.rel_path,
+                        replace(
+                            live, deleted_at=now.isoformat(), deleted_by=by, delete_reason=reason
+                        ),
+                    )
+                    restore = (disk, row.rel_path, live)
+                faults.crashpoint("retention_after_sidecar")
+                row.deleted_at, row.deleted_by, row.delete_reason = now, by, reason
+                append_event(
+                    s,
+                    "file_deleted",
+                    f"{path}: {reason}",
+                    actor=by,
+                    file_id=file_id,
+                    officer_no=row.officer.officer_no,
+                    serial=row.recorder.serial,
+                    size=row.size,
+                    sha256=row.sha256,
+                )
+        except BaseException:
+            if restore is not None:
+                try:
+                    write_sidecar(*restore)
+                except OSError as e:  # start-up recovery puts it back from the row
+                    log.error("file %s: sidecar could not be restored: %s", file_id, e)
+            raise
         faults.crashpoint("retention_after_tombstone")
         remove_stored(path)
         return True
@@ -233,10 +267,4 @@ class RetentionSweeper:
             )
 
 
-def remove_stored(path: Path) -> None:
-    """Remove a stored file durably (gone already is fine)."""
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        return
-    fsync_dir(path.parent)
+remove_stored = remove  # a stored file is removed durably (station.durable.remove)

@@ -21,6 +21,7 @@ from sqlalchemy import Select, func, or_, select
 from station.catalog import Catalog, Event, Officer, Recorder, StoredFile
 from station.eventlog import as_dict
 from station.names import parse_card_path
+from station.protection import is_protected
 
 KINDS = ("video", "audio", "photo", "log", "other")
 COUNT_CAP = 10_000
@@ -64,7 +65,7 @@ class StoredRef:
 
     @property
     def protected(self) -> bool:
-        return self.important or self.level in ("important", "evidence") or bool(self.legal_hold)
+        return is_protected(self.important, self.level, self.legal_hold)
 
 
 def _prefix_range(column: Any, prefix: str) -> Any:
@@ -169,7 +170,7 @@ def file_item(f: StoredFile, tz: ZoneInfo | None) -> dict[str, Any]:
         "note": f.note or "",
         "case_no": f.case_no or "",
         "legal_hold": f.legal_hold or "",
-        "protected": f.important or f.level in ("important", "evidence") or bool(f.legal_hold),
+        "protected": is_protected(f.important, f.level, f.legal_hold),
     }
 
 

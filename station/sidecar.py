@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
-from dataclasses import asdict, dataclass, fields
+import re
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
+from typing import Any
 
-from station.store import fsync_dir, make_dirs_durable
+from station.durable import replace_file
+from station.protection import LEVELS, is_protected
 
 META = ".meta"
 VERSION = 1
@@ -51,6 +53,10 @@ class Sidecar:
     version: int = VERSION
 
     @property
+    def protected(self) -> bool:
+        return is_protected(self.important, self.level, self.legal_hold)
+
+    @property
     def card_path(self) -> bytes:
         return bytes.fromhex(self.card_path_hex)
 
@@ -63,34 +69,102 @@ class Sidecar:
         return dt.datetime.fromisoformat(self.recorded_at) if self.recorded_at else None
 
 
+def mirror_row(sc: Sidecar, row: Any) -> Sidecar:
+    """`sc` with what may change after collection (grade, note, case, hold, deletion) as the
+    catalog row `row` (a StoredFile) has it: the row is the truth while it exists."""
+    return replace(
+        sc,
+        important=bool(row.important),
+        level=row.level,
+        note=row.note,
+        case_no=row.case_no,
+        legal_hold=row.legal_hold,
+        deleted_at=row.deleted_at.isoformat() if row.deleted_at else None,
+        deleted_by=row.deleted_by,
+        delete_reason=row.delete_reason,
+    )
+
+
+MIRRORED = (
+    "important",
+    "level",
+    "note",
+    "case_no",
+    "legal_hold",
+    "deleted_at",
+    "deleted_by",
+    "delete_reason",
+)
+
+
 def sidecar_path(disk: Path, rel: str | Path) -> Path:
     return disk / META / f"{rel}.json"
 
 
 def write_sidecar(disk: Path, rel: str | Path, sc: Sidecar) -> Path:
-    """Write (or replace) a sidecar durably: temp file, fsync, rename, fsync folder."""
-    path = sidecar_path(disk, rel)
-    make_dirs_durable(path.parent, disk)
-    tmp = path.with_name(path.name + ".tmp")
+    """Write (or replace) a sidecar durably (station.durable.replace_file)."""
     data = json.dumps(asdict(sc), ensure_ascii=False, indent=1).encode()
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
-    return path
+    return replace_file(sidecar_path(disk, rel), data, root=disk)
 
 
 def read_sidecar(path: Path) -> Sidecar:
+    """Read and validate every field of a sidecar; SidecarError says what is wrong."""
     try:
         raw = json.loads(path.read_text("utf-8"))
+        if not isinstance(raw, dict):
+            raise ValueError("not a JSON object")
         known = {f.name for f in fields(Sidecar)}
         sc = Sidecar(**{k: v for k, v in raw.items() if k in known})
-        bytes.fromhex(sc.card_path_hex)
-        sc.collected  # noqa: B018 - validates the timestamp
+        _validate(sc)
         return sc
-    except (OSError, ValueError, TypeError) as e:
+    except (OSError, ValueError, TypeError, OverflowError) as e:
         raise SidecarError(f"{path}: {e}") from None
+
+
+_TEXT = (
+    "officer_no",
+    "serial",
+    "card_path_hex",
+    "name",
+    "collected_at",
+    "officer_name",
+    "unit_no",
+    "unit_name",
+    "id_code",
+    "kind",
+    "level",
+    "station_id",
+)
+_OPTIONAL_TEXT = (
+    "recorded_at",
+    "note",
+    "case_no",
+    "legal_hold",
+    "deleted_at",
+    "deleted_by",
+    "delete_reason",
+)
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def _validate(sc: Sidecar) -> None:
+    for name in _TEXT:
+        if not isinstance(getattr(sc, name), str):
+            raise ValueError(f"{name} is not text")
+    for name in _OPTIONAL_TEXT:
+        if getattr(sc, name) is not None and not isinstance(getattr(sc, name), str):
+            raise ValueError(f"{name} is not text")
+    if not isinstance(sc.sha256, str) or not _SHA256.fullmatch(sc.sha256):
+        raise ValueError("sha256 is not 64 hex digits")
+    if type(sc.size) is not int or sc.size < 0:
+        raise ValueError("size is not a byte count")
+    if type(sc.important) is not bool or type(sc.version) is not int:
+        raise ValueError("important or version has the wrong type")
+    if sc.level not in LEVELS:
+        raise ValueError(f"unknown level {sc.level!r}")
+    bytes.fromhex(sc.card_path_hex)
+    for stamp in (sc.collected_at, sc.recorded_at, sc.deleted_at):
+        if stamp is not None:
+            dt.datetime.fromisoformat(stamp)
+    if sc.collected.tzinfo is None:
+        raise ValueError("collected_at has no time zone")

@@ -7,7 +7,6 @@ rename is atomic and a file is always whole on exactly one disk.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import errno
 import logging
@@ -17,6 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from station.durable import make_dirs_durable
 from station.names import safe_component
 
 log = logging.getLogger(__name__)
@@ -51,28 +51,6 @@ def choose_disk(disks: Sequence[DiskSpace], active: int, size: int, min_free: in
     return None
 
 
-def fsync_dir(path: Path) -> None:
-    """Make a folder's entries (a rename, a new file) durable."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def make_dirs_durable(path: Path, root: Path) -> None:
-    """Create `path` below `root` and fsync each parent whose entries changed."""
-    missing = []
-    p = path
-    while not p.exists() and p != root:
-        missing.append(p)
-        p = p.parent
-    for d in reversed(missing):
-        with contextlib.suppress(FileExistsError):
-            d.mkdir()
-        fsync_dir(d.parent)
-
-
 class StoreDisk:
     """One data disk (a mount point, or a folder in tests and the demo)."""
 
@@ -94,7 +72,9 @@ class StoreDisk:
         return st.f_blocks * st.f_frsize, st.f_bavail * st.f_frsize
 
     def prepare(self) -> None:
-        self.staging.mkdir(parents=True, exist_ok=True)
+        """The staging folder, created durably (its entry in the disk root synced)."""
+        if not self.staging.is_dir():
+            make_dirs_durable(self.staging, self.path)
 
 
 class Store:

@@ -34,7 +34,6 @@ import shutil
 import subprocess
 import sys
 import tarfile
-import tempfile
 import time
 import tomllib
 from collections.abc import Callable, Iterator
@@ -45,7 +44,7 @@ from typing import Any
 
 from station import __version__
 from station.config import ConfigError, StationConfig, load_config, parse_config
-from station.store import fsync_dir
+from station.durable import replace_file
 
 REDACTED = "<redacted>"
 # A configuration key whose name contains one of these holds a secret.
@@ -932,55 +931,27 @@ def _record_import(
 
 def _replace_file(path: Path, data: bytes) -> None:
     """Replace `path` with `data` atomically, keeping its owner and mode and a .bak."""
-    folder = path.parent
-    folder.mkdir(parents=True, exist_ok=True)
     try:
         st: os.stat_result | None = path.stat()
     except FileNotFoundError:
         st = None
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, (st.st_mode & 0o7777) if st else 0o600)
-        if st is not None and os.geteuid() == 0:
-            os.chown(tmp, st.st_uid, st.st_gid)
-        if st is not None:
-            backup = path.with_name(path.name + ".bak")
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(backup)
-            try:
-                os.link(path, backup)
-            except OSError:  # no hard links here: a copy will do
-                shutil.copy2(path, backup)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    fsync_dir(folder)
+    if st is not None:
+        backup = path.with_name(path.name + ".bak")
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(backup)
+        try:
+            os.link(path, backup)
+        except OSError:  # no hard links here: a copy will do
+            shutil.copy2(path, backup)
+    replace_file(path, data, mode=(st.st_mode & 0o7777) if st else 0o600)
+    if st is not None and os.geteuid() == 0:
+        os.chown(path, st.st_uid, st.st_gid)
 
 
 def write_private(path: str | os.PathLike[str], data: bytes) -> Path:
     """Write a file only its owner can read (a backup with secrets, a bundle), atomically
     (mkstemp creates it 0600)."""
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, out)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    fsync_dir(out.parent)
-    return out
+    return replace_file(Path(path), data, mode=0o600)
 
 
 def default_name(kind: str, station_id: str, suffix: str = ".tar.gz") -> str:

@@ -11,13 +11,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from station import store as store_mod
+from station import durable as durable_mod
+from station.durable import make_dirs_durable
 from station.store import (
     MB,
     DiskSpace,
     Store,
     choose_disk,
-    make_dirs_durable,
     stored_relpath,
     unique_target,
 )
@@ -297,8 +297,8 @@ def test_make_dirs_durable_creates_and_fsyncs_each_new_parent(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     synced: list[Path] = []
-    real = store_mod.fsync_dir
-    monkeypatch.setattr(store_mod, "fsync_dir", lambda p: (synced.append(p), real(p)))
+    real = durable_mod.fsync_dir
+    monkeypatch.setattr(durable_mod, "fsync_dir", lambda p: (synced.append(p), real(p)))
     root = tmp_path / "disk"
     root.mkdir()
     target = root / "100001" / "B100001" / "2026-11-21"

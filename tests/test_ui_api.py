@@ -235,6 +235,33 @@ def test_administrator_deletes_with_a_reason_and_confirms_protected(st: StationP
     assert a.post(f"/ui/api/files/{fid}/delete", {"reason": "mine"}).status_code == 403
 
 
+def test_a_legal_hold_blocks_every_deletion_and_a_grade_only_an_admin_may_lower(
+    st: StationProc,
+) -> None:
+    adm, a = as_user(st, ADMIN), as_user(st, OFFICER_A)
+    fid = file_ids(st, OFFICER_A[0])[1]
+    assert adm.post(f"/ui/api/files/{fid}/annotate",
+                    {"level": "evidence", "case_no": "XS-2026-1"}).status_code == 200  # fmt: skip
+    # the officer may not take the protection away again, nor clear its case number
+    assert a.post(f"/ui/api/files/{fid}/annotate", {"level": "normal"}).status_code == 403
+    assert a.post(f"/ui/api/files/{fid}/annotate", {"level": "important"}).status_code == 403
+    assert a.post(f"/ui/api/files/{fid}/annotate", {"case_no": ""}).status_code == 403
+    assert a.post(f"/ui/api/files/{fid}/annotate", {"note": "seen"}).status_code == 200
+    got = adm.get(f"/ui/api/files/{fid}").json()
+    assert (got["level"], got["case_no"]) == ("evidence", "XS-2026-1")
+    # held: not even a twice-confirmed administrator deletes it until the hold is released
+    assert adm.post(f"/ui/api/files/{fid}/annotate", {"legal_hold": "XS-2026-1"}).status_code == 200
+    r = adm.post(f"/ui/api/files/{fid}/delete", {"reason": "clean-up", "confirm_protected": True})
+    assert r.status_code == 409 and "hold" in r.json()["detail"].lower()
+    assert adm.get(f"/ui/api/files/{fid}").status_code == 200
+    stored = st.query("SELECT disk, rel_path, deleted_at FROM files WHERE id = ?", fid)[0]
+    assert stored[2] is None and (st.root / stored[0] / stored[1]).exists()
+    # released (logged), graded back down by the administrator: then it can go
+    assert adm.post(f"/ui/api/files/{fid}/annotate", {"legal_hold": ""}).status_code == 200
+    assert adm.post(f"/ui/api/files/{fid}/annotate", {"level": "normal"}).status_code == 200
+    assert any("legal_hold" in e["message"] for e in events(st, kind="file_annotated"))
+
+
 def test_annotation_and_search_by_case_and_note(st: StationProc) -> None:
     a = as_user(st, OFFICER_A)
     fid = file_ids(st, OFFICER_A[0])[-1]

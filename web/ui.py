@@ -16,9 +16,10 @@ from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel, Field
 
 from station import accounts, search
-from station.annotations import AnnotationError, annotate
+from station.annotations import AnnotationError, ProtectionError, annotate
+from station.protection import LEVELS
 from station.registration import RegistrationError, approve
-from station.retention import LEVELS
+from station.retention import DeletionRefused
 from web.auth import (
     UI,
     AdminUser,
@@ -214,7 +215,12 @@ def router() -> APIRouter:
                 note=body.note,
                 case_no=body.case_no,
                 legal_hold=body.legal_hold,
+                admin=user.is_admin,
             )
+        except ProtectionError as e:
+            raise HTTPException(
+                403, N_("Only an administrator may lower the grade of protected footage")
+            ) from e
         except AnnotationError as e:
             if "IMP" in str(e):
                 raise HTTPException(
@@ -234,7 +240,15 @@ def router() -> APIRouter:
         why = body.reason.strip()
         if f["protected"]:
             why = f"{why} (protected file: deletion confirmed twice)"
-        if not ctx.station.retention.delete(file_id, why, by=user.officer_no):
+        if f["legal_hold"]:
+            raise HTTPException(409, N_("This file is under legal hold: release the hold first"))
+        try:
+            deleted = ctx.station.retention.delete(file_id, why, by=user.officer_no)
+        except DeletionRefused as e:
+            raise HTTPException(
+                409, N_("This file is under legal hold: release the hold first")
+            ) from e
+        if not deleted:
             raise HTTPException(404, N_("No such file"))
         ctx.station.notify()
         return {"deleted": file_id}

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
+import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -43,6 +45,30 @@ def _engine(path: Path, begin: str) -> Engine:
         conn.exec_driver_sql(begin)
 
     return engine
+
+
+class CatalogBusy(Exception):
+    """Another process (the running daemon) holds the catalog exclusively."""
+
+
+def lock_exclusive(path: Path) -> int:
+    """Take the station's lock beside the catalog (`<catalog>.lock`); return its descriptor.
+
+    The daemon holds it for as long as it runs; `station catalog rebuild` takes it too,
+    so a rebuild can never run under a collecting station. Released when the process
+    ends, however it ends.
+    """
+    lock = path.with_name(path.name + ".lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise CatalogBusy(
+            f"{path} is in use by a running station (stop it first: systemctl stop station)"
+        ) from None
+    return fd
 
 
 class Catalog:

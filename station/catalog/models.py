@@ -123,6 +123,8 @@ class IngestJob(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     recorder_id: Mapped[int] = mapped_column(ForeignKey("recorders.id"))
     session_id: Mapped[int | None] = mapped_column(ForeignKey("collection_sessions.id"))
+    # whose file this is: the officer bound to the recorder when the job began
+    officer_id: Mapped[int | None] = mapped_column(ForeignKey("officers.id"))
     card_path: Mapped[bytes] = mapped_column(LargeBinary)
     size: Mapped[int]
     mtime: Mapped[float]
@@ -179,6 +181,7 @@ class Event(Base):
     """The system log: append-only, each entry chained to the previous one's hash."""
 
     __tablename__ = "events"
+    __table_args__ = {"sqlite_autoincrement": True}  # noqa: RUF012 - SQLAlchemy's form
 
     id: Mapped[int] = mapped_column(primary_key=True)
     at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)

@@ -1,0 +1,26 @@
+"""The one rule for what footage is protected (S34), used by every part that deletes or shows.
+
+A file is protected when its recorder marked it important (IMP in its name), a
+person graded it `important` or `evidence`, or it is under a legal hold.
+Retention never deletes a protected file; a person may delete one only after
+confirming twice; nobody deletes a file under a legal hold until it is
+released; and only an administrator may lower a protected grade.
+"""
+
+from __future__ import annotations
+
+LEVELS = ("normal", "important", "evidence")  # in rising order of protection
+PROTECTED_LEVELS = frozenset({"important", "evidence"})
+
+
+def is_protected(important: bool, level: str, legal_hold: str | None) -> bool:
+    return bool(important) or level in PROTECTED_LEVELS or bool(legal_hold)
+
+
+def lowers_protection(old_level: str, new_level: str) -> bool:
+    """True when a change of grade takes away protection the file had."""
+    return old_level in PROTECTED_LEVELS and _rank(new_level) < _rank(old_level)
+
+
+def _rank(level: str) -> int:
+    return LEVELS.index(level) if level in LEVELS else 0

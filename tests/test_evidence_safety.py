@@ -1,0 +1,375 @@
+"""Evidence safety, second pass: the ways footage could still be lost, doubled, misattributed
+or wrongly deleted, each tried on purpose against the real catalog and a real disk folder.
+
+The daemon-level halves of these live beside the behaviour they check (test_ui_api.py for
+the console, test_faults.py for crash points); here the store is driven in process, so a
+race or a half-finished step can be placed exactly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime as dt
+import hashlib
+import os
+import threading
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from sqlalchemy import select
+
+from station import retention as retention_mod
+from station.annotations import AnnotationError, ProtectionError, annotate
+from station.catalog import Catalog, IngestJob, Officer, Recorder, StoredFile
+from station.catalog.db import CatalogBusy, lock_exclusive
+from station.recovery import adopt, rebuild, recover
+from station.retention import DeletionRefused, RetentionSweeper, Rules
+from station.sidecar import Sidecar, SidecarError, read_sidecar, sidecar_path, write_sidecar
+from station.store import Store
+
+RULES = Rules(days={"normal": 1, "important": None, "evidence": None})
+LONG_AGO = dt.datetime(2020, 1, 1, tzinfo=dt.UTC)
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> tuple[Catalog, Path]:
+    catalog = Catalog(tmp_path / "catalog.db")
+    catalog.migrate()
+    disk = tmp_path / "disk1"
+    disk.mkdir()
+    yield catalog, disk
+    catalog.close()
+
+
+def put_file(
+    catalog: Catalog,
+    disk: Path,
+    name: str = "100001_B1_20200101080000_0001.MP4",
+    *,
+    officer_no: str = "100001",
+    serial: str = "B1",
+    data: bytes | None = None,
+    **fields: object,
+) -> int:
+    """A stored file, its sidecar and its catalog row, as collection leaves them."""
+    data = os.urandom(4096) if data is None else data
+    rel = f"{officer_no}/{serial}/2020-01-01/{name}"
+    (disk / rel).parent.mkdir(parents=True, exist_ok=True)
+    (disk / rel).write_bytes(data)
+    sc = Sidecar(
+        sha256=hashlib.sha256(data).hexdigest(),
+        size=len(data),
+        officer_no=officer_no,
+        serial=serial,
+        card_path_hex=f"DCIM/{name}".encode().hex(),
+        name=name,
+        collected_at=LONG_AGO.isoformat(),
+        **fields,  # type: ignore[arg-type]
+    )
+    write_sidecar(disk, rel, sc)
+    with catalog.write() as s:
+        return adopt(s, disk, rel, sc).id
+
+
+def row(catalog: Catalog, file_id: int) -> StoredFile:
+    with catalog.read() as s:
+        f = s.get(StoredFile, file_id)
+        assert f is not None
+        return f
+
+
+def sidecar_of(catalog: Catalog, file_id: int) -> Sidecar:
+    f = row(catalog, file_id)
+    return read_sidecar(sidecar_path(Path(f.disk), f.rel_path))
+
+
+def path_of(catalog: Catalog, file_id: int) -> Path:
+    f = row(catalog, file_id)
+    return Path(f.disk) / f.rel_path
+
+
+# --- 1. a hold or a re-grade racing a sweep ---------------------------------------------------
+
+
+@pytest.mark.parametrize("change", [{"legal_hold": "XS-1"}, {"level": "evidence"}])
+def test_a_hold_or_regrade_committed_during_a_sweep_wins(env, monkeypatch, change) -> None:
+    catalog, disk = env
+    fid = put_file(catalog, disk)
+    sweeper = RetentionSweeper(catalog, RULES)
+    plan = sweeper.plan([], dt.datetime(2026, 12, 1, tzinfo=dt.UTC))
+    assert plan.expired == [fid]  # the sweep has decided: this file goes
+
+    # Between the sweep's decision and its tombstone, an administrator holds the file
+    # (from another thread, as the console or `station files hold` would).
+    real = retention_mod.read_sidecar
+    done = threading.Event()
+
+    def hold_meanwhile(path: Path) -> Sidecar:
+        def hold() -> None:
+            # if the deletion committed first, the hold finds no file (AnnotationError)
+            with contextlib.suppress(AnnotationError):
+                annotate(catalog, fid, by="admin", admin=True, **change)
+            done.set()
+
+        threading.Thread(target=hold).start()
+        done.wait(2)  # lets it commit if nothing keeps it out
+        return real(path)
+
+    monkeypatch.setattr(retention_mod, "read_sidecar", hold_meanwhile)
+    for file_id in plan.expired:
+        sweeper.delete(file_id, "retention period expired")
+    assert done.wait(30)
+    f = row(catalog, fid)
+    held = f.legal_hold or f.level == "evidence"
+    # never both: a protected row whose file was deleted
+    assert not (held and f.deleted_at is not None)
+    assert held == path_of(catalog, fid).exists()
+
+
+# --- 2. a sidecar tombstone that outlives a failed catalog step ----------------------------------
+
+
+def test_a_failed_catalog_step_puts_the_sidecar_back(env, monkeypatch) -> None:
+    catalog, disk = env
+    fid = put_file(catalog, disk)
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise OSError("disk I/O error")
+
+    monkeypatch.setattr(retention_mod, "append_event", broken)
+    with pytest.raises(OSError):
+        RetentionSweeper(catalog, RULES).delete(fid, "retention period expired")
+    assert row(catalog, fid).deleted_at is None
+    assert sidecar_of(catalog, fid).deleted_at is None  # put back
+    assert path_of(catalog, fid).exists()
+
+
+def test_recovery_rewrites_a_stale_sidecar_from_its_live_row(env) -> None:
+    """The station died between the sidecar tombstone and the catalog commit."""
+    catalog, disk = env
+    fid = put_file(catalog, disk, level="important")
+    f = row(catalog, fid)
+    stale = dataclasses.replace(
+        sidecar_of(catalog, fid), deleted_at=LONG_AGO.isoformat(), deleted_by="retention",
+        level="normal",
+    )  # fmt: skip
+    write_sidecar(disk, f.rel_path, stale)
+    report = recover(catalog, Store([disk], 0).disks)
+    assert report.sidecars_rewritten
+    sc = sidecar_of(catalog, fid)
+    assert (sc.deleted_at, sc.level) == (None, "important")
+    assert path_of(catalog, fid).exists()
+
+
+def test_a_hold_never_carries_a_stale_deletion_forward_and_rebuild_keeps_the_file(env) -> None:
+    catalog, disk = env
+    fid = put_file(catalog, disk)
+    f = row(catalog, fid)
+    stale = dataclasses.replace(sidecar_of(catalog, fid), deleted_at=LONG_AGO.isoformat())
+    write_sidecar(disk, f.rel_path, stale)
+    annotate(catalog, fid, by="admin", legal_hold="XS-2", admin=True)
+    assert sidecar_of(catalog, fid).deleted_at is None
+    # the catalog is lost: a rebuild from the sidecars keeps the held file, live
+    fresh = Catalog(disk.parent / "rebuilt.db")
+    fresh.migrate()
+    rebuild(fresh, [disk])
+    with fresh.read() as s:
+        (back,) = s.scalars(select(StoredFile)).all()
+    assert back.deleted_at is None and back.legal_hold == "XS-2"
+    assert path_of(catalog, fid).exists()
+    fresh.close()
+
+
+@pytest.mark.parametrize("fields", [{"legal_hold": "XS-3"}, {"level": "evidence"}])
+def test_rebuild_and_the_orphan_pass_never_delete_protected_footage(env, fields) -> None:
+    catalog, disk = env
+    fid = put_file(catalog, disk, **fields)
+    path = path_of(catalog, fid)
+    sc = dataclasses.replace(sidecar_of(catalog, fid), deleted_at=LONG_AGO.isoformat())
+    write_sidecar(disk, row(catalog, fid).rel_path, sc)
+    fresh = Catalog(disk.parent / "rebuilt.db")
+    fresh.migrate()
+    report = rebuild(fresh, [disk])
+    assert path.exists() and report.quarantined
+    # the next start's orphan pass moves it aside for a person, and deletes nothing
+    report = recover(fresh, Store([disk], 0).disks)
+    assert not path.exists() and report.quarantined
+    kept = list((disk / ".quarantine").rglob(path.name))
+    assert len(kept) == 1 and hashlib.sha256(kept[0].read_bytes()).hexdigest() == sc.sha256
+    fresh.close()
+
+
+# --- 3 and 4. a hold blocks every deletion; only an administrator lowers a grade --------------
+
+
+def test_an_administrator_cannot_delete_a_held_file(env) -> None:
+    catalog, disk = env
+    fid = put_file(catalog, disk, legal_hold="XS-4")
+    with pytest.raises(DeletionRefused):
+        RetentionSweeper(catalog, RULES).delete(fid, "clean-up", by="900001")
+    assert row(catalog, fid).deleted_at is None and path_of(catalog, fid).exists()
+    annotate(catalog, fid, by="900001", legal_hold="", admin=True)  # released first
+    assert RetentionSweeper(catalog, RULES).delete(fid, "clean-up", by="900001")
+    assert not path_of(catalog, fid).exists()
+
+
+def test_only_an_administrator_lowers_a_protected_grade(env) -> None:
+    catalog, disk = env
+    fid = put_file(catalog, disk)
+    annotate(catalog, fid, by="900001", level="evidence", case_no="XS-5", admin=True)
+    for change in ({"level": "normal"}, {"level": "important"}, {"case_no": ""}):
+        with pytest.raises(ProtectionError):
+            annotate(catalog, fid, by="100001", **change)
+    f = row(catalog, fid)
+    assert (f.level, f.case_no) == ("evidence", "XS-5")
+    annotate(catalog, fid, by="100001", level="evidence", note="raised is fine")
+    annotate(catalog, fid, by="900001", level="normal", admin=True)
+    assert row(catalog, fid).level == "normal"
+
+
+# --- 6. a second copy of a stored file is never catalogued ------------------------------------
+
+
+def test_a_superseded_verified_job_is_not_committed_twice(env, tmp_path) -> None:
+    """Power cut after verify; the disk stays away; the recorder is collected onto the other
+    disk; the first disk comes back: its verified job must not become a second live row."""
+    catalog, disk = env
+    data = os.urandom(8192)
+    name = "100001_B1_20200101080000_0002.MP4"
+    first = put_file(catalog, disk, name, data=data)  # the copy made on the other disk
+    other = tmp_path / "disk2"
+    (other / ".staging").mkdir(parents=True)
+    rel = f"100001/B1/2020-01-01/{name}"
+    (other / rel).parent.mkdir(parents=True)
+    (other / rel).write_bytes(data)
+    write_sidecar(other, rel, sidecar_of(catalog, first))
+    with catalog.write() as s:
+        f = s.get(StoredFile, first)
+        job = IngestJob(
+            recorder_id=f.recorder_id, officer_id=f.officer_id, card_path=f.card_path,
+            size=len(data), mtime=0.0, state="verified", disk=str(other),
+            temp_path=str(other / ".staging" / "99.part"), final_path=rel, sha256=f.sha256,
+        )  # fmt: skip
+        s.add(job)
+    report = recover(catalog, Store([disk, other], 0).disks)
+    with catalog.read() as s:
+        live = s.scalars(select(StoredFile).where(StoredFile.deleted_at.is_(None))).all()
+    assert [f.id for f in live] == [first]
+    assert report.duplicates and not (other / rel).exists()
+    assert list((other / ".quarantine").rglob(name))  # kept aside, not deleted
+
+
+def test_rebuild_catalogues_one_copy_of_a_file_found_on_both_disks(env, tmp_path) -> None:
+    catalog, disk = env
+    data = os.urandom(4096)
+    fid = put_file(catalog, disk, data=data)
+    other = tmp_path / "disk2"
+    rel = row(catalog, fid).rel_path
+    (other / rel).parent.mkdir(parents=True)
+    (other / rel).write_bytes(data)
+    write_sidecar(other, rel, sidecar_of(catalog, fid))
+    fresh = Catalog(tmp_path / "rebuilt.db")
+    fresh.migrate()
+    report = rebuild(fresh, [disk, other])
+    with fresh.read() as s:
+        assert len(s.scalars(select(StoredFile)).all()) == 1
+    assert len(report.duplicates) == 1
+    fresh.close()
+
+
+# --- 8. a late commit files the footage under the officer it was collected for -----------------
+
+
+def test_a_verified_job_is_committed_to_the_officer_it_began_for(env) -> None:
+    catalog, disk = env
+    data = os.urandom(4096)
+    fid = put_file(catalog, disk, "100001_B1_20200101080000_0009.MP4", data=data)
+    f = row(catalog, fid)
+    rel, sc = f.rel_path, sidecar_of(catalog, fid)
+    with catalog.write() as s:
+        # the row is not there yet (the power cut came after verify) ...
+        s.delete(s.get(StoredFile, fid))
+        s.add(
+            IngestJob(
+                recorder_id=f.recorder_id, officer_id=f.officer_id, card_path=f.card_path,
+                size=len(data), mtime=0.0, state="verified", disk=str(disk),
+                temp_path=str(disk / ".staging" / "7.part"), final_path=rel, sha256=sc.sha256,
+            )
+        )  # fmt: skip
+        # ... and meanwhile the recorder was given to another officer
+        other = Officer(officer_no="200002", name="李四")
+        s.add(other)
+        s.flush()
+        s.get(Recorder, f.recorder_id).officer_id = other.id
+    recover(catalog, Store([disk], 0).disks)
+    with catalog.read() as s:
+        (back,) = s.scalars(select(StoredFile)).all()
+        assert back.officer.officer_no == "100001"  # as its sidecar and its folder say
+
+
+# --- 12. a malformed sidecar never stops the station ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        {"collected_at": "2026-13-01T00:00:00+00:00"},
+        {"size": "many"},
+        {"sha256": "not-a-hash"},
+        {"level": "destroy"},
+        {"recorded_at": "yesterday"},
+        {"important": "yes"},
+    ],
+)
+def test_a_bad_sidecar_field_is_quarantined_and_recovery_goes_on(env, damage) -> None:
+    import json
+
+    catalog, disk = env
+    fid = put_file(catalog, disk)
+    orphan = put_file(catalog, disk, "100001_B1_20200101080000_0003.MP4")
+    with catalog.write() as s:  # an orphan: on the disk, not in the catalog
+        s.delete(s.get(StoredFile, orphan))
+    rel = "100001/B1/2020-01-01/100001_B1_20200101080000_0003.MP4"
+    meta = sidecar_path(disk, rel)
+    meta.write_text(json.dumps({**json.loads(meta.read_text()), **damage}))
+    with pytest.raises(SidecarError):
+        read_sidecar(meta)
+    report = recover(catalog, Store([disk], 0).disks)
+    assert any(rel in q for q in report.quarantined)
+    assert (disk / ".quarantine" / rel).exists()
+    assert path_of(catalog, fid).exists()
+
+
+# --- 14. smaller ones ---------------------------------------------------------------------------
+
+
+def test_catalog_rebuild_refuses_while_the_daemon_runs(env, tmp_path) -> None:
+    from station.cli import cli
+
+    catalog, disk = env
+    config = tmp_path / "station.toml"
+    config.write_text(
+        f'[station]\nid = "T1"\n[store]\ndisks = ["{disk}"]\n'
+        f'[database]\nurl = "sqlite:///{catalog.path}"\n'
+    )
+    fd = lock_exclusive(catalog.path)  # what the running daemon holds
+    try:
+        with pytest.raises(CatalogBusy):
+            lock_exclusive(catalog.path)
+        r = CliRunner().invoke(cli, ["catalog", "rebuild", "--config", str(config)])
+        assert r.exit_code != 0 and "running station" in r.output
+        assert catalog.path.exists() and not list(tmp_path.glob("catalog.db.broken-*"))
+    finally:
+        os.close(fd)
+
+
+def test_sidecar_writes_survive_short_writes(env, monkeypatch) -> None:
+    catalog, disk = env
+    fid = put_file(catalog, disk)
+    real = os.write
+    monkeypatch.setattr(os, "write", lambda fd, data: real(fd, bytes(data[:7])))
+    annotate(catalog, fid, by="admin", note="x" * 5000, admin=True)
+    monkeypatch.undo()
+    assert sidecar_of(catalog, fid).note == "x" * 5000
