@@ -356,6 +356,7 @@ class Collector:
             progress=self._progress,
             throttle=self._throttle,
             card_recheck=self.sv.config.store.card_recheck,
+            full_recheck_below=self.sv.config.store.card_recheck_full_mb * 1024 * 1024,
         )
         failures = self._collect_card(ingest, rec, card)
         if failures:

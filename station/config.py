@@ -66,6 +66,8 @@ class StoreSection(_Section):
     # after copying, read the card again: "sample" compares a few 64 KiB windows,
     # "full" re-reads and re-hashes the whole file (twice the USB time), "off" trusts it
     card_recheck: Literal["sample", "full", "off"] = "sample"
+    # with "sample", IMP files and files up to this size are still re-read in full
+    card_recheck_full_mb: Annotated[int, Field(strict=True, ge=0)] = 64
     # the background scrubber re-hashes stored files at this rate (0 = off) ...
     scrub_mb_s: Annotated[float, Field(ge=0)] = 20.0
     # ... so that each file is checked again after this many days

@@ -182,6 +182,7 @@ class FileIngest:
         progress: Callable[[int], None],
         throttle: Callable[[int], None] | None = None,
         card_recheck: str = "sample",
+        full_recheck_below: int = 0,
     ) -> None:
         self.catalog = catalog
         self.store = store
@@ -194,6 +195,7 @@ class FileIngest:
         self.progress = progress
         self.throttle = throttle
         self.card_recheck = card_recheck
+        self.full_recheck_below = full_recheck_below
 
     # --- entry point ------------------------------------------------------------------
 
@@ -541,7 +543,12 @@ class FileIngest:
             raise FileChanged(parse_card_path(cf.path).display)
         if self.card_recheck == "off" or cf.size == 0:
             return
-        if self.card_recheck == "full":
+        if (
+            self.card_recheck == "full"
+            or cf.size <= self.full_recheck_below
+            or parse_card_path(cf.path).important
+        ):
+            # every byte compared again: a transient misread during the copy is caught
             windows = [(0, cf.size)]
         else:
             w = min(OVERLAP, cf.size)
@@ -681,6 +688,22 @@ class FileIngest:
     def _delete_from_card(
         self, cf: CardFile, file_id: int, *, duplicate: bool, job_id: int | None = None
     ) -> None:
+        """Clear one stored file from the card, unless it changed since it was read: bytes
+        appended after the second look are not in the store, so the file stays and is
+        collected again."""
+        now = self.card.stat_file(cf.path)
+        if now is None or (now.size, now.mtime) != (cf.size, cf.mtime):
+            with self.catalog.write() as s:
+                append_event(
+                    s,
+                    "card_file_kept",
+                    f"{parse_card_path(cf.path).display}: changed after it was stored; "
+                    "kept on the recorder and collected again",
+                    port=self.owner.port,
+                    serial=self.owner.serial,
+                    file_id=file_id,
+                )
+            raise FileChanged(parse_card_path(cf.path).display)
         self.card.delete_file(cf.path)
         faults.crashpoint("after_card_delete")
         with self.catalog.write() as s:

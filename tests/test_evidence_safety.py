@@ -373,3 +373,136 @@ def test_sidecar_writes_survive_short_writes(env, monkeypatch) -> None:
     annotate(catalog, fid, by="admin", note="x" * 5000, admin=True)
     monkeypatch.undo()
     assert sidecar_of(catalog, fid).note == "x" * 5000
+
+
+# --- collection in process: the card, the ingest, the store -----------------------------------
+
+
+class Ingest:
+    """One docked recorder's FileIngest over a real folder card and a real disk folder."""
+
+    def __init__(self, catalog: Catalog, disk: Path, card_root: Path, **options: object) -> None:
+        from drivers.card import FolderCard
+        from station.ingest import FileIngest, Owner
+
+        with catalog.write() as s:
+            officer = Officer(officer_no="100001", name="张三")
+            s.add(officer)
+            s.flush()
+            rec = Recorder(serial="B1", officer_id=officer.id, status="registered")
+            s.add(rec)
+            s.flush()
+            from station.catalog import CollectionSession
+
+            sess = CollectionSession(recorder_id=rec.id, port=1)
+            s.add(sess)
+            s.flush()
+            owner = Owner(rec.id, "B1", officer.id, "100001", sess.id, 1)
+        self.card = FolderCard(card_root)
+        self.catalog = catalog
+        self.fi = FileIngest(
+            catalog, Store([disk], 0), self.card, owner, chunk=1 << 20, sync_every=1 << 30,
+            tz=None, stop=threading.Event(), progress=lambda n: None, **options,
+        )  # fmt: skip
+
+    def collect(self, name: bytes):
+        cf = next(f for f in self.card.list_files() if f.path == name)
+        return self.fi.copy(cf)()
+
+
+def card_with(tmp_path: Path, name: str, data: bytes) -> Path:
+    root = tmp_path / "card"
+    (root / "DCIM").mkdir(parents=True)
+    (root / "DCIM" / name).write_bytes(data)
+    return root
+
+
+def test_bytes_appended_after_the_second_look_keep_the_file_on_the_card(env, tmp_path) -> None:
+    from station.ingest import FileChanged
+
+    catalog, disk = env
+    name = "100001_B1_20261201080000_0001.MP4"
+    root = card_with(tmp_path, name, os.urandom(300_000))
+    ing = Ingest(catalog, disk, root)
+    real = ing.fi._second_look
+
+    def then_append(job, cf) -> None:  # the recorder writes on, just after the second look
+        real(job, cf)
+        with open(root / "DCIM" / name, "ab") as f:
+            f.write(b"late bytes")
+
+    ing.fi._second_look = then_append
+    with pytest.raises(FileChanged):
+        ing.collect(f"DCIM/{name}".encode())
+    assert (root / "DCIM" / name).read_bytes().endswith(b"late bytes")  # not deleted
+    # the next pass collects the grown file as well; nothing is lost
+    ing.fi._second_look = real
+    ing.collect(f"DCIM/{name}".encode())
+    assert not (root / "DCIM" / name).exists()
+    with catalog.read() as s:
+        sizes = sorted(f.size for f in s.scalars(select(StoredFile)))
+    assert sizes == [300_000, 300_010]
+
+
+@pytest.mark.parametrize("name", ["100001_B1_20261201080000_0002.MP4",
+                                  "100001_B1_20261201080000_0003_IMP.MP4"])  # fmt: skip
+def test_a_transient_misread_during_the_copy_never_clears_the_card(env, tmp_path, name) -> None:
+    """One wrong read while copying is hashed, read back and would be committed: the full
+    re-read of the second look (small and IMP files) sees it, and the card keeps the file."""
+    from station.ingest import VerifyFailed
+
+    catalog, disk = env
+    size = 2 * 1024 * 1024 + 12345
+    data = os.urandom(size)
+    root = card_with(tmp_path, name, data)
+    # IMP files are re-read in full whatever their size; the others up to the threshold
+    limit = 0 if "IMP" in name else 64 << 20
+    ing = Ingest(catalog, disk, root, full_recheck_below=limit)
+    opened = ing.card.open_file
+    flipped = []
+
+    def flaky_open(path, offset=0, *, direct=False):
+        stream = opened(path, offset, direct=direct)
+        read = stream.readinto
+
+        def readinto(buf):
+            n = read(buf)
+            if direct and not flipped and n > 700_000:
+                buf[700_000] ^= 0x10
+                flipped.append(True)
+            return n
+
+        stream.readinto = readinto
+        return stream
+
+    ing.card.open_file = flaky_open
+    with pytest.raises(VerifyFailed):
+        ing.collect(f"DCIM/{name}".encode())
+    assert flipped
+    assert (root / "DCIM" / name).read_bytes() == data
+    with catalog.read() as s:
+        assert s.scalars(select(StoredFile)).all() == []
+
+
+def test_a_deleted_copy_is_no_duplicate(env, tmp_path, monkeypatch) -> None:
+    """The same card file stored, then deleted from the store: seen again, it must be
+    collected, not dropped from the card as a 'duplicate' of nothing."""
+    catalog, disk = env
+    name = "100001_B1_20261201080000_0004.MP4"
+    data = os.urandom(100_000)
+    root = card_with(tmp_path, name, data)
+    ing = Ingest(catalog, disk, root)
+    (root / "DCIM" / "keep").write_bytes(data)  # the same bytes, to put back after the first
+    ing.collect(f"DCIM/{name}".encode())
+    with catalog.read() as s:
+        (first,) = s.scalars(select(StoredFile)).all()
+    # deleted from the store, the removal of its file not yet done (cut short, or racing)
+    monkeypatch.setattr(retention_mod, "remove_stored", lambda path: None)
+    RetentionSweeper(catalog, RULES).delete(first.id, "test", by="900001")
+    os.rename(root / "DCIM" / "keep", root / "DCIM" / name)  # the card shows it again
+    out = ing.collect(f"DCIM/{name}".encode())
+    assert out.kind == "stored" and out.file_id != first.id
+    with catalog.read() as s:
+        live = s.scalars(select(StoredFile).where(StoredFile.deleted_at.is_(None))).all()
+    assert [f.id for f in live] == [out.file_id]
+    assert hashlib.sha256((disk / live[0].rel_path).read_bytes()).hexdigest() == out.sha256
