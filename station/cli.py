@@ -405,6 +405,51 @@ def catalog_verify(config_path: str | None) -> None:
         sys.exit(1)
 
 
+@cli.group(invoke_without_command=True)
+@config_option
+@click.pass_context
+def disks(ctx: click.Context, config_path: str | None) -> None:
+    """The store disks: each one's identity (the UUID of its marker) and whether it is used."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from station.disks import DiskBook, DiskIdentityError, read_marker
+    from station.store import Store
+
+    config = _config(config_path)
+    catalog = _catalog(config)
+    book = DiskBook(catalog, config.station.id)
+    known = book.known()
+    for d in Store(config.store.disks, config.store.min_free_mb).disks:
+        try:
+            marker = read_marker(d.path) if d.path.is_dir() else None
+        except DiskIdentityError as e:
+            marker, why = None, str(e)
+        else:
+            why = "" if marker and marker.uuid in known else "not taken into use"
+        ident = marker.uuid if marker else "-"
+        click.echo(f"{d.path}\t{ident}\t{why or 'in use'}")
+
+
+@disks.command("adopt")
+@click.argument("path", type=click.Path(path_type=Path))
+@config_option
+@click.option("--by", default="administrator", show_default=True)
+def disks_adopt(path: Path, config_path: str | None, by: str) -> None:
+    """Take a new or replaced disk into use at its configured PATH (logged)."""
+    from station.disks import DiskBook, DiskIdentityError
+    from station.store import Store
+
+    config = _config(config_path)
+    disk = next((d for d in Store(config.store.disks, 0).disks if d.path == path), None)
+    if disk is None:
+        raise click.ClickException(f"{path} is not one of store.disks")
+    try:
+        ident = DiskBook(_catalog(config), config.station.id).adopt(disk, by)
+    except DiskIdentityError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"{path}: taken into use as disk {ident}")
+
+
 @cli.group()
 def audit() -> None:
     """The tamper-evident system log."""
@@ -432,12 +477,17 @@ def retention() -> None:
 
 
 def _sweeper(config: StationConfig) -> Any:
+    from station.disks import DiskBook
     from station.retention import DiskFacts, RetentionSweeper, retention_rules
     from station.store import Store
 
+    catalog = _catalog(config)
     store = Store(config.store.disks, config.store.min_free_mb)
-    disks = [DiskFacts(str(d.path), *d.usage()) for d in store.disks if d.present()]
-    return RetentionSweeper(_catalog(config), retention_rules(config)), disks
+    book = DiskBook(catalog, config.station.id)
+    disks = [
+        DiskFacts(str(d.path), *d.usage()) for d in store.disks if book.identify(d) is None
+    ]
+    return RetentionSweeper(catalog, retention_rules(config)), disks
 
 
 @retention.command("preview")

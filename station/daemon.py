@@ -42,6 +42,7 @@ from station.catalog.models import utcnow
 from station.clock import clock_synchronized
 from station.collector import Collector, Services, Slot
 from station.config import StationConfig
+from station.disks import DiskBook
 from station.forward import Forwarder
 from station.mount import MountError, find_card_device, make_mounter, mount_card
 from station.names import parse_card_path
@@ -183,6 +184,8 @@ class Station:
         self.alarms = AlarmBook(self.catalog, self.notify, self._alarm_raised)
         self._spoken: dict[int, tuple[int, str]] = {}  # port -> (generation, state) last seen
         self.retention = RetentionSweeper(self.catalog, retention_rules(config))
+        self.disk_book = DiskBook(self.catalog, config.station.id)
+        self._disk_refused: dict[str, str | None] = {}
         self._sweep_lock = threading.Lock()
         self.watcher = PortWatcher(
             self.bus, self._on_port_change, debounce_s=config.bus.debounce_ms / 1000
@@ -280,6 +283,7 @@ class Station:
         self._catalog_lock = lock_exclusive(self.catalog.path)  # held until the process ends
         self.catalog.migrate()
         self.store.active = int(self.catalog.get_state("active_disk", "0") or 0)
+        self._identify_disks()
         self.store.prepare()
         report = recover(self.catalog, self.store.disks)
         for line in report.lines():
@@ -625,12 +629,29 @@ class Station:
             elif synced:
                 self.alarms.clear("clock_unsynced")
 
+    def _identify_disks(self) -> None:
+        """Know each configured disk by its marker; one that is not this station's (an empty
+        mount point, say) is never written to (station.disks)."""
+        for d in self.store.disks:
+            if d.present():
+                continue
+            why = self.disk_book.identify(d)
+            if why is None:
+                d.prepare()
+            elif why != self._disk_refused.get(str(d.path)):
+                log.warning("store disk %s not used: %s", d.path, why)
+            self._disk_refused[str(d.path)] = why
+
     def _check_disks(self) -> None:
+        self._identify_disks()
         for d in self.store.disks:
             if d.present():
                 self.alarms.clear("disk_missing", str(d.path))
             else:
-                self.alarms.raise_("disk_missing", f"store disk {d.path} is missing", str(d.path))
+                why = self._disk_refused.get(str(d.path)) or "its marker is gone (unmounted?)"
+                self.alarms.raise_(
+                    "disk_missing", f"store disk {d.path} is not usable: {why}", str(d.path)
+                )
         if self.store.pick(0) is not None:
             self.alarms.clear("storage_full")
         saved = self.catalog.get_state("active_disk")

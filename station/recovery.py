@@ -22,9 +22,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from drivers.base import OfficerInfo
-from station.catalog import Catalog, IngestJob, Officer, Recorder, StoredFile
+from station.catalog import Catalog, IngestJob, Officer, Recorder, StoredDisk, StoredFile
 from station.catalog.db import append_event
 from station.catalog.models import utcnow
+from station.disks import DiskIdentityError, read_marker, write_marker
 from station.durable import fsync_dir, link_into_place, make_dirs_durable
 from station.ingest import file_row, hash_file, store_row
 from station.registration import officer_for
@@ -38,12 +39,12 @@ from station.sidecar import (
     sidecar_path,
     write_sidecar,
 )
-from station.store import STAGING, StoreDisk
+from station.store import MARKER, STAGING, StoreDisk
 
 log = logging.getLogger(__name__)
 
 QUARANTINE = ".quarantine"
-HIDDEN = {STAGING, META, QUARANTINE}
+HIDDEN = {STAGING, META, QUARANTINE}  # folders at a disk's root that hold no evidence
 
 
 @dataclass
@@ -84,6 +85,7 @@ def stored_files(disk: Path) -> Iterator[str]:
     for root, dirs, files in os.walk(disk):
         if Path(root) == disk:
             dirs[:] = [d for d in dirs if d not in HIDDEN]
+            files = [f for f in files if f != MARKER]
         for f in files:
             yield os.path.relpath(os.path.join(root, f), disk)
 
@@ -421,6 +423,16 @@ def rebuild(catalog: Catalog, disks: list[Path], *, check_hashes: bool = True) -
     """Fill an empty catalog from the sidecars on the disks, tombstones included."""
     report = Report()
     for disk in disks:
+        try:
+            marker = read_marker(disk)
+        except DiskIdentityError as e:
+            report.errors.append(str(e))
+            marker = None
+        if marker is None and disk.is_dir():  # rebuilt from it: it is this station's disk
+            marker = write_marker(disk, "")
+        if marker is not None:  # the rebuilt catalog knows the disk it was rebuilt from
+            with catalog.write() as s:
+                s.merge(StoredDisk(uuid=marker.uuid, path=str(disk), taken_by="catalog rebuild"))
         described = set()
         for rel in sidecars(disk):
             described.add(rel)

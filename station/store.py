@@ -22,6 +22,7 @@ from station.names import safe_component
 log = logging.getLogger(__name__)
 
 STAGING = ".staging"
+MARKER = ".station-disk.json"  # written by station.disks
 MB = 1024 * 1024
 
 
@@ -59,9 +60,17 @@ class StoreDisk:
         self.path = Path(path)
         self.staging = self.path / STAGING
         self.failed: str | None = None  # why it was taken out of use
+        # the UUID of the marker that makes it this station's disk (station.disks); None
+        # until it is identified, and then only while its marker is still there
+        self.identity: str | None = None
 
     def present(self) -> bool:
-        return self.path.is_dir() and os.access(self.path, os.W_OK)
+        """Identified, its marker still in place (not an empty mount point), writable."""
+        return (
+            self.identity is not None
+            and (self.path / MARKER).is_file()
+            and os.access(self.path, os.W_OK)
+        )
 
     def usage(self) -> tuple[int, int]:
         """(total, free) bytes, (0, 0) when the disk is missing."""

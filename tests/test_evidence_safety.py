@@ -24,6 +24,7 @@ from station import retention as retention_mod
 from station.annotations import AnnotationError, ProtectionError, annotate
 from station.catalog import Catalog, IngestJob, Officer, Recorder, StoredFile
 from station.catalog.db import CatalogBusy, lock_exclusive
+from station.disks import DiskBook
 from station.recovery import adopt, rebuild, recover
 from station.retention import DeletionRefused, RetentionSweeper, Rules
 from station.sidecar import Sidecar, SidecarError, read_sidecar, sidecar_path, write_sidecar
@@ -39,6 +40,7 @@ def env(tmp_path: Path) -> tuple[Catalog, Path]:
     catalog.migrate()
     disk = tmp_path / "disk1"
     disk.mkdir()
+    store_of(catalog, disk)  # first use: marked and recorded
     yield catalog, disk
     catalog.close()
 
@@ -71,6 +73,22 @@ def put_file(
     write_sidecar(disk, rel, sc)
     with catalog.write() as s:
         return adopt(s, disk, rel, sc).id
+
+
+def store_of(catalog: Catalog, *paths: Path) -> Store:
+    """A Store over these folders, each identified as the daemon does at start-up."""
+    store = Store(list(paths), 0)
+    book = DiskBook(catalog, "T1")
+    for d in store.disks:
+        assert book.identify(d) is None, d.path
+    return store
+
+
+def new_disk(catalog: Catalog, path: Path) -> Path:
+    """A second disk, taken into use by an administrator."""
+    path.mkdir()
+    DiskBook(catalog, "T1").adopt(Store([path], 0).disks[0], "900001")
+    return path
 
 
 def row(catalog: Catalog, file_id: int) -> StoredFile:
@@ -156,7 +174,7 @@ def test_recovery_rewrites_a_stale_sidecar_from_its_live_row(env) -> None:
         level="normal",
     )  # fmt: skip
     write_sidecar(disk, f.rel_path, stale)
-    report = recover(catalog, Store([disk], 0).disks)
+    report = recover(catalog, store_of(catalog, disk).disks)
     assert report.sidecars_rewritten
     sc = sidecar_of(catalog, fid)
     assert (sc.deleted_at, sc.level) == (None, "important")
@@ -194,7 +212,7 @@ def test_rebuild_and_the_orphan_pass_never_delete_protected_footage(env, fields)
     report = rebuild(fresh, [disk])
     assert path.exists() and report.quarantined
     # the next start's orphan pass moves it aside for a person, and deletes nothing
-    report = recover(fresh, Store([disk], 0).disks)
+    report = recover(fresh, store_of(fresh, disk).disks)
     assert not path.exists() and report.quarantined
     kept = list((disk / ".quarantine").rglob(path.name))
     assert len(kept) == 1 and hashlib.sha256(kept[0].read_bytes()).hexdigest() == sc.sha256
@@ -239,7 +257,7 @@ def test_a_superseded_verified_job_is_not_committed_twice(env, tmp_path) -> None
     data = os.urandom(8192)
     name = "100001_B1_20200101080000_0002.MP4"
     first = put_file(catalog, disk, name, data=data)  # the copy made on the other disk
-    other = tmp_path / "disk2"
+    other = new_disk(catalog, tmp_path / "disk2")
     (other / ".staging").mkdir(parents=True)
     rel = f"100001/B1/2020-01-01/{name}"
     (other / rel).parent.mkdir(parents=True)
@@ -253,7 +271,7 @@ def test_a_superseded_verified_job_is_not_committed_twice(env, tmp_path) -> None
             temp_path=str(other / ".staging" / "99.part"), final_path=rel, sha256=f.sha256,
         )  # fmt: skip
         s.add(job)
-    report = recover(catalog, Store([disk, other], 0).disks)
+    report = recover(catalog, store_of(catalog, disk, other).disks)
     with catalog.read() as s:
         live = s.scalars(select(StoredFile).where(StoredFile.deleted_at.is_(None))).all()
     assert [f.id for f in live] == [first]
@@ -265,7 +283,7 @@ def test_rebuild_catalogues_one_copy_of_a_file_found_on_both_disks(env, tmp_path
     catalog, disk = env
     data = os.urandom(4096)
     fid = put_file(catalog, disk, data=data)
-    other = tmp_path / "disk2"
+    other = new_disk(catalog, tmp_path / "disk2")
     rel = row(catalog, fid).rel_path
     (other / rel).parent.mkdir(parents=True)
     (other / rel).write_bytes(data)
@@ -303,7 +321,7 @@ def test_a_verified_job_is_committed_to_the_officer_it_began_for(env) -> None:
         s.add(other)
         s.flush()
         s.get(Recorder, f.recorder_id).officer_id = other.id
-    recover(catalog, Store([disk], 0).disks)
+    recover(catalog, store_of(catalog, disk).disks)
     with catalog.read() as s:
         (back,) = s.scalars(select(StoredFile)).all()
         assert back.officer.officer_no == "100001"  # as its sidecar and its folder say
@@ -336,7 +354,7 @@ def test_a_bad_sidecar_field_is_quarantined_and_recovery_goes_on(env, damage) ->
     meta.write_text(json.dumps({**json.loads(meta.read_text()), **damage}))
     with pytest.raises(SidecarError):
         read_sidecar(meta)
-    report = recover(catalog, Store([disk], 0).disks)
+    report = recover(catalog, store_of(catalog, disk).disks)
     assert any(rel in q for q in report.quarantined)
     assert (disk / ".quarantine" / rel).exists()
     assert path_of(catalog, fid).exists()
@@ -401,7 +419,7 @@ class Ingest:
         self.card = FolderCard(card_root)
         self.catalog = catalog
         self.fi = FileIngest(
-            catalog, Store([disk], 0), self.card, owner, chunk=1 << 20, sync_every=1 << 30,
+            catalog, store_of(catalog, disk), self.card, owner, chunk=1 << 20, sync_every=1 << 30,
             tz=None, stop=threading.Event(), progress=lambda n: None, **options,
         )  # fmt: skip
 
@@ -506,3 +524,96 @@ def test_a_deleted_copy_is_no_duplicate(env, tmp_path, monkeypatch) -> None:
         live = s.scalars(select(StoredFile).where(StoredFile.deleted_at.is_(None))).all()
     assert [f.id for f in live] == [out.file_id]
     assert hashlib.sha256((disk / live[0].rel_path).read_bytes()).hexdigest() == out.sha256
+
+
+# --- 7. a store disk is known by its marker, not by its path ----------------------------------
+
+
+def test_an_empty_mount_point_is_never_taken_for_the_disk(env) -> None:
+    catalog, disk = env
+    put_file(catalog, disk)
+    real = disk.with_name("disk1.real")
+    os.rename(disk, real)
+    disk.mkdir()  # the data disk did not mount: its bare mount point is left
+    store = Store([disk], 0)
+    why = DiskBook(catalog, "T1").identify(store.disks[0])
+    assert why and "mounted" in why
+    assert not store.disks[0].present() and store.reserve(1) is None
+    os.rmdir(disk)
+    os.rename(real, disk)  # mounted after all
+    assert DiskBook(catalog, "T1").identify(store.disks[0]) is None
+    assert store.reserve(1) is store.disks[0]
+
+
+def test_an_unmounted_disk_under_a_running_store_is_no_longer_used(env) -> None:
+    catalog, disk = env
+    store = store_of(catalog, disk)
+    assert store.pick(1) is store.disks[0]
+    (disk / ".station-disk.json").rename(disk.parent / "marker-aside")  # as an unmount shows it
+    assert store.pick(1) is None
+
+
+def test_a_disk_mounted_at_another_path_keeps_its_rows(env, tmp_path) -> None:
+    catalog, disk = env
+    ids = {put_file(catalog, disk, f"100001_B1_20200101080000_000{i}.MP4") for i in range(3)}
+    moved = tmp_path / "mnt-b"
+    os.rename(disk, moved)  # the mounts were renamed or reordered
+    report = recover(catalog, store_of(catalog, moved).disks)
+    assert not report.adopted and not report.missing
+    with catalog.read() as s:
+        live = s.scalars(select(StoredFile).where(StoredFile.deleted_at.is_(None))).all()
+    assert {f.id for f in live} == ids and {f.disk for f in live} == {str(moved)}
+
+
+def test_another_stations_disk_is_refused_until_an_administrator_adopts_it(env, tmp_path) -> None:
+    from station.disks import write_marker
+
+    catalog, disk = env
+    put_file(catalog, disk)
+    foreign = tmp_path / "disk2"
+    foreign.mkdir()
+    write_marker(foreign, "OTHER-STATION")
+    store = Store([disk, foreign], 0)
+    book = DiskBook(catalog, "T1")
+    assert book.identify(store.disks[0]) is None
+    assert "another station" in (book.identify(store.disks[1]) or "")
+    book.adopt(store.disks[1], "900001")
+    assert book.identify(store.disks[1]) is None
+    with catalog.read() as s:
+        from station.catalog import Event
+
+        assert s.scalars(select(Event).where(Event.kind == "disk_identified",
+                                             Event.actor == "900001")).first()  # fmt: skip
+
+
+def test_an_unmounted_disk_gets_no_footage_through_the_daemon(make_station) -> None:
+    from conftest import card_hashes, wait_for
+
+    from station.sim.recorder import RecorderSpec
+
+    st = make_station()
+    rec = st.build(RecorderSpec(serial="M000001", officer_no="300001", files=2, size_mb=0.2))
+    first = len(card_hashes(rec))
+    st.dock(1, rec)
+    st.wait_state(1, "complete")
+    st.stop()
+    real = st.disks[0].with_name("disk1.real")
+    os.rename(st.disks[0], real)
+    st.disks[0].mkdir()  # disk 1 did not mount at boot: an empty folder on the system disk
+    st.start()
+    alarms = {a["code"]: a for a in st.api("/api/v1/status")["alarms"]}
+    assert "mounted" in alarms["disk_missing"]["message"]
+    rec2 = st.build(RecorderSpec(serial="M000002", officer_no="300002", files=3, size_mb=0.2), 2)
+    source = card_hashes(rec2)
+    st.dock(2, rec2)
+    st.wait_state(2, "complete")
+    assert list(st.disks[0].iterdir()) == []  # nothing hidden under the mount point
+    items = st.api("/api/v1/files", serial="M000002")["items"]
+    assert len(items) == len(source)
+    assert all(i["stored_path"].startswith(f"{st.disks[1]}/") for i in items)
+    # the disk is mounted again: taken back into use, nothing catalogued twice
+    os.rmdir(st.disks[0])
+    os.rename(real, st.disks[0])
+    wait_for(lambda: "disk_missing" not in {a["code"] for a in st.api("/api/v1/status")["alarms"]},
+             60, "disk 1 to be back")  # fmt: skip
+    assert st.api("/api/v1/files")["total"] == first + len(source)

@@ -10,6 +10,7 @@ from station.catalog.models import (
     Officer,
     Recorder,
     StationState,
+    StoredDisk,
     StoredFile,
 )
 
@@ -22,6 +23,7 @@ __all__ = [
     "Officer",
     "Recorder",
     "StationState",
+    "StoredDisk",
     "StoredFile",
     "User",
     "UserSession",

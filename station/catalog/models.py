@@ -177,6 +177,17 @@ class StoredFile(Base):
     recorder: Mapped[Recorder] = relationship(lazy="joined")
 
 
+class StoredDisk(Base):
+    """A data disk the station took into use, known by the UUID of its marker."""
+
+    __tablename__ = "disks"
+
+    uuid: Mapped[str] = mapped_column(String(36), primary_key=True)
+    path: Mapped[str] = mapped_column(Text)  # where it was last seen
+    taken_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    taken_by: Mapped[str] = mapped_column(String(64), default="station")
+
+
 class Event(Base):
     """The system log: append-only, each entry chained to the previous one's hash."""
 

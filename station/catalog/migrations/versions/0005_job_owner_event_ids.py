@@ -1,4 +1,4 @@
-"""ingest jobs record their owner; event ids are never reused
+"""ingest jobs record their owner; event ids are never reused; disks known by identity
 
 Revision ID: 0005
 Revises: 0004
@@ -24,6 +24,14 @@ def upgrade() -> None:
         "UPDATE ingest_jobs SET officer_id = "
         "(SELECT officer_id FROM recorders WHERE recorders.id = ingest_jobs.recorder_id)"
     )
+    op.create_table(
+        "disks",
+        sa.Column("uuid", sa.String(length=36), nullable=False),
+        sa.Column("path", sa.Text(), nullable=False),
+        sa.Column("taken_at", sa.DateTime(), nullable=False),
+        sa.Column("taken_by", sa.String(length=64), nullable=False),
+        sa.PrimaryKeyConstraint("uuid"),
+    )
     # AUTOINCREMENT: an id once used is never handed out again, even after the newest
     # entries were deleted, so a deleted tail cannot be covered by new entries
     with op.batch_alter_table(
@@ -33,6 +41,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    op.drop_table("disks")
     with op.batch_alter_table("events", recreate="always") as batch_op:
         pass
     with op.batch_alter_table("ingest_jobs", schema=None) as batch_op:

@@ -1,0 +1,176 @@
+"""Which disk is which: a store disk is known by the marker written on it, not by its path.
+
+An unmounted data disk leaves its bare mount point, a writable folder on the system
+disk; a disk mounted at another path (reordered or renamed mounts) is still the same
+disk. So each disk the station takes into use gets a marker, `<disk>/.station-disk.json`
+with a UUID, recorded in the catalog's `disks` table. A configured disk is written to
+only while its marker is there and known:
+
+- marker known: the disk is in use; if it is now at another path, every row that
+  pointed at the old path is moved to the new one (one transaction, logged);
+- no marker on an unused folder while the catalog has no files yet (a new station, the
+  demo, the tests): taken into use without ceremony;
+- no marker on a folder holding this station's sidecars that the catalog lists files
+  on (a station from before markers): marked, logged;
+- anything else (an empty mount point, a disk of another station, a new disk): refused
+  with `disk_missing`, until an administrator takes it into use (`station disks adopt`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from sqlalchemy import func, select, update
+
+from station.catalog import Catalog, IngestJob, StoredDisk, StoredFile
+from station.catalog.db import append_event
+from station.catalog.models import utcnow
+from station.durable import replace_file
+from station.store import MARKER, STAGING, StoreDisk
+
+log = logging.getLogger(__name__)
+
+UNUSED = {"lost+found", STAGING}  # what a folder may hold and still be a new disk
+
+
+class DiskIdentityError(Exception):
+    """The folder cannot be taken into use as it is."""
+
+
+@dataclass(frozen=True)
+class Marker:
+    uuid: str
+    station_id: str
+    created_at: str
+
+
+def read_marker(path: Path) -> Marker | None:
+    """The marker on a disk, None when it has none; DiskIdentityError when it is damaged."""
+    try:
+        raw = json.loads((path / MARKER).read_text("utf-8"))
+        m = Marker(str(raw["uuid"]), str(raw.get("station_id", "")), str(raw["created_at"]))
+        uuid.UUID(m.uuid)
+        return m
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise DiskIdentityError(f"{path / MARKER}: unreadable marker ({e})") from None
+
+
+def write_marker(path: Path, station_id: str) -> Marker:
+    m = Marker(str(uuid.uuid4()), station_id, utcnow().isoformat())
+    replace_file(path / MARKER, json.dumps(asdict(m), indent=1).encode(), mode=0o644)
+    return m
+
+
+def _unused(path: Path) -> bool:
+    for entry in path.iterdir():
+        if entry.name not in UNUSED:
+            return False
+        if entry.name == STAGING and any(entry.iterdir()):
+            return False
+    return True
+
+
+class DiskBook:
+    """The catalog's record of the disks this station has taken into use."""
+
+    def __init__(self, catalog: Catalog, station_id: str) -> None:
+        self.catalog = catalog
+        self.station_id = station_id
+
+    def known(self) -> dict[str, str]:
+        """{uuid: path last seen}."""
+        with self.catalog.read() as s:
+            return {d.uuid: d.path for d in s.scalars(select(StoredDisk))}
+
+    def identify(self, disk: StoreDisk) -> str | None:
+        """Set `disk.identity` if the disk at its path may be used; else say why not."""
+        disk.identity = None
+        path = disk.path
+        if not path.is_dir():
+            return f"{path} is not there"
+        try:
+            marker = read_marker(path)
+        except DiskIdentityError as e:
+            return str(e)
+        known = self.known()
+        if marker is not None and marker.uuid in known:
+            if known[marker.uuid] != str(path):
+                self._moved(marker.uuid, known[marker.uuid], str(path))
+            disk.identity = marker.uuid
+            return None
+        with self.catalog.read() as s:
+            files_here = s.scalar(
+                select(func.count()).select_from(StoredFile).where(StoredFile.disk == str(path))
+            )
+            files_at_all = s.scalar(select(func.count()).select_from(StoredFile))
+        if marker is not None:
+            if files_at_all == 0 and not known:
+                self._record(marker, path, "found on the disk of a new catalog")
+                disk.identity = marker.uuid
+                return None
+            return (
+                f"{path} holds another station's disk (marker {marker.uuid}): take it into use "
+                "with `station disks adopt` if it is meant to be here"
+            )
+        if files_at_all == 0 and _unused(path):
+            disk.identity = self._record(write_marker(path, self.station_id), path, "first use")
+            return None
+        if files_here and (path / ".meta").is_dir() and str(path) not in known.values():
+            m = write_marker(path, self.station_id)
+            disk.identity = self._record(m, path, "a disk in use from before disk markers")
+            return None
+        return (
+            f"{path} has no station marker (is the disk mounted?): a new disk is taken into "
+            "use with `station disks adopt`"
+        )
+
+    def adopt(self, disk: StoreDisk, by: str) -> str:
+        """An administrator takes a new or replaced disk into use at its configured path."""
+        path = disk.path
+        if not path.is_dir():
+            raise DiskIdentityError(f"{path} is not there")
+        marker = read_marker(path)
+        known = self.known()
+        if marker is not None and marker.uuid in known:
+            raise DiskIdentityError(f"{path} is already in use as disk {marker.uuid}")
+        if str(path) in known.values():
+            old = next(u for u, p in known.items() if p == str(path))
+            with self.catalog.write() as s:
+                row = s.get(StoredDisk, old)
+                assert row is not None
+                row.path = f"(replaced) {path}"
+        if marker is None:
+            marker = write_marker(path, self.station_id)
+        disk.identity = self._record(marker, path, "taken into use", by=by)
+        return marker.uuid
+
+    def _record(self, m: Marker, path: Path, why: str, *, by: str = "station") -> str:
+        with self.catalog.write() as s:
+            s.merge(StoredDisk(uuid=m.uuid, path=str(path), taken_at=utcnow(), taken_by=by))
+            append_event(s, "disk_identified", f"{path}: {why}", actor=by, uuid=m.uuid)
+        log.info("store disk %s is %s (%s)", path, m.uuid, why)
+        return m.uuid
+
+    def _moved(self, disk_uuid: str, old: str, new: str) -> None:
+        """The same disk at a new path: its rows follow it, so nothing is catalogued twice."""
+        with self.catalog.write() as s:
+            n = s.execute(update(StoredFile).where(StoredFile.disk == old).values(disk=new))
+            s.execute(update(IngestJob).where(IngestJob.disk == old).values(disk=new))
+            for job in s.scalars(select(IngestJob).where(IngestJob.disk == new)):
+                if job.temp_path.startswith(old + "/"):
+                    job.temp_path = new + job.temp_path[len(old) :]
+            row = s.get(StoredDisk, disk_uuid)
+            assert row is not None
+            row.path = new
+            append_event(
+                s, "disk_moved", f"disk {disk_uuid}: {old} -> {new}", uuid=disk_uuid,
+                files=n.rowcount,
+            )  # fmt: skip
+        log.warning("store disk %s moved from %s to %s", disk_uuid, old, new)
+
