@@ -31,6 +31,7 @@ SEVERITY = {
     "recorder_clock_drift": "warning",
     "battery_critical": "warning",
     "clock_unsynced": "warning",
+    "clock_jump": "critical",  # retention paused: the station clock cannot be believed
     "forward_failing": "warning",
 }
 

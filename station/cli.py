@@ -460,10 +460,13 @@ def audit() -> None:
 def audit_verify(config_path: str | None) -> None:
     """Check the event chain; exit 1 if an entry was edited, inserted or deleted."""
     from station.catalog.db import verify_chain
+    from station.eventlog import verify_anchors
 
-    cat = _catalog(_config(config_path))
+    config = _config(config_path)
+    cat = _catalog(config)
     with cat.read() as s:
         problems = verify_chain(s)
+    problems += verify_anchors(cat, config.store.disks)
     for p in problems:
         click.echo(p)
     if problems:
@@ -484,9 +487,7 @@ def _sweeper(config: StationConfig) -> Any:
     catalog = _catalog(config)
     store = Store(config.store.disks, config.store.min_free_mb)
     book = DiskBook(catalog, config.station.id)
-    disks = [
-        DiskFacts(str(d.path), *d.usage()) for d in store.disks if book.identify(d) is None
-    ]
+    disks = [DiskFacts(str(d.path), *d.usage()) for d in store.disks if book.identify(d) is None]
     return RetentionSweeper(catalog, retention_rules(config)), disks
 
 
@@ -545,12 +546,60 @@ def retention_preview(config_path: str | None, as_json: bool) -> None:
 @config_option
 def retention_sweep(config_path: str | None) -> None:
     """Run a sweep now (the daemon also sweeps on its own)."""
-    sweeper, disks = _sweeper(_config(config_path))
-    plan = sweeper.sweep(disks)
+    from station.catalog.models import utcnow
+    from station.clock import clock_synchronized
+    from station.clockguard import ClockGuard
+
+    config = _config(config_path)
+    sweeper, disks = _sweeper(config)
+    guard = ClockGuard(sweeper.catalog, config.retention.max_clock_jump_days)
+    paused = guard.sweep_pause(utcnow(), clock_synchronized())
+    if paused:
+        click.echo(f"deletion by age paused: {paused}")
+    plan = sweeper.sweep(disks, paused=paused)
     click.echo(
         f"deleted {len(plan.delete)} file(s), freed {plan.freed_bytes / 1e6:.1f} MB; "
         f"{len(plan.review)} protected file(s) past their period kept for review"
     )
+
+
+@retention.command("resume")
+@config_option
+@click.option("--by", default="administrator", show_default=True)
+def retention_resume(config_path: str | None, by: str) -> None:
+    """Confirm the station clock is right: deletion by age goes on from the time it shows."""
+    from station.catalog.db import append_event
+    from station.catalog.models import utcnow
+    from station.clockguard import ClockGuard
+
+    config = _config(config_path)
+    catalog = _catalog(config)
+    now = utcnow()
+    ClockGuard(catalog, config.retention.max_clock_jump_days).confirm(now)
+    with catalog.write() as s:
+        append_event(s, "clock_confirmed", f"station clock confirmed at {now.isoformat()}",
+                     actor=by)  # fmt: skip
+    click.echo(f"clock confirmed: {now.isoformat(timespec='seconds')}; retention resumes")
+
+
+@retention.command("untrusted")
+@config_option
+def retention_untrusted(config_path: str | None) -> None:
+    """Files collected under a clock that could not be believed (never deleted by age)."""
+    from sqlalchemy import select
+
+    from station.catalog import StoredFile
+
+    catalog = _catalog(_config(config_path))
+    with catalog.read() as s:
+        rows = s.scalars(
+            select(StoredFile).where(
+                StoredFile.clock_untrusted.is_(True), StoredFile.deleted_at.is_(None)
+            )
+        ).all()
+        for f in rows:
+            click.echo(f"{f.id:>7} {f.collected_at.isoformat()} {Path(f.disk) / f.rel_path}")
+    click.echo(f"{len(rows)} file(s)")
 
 
 @files.command("hold")

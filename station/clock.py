@@ -45,13 +45,47 @@ def _libc() -> ctypes.CDLL | None:
     return ctypes.CDLL(name, use_errno=True) if name else None
 
 
-def clock_synchronized() -> bool | None:
-    """True when the kernel says the clock is NTP-synchronised, None if it cannot tell."""
+STA_NANO = 0x2000
+TIMESYNCD_DROPIN = "/etc/systemd/timesyncd.conf.d/station.conf"  # systemd/install.sh --ntp
+
+
+def _adjtimex() -> tuple[int, _Timex] | None:
     libc = _libc()
     if libc is None:
         return None
     tx = _Timex()  # modes 0: read only
     state = libc.adjtimex(ctypes.byref(tx))
-    if state < 0:
+    return None if state < 0 else (state, tx)
+
+
+def clock_synchronized() -> bool | None:
+    """True when the kernel says the clock is NTP-synchronised, None if it cannot tell."""
+    got = _adjtimex()
+    if got is None:
         return None
+    state, tx = got
     return state != TIME_ERROR and not tx.status & STA_UNSYNC
+
+
+def clock_status() -> dict[str, object]:
+    """For the status: synchronised?, the kernel's last offset and error estimate, and the
+    time servers the installer configured."""
+    got = _adjtimex()
+    servers: list[str] = []
+    try:
+        for line in open(TIMESYNCD_DROPIN, encoding="utf-8"):  # noqa: SIM115 - tiny file
+            key, _, value = line.partition("=")
+            if key.strip() == "NTP":
+                servers = value.split()
+    except OSError:
+        pass
+    if got is None:
+        return {"synchronized": None, "offset_s": None, "est_error_s": None, "servers": servers}
+    state, tx = got
+    scale = 1e9 if tx.status & STA_NANO else 1e6
+    return {
+        "synchronized": state != TIME_ERROR and not tx.status & STA_UNSYNC,
+        "offset_s": tx.offset / scale,
+        "est_error_s": tx.esterror / 1e6,
+        "servers": servers,
+    }

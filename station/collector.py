@@ -38,6 +38,7 @@ from station.alarms import AlarmBook
 from station.catalog import Catalog, CollectionSession, Officer, Recorder
 from station.catalog.db import append_event
 from station.catalog.models import utcnow
+from station.clockguard import ClockGuard
 from station.config import StationConfig
 from station.ingest import (
     FileChanged,
@@ -109,6 +110,7 @@ class Services:
     recorder_lock: Callable[[str], threading.Lock]  # serial -> held while collecting it
     priority: PriorityGate  # S30: the port collected first
     end_priority: Callable[[int, str], None]  # port, why: collect-first is over for it
+    clock: ClockGuard | None = None  # may the station clock be believed (retention)
 
 
 class Collector:
@@ -357,6 +359,7 @@ class Collector:
             throttle=self._throttle,
             card_recheck=self.sv.config.store.card_recheck,
             full_recheck_below=self.sv.config.store.card_recheck_full_mb * 1024 * 1024,
+            clock=self.sv.clock,
         )
         failures = self._collect_card(ingest, rec, card)
         if failures:

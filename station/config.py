@@ -142,6 +142,9 @@ class RetentionSection(_Section):
     sweep_interval_s: Annotated[float, Field(gt=0)] = 3600.0
     forecast_window_days: Annotated[float, Field(gt=0)] = 14.0
     storage_low_days: Annotated[float, Field(ge=0)] = 14.0  # alarm below this forecast
+    # age-based sweeps pause when the clock moved further ahead than this since the last
+    # believed time, until NTP syncs or `station retention resume` (station/clockguard.py)
+    max_clock_jump_days: Annotated[float, Field(gt=0)] = 2.0
 
     @model_validator(mode="after")
     def _marks(self) -> RetentionSection:

@@ -37,9 +37,10 @@ from station import __version__, eventlog, sdnotify
 from station.alarms import AlarmBook
 from station.bus import Bus, PortChange, PortWatcher
 from station.catalog import Catalog, CollectionSession, Officer, Recorder, StoredFile
-from station.catalog.db import append_event, lock_exclusive
+from station.catalog.db import append_event, chain_head, lock_exclusive
 from station.catalog.models import utcnow
-from station.clock import clock_synchronized
+from station.clock import clock_status, clock_synchronized
+from station.clockguard import ClockGuard
 from station.collector import Collector, Services, Slot
 from station.config import StationConfig
 from station.disks import DiskBook
@@ -186,6 +187,9 @@ class Station:
         self.retention = RetentionSweeper(self.catalog, retention_rules(config))
         self.disk_book = DiskBook(self.catalog, config.station.id)
         self._disk_refused: dict[str, str | None] = {}
+        self.log_head: dict[str, Any] = {}
+        self.clock: ClockGuard | None = None  # after the catalog is migrated
+        self.clock_state: dict[str, Any] = {}
         self._sweep_lock = threading.Lock()
         self.watcher = PortWatcher(
             self.bus, self._on_port_change, debounce_s=config.bus.debounce_ms / 1000
@@ -285,6 +289,8 @@ class Station:
         self.store.active = int(self.catalog.get_state("active_disk", "0") or 0)
         self._identify_disks()
         self.store.prepare()
+        self.clock = ClockGuard(self.catalog, self.config.retention.max_clock_jump_days)
+        self.services.clock = self.clock
         report = recover(self.catalog, self.store.disks)
         for line in report.lines():
             log.warning("recovery: %s", line)
@@ -513,6 +519,7 @@ class Station:
         if self._workers:
             await asyncio.gather(*self._workers.values(), return_exceptions=True)
         self.catalog.set_state("active_disk", str(self.store.active))
+        self._anchor_log()
         self._executor.shutdown(wait=True)
         self._loop_log.shutdown(wait=True)
         self.catalog.close()
@@ -530,7 +537,14 @@ class Station:
     def sweep(self) -> Plan:
         """One retention sweep (expired files; overwrite when every disk is past high water)."""
         with self._sweep_lock:
-            plan = self.retention.sweep(self.disk_facts())
+            paused = None
+            if self.clock is not None:
+                paused = self.clock.sweep_pause(utcnow(), clock_synchronized())
+            if paused:
+                self.alarms.raise_("clock_jump", f"deletion by age paused: {paused}")
+            else:
+                self.alarms.clear("clock_jump")
+            plan = self.retention.sweep(self.disk_facts(), paused=paused)
         if plan.delete:
             log.info("retention: deleted %s file(s), %s bytes", len(plan.delete), plan.freed_bytes)
             self.notify()
@@ -571,6 +585,7 @@ class Station:
                 next_smart = loop.time() + self.config.alarms.smart_interval_s
                 await loop.run_in_executor(None, self._check_smart)
             await loop.run_in_executor(None, self._check_disks)
+            await loop.run_in_executor(None, self._anchor_log)
             if loop.time() >= next_sweep:
                 next_sweep = loop.time() + self.config.retention.sweep_interval_s
                 await loop.run_in_executor(None, self._retention_round)
@@ -619,6 +634,7 @@ class Station:
                 if target
                 else "no network link is up",
             )
+        self.clock_state = clock_status()
         if self.config.alarms.check_clock:
             synced = clock_synchronized()
             if synced is False:
@@ -628,6 +644,18 @@ class Station:
                 )
             elif synced:
                 self.alarms.clear("clock_unsynced")
+
+    def _anchor_log(self) -> None:
+        """Keep the event chain's head on the data disks (and in the status for the central
+        server), so deleting the newest entries of the log shows (`station audit verify`)."""
+        try:
+            with self.catalog.read() as s:
+                head = chain_head(s)
+            if head != self.log_head:
+                disks = [d.path for d in self.store.disks if d.present()]
+                self.log_head = eventlog.write_anchors(self.catalog, disks, self.config.station.id)
+        except Exception:
+            log.exception("the log anchor could not be written")
 
     def _identify_disks(self) -> None:
         """Know each configured disk by its marker; one that is not this station's (an empty
@@ -788,6 +816,8 @@ class Station:
                 "mode": self.config.registration.mode,
             },
             "network": {"online": self.network_online},
+            "log": self.log_head,
+            "clock": self.clock_state,
             "disks": disks,
             "slots": slots,
             "alarms": alarms,

@@ -173,4 +173,3 @@ class DiskBook:
                 files=n.rowcount,
             )  # fmt: skip
         log.warning("store disk %s moved from %s to %s", disk_uuid, old, new)
-

@@ -16,6 +16,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from station import faults
+
 
 def fsync_dir(path: Path) -> None:
     """Make a folder's entries (a rename, a new file, a removal) durable."""
@@ -83,6 +85,7 @@ def link_into_place(temp: Path, final: Path) -> None:
     try:
         os.link(temp, final)  # fails with EEXIST instead of overwriting evidence
         fsync_dir(final.parent)  # the new name is on the medium before the old one goes
+        faults.crashpoint("link_before_unlink")
         os.unlink(temp)
     except OSError as e:
         if e.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EMLINK):

@@ -7,11 +7,15 @@ import datetime as dt
 import io
 import json
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
 
 from station.catalog import Catalog, Event
+from station.catalog.db import chain_head, verify_anchor
+from station.durable import replace_file
+from station.store import LOG_ANCHOR
 
 FIELDS = (
     "id",
@@ -87,3 +91,36 @@ def to_csv(events: Iterable[dict[str, Any]]) -> str:
     for e in events:
         w.writerow({**e, "data": json.dumps(e["data"], ensure_ascii=False)})
     return out.getvalue()
+
+
+# --- anchors: the chain's head kept outside the database ---------------------------------------
+
+def anchor_paths(disks: Iterable[Path]) -> list[Path]:
+    return [Path(d) / LOG_ANCHOR for d in disks]
+
+
+def write_anchors(catalog: Catalog, disks: Iterable[Path], station_id: str) -> dict[str, Any]:
+    """Write the chain's head to every given disk; return it (the status carries it too)."""
+    with catalog.read() as s:
+        head = chain_head(s)
+    body = {**head, "station_id": station_id, "at": dt.datetime.now(dt.UTC).isoformat()}
+    data = json.dumps(body, indent=1).encode()
+    for path in anchor_paths(disks):
+        replace_file(path, data, mode=0o644)
+    return head
+
+
+def verify_anchors(catalog: Catalog, disks: Iterable[Path]) -> list[str]:
+    """Compare the log with the anchors on the disks (`station audit verify`)."""
+    problems = []
+    with catalog.read() as s:
+        for path in anchor_paths(disks):
+            try:
+                anchor = json.loads(path.read_text("utf-8"))
+            except FileNotFoundError:
+                continue
+            except (OSError, ValueError) as e:
+                problems.append(f"{path}: unreadable anchor ({e})")
+                continue
+            problems += verify_anchor(s, anchor, str(path))
+    return problems

@@ -4,7 +4,8 @@ Off unless the environment arms them, so production never pays more than a
 dictionary lookup. `STATION_CRASHPOINTS="after_link:3,copy_chunk:40"` kills
 the daemon with SIGKILL the 3rd time it passes `after_link` (or the 40th
 chunk copied); `STATION_FAILPOINTS="store_write_eio:/srv/disk1"` makes writes
-to that disk fail with EIO, as a dying disk does.
+to that disk fail with EIO, as a dying disk does. `STATION_CRASHPOINT_LOG=FILE`
+appends the name of each point that fired, so a test can prove it did.
 """
 
 from __future__ import annotations
@@ -17,10 +18,16 @@ import threading
 CRASHPOINTS = (
     "copy_chunk",  # during a copy, after a chunk was written
     "after_fsync",  # temp file durable, not yet verified
+    "after_sidecar",  # sidecar written at the final name, job not yet marked verified
     "after_verify",  # verified and sidecar written, not yet linked into place
+    "link_before_unlink",  # final name linked, temp name not yet removed
     "after_link",  # in place, catalog row not yet committed
     "after_commit",  # committed, not yet deleted from the recorder
     "after_card_delete",  # deleted from the recorder, job not yet marked cleared
+    "recovery_after_finish",  # start-up recovery committed one verified job, not the rest
+)
+RETENTION_CRASHPOINTS = (
+    "retention_after_sidecar",  # sidecar marked deleted, catalog row not yet tombstoned
     "retention_after_tombstone",  # row tombstoned, file not yet removed
 )
 
@@ -37,6 +44,7 @@ def _parse(var: str) -> dict[str, str]:
 
 
 _crash = {k: int(v or 1) for k, v in _parse("STATION_CRASHPOINTS").items()}
+_fired_log = os.environ.get("STATION_CRASHPOINT_LOG")  # the tests' record of what fired
 _fail = _parse("STATION_FAILPOINTS")
 
 
@@ -48,6 +56,9 @@ def crashpoint(name: str) -> None:
         _crash[name] -= 1
         if _crash[name] > 0:
             return
+        if _fired_log:
+            with open(_fired_log, "a") as f:
+                f.write(name + "\n")
     os.kill(os.getpid(), signal.SIGKILL)
 
 

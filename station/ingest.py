@@ -42,6 +42,7 @@ from station import faults
 from station.catalog import Catalog, IngestJob, Officer, StoredFile
 from station.catalog.db import append_event
 from station.catalog.models import utcnow
+from station.clockguard import ClockGuard
 from station.durable import copy_prefix, fsync_dir, link_into_place, make_dirs_durable, write_all
 from station.names import parse_card_path, safe_relpath
 from station.sidecar import Sidecar, read_sidecar, sidecar_path, write_sidecar
@@ -183,6 +184,7 @@ class FileIngest:
         throttle: Callable[[int], None] | None = None,
         card_recheck: str = "sample",
         full_recheck_below: int = 0,
+        clock: ClockGuard | None = None,
     ) -> None:
         self.catalog = catalog
         self.store = store
@@ -196,6 +198,7 @@ class FileIngest:
         self.throttle = throttle
         self.card_recheck = card_recheck
         self.full_recheck_below = full_recheck_below
+        self.clock = clock
 
     # --- entry point ------------------------------------------------------------------
 
@@ -589,6 +592,7 @@ class FileIngest:
         final = unique_target(folder, safe_relpath(cf.path))
         rel = str(final.relative_to(disk.path))
         write_sidecar(disk.path, rel, self._sidecar(cf, digest, owner))
+        faults.crashpoint("after_sidecar")
         with self.catalog.write() as s:
             row = s.get(IngestJob, job.id)
             assert row is not None
@@ -619,6 +623,7 @@ class FileIngest:
 
     def _sidecar(self, cf: CardFile, digest: str, o: Owner) -> Sidecar:
         name = parse_card_path(cf.path)
+        now = utcnow()
         return Sidecar(
             sha256=digest,
             size=cf.size,
@@ -632,7 +637,8 @@ class FileIngest:
             name=name.name,
             kind=name.kind,
             recorded_at=name.recorded_at.isoformat() if name.recorded_at else None,
-            collected_at=utcnow().isoformat(),
+            collected_at=now.isoformat(),
+            clock_untrusted=bool(self.clock and self.clock.untrusted(now)),
             important=name.important,
             level="important" if name.important else "normal",
             station_id=o.station_id,
@@ -791,6 +797,7 @@ def file_row(
         note=sc.note,
         case_no=sc.case_no,
         legal_hold=sc.legal_hold,
+        clock_untrusted=sc.clock_untrusted,
         deleted_at=dt.datetime.fromisoformat(sc.deleted_at) if sc.deleted_at else None,
         deleted_by=sc.deleted_by,
         delete_reason=sc.delete_reason,

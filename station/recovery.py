@@ -22,6 +22,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from drivers.base import OfficerInfo
+from station import faults
 from station.catalog import Catalog, IngestJob, Officer, Recorder, StoredDisk, StoredFile
 from station.catalog.db import append_event
 from station.catalog.models import utcnow
@@ -39,7 +40,7 @@ from station.sidecar import (
     sidecar_path,
     write_sidecar,
 )
-from station.store import MARKER, STAGING, StoreDisk
+from station.store import ROOT_FILES, STAGING, StoreDisk
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +86,7 @@ def stored_files(disk: Path) -> Iterator[str]:
     for root, dirs, files in os.walk(disk):
         if Path(root) == disk:
             dirs[:] = [d for d in dirs if d not in HIDDEN]
-            files = [f for f in files if f != MARKER]
+            files = [f for f in files if f not in ROOT_FILES]
         for f in files:
             yield os.path.relpath(os.path.join(root, f), disk)
 
@@ -337,6 +338,7 @@ def recover(catalog: Catalog, disks: list[StoreDisk]) -> Report:
         if job.state != "verified" or disk is None or job.final_path is None:
             continue
         _settle(report, f"job {job.id}", _finish_verified, catalog, disk, job, report)
+        faults.crashpoint("recovery_after_finish")
     for disk in by_path.values():
         _settle(report, str(disk.staging), _clear_staging, catalog, disk, resumable, report)
         known, deleted = _catalogued(catalog, disk.path)

@@ -56,6 +56,7 @@ class FileFacts:
     level: str
     important: bool
     legal_hold: str | None = None
+    clock_untrusted: bool = False  # collected under a clock that could not be believed
 
     @property
     def protected(self) -> bool:
@@ -85,6 +86,7 @@ class Plan:
     review: list[int] = field(default_factory=list)  # protected, period over: for people
     freed: dict[str, int] = field(default_factory=dict)  # bytes per disk
     cannot_make_room: list[str] = field(default_factory=list)  # disks full of protected files
+    paused: str | None = None  # why nothing was deleted by age (the clock cannot be believed)
 
     @property
     def delete(self) -> list[int]:
@@ -105,18 +107,28 @@ def retention_rules(config: StationConfig) -> Rules:
 
 
 def plan_sweep(
-    files: Iterable[FileFacts], disks: Iterable[DiskFacts], rules: Rules, now: dt.datetime
+    files: Iterable[FileFacts],
+    disks: Iterable[DiskFacts],
+    rules: Rules,
+    now: dt.datetime,
+    *,
+    paused: str | None = None,
 ) -> Plan:
-    """What the next sweep deletes, and why. Pure: no I/O, no clock."""
-    plan = Plan()
+    """What the next sweep deletes, and why. Pure: no I/O, no clock.
+
+    `paused`: the station clock cannot be believed now, so nothing is deleted by age
+    (overwrite when full goes on). A file collected under an untrusted clock is never
+    deleted by age, and is overwritten only after every other unprotected file.
+    """
+    plan = Plan(paused=paused)
     files = list(files)
     disks = {d.path: d for d in disks}
     gone: set[int] = set()
-    for f in files:
+    for f in files if paused is None else ():
         days = rules.days.get(f.level, rules.days.get("normal"))
         if days is None or f.collected_at + dt.timedelta(days=days) > now:
             continue
-        if f.protected:
+        if f.protected or f.clock_untrusted:
             plan.review.append(f.id)
         else:
             plan.expired.append(f.id)
@@ -131,7 +143,7 @@ def plan_sweep(
         for d in present:
             candidates = sorted(
                 (f for f in files if f.disk == d.path and f.id not in gone and not f.protected),
-                key=lambda f: (f.collected_at, f.id),
+                key=lambda f: (f.clock_untrusted, f.collected_at, f.id),
             )
             for f in candidates:
                 if used(d) <= rules.low_water:
@@ -173,16 +185,21 @@ class RetentionSweeper:
                     StoredFile.level,
                     StoredFile.important,
                     StoredFile.legal_hold,
+                    StoredFile.clock_untrusted,
                 ).where(StoredFile.deleted_at.is_(None))
             ).all()
         return [FileFacts(*r) for r in rows]
 
-    def plan(self, disks: list[DiskFacts], now: dt.datetime | None = None) -> Plan:
-        return plan_sweep(self.facts(), disks, self.rules, now or utcnow())
+    def plan(
+        self, disks: list[DiskFacts], now: dt.datetime | None = None, paused: str | None = None
+    ) -> Plan:
+        return plan_sweep(self.facts(), disks, self.rules, now or utcnow(), paused=paused)
 
-    def sweep(self, disks: list[DiskFacts], now: dt.datetime | None = None) -> Plan:
+    def sweep(
+        self, disks: list[DiskFacts], now: dt.datetime | None = None, paused: str | None = None
+    ) -> Plan:
         """Delete what the plan says, one file at a time, crash-safely."""
-        plan = self.plan(disks, now)
+        plan = self.plan(disks, now, paused)
         for file_id in plan.expired:
             self.delete(file_id, "retention period expired")
         for file_id in plan.overwrite:

@@ -47,6 +47,7 @@ class Sidecar:
     note: str | None = None
     case_no: str | None = None
     legal_hold: str | None = None
+    clock_untrusted: bool = False  # collected while the station clock could not be believed
     deleted_at: str | None = None  # set when retention or a person deleted the file
     deleted_by: str | None = None
     delete_reason: str | None = None
@@ -160,6 +161,8 @@ def _validate(sc: Sidecar) -> None:
         raise ValueError("size is not a byte count")
     if type(sc.important) is not bool or type(sc.version) is not int:
         raise ValueError("important or version has the wrong type")
+    if type(sc.clock_untrusted) is not bool:
+        raise ValueError("clock_untrusted has the wrong type")
     if sc.level not in LEVELS:
         raise ValueError(f"unknown level {sc.level!r}")
     bytes.fromhex(sc.card_path_hex)

@@ -23,6 +23,8 @@ log = logging.getLogger(__name__)
 
 STAGING = ".staging"
 MARKER = ".station-disk.json"  # written by station.disks
+LOG_ANCHOR = ".station-log-anchor.json"  # written by station.eventlog
+ROOT_FILES = frozenset({MARKER, LOG_ANCHOR})  # station files at a disk's root: not evidence
 MB = 1024 * 1024
 
 

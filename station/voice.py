@@ -202,6 +202,10 @@ ALARMS: dict[str, dict[Language, str]] = {
         "zh": "系统时钟未同步",
         "en": "The station clock is not synchronised",
     },
+    "clock_jump": {
+        "zh": "系统时间异常，已暂停按期删除，请管理员检查时钟",
+        "en": "The station clock jumped: retention is paused, an administrator must check it",
+    },
     "collection_failed": {
         "zh": "采集失败，文件保留在记录仪上",
         "en": "Collection failed, files were kept on the recorder",

@@ -4,19 +4,27 @@
    catalogued with the right officer, recorder and hash.
 2. No file is deleted from a recorder before its stored copy is verified and
    committed (a file deleted early shows up as lost in 1).
-3. No catalog row without its file; no stored file without a row.
-4. A resumed transfer reads again only what it had not made durable.
+3. No catalog row without its file; no stored file without a row; every live
+   row's sidecar says what the row says (hash, officer, recorder, grade, hold, live).
+4. Nothing is quarantined (a quarantined file is a file the station could not account
+   for), and no card file was deleted before its file was committed (read from the
+   system log directly, not only as a loss).
+5. A resumed transfer reads again only what it had not made durable (the fault tests).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from station.names import parse_card_path
+
 HIDDEN = {".staging", ".meta", ".quarantine"}
+ROOT_FILES = {".station-disk.json", ".station-log-anchor.json"}  # the station's, not evidence
 
 
 def sha256(path: Path) -> str:
@@ -53,6 +61,16 @@ class Ledger:
         return sum(len(files) for _, files in self.sources.values())
 
     @property
+    def imp_bytes(self) -> int:
+        """Bytes in files marked IMP (re-read in full before their card copy is deleted)."""
+        return sum(
+            size
+            for _, files in self.sources.values()
+            for path, (size, _) in files.items()
+            if parse_card_path(path).important
+        )
+
+    @property
     def total_bytes(self) -> int:
         return sum(size for _, files in self.sources.values() for size, _ in files.values())
 
@@ -67,6 +85,9 @@ class Findings:
     files_without_row: list[str] = field(default_factory=list)
     left_on_card: list[str] = field(default_factory=list)
     staging_left: list[str] = field(default_factory=list)
+    quarantined: list[str] = field(default_factory=list)
+    sidecar_mismatch: list[str] = field(default_factory=list)
+    wiped_before_commit: list[str] = field(default_factory=list)
 
     def problems(self) -> dict[str, list[str]]:
         return {k: v for k, v in self.__dict__.items() if v}
@@ -78,15 +99,26 @@ def check(db: Path, disks: list[Path], ledger: Ledger, cards: dict[str, Path]) -
     con = sqlite3.connect(db)
     try:
         rows = con.execute(
-            "SELECT f.card_path, f.disk, f.rel_path, f.size, f.sha256, o.officer_no, r.serial "
+            "SELECT f.card_path, f.disk, f.rel_path, f.size, f.sha256, o.officer_no, r.serial, "
+            "f.level, f.legal_hold "
             "FROM files f JOIN officers o ON o.id = f.officer_id "
             "JOIN recorders r ON r.id = f.recorder_id WHERE f.deleted_at IS NULL"
         ).fetchall()
+        log = con.execute(
+            "SELECT id, kind, file_id, message FROM events "
+            "WHERE kind IN ('file_stored', 'file_adopted', 'card_file_deleted') ORDER BY id"
+        ).fetchall()
     finally:
         con.close()
+    committed: set[int] = set()
+    for ev_id, kind, file_id, message in log:
+        if kind != "card_file_deleted":
+            committed.add(file_id)
+        elif file_id not in committed:
+            out.wiped_before_commit.append(f"event {ev_id}: {message} (file {file_id})")
     seen: dict[tuple[str, bytes], int] = {}
     stored_paths = set()
-    for card_path, disk, rel, size, digest, officer_no, serial in rows:
+    for card_path, disk, rel, size, digest, officer_no, serial, level, hold in rows:
         key = (serial, bytes(card_path))
         seen[key] = seen.get(key, 0) + 1
         path = Path(disk) / rel
@@ -100,6 +132,18 @@ def check(db: Path, disks: list[Path], ledger: Ledger, cards: dict[str, Path]) -
             out.corrupted.append(f"{serial} {card_path!r} -> {path}")
         if src and officer_no != src[0]:
             out.misattributed.append(f"{serial} {card_path!r}: {officer_no} != {src[0]}")
+        try:
+            sc = json.loads((Path(disk) / ".meta" / f"{rel}.json").read_text("utf-8"))
+        except (OSError, ValueError) as e:
+            out.sidecar_mismatch.append(f"{path}: {e}")
+        else:
+            want = (digest, officer_no, serial, level, hold, None)
+            got = tuple(
+                sc.get(k)
+                for k in ("sha256", "officer_no", "serial", "level", "legal_hold", "deleted_at")
+            )
+            if got != want:
+                out.sidecar_mismatch.append(f"{path}: sidecar {got} != row {want}")
     for serial, (_, files) in ledger.sources.items():
         for card_path in files:
             n = seen.get((serial, card_path), 0)
@@ -113,8 +157,10 @@ def check(db: Path, disks: list[Path], ledger: Ledger, cards: dict[str, Path]) -
                 dirs[:] = [d for d in dirs if d not in HIDDEN]
             for f in files:
                 p = os.path.join(root, f)
-                if p not in stored_paths:
+                if p not in stored_paths and not (Path(root) == disk and f in ROOT_FILES):
                     out.files_without_row.append(p)
+        for root, _dirs, files in os.walk(disk / ".quarantine"):
+            out.quarantined += [os.path.join(root, f) for f in files]
         staging = disk / ".staging"
         if staging.is_dir():
             out.staging_left += [str(p) for p in staging.iterdir()]

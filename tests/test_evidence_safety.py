@@ -617,3 +617,116 @@ def test_an_unmounted_disk_gets_no_footage_through_the_daemon(make_station) -> N
     wait_for(lambda: "disk_missing" not in {a["code"] for a in st.api("/api/v1/status")["alarms"]},
              60, "disk 1 to be back")  # fmt: skip
     assert st.api("/api/v1/files")["total"] == first + len(source)
+
+
+# --- 5. a station clock that cannot be believed ---------------------------------------------
+
+
+def test_a_paused_sweep_deletes_nothing_by_age_but_still_makes_room() -> None:
+    from station.retention import DiskFacts, FileFacts, plan_sweep
+
+    now = dt.datetime(2027, 1, 1, tzinfo=dt.UTC)
+    old = now - dt.timedelta(days=400)
+    files = [FileFacts(i, "/d1", 10**9, old + dt.timedelta(days=i), "normal", False)
+             for i in range(1, 6)]  # fmt: skip
+    roomy = [DiskFacts("/d1", 100 * 10**9, 90 * 10**9)]
+    rules = Rules(days={"normal": 30, "important": None, "evidence": None},
+                  high_water=0.9, low_water=0.7)  # fmt: skip
+    assert plan_sweep(files, roomy, rules, now).expired == [1, 2, 3, 4, 5]
+    paused = plan_sweep(files, roomy, rules, now, paused="clock jumped")
+    assert paused.expired == [] and paused.paused == "clock jumped"
+    full = [DiskFacts("/d1", 10 * 10**9, 5 * 10**8)]
+    assert plan_sweep(files, full, rules, now, paused="clock jumped").overwrite  # room made
+    # a file collected under an untrusted clock is never deleted by age, overwritten last
+    untrusted = [dataclasses.replace(files[0], clock_untrusted=True), *files[1:]]
+    plan = plan_sweep(untrusted, roomy, rules, now)
+    assert 1 not in plan.expired and 1 in plan.review
+    plan = plan_sweep(untrusted, [DiskFacts("/d1", 5 * 10**9, 0)], rules, now, paused="x")
+    assert plan.overwrite == [2, 3]  # the oldest trusted ones; the untrusted one goes last
+
+
+def test_clock_guard_distrusts_a_clock_that_went_back_or_jumped(env) -> None:
+    from station.clockguard import RELEASED, ClockGuard
+
+    catalog, _disk = env
+    guard = ClockGuard(catalog, max_jump_days=2)
+    t0 = RELEASED + dt.timedelta(days=30)
+    assert guard.untrusted(t0) is None  # believed: the high-water time moves up
+    assert guard.sweep_pause(t0, synced=False) is None
+    assert guard.untrusted(RELEASED - dt.timedelta(days=3000))  # a dead RTC battery: 2018
+    assert guard.untrusted(t0 - dt.timedelta(days=1))  # earlier than what it showed before
+    assert "went back" in guard.sweep_pause(t0 - dt.timedelta(days=1), synced=False)
+    assert "jumped ahead" in guard.sweep_pause(t0 + dt.timedelta(days=900), synced=False)
+    assert guard.sweep_pause(t0 + dt.timedelta(days=1), synced=False) is None  # normal time
+    # NTP, or an administrator, makes the clock believed again, forwards or back
+    assert guard.sweep_pause(t0 + dt.timedelta(days=900), synced=True) is None
+    assert guard.sweep_pause(t0, synced=False) is not None
+    ClockGuard(catalog, 2).confirm(t0)  # `station retention resume`, another process
+    assert guard.sweep_pause(t0, synced=False) is None
+
+
+def test_a_clock_jump_pauses_retention_and_marks_files_through_the_daemon(make_station) -> None:
+    from conftest import card_hashes, wait_for
+
+    from station.sim.recorder import RecorderSpec
+
+    st = make_station(retention={"sweep_interval_s": 1.0, "days": 1})
+    rec = st.build(RecorderSpec(serial="C000001", officer_no="310001", files=2, imp=0,
+                                size_mb=0.2))  # fmt: skip
+    first = len(card_hashes(rec))
+    st.dock(1, rec)
+    st.wait_state(1, "complete")
+    st.stop()
+    st.query("UPDATE files SET collected_at = datetime(collected_at, '-30 days')")
+    # the station last believed a time 10 days from now: its clock now reads 10 days back
+    ahead = (dt.datetime.now(dt.UTC) + dt.timedelta(days=10)).isoformat()
+    st.query("INSERT OR REPLACE INTO station_state (key, value) VALUES (?, ?)",
+             "clock_high_water", ahead)  # fmt: skip
+    st.start()
+    wait_for(lambda: "clock_jump" in {a["code"] for a in st.api("/api/v1/status")["alarms"]},
+             60, "the clock_jump alarm")  # fmt: skip
+    assert st.api("/api/v1/files")["total"] == first  # expired, but nothing deleted by age
+    rec2 = st.build(RecorderSpec(serial="C000002", officer_no="310002", files=1, imp=0,
+                                 size_mb=0.2), 2)  # fmt: skip
+    second = len(card_hashes(rec2))
+    st.dock(2, rec2)
+    st.wait_state(2, "complete")
+    flags = st.query("SELECT r.serial, f.clock_untrusted FROM files f "
+                     "JOIN recorders r ON r.id = f.recorder_id")  # fmt: skip
+    assert {s for s, bad in flags if bad} == {"C000002"}
+    listed = st.cli("retention", "untrusted").stdout
+    assert "/C000002/" in listed and "/C000001/" not in listed
+    st.cli("retention", "resume", "--by", "900001")
+    wait_for(lambda: st.api("/api/v1/files", serial="C000001")["total"] == 0, 60,
+             "the sweep to go on")  # fmt: skip
+    # collected under the untrusted clock: never deleted by age
+    assert st.api("/api/v1/files", serial="C000002")["total"] == second
+
+
+# --- 13. the newest entries of the log cannot vanish unseen ---------------------------------
+
+
+def test_deleting_the_newest_log_entries_shows_against_the_anchors(env) -> None:
+    import sqlite3
+
+    from station.catalog.db import append_event, verify_chain
+    from station.eventlog import verify_anchors, write_anchors
+
+    catalog, disk = env
+    for i in range(5):
+        with catalog.write() as s:
+            append_event(s, "test", f"entry {i}")
+    head = write_anchors(catalog, [disk], "T1")
+    assert verify_anchors(catalog, [disk]) == []
+    con = sqlite3.connect(catalog.path)
+    with con:  # someone with the database deletes the last two entries ...
+        con.execute("DELETE FROM events WHERE id > ?", (head["last_id"] - 2,))
+    con.close()
+    with catalog.read() as s:
+        assert verify_chain(s) == []  # ... which the chain alone cannot show
+    problems = verify_anchors(catalog, [disk])
+    assert problems and "deleted" in problems[0]
+    with catalog.write() as s:  # ... and ids are never handed out again to cover it up
+        ev = append_event(s, "test", "new entry")
+    assert ev.id > head["last_id"]
+    assert verify_anchors(catalog, [disk])  # still shows

@@ -52,7 +52,7 @@ from conftest import free_port, needs_root
 
 from station.config import load_config
 
-pytestmark = needs_root
+pytestmark = [needs_root, pytest.mark.machine]
 
 REPO = Path(__file__).resolve().parent.parent
 SYSTEMD = REPO / "systemd"
@@ -307,9 +307,11 @@ class Installed:
         )
 
 
-def _install(root: Path) -> subprocess.CompletedProcess[str]:
+def _install(root: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PIP_CACHE_DIR": str(CACHE / "pip")}
-    return run([INSTALL, "--root", root, "--station-id", "TEST-0001"], env=env, timeout=1200)
+    return run(
+        [INSTALL, "--root", root, "--station-id", "TEST-0001", *extra], env=env, timeout=1200
+    )
 
 
 @pytest.fixture(scope="module")
@@ -349,7 +351,8 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Installed]:
         text += "\n[bus.port_map]\n" + "".join(f'{k} = "{v}"\n' for k, v in PORT_MAP.items())
         config_path.write_text(text)
         started = time.monotonic()
-        second = _install(root)
+        # loopback time servers: the booted root's timesyncd reaches nothing outside
+        second = _install(root, "--ntp", "127.0.0.1", "--ntp", "127.0.0.2")
         durations["second install"] = time.monotonic() - started
         yield Installed(root, first, second, first_config, durations)
     finally:
@@ -431,6 +434,13 @@ def test_the_units_are_installed_and_enabled(installed):
 def test_the_installed_units_verify_inside_the_root(installed):
     r = _verify(installed.root, *UNITS)
     assert (r.returncode, r.stdout + r.stderr) == (0, "")
+
+
+def test_the_clock_is_kept_by_the_forces_time_servers(installed):
+    conf = installed.path("/etc/systemd/timesyncd.conf.d/station.conf").read_text()
+    assert "NTP=127.0.0.1 127.0.0.2" in conf and "FallbackNTP=\n" in conf
+    out = installed.chroot("systemctl", "is-enabled", "systemd-timesyncd.service", check=False)
+    assert out.stdout.strip() == "enabled", out
 
 
 def test_the_udev_rule_is_installed_with_the_port_map(installed):

@@ -6,8 +6,10 @@ import datetime as dt
 import json
 from pathlib import Path
 
+import pytest
 from conftest import StationProc, needs_root, tmpfs_disks, wait_for
 
+from station.faults import RETENTION_CRASHPOINTS
 from station.retention import DiskFacts, FileFacts, Rules, days_until_full, plan_sweep
 from station.sim.recorder import RecorderSpec
 
@@ -145,7 +147,11 @@ def test_legal_hold_freezes_a_file(station: StationProc) -> None:
     assert not Path(held["stored_path"]).exists()
 
 
-def test_killed_mid_deletion_is_finished_not_undone(station: StationProc) -> None:
+@pytest.mark.parametrize("point", RETENTION_CRASHPOINTS)
+def test_killed_mid_deletion_is_settled_once(station: StationProc, point: str) -> None:
+    """Killed after the sidecar tombstone (the catalog step never committed: the file stays
+    live, its sidecar is put right) or after the row's tombstone (the deletion is finished,
+    not undone): either way each expired file ends deleted exactly once."""
     rec = station.build(
         RecorderSpec(serial="X000003", officer_no="950003", files=3, imp=0, size_mb=0.3)
     )
@@ -158,7 +164,7 @@ def test_killed_mid_deletion_is_finished_not_undone(station: StationProc) -> Non
     import subprocess
     import sys
 
-    env = {**os.environ, "STATION_CRASHPOINTS": "retention_after_tombstone:1"}
+    env = {**os.environ, "STATION_CRASHPOINTS": f"{point}:1"}
     r = subprocess.run(
         [
             sys.executable,
@@ -174,8 +180,10 @@ def test_killed_mid_deletion_is_finished_not_undone(station: StationProc) -> Non
     )
     assert r.returncode == -9
     left = [i for i in items if Path(i["stored_path"]).exists()]
-    assert len(left) == len(items)  # the kill came after the tombstone, before the unlink
-    station.start()  # recovery finishes the deletion; it does not adopt the file again
+    assert len(left) == len(items)  # the kill came before any file was removed
+    (live,) = station.query("SELECT count(*) FROM files WHERE deleted_at IS NULL")[0]
+    assert live == len(items) - (point == "retention_after_tombstone")
+    station.start()  # recovery settles the cut-short deletion; it adopts nothing again
     # ... and the daemon's own first sweep deletes the other expired files
     wait_for(lambda: station.api("/api/v1/files")["total"] == 0, 60, "the sweep to finish")
     assert not any(Path(i["stored_path"]).exists() for i in items)

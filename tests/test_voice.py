@@ -51,6 +51,7 @@ REQUIRED_ALARMS = [
     "disk_missing",
     "network_down",
     "clock_unsynced",
+    "clock_jump",
     "collection_failed",
     "recorder_clock_drift",
     "battery_critical",

@@ -15,7 +15,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event, select
+from sqlalchemy import Engine, create_engine, event, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from station.catalog.models import Event, StationState, utcnow
@@ -158,6 +158,45 @@ def verify_chain(session: Session) -> list[str]:
         if event_hash(ev.prev_hash, _event_fields(ev)) != ev.hash:
             problems.append(f"event {ev.id}: content does not match its hash (edited)")
         prev = ev.hash
+    return problems
+
+
+def chain_head(session: Session) -> dict[str, Any]:
+    """The newest entry of the chain: {"last_id", "hash", "count"} (the anchor's content)."""
+    last = session.scalars(select(Event).order_by(Event.id.desc()).limit(1)).first()
+    count = session.scalar(select(func.count()).select_from(Event)) or 0
+    return {
+        "last_id": last.id if last else 0,
+        "hash": last.hash if last else GENESIS,
+        "count": count,
+    }
+
+
+def verify_anchor(session: Session, anchor: dict[str, Any], where: str) -> list[str]:
+    """What an anchor (a chain head kept outside the database) says is missing now.
+
+    The chain itself cannot show that its newest entries were deleted; an anchor can:
+    the entry it names must still be there with the same hash, and as many entries up to it.
+    """
+    last_id, want = int(anchor.get("last_id", 0)), str(anchor.get("hash", GENESIS))
+    if last_id == 0:
+        return []
+    ev = session.get(Event, last_id)
+    if ev is None:
+        newest = session.scalar(select(func.max(Event.id))) or 0
+        return [
+            f"{where}: event {last_id} is gone (the log now ends at {newest}): "
+            "its newest entries were deleted"
+        ]
+    problems = []
+    if ev.hash != want:
+        problems.append(f"{where}: event {last_id} does not have the anchored hash (rewritten)")
+    upto = session.scalar(select(func.count()).select_from(Event).where(Event.id <= last_id))
+    if upto != int(anchor.get("count", upto)):
+        problems.append(
+            f"{where}: {anchor.get('count')} entries up to event {last_id} were anchored, "
+            f"{upto} are there (entries deleted)"
+        )
     return problems
 
 

@@ -169,6 +169,8 @@ class StoredFile(Base):
     case_no: Mapped[str | None] = mapped_column(String(64), index=True)
     legal_hold: Mapped[str | None] = mapped_column(String(64))  # case number freezing the file
     verified_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)  # last scrub
+    # collected while the station clock could not be believed: never deleted by age
+    clock_untrusted: Mapped[bool] = mapped_column(default=False, server_default="0")
     deleted_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     deleted_by: Mapped[str | None] = mapped_column(String(64))
     delete_reason: Mapped[str | None] = mapped_column(Text)

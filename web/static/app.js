@@ -49,6 +49,7 @@
     disk_unhealthy: N_('A storage disk has failed'),
     store_inconsistent: N_('Stored files need checking'),
     clock_unsynced: N_('Station clock not synchronised'),
+    clock_jump: N_('Station clock jumped: deletion by age paused'),
     recorder_clock_drift: N_('A recorder clock was far off'),
     battery_critical: N_('A recorder battery is critically low'),
   };

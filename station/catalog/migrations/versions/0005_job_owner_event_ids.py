@@ -1,4 +1,4 @@
-"""ingest jobs record their owner; event ids are never reused; disks known by identity
+"""job owners, event ids never reused, disks known by identity, untrusted-clock files
 
 Revision ID: 0005
 Revises: 0004
@@ -24,6 +24,10 @@ def upgrade() -> None:
         "UPDATE ingest_jobs SET officer_id = "
         "(SELECT officer_id FROM recorders WHERE recorders.id = ingest_jobs.recorder_id)"
     )
+    with op.batch_alter_table("files", schema=None) as batch_op:
+        batch_op.add_column(
+            sa.Column("clock_untrusted", sa.Boolean(), nullable=False, server_default="0")
+        )
     op.create_table(
         "disks",
         sa.Column("uuid", sa.String(length=36), nullable=False),
@@ -42,6 +46,8 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("disks")
+    with op.batch_alter_table("files", schema=None) as batch_op:
+        batch_op.drop_column("clock_untrusted")
     with op.batch_alter_table("events", recreate="always") as batch_op:
         pass
     with op.batch_alter_table("ingest_jobs", schema=None) as batch_op:
