@@ -6,12 +6,15 @@ it, and is an event in the system log.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from station.catalog import Catalog, StoredFile
 from station.catalog.db import append_event
 from station.protection import LEVELS, PROTECTED_LEVELS, lowers_protection
 from station.sidecar import SidecarError, mirror_row, read_sidecar, sidecar_path, write_sidecar
+
+log = logging.getLogger(__name__)
 
 
 class AnnotationError(Exception):
@@ -68,15 +71,19 @@ def annotate(
                 setattr(f, name, new)
         if not changes:
             return f
+        pending = ""
         try:
             sc = read_sidecar(sidecar_path(Path(f.disk), f.rel_path))
             write_sidecar(Path(f.disk), f.rel_path, mirror_row(sc, f))
         except (SidecarError, OSError) as e:
-            raise AnnotationError(f"the file's on-disk record could not be updated: {e}") from e
+            # The change stands (a hold must not wait for a disk); the sidecar is written
+            # from the row when the disk is back (recovery.reconcile_sidecars).
+            log.warning("file %s: sidecar not updated now (%s)", f.id, e)
+            pending = " (its sidecar is updated when its disk is back)"
         append_event(
             s,
             "file_annotated",
-            "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changes.items()),
+            "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changes.items()) + pending,
             actor=by,
             file_id=f.id,
             officer_no=f.officer.officer_no,

@@ -384,7 +384,7 @@ def catalog_rebuild(config_path: str | None, no_hash: bool) -> None:
         if not line.startswith("adopted"):
             click.echo(line)
     click.echo(f"{len(report.adopted)} file(s) catalogued from the disks")
-    if report.quarantined or report.mismatched:
+    if report.quarantined or report.mismatched or report.errors:
         sys.exit(1)
 
 
@@ -417,7 +417,7 @@ def disks(ctx: click.Context, config_path: str | None) -> None:
 
     config = _config(config_path)
     catalog = _catalog(config)
-    book = DiskBook(catalog, config.station.id)
+    book = DiskBook(catalog, config.station.id, folder_disks=config.store.folder_disks)
     known = book.known()
     for d in Store(config.store.disks, config.store.min_free_mb).disks:
         try:
@@ -444,7 +444,9 @@ def disks_adopt(path: Path, config_path: str | None, by: str) -> None:
     if disk is None:
         raise click.ClickException(f"{path} is not one of store.disks")
     try:
-        ident = DiskBook(_catalog(config), config.station.id).adopt(disk, by)
+        ident = DiskBook(
+            _catalog(config), config.station.id, folder_disks=config.store.folder_disks
+        ).adopt(disk, by)
     except DiskIdentityError as e:
         raise click.ClickException(str(e)) from None
     click.echo(f"{path}: taken into use as disk {ident}")
@@ -486,7 +488,7 @@ def _sweeper(config: StationConfig) -> Any:
 
     catalog = _catalog(config)
     store = Store(config.store.disks, config.store.min_free_mb)
-    book = DiskBook(catalog, config.station.id)
+    book = DiskBook(catalog, config.station.id, folder_disks=config.store.folder_disks)
     disks = [DiskFacts(str(d.path), *d.usage()) for d in store.disks if book.identify(d) is None]
     return RetentionSweeper(catalog, retention_rules(config)), disks
 

@@ -44,6 +44,7 @@ from station.ingest import (
     FileChanged,
     FileIngest,
     Interrupted,
+    KeptOnCard,
     Outcome,
     Owner,
     StorageFull,
@@ -131,6 +132,7 @@ class Collector:
         self.session_id: int | None = None
         self.serial: str | None = None
         self.officer_no: str | None = None
+        self.named_officers: set[str] = set()  # officer numbers this card's names may carry
         self.files_total = self.files_done = self.bytes_total = self.bytes_done = 0
         self.card: Card | None = None
 
@@ -251,6 +253,9 @@ class Collector:
             return "held" if rec.alive() else "gone"
         recorder_id, officer_id, officer = owner_officer
         self.officer_no = officer.officer_no
+        # file names may carry the bound officer's number, or the one the recorder reports,
+        # which its registration (or an administrator's confirmation) accepted
+        self.named_officers = {officer.officer_no, info.officer_no}
         # the bound officer is who the files belong to; show that, not the block's claim
         self._set(
             recorder={
@@ -385,6 +390,11 @@ class Collector:
         seen: set[bytes] = set()
         while True:
             pending = [f for f in card.list_files() if f.path not in failures]
+            for f in pending:
+                if f.path not in seen and (why := self._kept_back(f)):
+                    self._event("file_held", why)
+                    failures[f.path] = why
+            pending = [f for f in pending if f.path not in failures]
             if not pending:
                 return failures
             # IMP files first: recorders never overwrite them, so they fill cards. Then the
@@ -433,7 +443,7 @@ class Collector:
             except FileChanged:
                 self._changed(cf, changed)
                 self._set(bytes_done=self.bytes_done - cf.size)
-            except (CardReadError, VerifyFailed) as e:
+            except (CardReadError, VerifyFailed, KeptOnCard) as e:
                 self._failed(cf, e, failures)
             self._save_progress()
 
@@ -455,7 +465,7 @@ class Collector:
                     except FileChanged:
                         self._changed(cf, changed)
                         self._set(bytes_done=done_before)
-                    except (CardReadError, VerifyFailed) as e:
+                    except (CardReadError, VerifyFailed, KeptOnCard) as e:
                         self._failed(cf, e, failures)
                         self._set(bytes_done=done_before + cf.size)
                     else:
@@ -488,6 +498,33 @@ class Collector:
         name = parse_card_path(cf.path).display
         log.info("port %s: %s is still being written; later", self.slot.port, name)
         changed.append(cf)
+
+    def _kept_back(self, cf: CardFile) -> str | None:
+        """Why a card file must stay on the recorder for an administrator, untouched.
+
+        Its name carries another officer's or another recorder's number than the ones this
+        recorder is bound to (a card that is not this recorder's, or footage recorded
+        before it was given to another officer: never filed silently under the wrong
+        one); or it claims more bytes than any store disk holds (it would wait for space
+        forever and block the rest of the card)."""
+        name = parse_card_path(cf.path)
+        if name.device_no and self.serial and name.device_no != self.serial:
+            return (
+                f"{name.display}: its name says recorder {name.device_no}, this is "
+                f"{self.serial}: kept on the recorder for an administrator"
+            )
+        if name.officer_no and self.named_officers and name.officer_no not in self.named_officers:
+            return (
+                f"{name.display}: its name says officer {name.officer_no}, the recorder is "
+                f"bound to {self.officer_no}: kept on the recorder for an administrator"
+            )
+        largest = max((d.usage()[0] for d in self.sv.store.disks if d.present()), default=0)
+        if largest and cf.size > largest:
+            return (
+                f"{name.display}: claims {cf.size} bytes, more than any store disk holds: "
+                "kept on the recorder"
+            )
+        return None
 
     def _failed(self, cf: CardFile, e: Exception, failures: dict[bytes, str]) -> None:
         name = parse_card_path(cf.path).display

@@ -66,6 +66,10 @@ class StoreSection(_Section):
     # after copying, read the card again: "sample" compares a few 64 KiB windows,
     # "full" re-reads and re-hashes the whole file (twice the USB time), "off" trusts it
     card_recheck: Literal["sample", "full", "off"] = "sample"
+    # a new catalog may take empty plain folders into use as disks (the demo, tests); on a
+    # station a new disk must be a mount point (station/disks.py), so an unmounted disk's
+    # bare mount point is never written to
+    folder_disks: bool = False
     # with "sample", IMP files and files up to this size are still re-read in full
     card_recheck_full_mb: Annotated[int, Field(strict=True, ge=0)] = 64
     # the background scrubber re-hashes stored files at this rate (0 = off) ...

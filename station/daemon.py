@@ -185,7 +185,9 @@ class Station:
         self.alarms = AlarmBook(self.catalog, self.notify, self._alarm_raised)
         self._spoken: dict[int, tuple[int, str]] = {}  # port -> (generation, state) last seen
         self.retention = RetentionSweeper(self.catalog, retention_rules(config))
-        self.disk_book = DiskBook(self.catalog, config.station.id)
+        self.disk_book = DiskBook(
+            self.catalog, config.station.id, folder_disks=config.store.folder_disks
+        )
         self._disk_refused: dict[str, str | None] = {}
         self.log_head: dict[str, Any] = {}
         self.clock: ClockGuard | None = None  # after the catalog is migrated
@@ -666,6 +668,10 @@ class Station:
             why = self.disk_book.identify(d)
             if why is None:
                 d.prepare()
+                if self._disk_refused.get(str(d.path)):  # back after being away: settle it
+                    report = recover(self.catalog, [d])
+                    for line in report.lines():
+                        log.warning("recovery of %s: %s", d.path, line)
             elif why != self._disk_refused.get(str(d.path)):
                 log.warning("store disk %s not used: %s", d.path, why)
             self._disk_refused[str(d.path)] = why

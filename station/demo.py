@@ -45,6 +45,7 @@ def prepare_demo(data: Path, port: int) -> tuple[StationConfig, str]:
                     "station": {"id": "DEMO-0001", "name": "Demo station"},
                     "store": {
                         "disks": [str(data / "disk1"), str(data / "disk2")],
+                        "folder_disks": True,
                         "min_free_mb": 256,
                     },
                     "database": {"url": f"sqlite:///{data / 'catalog.db'}"},

@@ -20,16 +20,19 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
 
 from station.catalog import Catalog, IngestJob, StoredDisk, StoredFile
 from station.catalog.db import append_event
 from station.catalog.models import utcnow
 from station.durable import replace_file
+from station.sidecar import SidecarError, read_sidecar, sidecar_path
 from station.store import MARKER, STAGING, StoreDisk
 
 log = logging.getLogger(__name__)
@@ -79,9 +82,28 @@ def _unused(path: Path) -> bool:
 class DiskBook:
     """The catalog's record of the disks this station has taken into use."""
 
-    def __init__(self, catalog: Catalog, station_id: str) -> None:
+    def __init__(self, catalog: Catalog, station_id: str, *, folder_disks: bool = False) -> None:
         self.catalog = catalog
         self.station_id = station_id
+        # a new catalog may take plain empty folders into use (the demo, tests); else a new
+        # disk must be a mount point, so an unmounted disk's bare mount point never is
+        self.folder_disks = folder_disks
+
+    def _holds_our_files(self, path: Path) -> bool:
+        """Some live row at this path has its sidecar there, with the same hash."""
+        with self.catalog.read() as s:
+            rows = s.execute(
+                select(StoredFile.rel_path, StoredFile.sha256)
+                .where(StoredFile.disk == str(path), StoredFile.deleted_at.is_(None))
+                .limit(3)
+            ).all()
+        for rel, digest in rows:
+            try:
+                if read_sidecar(sidecar_path(path, rel)).sha256 == digest:
+                    return True
+            except SidecarError:
+                continue
+        return False
 
     def known(self) -> dict[str, str]:
         """{uuid: path last seen}."""
@@ -110,6 +132,11 @@ class DiskBook:
             )
             files_at_all = s.scalar(select(func.count()).select_from(StoredFile))
         if marker is not None:
+            if marker.station_id == self.station_id and self._holds_our_files(path):
+                # ours after all: marked, but the record was lost (a power cut in between)
+                self._record(marker, path, "marked disk holding this catalog's files")
+                disk.identity = marker.uuid
+                return None
             if files_at_all == 0 and not known:
                 self._record(marker, path, "found on the disk of a new catalog")
                 disk.identity = marker.uuid
@@ -119,6 +146,11 @@ class DiskBook:
                 "with `station disks adopt` if it is meant to be here"
             )
         if files_at_all == 0 and _unused(path):
+            if not (self.folder_disks or os.path.ismount(path)):
+                return (
+                    f"{path} is not a mounted disk (is it mounted?): a folder is taken into "
+                    "use only with store.folder_disks, or with `station disks adopt`"
+                )
             disk.identity = self._record(write_marker(path, self.station_id), path, "first use")
             return None
         if files_here and (path / ".meta").is_dir() and str(path) not in known.values():
@@ -158,18 +190,30 @@ class DiskBook:
         return m.uuid
 
     def _moved(self, disk_uuid: str, old: str, new: str) -> None:
-        """The same disk at a new path: its rows follow it, so nothing is catalogued twice."""
+        """The same disk at a new path: its rows follow it, so nothing is catalogued twice.
+
+        If another known disk was last seen at `new` (two disks swapped mount points), its
+        rows are parked on a placeholder path first, and follow it when it is found."""
         with self.catalog.write() as s:
-            n = s.execute(update(StoredFile).where(StoredFile.disk == old).values(disk=new))
-            s.execute(update(IngestJob).where(IngestJob.disk == old).values(disk=new))
-            for job in s.scalars(select(IngestJob).where(IngestJob.disk == new)):
-                if job.temp_path.startswith(old + "/"):
-                    job.temp_path = new + job.temp_path[len(old) :]
+            for other in s.scalars(select(StoredDisk).where(StoredDisk.path == new)):
+                if other.uuid != disk_uuid:
+                    self._repoint(s, new, f"(moved) {other.uuid}")
+                    other.path = f"(moved) {other.uuid}"
+            n = self._repoint(s, old, new)
             row = s.get(StoredDisk, disk_uuid)
             assert row is not None
             row.path = new
             append_event(
-                s, "disk_moved", f"disk {disk_uuid}: {old} -> {new}", uuid=disk_uuid,
-                files=n.rowcount,
+                s, "disk_moved", f"disk {disk_uuid}: {old} -> {new}", uuid=disk_uuid, files=n,
             )  # fmt: skip
         log.warning("store disk %s moved from %s to %s", disk_uuid, old, new)
+
+    @staticmethod
+    def _repoint(s: Session, old: str, new: str) -> int:
+        """Rows and jobs that were on the disk at `old` are now at `new`."""
+        n = s.execute(update(StoredFile).where(StoredFile.disk == old).values(disk=new)).rowcount
+        s.execute(update(IngestJob).where(IngestJob.disk == old).values(disk=new))
+        for job in s.scalars(select(IngestJob).where(IngestJob.disk == new)):
+            if job.temp_path.startswith(old + "/"):
+                job.temp_path = new + job.temp_path[len(old) :]
+        return int(n)

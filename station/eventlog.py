@@ -95,6 +95,7 @@ def to_csv(events: Iterable[dict[str, Any]]) -> str:
 
 # --- anchors: the chain's head kept outside the database ---------------------------------------
 
+
 def anchor_paths(disks: Iterable[Path]) -> list[Path]:
     return [Path(d) / LOG_ANCHOR for d in disks]
 

@@ -69,6 +69,14 @@ class FileChanged(Exception):
     """The card file changed while it was copied (still being recorded): try again later."""
 
 
+class AlreadyStored(FileChanged):
+    """Another docking committed this file first: look again (it is then a duplicate)."""
+
+
+class KeptOnCard(Exception):
+    """The file stays on the recorder for now (its stored copy is on a disk not present)."""
+
+
 @dataclass
 class Owner:
     """Whose files these are: the officer bound to the recorder, not the file names."""
@@ -251,6 +259,12 @@ class FileIngest:
         if match is None:
             return None
         # The card's copy goes only if the stored one still holds these bytes.
+        held_on = self.store.disk_by_path(match.disk)
+        if held_on is None or not held_on.present():
+            raise KeptOnCard(
+                f"{parse_card_path(cf.path).display}: stored as file {match.id} on "
+                f"{match.disk}, which is not present: kept on the recorder"
+            )
         stored = Path(match.disk) / match.rel_path
         try:
             intact = hash_file(stored, uncached=True).hexdigest() == digest
@@ -740,8 +754,25 @@ def store_row(
     message: str,
     port: int | None = None,
 ) -> StoredFile:
-    """Commit a verified transfer: the file's catalog row, the job marked stored, the event."""
+    """Commit a verified transfer: the file's catalog row, the job marked stored, the event.
+
+    Checked again inside the transaction: the job must still be verified (a second docking
+    of the same recorder may have committed it meanwhile), and no live copy of the same
+    card file may exist; else AlreadyStored, and nothing is written."""
     assert job.final_path is not None
+    current = s.get(IngestJob, job.id)
+    if current is None or current.state != "verified":
+        raise AlreadyStored(f"job {job.id} is {current.state if current else 'gone'}")
+    other = s.scalars(
+        select(StoredFile.id).where(
+            StoredFile.recorder_id == job.recorder_id,
+            StoredFile.card_path == sc.card_path,
+            StoredFile.sha256 == sc.sha256,
+            StoredFile.deleted_at.is_(None),
+        )
+    ).first()
+    if other is not None:
+        raise AlreadyStored(f"the card file is stored already as file {other}")
     f = file_row(
         sc,
         disk,

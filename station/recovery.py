@@ -316,6 +316,7 @@ def sidecar_of(row: StoredFile) -> Sidecar:
             id_code=row.recorder.id_code,
             kind=row.kind,
             recorded_at=row.recorded_at.isoformat() if row.recorded_at else None,
+            clock_untrusted=bool(row.clock_untrusted),
         ),
         row,
     )
@@ -430,7 +431,7 @@ def rebuild(catalog: Catalog, disks: list[Path], *, check_hashes: bool = True) -
         except DiskIdentityError as e:
             report.errors.append(str(e))
             marker = None
-        if marker is None and disk.is_dir():  # rebuilt from it: it is this station's disk
+        if marker is None and (disk / META).is_dir():  # rebuilt from its sidecars: ours
             marker = write_marker(disk, "")
         if marker is not None:  # the rebuilt catalog knows the disk it was rebuilt from
             with catalog.write() as s:
@@ -438,32 +439,7 @@ def rebuild(catalog: Catalog, disks: list[Path], *, check_hashes: bool = True) -
         described = set()
         for rel in sidecars(disk):
             described.add(rel)
-            path = disk / rel
-            try:
-                sc = read_sidecar(sidecar_path(disk, rel))
-            except SidecarError as e:
-                report.quarantined.append(f"{path}: unusable sidecar ({e})")
-                continue
-            if sc.deleted_at and sc.protected and path.exists():
-                # never delete protected footage on a sidecar's word: a person decides
-                report.quarantined.append(f"{path}: sidecar says deleted, but it is protected")
-                continue
-            if sc.deleted_at:
-                remove_stored(path)
-            elif not path.exists():
-                continue  # written just before a stop that lost the file: nothing to record
-            elif check_hashes and hash_file(path).hexdigest() != sc.sha256:
-                report.mismatched.append(str(path))
-                continue
-            with catalog.write() as s:
-                other = None if sc.deleted_at else live_copy(s, sc.serial, sc.card_path, sc.sha256)
-                if other is None:
-                    adopt(s, disk, rel, sc)
-            if other is not None:
-                _quarantine(disk, rel, f"a second copy of stored file {other.id}", report)
-                report.duplicates.append(str(path))
-                continue
-            report.adopted.append(str(path))
+            _settle(report, str(disk / rel), _rebuild_one, catalog, disk, rel, check_hashes, report)
         for rel in stored_files(disk):
             if rel not in described:
                 report.quarantined.append(f"{disk / rel}: no sidecar; left where it is")
@@ -477,6 +453,37 @@ def rebuild(catalog: Catalog, disks: list[Path], *, check_hashes: bool = True) -
             mismatched=len(report.mismatched),
         )
     return report
+
+
+def _rebuild_one(
+    catalog: Catalog, disk: Path, rel: str, check_hashes: bool, report: Report
+) -> None:
+    path = disk / rel
+    try:
+        sc = read_sidecar(sidecar_path(disk, rel))
+    except SidecarError as e:
+        report.quarantined.append(f"{path}: unusable sidecar ({e})")
+        return
+    if sc.deleted_at and sc.protected and path.exists():
+        # never delete protected footage on a sidecar's word: a person decides
+        report.quarantined.append(f"{path}: sidecar says deleted, but it is protected")
+        return
+    if sc.deleted_at:
+        remove_stored(path)
+    elif not path.exists():
+        return  # written just before a stop that lost the file: nothing to record
+    elif check_hashes and hash_file(path).hexdigest() != sc.sha256:
+        report.mismatched.append(str(path))
+        return
+    with catalog.write() as s:
+        other = None if sc.deleted_at else live_copy(s, sc.serial, sc.card_path, sc.sha256)
+        if other is None:
+            adopt(s, disk, rel, sc)
+    if other is not None:
+        _quarantine(disk, rel, f"a second copy of stored file {other.id}", report)
+        report.duplicates.append(str(path))
+        return
+    report.adopted.append(str(path))
 
 
 def verify(

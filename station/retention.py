@@ -125,6 +125,8 @@ def plan_sweep(
     disks = {d.path: d for d in disks}
     gone: set[int] = set()
     for f in files if paused is None else ():
+        if f.disk not in disks:
+            continue  # its disk is not here: a hold placed meanwhile could not reach it
         days = rules.days.get(f.level, rules.days.get("normal"))
         if days is None or f.collected_at + dt.timedelta(days=days) > now:
             continue
@@ -164,7 +166,12 @@ def days_until_full(free_bytes: int, collected_bytes: int, window_days: float) -
 
 
 class DeletionRefused(Exception):
-    """A person asked to delete a file that may not be deleted now (a legal hold)."""
+    """A person asked to delete a file that may not be deleted now: under a legal hold
+    (`held`), or protected and not confirmed."""
+
+    def __init__(self, message: str, *, held: bool) -> None:
+        super().__init__(message)
+        self.held = held
 
 
 class RetentionSweeper:
@@ -200,13 +207,19 @@ class RetentionSweeper:
     ) -> Plan:
         """Delete what the plan says, one file at a time, crash-safely."""
         plan = self.plan(disks, now, paused)
-        for file_id in plan.expired:
-            self.delete(file_id, "retention period expired")
-        for file_id in plan.overwrite:
-            self.delete(file_id, "disks past their high-water mark: oldest footage overwritten")
+        todo = [(i, "retention period expired") for i in plan.expired]
+        todo += [(i, "disks past their high-water mark: oldest footage overwritten")
+                 for i in plan.overwrite]  # fmt: skip
+        for file_id, why in todo:
+            try:
+                self.delete(file_id, why)
+            except Exception:  # one file that cannot be settled must not stop the sweep
+                log.exception("retention: file %s not deleted", file_id)
         return plan
 
-    def delete(self, file_id: int, reason: str, *, by: str = "retention") -> bool:
+    def delete(
+        self, file_id: int, reason: str, *, by: str = "retention", confirmed: bool = False
+    ) -> bool:
         """Delete one file crash-safely: sidecar marked, row tombstoned, file removed.
 
         The protection check and the tombstone are one `BEGIN IMMEDIATE` transaction,
@@ -228,18 +241,25 @@ class RetentionSweeper:
                         log.error("retention refused to delete file %s: legal hold", file_id)
                         return False
                     raise DeletionRefused(
-                        f"file {file_id} is under legal hold {row.legal_hold!r}: release it first"
+                        f"file {file_id} is under legal hold {row.legal_hold!r}: release it first",
+                        held=True,
                     )
-                if by == "retention" and is_protected(row.important, row.level, None):
-                    log.error("retention refused to delete protected file %s", file_id)
-                    return False
+                if is_protected(row.important, row.level, None):
+                    if by == "retention":
+                        log.error("retention refused to delete protected file %s", file_id)
+                        return False
+                    if not confirmed:  # graded up since the person looked: ask again
+                        raise DeletionRefused(
+                            f"file {file_id} is protected: confirm it", held=False
+                        )
                 disk, path = Path(row.disk), Path(row.disk) / row.rel_path
                 now = utcnow()
-                try:
-                    live = mirror_row(read_sidecar(sidecar_path(disk, row.rel_path)), row)
-                except (SidecarError, OSError) as e:
-                    log.warning("file %s: sidecar not updated (%s); deleting anyway", file_id, e)
-                else:
+                sc, ours = _record_of(disk, path, row)
+                if not ours:  # another file now has this name: tombstone, remove nothing
+                    log.error("file %s: the file at %s is not this row's: kept", file_id, path)
+                    reason += " (the file at its path is another one: nothing removed)"
+                elif sc is not None:
+                    live = mirror_row(sc, row)
                     write_sidecar(
                         disk,
                         row.rel_path,
@@ -269,7 +289,8 @@ class RetentionSweeper:
                     log.error("file %s: sidecar could not be restored: %s", file_id, e)
             raise
         faults.crashpoint("retention_after_tombstone")
-        remove_stored(path)
+        if ours:
+            remove_stored(path)
         return True
 
     def collected_bytes(self, since: dt.datetime) -> int:
@@ -282,6 +303,22 @@ class RetentionSweeper:
                 )
                 or 0
             )
+
+
+def _record_of(disk: Path, path: Path, row: StoredFile) -> tuple[Sidecar | None, bool]:
+    """(the sidecar at the row's path, whether the file there is the row's file).
+
+    A disk replaced at the same path, or a name reused, can put another file where an old
+    row points: deleting that row must not remove it."""
+    try:
+        sc = read_sidecar(sidecar_path(disk, row.rel_path))
+    except SidecarError as e:
+        log.warning("file %s: no usable sidecar (%s)", row.id, e)
+        try:
+            return None, path.stat().st_size == row.size
+        except OSError:
+            return None, False
+    return sc, (sc.sha256, sc.size, sc.card_path) == (row.sha256, row.size, row.card_path)
 
 
 remove_stored = remove  # a stored file is removed durably (station.durable.remove)

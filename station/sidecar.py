@@ -19,6 +19,7 @@ from station.durable import replace_file
 from station.protection import LEVELS, is_protected
 
 META = ".meta"
+MAX_SIDECAR = 64 * 1024  # a real one is about 1 KiB
 VERSION = 1
 
 
@@ -76,6 +77,7 @@ def mirror_row(sc: Sidecar, row: Any) -> Sidecar:
     return replace(
         sc,
         important=bool(row.important),
+        clock_untrusted=bool(row.clock_untrusted),
         level=row.level,
         note=row.note,
         case_no=row.case_no,
@@ -84,18 +86,6 @@ def mirror_row(sc: Sidecar, row: Any) -> Sidecar:
         deleted_by=row.deleted_by,
         delete_reason=row.delete_reason,
     )
-
-
-MIRRORED = (
-    "important",
-    "level",
-    "note",
-    "case_no",
-    "legal_hold",
-    "deleted_at",
-    "deleted_by",
-    "delete_reason",
-)
 
 
 def sidecar_path(disk: Path, rel: str | Path) -> Path:
@@ -111,15 +101,19 @@ def write_sidecar(disk: Path, rel: str | Path, sc: Sidecar) -> Path:
 def read_sidecar(path: Path) -> Sidecar:
     """Read and validate every field of a sidecar; SidecarError says what is wrong."""
     try:
-        raw = json.loads(path.read_text("utf-8"))
+        with open(path, "rb") as f:
+            text = f.read(MAX_SIDECAR + 1)
+        if len(text) > MAX_SIDECAR:
+            raise ValueError(f"larger than {MAX_SIDECAR} bytes")
+        raw = json.loads(text.decode("utf-8"))
         if not isinstance(raw, dict):
             raise ValueError("not a JSON object")
         known = {f.name for f in fields(Sidecar)}
         sc = Sidecar(**{k: v for k, v in raw.items() if k in known})
         _validate(sc)
         return sc
-    except (OSError, ValueError, TypeError, OverflowError) as e:
-        raise SidecarError(f"{path}: {e}") from None
+    except (OSError, ValueError, TypeError, OverflowError, RecursionError, MemoryError) as e:
+        raise SidecarError(f"{path}: {type(e).__name__}: {e}") from None
 
 
 _TEXT = (

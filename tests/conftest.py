@@ -191,6 +191,7 @@ def write_config(root: Path, port: int, **overrides: dict[str, Any]) -> Path:
             "disks": [str(root / "disk1"), str(root / "disk2")],
             "min_free_mb": 1,
             "sync_every_mb": 2,
+            "folder_disks": True,  # the tests' disks are folders, or tmpfs mounts
         },
         "database": {"url": f"sqlite:///{root / 'catalog.db'}"},
         "bus": {"kind": "simulated", "path": str(root / "bus"), "ports": 8, "debounce_ms": 100},
@@ -233,6 +234,23 @@ def make_station(tmp_path: Path) -> Iterator[Callable[..., StationProc]]:
 @pytest.fixture
 def station(make_station: Callable[..., StationProc]) -> StationProc:
     return make_station()
+
+
+@pytest.fixture
+def store_env(tmp_path: Path) -> Iterator[tuple[Any, Path]]:
+    """A migrated catalog and one disk folder taken into use, as the daemon leaves them."""
+    from station.catalog import Catalog
+    from station.disks import DiskBook
+    from station.store import Store
+
+    catalog = Catalog(tmp_path / "catalog.db")
+    catalog.migrate()
+    disk = tmp_path / "disk1"
+    disk.mkdir()
+    for d in Store([disk], 0).disks:
+        assert DiskBook(catalog, "T1", folder_disks=True).identify(d) is None
+    yield catalog, disk
+    catalog.close()
 
 
 def recorder_json(path: Path) -> dict[str, Any]:

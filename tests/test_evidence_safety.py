@@ -26,23 +26,12 @@ from station.catalog import Catalog, IngestJob, Officer, Recorder, StoredFile
 from station.catalog.db import CatalogBusy, lock_exclusive
 from station.disks import DiskBook
 from station.recovery import adopt, rebuild, recover
-from station.retention import DeletionRefused, RetentionSweeper, Rules
+from station.retention import DeletionRefused, DiskFacts, RetentionSweeper, Rules
 from station.sidecar import Sidecar, SidecarError, read_sidecar, sidecar_path, write_sidecar
 from station.store import Store
 
 RULES = Rules(days={"normal": 1, "important": None, "evidence": None})
 LONG_AGO = dt.datetime(2020, 1, 1, tzinfo=dt.UTC)
-
-
-@pytest.fixture
-def env(tmp_path: Path) -> tuple[Catalog, Path]:
-    catalog = Catalog(tmp_path / "catalog.db")
-    catalog.migrate()
-    disk = tmp_path / "disk1"
-    disk.mkdir()
-    store_of(catalog, disk)  # first use: marked and recorded
-    yield catalog, disk
-    catalog.close()
 
 
 def put_file(
@@ -78,7 +67,7 @@ def put_file(
 def store_of(catalog: Catalog, *paths: Path) -> Store:
     """A Store over these folders, each identified as the daemon does at start-up."""
     store = Store(list(paths), 0)
-    book = DiskBook(catalog, "T1")
+    book = DiskBook(catalog, "T1", folder_disks=True)
     for d in store.disks:
         assert book.identify(d) is None, d.path
     return store
@@ -112,11 +101,13 @@ def path_of(catalog: Catalog, file_id: int) -> Path:
 
 
 @pytest.mark.parametrize("change", [{"legal_hold": "XS-1"}, {"level": "evidence"}])
-def test_a_hold_or_regrade_committed_during_a_sweep_wins(env, monkeypatch, change) -> None:
-    catalog, disk = env
+def test_a_hold_or_regrade_committed_during_a_sweep_wins(store_env, monkeypatch, change) -> None:
+    catalog, disk = store_env
     fid = put_file(catalog, disk)
     sweeper = RetentionSweeper(catalog, RULES)
-    plan = sweeper.plan([], dt.datetime(2026, 12, 1, tzinfo=dt.UTC))
+    plan = sweeper.plan(
+        [DiskFacts(str(disk), 10**12, 10**11)], dt.datetime(2026, 12, 1, tzinfo=dt.UTC)
+    )
     assert plan.expired == [fid]  # the sweep has decided: this file goes
 
     # Between the sweep's decision and its tombstone, an administrator holds the file
@@ -149,8 +140,8 @@ def test_a_hold_or_regrade_committed_during_a_sweep_wins(env, monkeypatch, chang
 # --- 2. a sidecar tombstone that outlives a failed catalog step ----------------------------------
 
 
-def test_a_failed_catalog_step_puts_the_sidecar_back(env, monkeypatch) -> None:
-    catalog, disk = env
+def test_a_failed_catalog_step_puts_the_sidecar_back(store_env, monkeypatch) -> None:
+    catalog, disk = store_env
     fid = put_file(catalog, disk)
 
     def broken(*args: object, **kwargs: object) -> None:
@@ -164,9 +155,9 @@ def test_a_failed_catalog_step_puts_the_sidecar_back(env, monkeypatch) -> None:
     assert path_of(catalog, fid).exists()
 
 
-def test_recovery_rewrites_a_stale_sidecar_from_its_live_row(env) -> None:
+def test_recovery_rewrites_a_stale_sidecar_from_its_live_row(store_env) -> None:
     """The station died between the sidecar tombstone and the catalog commit."""
-    catalog, disk = env
+    catalog, disk = store_env
     fid = put_file(catalog, disk, level="important")
     f = row(catalog, fid)
     stale = dataclasses.replace(
@@ -181,8 +172,10 @@ def test_recovery_rewrites_a_stale_sidecar_from_its_live_row(env) -> None:
     assert path_of(catalog, fid).exists()
 
 
-def test_a_hold_never_carries_a_stale_deletion_forward_and_rebuild_keeps_the_file(env) -> None:
-    catalog, disk = env
+def test_a_hold_never_carries_a_stale_deletion_forward_and_rebuild_keeps_the_file(
+    store_env,
+) -> None:
+    catalog, disk = store_env
     fid = put_file(catalog, disk)
     f = row(catalog, fid)
     stale = dataclasses.replace(sidecar_of(catalog, fid), deleted_at=LONG_AGO.isoformat())
@@ -201,8 +194,8 @@ def test_a_hold_never_carries_a_stale_deletion_forward_and_rebuild_keeps_the_fil
 
 
 @pytest.mark.parametrize("fields", [{"legal_hold": "XS-3"}, {"level": "evidence"}])
-def test_rebuild_and_the_orphan_pass_never_delete_protected_footage(env, fields) -> None:
-    catalog, disk = env
+def test_rebuild_and_the_orphan_pass_never_delete_protected_footage(store_env, fields) -> None:
+    catalog, disk = store_env
     fid = put_file(catalog, disk, **fields)
     path = path_of(catalog, fid)
     sc = dataclasses.replace(sidecar_of(catalog, fid), deleted_at=LONG_AGO.isoformat())
@@ -222,8 +215,8 @@ def test_rebuild_and_the_orphan_pass_never_delete_protected_footage(env, fields)
 # --- 3 and 4. a hold blocks every deletion; only an administrator lowers a grade --------------
 
 
-def test_an_administrator_cannot_delete_a_held_file(env) -> None:
-    catalog, disk = env
+def test_an_administrator_cannot_delete_a_held_file(store_env) -> None:
+    catalog, disk = store_env
     fid = put_file(catalog, disk, legal_hold="XS-4")
     with pytest.raises(DeletionRefused):
         RetentionSweeper(catalog, RULES).delete(fid, "clean-up", by="900001")
@@ -231,10 +224,16 @@ def test_an_administrator_cannot_delete_a_held_file(env) -> None:
     annotate(catalog, fid, by="900001", legal_hold="", admin=True)  # released first
     assert RetentionSweeper(catalog, RULES).delete(fid, "clean-up", by="900001")
     assert not path_of(catalog, fid).exists()
+    # graded up after the administrator looked: the deletion asks again (confirmed)
+    other = put_file(catalog, disk, "100001_B1_20200101080000_0005.MP4")
+    annotate(catalog, other, by="900001", level="evidence", admin=True)
+    with pytest.raises(DeletionRefused):
+        RetentionSweeper(catalog, RULES).delete(other, "clean-up", by="900001")
+    assert RetentionSweeper(catalog, RULES).delete(other, "x", by="900001", confirmed=True)
 
 
-def test_only_an_administrator_lowers_a_protected_grade(env) -> None:
-    catalog, disk = env
+def test_only_an_administrator_lowers_a_protected_grade(store_env) -> None:
+    catalog, disk = store_env
     fid = put_file(catalog, disk)
     annotate(catalog, fid, by="900001", level="evidence", case_no="XS-5", admin=True)
     for change in ({"level": "normal"}, {"level": "important"}, {"case_no": ""}):
@@ -250,10 +249,10 @@ def test_only_an_administrator_lowers_a_protected_grade(env) -> None:
 # --- 6. a second copy of a stored file is never catalogued ------------------------------------
 
 
-def test_a_superseded_verified_job_is_not_committed_twice(env, tmp_path) -> None:
+def test_a_superseded_verified_job_is_not_committed_twice(store_env, tmp_path) -> None:
     """Power cut after verify; the disk stays away; the recorder is collected onto the other
     disk; the first disk comes back: its verified job must not become a second live row."""
-    catalog, disk = env
+    catalog, disk = store_env
     data = os.urandom(8192)
     name = "100001_B1_20200101080000_0002.MP4"
     first = put_file(catalog, disk, name, data=data)  # the copy made on the other disk
@@ -279,8 +278,8 @@ def test_a_superseded_verified_job_is_not_committed_twice(env, tmp_path) -> None
     assert list((other / ".quarantine").rglob(name))  # kept aside, not deleted
 
 
-def test_rebuild_catalogues_one_copy_of_a_file_found_on_both_disks(env, tmp_path) -> None:
-    catalog, disk = env
+def test_rebuild_catalogues_one_copy_of_a_file_found_on_both_disks(store_env, tmp_path) -> None:
+    catalog, disk = store_env
     data = os.urandom(4096)
     fid = put_file(catalog, disk, data=data)
     other = new_disk(catalog, tmp_path / "disk2")
@@ -300,8 +299,8 @@ def test_rebuild_catalogues_one_copy_of_a_file_found_on_both_disks(env, tmp_path
 # --- 8. a late commit files the footage under the officer it was collected for -----------------
 
 
-def test_a_verified_job_is_committed_to_the_officer_it_began_for(env) -> None:
-    catalog, disk = env
+def test_a_verified_job_is_committed_to_the_officer_it_began_for(store_env) -> None:
+    catalog, disk = store_env
     data = os.urandom(4096)
     fid = put_file(catalog, disk, "100001_B1_20200101080000_0009.MP4", data=data)
     f = row(catalog, fid)
@@ -341,10 +340,10 @@ def test_a_verified_job_is_committed_to_the_officer_it_began_for(env) -> None:
         {"important": "yes"},
     ],
 )
-def test_a_bad_sidecar_field_is_quarantined_and_recovery_goes_on(env, damage) -> None:
+def test_a_bad_sidecar_field_is_quarantined_and_recovery_goes_on(store_env, damage) -> None:
     import json
 
-    catalog, disk = env
+    catalog, disk = store_env
     fid = put_file(catalog, disk)
     orphan = put_file(catalog, disk, "100001_B1_20200101080000_0003.MP4")
     with catalog.write() as s:  # an orphan: on the disk, not in the catalog
@@ -363,10 +362,10 @@ def test_a_bad_sidecar_field_is_quarantined_and_recovery_goes_on(env, damage) ->
 # --- 14. smaller ones ---------------------------------------------------------------------------
 
 
-def test_catalog_rebuild_refuses_while_the_daemon_runs(env, tmp_path) -> None:
+def test_catalog_rebuild_refuses_while_the_daemon_runs(store_env, tmp_path) -> None:
     from station.cli import cli
 
-    catalog, disk = env
+    catalog, disk = store_env
     config = tmp_path / "station.toml"
     config.write_text(
         f'[station]\nid = "T1"\n[store]\ndisks = ["{disk}"]\n'
@@ -383,8 +382,8 @@ def test_catalog_rebuild_refuses_while_the_daemon_runs(env, tmp_path) -> None:
         os.close(fd)
 
 
-def test_sidecar_writes_survive_short_writes(env, monkeypatch) -> None:
-    catalog, disk = env
+def test_sidecar_writes_survive_short_writes(store_env, monkeypatch) -> None:
+    catalog, disk = store_env
     fid = put_file(catalog, disk)
     real = os.write
     monkeypatch.setattr(os, "write", lambda fd, data: real(fd, bytes(data[:7])))
@@ -435,10 +434,12 @@ def card_with(tmp_path: Path, name: str, data: bytes) -> Path:
     return root
 
 
-def test_bytes_appended_after_the_second_look_keep_the_file_on_the_card(env, tmp_path) -> None:
+def test_bytes_appended_after_the_second_look_keep_the_file_on_the_card(
+    store_env, tmp_path
+) -> None:
     from station.ingest import FileChanged
 
-    catalog, disk = env
+    catalog, disk = store_env
     name = "100001_B1_20261201080000_0001.MP4"
     root = card_with(tmp_path, name, os.urandom(300_000))
     ing = Ingest(catalog, disk, root)
@@ -464,12 +465,14 @@ def test_bytes_appended_after_the_second_look_keep_the_file_on_the_card(env, tmp
 
 @pytest.mark.parametrize("name", ["100001_B1_20261201080000_0002.MP4",
                                   "100001_B1_20261201080000_0003_IMP.MP4"])  # fmt: skip
-def test_a_transient_misread_during_the_copy_never_clears_the_card(env, tmp_path, name) -> None:
+def test_a_transient_misread_during_the_copy_never_clears_the_card(
+    store_env, tmp_path, name
+) -> None:
     """One wrong read while copying is hashed, read back and would be committed: the full
     re-read of the second look (small and IMP files) sees it, and the card keeps the file."""
     from station.ingest import VerifyFailed
 
-    catalog, disk = env
+    catalog, disk = store_env
     size = 2 * 1024 * 1024 + 12345
     data = os.urandom(size)
     root = card_with(tmp_path, name, data)
@@ -502,10 +505,10 @@ def test_a_transient_misread_during_the_copy_never_clears_the_card(env, tmp_path
         assert s.scalars(select(StoredFile)).all() == []
 
 
-def test_a_deleted_copy_is_no_duplicate(env, tmp_path, monkeypatch) -> None:
+def test_a_deleted_copy_is_no_duplicate(store_env, tmp_path, monkeypatch) -> None:
     """The same card file stored, then deleted from the store: seen again, it must be
     collected, not dropped from the card as a 'duplicate' of nothing."""
-    catalog, disk = env
+    catalog, disk = store_env
     name = "100001_B1_20261201080000_0004.MP4"
     data = os.urandom(100_000)
     root = card_with(tmp_path, name, data)
@@ -529,8 +532,8 @@ def test_a_deleted_copy_is_no_duplicate(env, tmp_path, monkeypatch) -> None:
 # --- 7. a store disk is known by its marker, not by its path ----------------------------------
 
 
-def test_an_empty_mount_point_is_never_taken_for_the_disk(env) -> None:
-    catalog, disk = env
+def test_an_empty_mount_point_is_never_taken_for_the_disk(store_env) -> None:
+    catalog, disk = store_env
     put_file(catalog, disk)
     real = disk.with_name("disk1.real")
     os.rename(disk, real)
@@ -545,16 +548,16 @@ def test_an_empty_mount_point_is_never_taken_for_the_disk(env) -> None:
     assert store.reserve(1) is store.disks[0]
 
 
-def test_an_unmounted_disk_under_a_running_store_is_no_longer_used(env) -> None:
-    catalog, disk = env
+def test_an_unmounted_disk_under_a_running_store_is_no_longer_used(store_env) -> None:
+    catalog, disk = store_env
     store = store_of(catalog, disk)
     assert store.pick(1) is store.disks[0]
     (disk / ".station-disk.json").rename(disk.parent / "marker-aside")  # as an unmount shows it
     assert store.pick(1) is None
 
 
-def test_a_disk_mounted_at_another_path_keeps_its_rows(env, tmp_path) -> None:
-    catalog, disk = env
+def test_a_disk_mounted_at_another_path_keeps_its_rows(store_env, tmp_path) -> None:
+    catalog, disk = store_env
     ids = {put_file(catalog, disk, f"100001_B1_20200101080000_000{i}.MP4") for i in range(3)}
     moved = tmp_path / "mnt-b"
     os.rename(disk, moved)  # the mounts were renamed or reordered
@@ -565,10 +568,12 @@ def test_a_disk_mounted_at_another_path_keeps_its_rows(env, tmp_path) -> None:
     assert {f.id for f in live} == ids and {f.disk for f in live} == {str(moved)}
 
 
-def test_another_stations_disk_is_refused_until_an_administrator_adopts_it(env, tmp_path) -> None:
+def test_another_stations_disk_is_refused_until_an_administrator_adopts_it(
+    store_env, tmp_path
+) -> None:
     from station.disks import write_marker
 
-    catalog, disk = env
+    catalog, disk = store_env
     put_file(catalog, disk)
     foreign = tmp_path / "disk2"
     foreign.mkdir()
@@ -645,10 +650,10 @@ def test_a_paused_sweep_deletes_nothing_by_age_but_still_makes_room() -> None:
     assert plan.overwrite == [2, 3]  # the oldest trusted ones; the untrusted one goes last
 
 
-def test_clock_guard_distrusts_a_clock_that_went_back_or_jumped(env) -> None:
+def test_clock_guard_distrusts_a_clock_that_went_back_or_jumped(store_env) -> None:
     from station.clockguard import RELEASED, ClockGuard
 
-    catalog, _disk = env
+    catalog, _disk = store_env
     guard = ClockGuard(catalog, max_jump_days=2)
     t0 = RELEASED + dt.timedelta(days=30)
     assert guard.untrusted(t0) is None  # believed: the high-water time moves up
@@ -706,13 +711,13 @@ def test_a_clock_jump_pauses_retention_and_marks_files_through_the_daemon(make_s
 # --- 13. the newest entries of the log cannot vanish unseen ---------------------------------
 
 
-def test_deleting_the_newest_log_entries_shows_against_the_anchors(env) -> None:
+def test_deleting_the_newest_log_entries_shows_against_the_anchors(store_env) -> None:
     import sqlite3
 
     from station.catalog.db import append_event, verify_chain
     from station.eventlog import verify_anchors, write_anchors
 
-    catalog, disk = env
+    catalog, disk = store_env
     for i in range(5):
         with catalog.write() as s:
             append_event(s, "test", f"entry {i}")
@@ -730,3 +735,38 @@ def test_deleting_the_newest_log_entries_shows_against_the_anchors(env) -> None:
         ev = append_event(s, "test", "new entry")
     assert ev.id > head["last_id"]
     assert verify_anchors(catalog, [disk])  # still shows
+
+
+# --- 11 and 14. files that are not this recorder's; a file no disk can hold -----------------
+
+
+def test_files_naming_another_recorder_or_officer_are_kept_for_an_administrator(
+    make_station,
+) -> None:
+    from conftest import card_hashes
+
+    from station.sim import media
+    from station.sim.recorder import RecorderSpec
+
+    st = make_station()
+    rec = st.build(RecorderSpec(serial="N000001", officer_no="320001", files=2, imp=0,
+                                size_mb=0.2))  # fmt: skip
+    folder = rec / "card" / "DCIM" / "100ANDRO"
+    strangers = {
+        folder / "320001_Z999999_20261201080000_0007.MP4": "another recorder",
+        folder / "329999_N000001_20261201080000_0008.MP4": "another officer",
+    }
+    for path in strangers:
+        media.make_video(path, 200_000, label=path.name)
+    source = card_hashes(rec)
+    docked = st.dock(1, rec)
+    slot = st.wait_state(1, "error")
+    assert "kept on the recorder" in slot["error"]
+    left = card_hashes(docked)
+    assert {Path(p).name for p in left} == {p.name for p in strangers}  # untouched
+    for p, (size, digest) in left.items():
+        assert source[p] == (size, digest)
+    names = {i["name"] for i in st.api("/api/v1/files")["items"]}
+    assert names == {Path(p).name for p in source} - {p.name for p in strangers}
+    held = st.query("SELECT message FROM events WHERE kind = 'file_held'")
+    assert len(held) == 2 and any("Z999999" in m for (m,) in held)

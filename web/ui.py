@@ -243,10 +243,16 @@ def router() -> APIRouter:
         if f["legal_hold"]:
             raise HTTPException(409, N_("This file is under legal hold: release the hold first"))
         try:
-            deleted = ctx.station.retention.delete(file_id, why, by=user.officer_no)
+            deleted = ctx.station.retention.delete(
+                file_id, why, by=user.officer_no, confirmed=body.confirm_protected
+            )
         except DeletionRefused as e:
+            if e.held:
+                raise HTTPException(
+                    409, N_("This file is under legal hold: release the hold first")
+                ) from e
             raise HTTPException(
-                409, N_("This file is under legal hold: release the hold first")
+                409, N_("This file is protected: confirm a second time to delete it")
             ) from e
         if not deleted:
             raise HTTPException(404, N_("No such file"))

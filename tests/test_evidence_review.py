@@ -1,0 +1,320 @@
+"""Evidence safety, found by an adversarial review of the second pass: each test failed on
+the code it reviewed, and passes on the fix."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+from test_evidence_safety import new_disk, put_file, row, store_of
+
+from station.catalog import Catalog, StoredFile
+from station.disks import DiskBook
+from station.recovery import recover
+from station.store import Store
+
+
+def test_two_disks_swapping_mount_points_keep_their_own_rows(store_env, tmp_path) -> None:
+    """Disk X at disk1 and Y at disk2 come back swapped (mount order changed): each file's
+    row must follow its own disk, not be moved twice onto the wrong one."""
+    catalog, d1 = store_env
+    d2 = new_disk(catalog, tmp_path / "disk2")
+    a = put_file(catalog, d1, "100001_B1_20200101080000_0001.MP4")
+    b = put_file(catalog, d2, "100001_B1_20200101080000_0002.MP4")
+    tmp = tmp_path / "swap"
+    os.rename(d1, tmp)
+    os.rename(d2, d1)
+    os.rename(tmp, d2)  # X is now at disk2, Y at disk1
+    report = recover(catalog, store_of(catalog, d1, d2).disks)
+    for fid in (a, b):
+        f = row(catalog, fid)
+        assert (Path(f.disk) / f.rel_path).exists(), f"row {fid} points at {f.disk}"
+    assert not report.missing and not report.duplicates
+
+
+def test_a_new_station_never_marks_a_bare_mount_point_as_its_disk(tmp_path) -> None:
+    """First boot of a new station, disk 2 did not mount: /srv/disk2 is an empty folder on
+    the system disk (same filesystem as its parent: no mount point). It must not be taken
+    into use, or footage goes to the system disk and is hidden when the disk mounts."""
+    catalog = Catalog(tmp_path / "catalog.db")
+    catalog.migrate()
+    bare = tmp_path / "srv-disk2"
+    bare.mkdir()
+    assert not os.path.ismount(bare)
+    store = Store([bare], 0)
+    why = DiskBook(catalog, "T1").identify(store.disks[0])
+    try:
+        assert why is not None, "an empty folder that is no mount point was taken into use"
+        assert list(bare.iterdir()) == []
+    finally:
+        catalog.close()
+
+
+def test_deleting_the_row_of_a_lost_disk_never_removes_another_file_at_its_path(
+    store_env, tmp_path
+) -> None:
+    """Disk 1 fails and is replaced at the same path (`station disks adopt`). A recorder whose
+    RTC battery died repeats a file name the same day; the new recording is stored on the
+    new disk at the very path a row of the lost disk still names, and graded evidence.
+    Deleting the lost disk's row (retention, or an administrator cleaning up a 'missing'
+    file) must not remove the evidence file at that path."""
+    from test_evidence_safety import Ingest, card_with
+
+    from station.annotations import annotate
+    from station.retention import RetentionSweeper, Rules
+
+    catalog, disk = store_env
+    name = "100001_B1_20000101000000_0001.MP4"  # the clock reset to 2000-01-01 at boot
+    root = card_with(tmp_path, name, os.urandom(50_000))
+    ing = Ingest(catalog, disk, root)
+    first = ing.collect(f"DCIM/{name}".encode())
+    assert first.kind == "stored"
+    # the disk fails; a new one is mounted at the same path and taken into use
+    os.rename(disk, disk.with_name("disk1.dead"))
+    disk.mkdir()
+    DiskBook(catalog, "T1").adopt(Store([disk], 0).disks[0], "900001")
+    # the recorder (clock reset again) records a new file under the same name
+    (root / "DCIM" / name).write_bytes(os.urandom(60_000))
+    second = ing.collect(f"DCIM/{name}".encode())
+    assert second.kind == "stored"
+    assert row(catalog, second.file_id).rel_path == row(catalog, first.file_id).rel_path
+    annotate(catalog, second.file_id, by="admin", level="evidence", admin=True)
+    # the first row's file is missing; it is deleted (by an administrator, or when it expires)
+    RetentionSweeper(catalog, Rules(days={"normal": 1})).delete(
+        first.file_id, "file lost with the failed disk", by="900001"
+    )
+    kept = Path(row(catalog, second.file_id).disk) / row(catalog, second.file_id).rel_path
+    assert kept.exists(), "the evidence file stored at the same path was deleted"
+    assert hashlib.sha256(kept.read_bytes()).hexdigest() == second.sha256
+
+
+def test_rebuild_never_marks_a_bare_mount_point(store_env, tmp_path) -> None:
+    """`station catalog rebuild` run while disk 2 did not mount: the bare mount point must
+    not be marked and recorded as a disk of the rebuilt catalog (the daemon would then
+    write footage onto the system disk under it)."""
+    from station.recovery import rebuild
+
+    catalog, disk = store_env
+    put_file(catalog, disk)
+    bare = tmp_path / "disk2"
+    bare.mkdir()  # disk 2 did not mount
+    fresh = Catalog(tmp_path / "rebuilt.db")
+    fresh.migrate()
+    try:
+        rebuild(fresh, [disk, bare])
+        assert list(bare.iterdir()) == [], "rebuild wrote a marker into an empty mount point"
+        store = Store([disk, bare], 0)
+        assert DiskBook(fresh, "T1").identify(store.disks[1]) is not None
+    finally:
+        fresh.close()
+
+
+def test_a_hold_can_be_placed_while_the_files_disk_is_unmounted(store_env) -> None:
+    """A court order arrives while the file's disk is away (unmounted, being serviced). The
+    hold must be recorded (the row is the truth; the sidecar follows at start-up), so the
+    sweep cannot delete the file and the returning disk keeps it."""
+    from station.annotations import AnnotationError, annotate
+    from station.retention import RetentionSweeper, Rules
+
+    catalog, disk = store_env
+    fid = put_file(catalog, disk)  # collected in 2020: expired under a 1-day period
+    real = disk.with_name("disk1.real")
+    os.rename(disk, real)
+    disk.mkdir()  # unmounted
+    try:
+        annotate(catalog, fid, by="admin", legal_hold="XS-9", admin=True)
+    except AnnotationError as e:
+        print("hold refused:", e)
+    from station.retention import DiskFacts
+
+    RetentionSweeper(catalog, Rules(days={"normal": 1})).sweep([DiskFacts(str(disk), 10**12, 0)])
+    os.rmdir(disk)
+    os.rename(real, disk)
+    recover(catalog, store_of(catalog, disk).disks)
+    f = row(catalog, fid)
+    assert (disk / f.rel_path).exists(), "the file the administrator tried to hold was deleted"
+    assert f.legal_hold == "XS-9" and f.deleted_at is None
+
+
+def test_a_file_stored_on_an_unmounted_disk_is_not_stored_a_second_time(
+    store_env, tmp_path
+) -> None:
+    """The card clear after a commit was cut short (unplugged), so the card still holds a
+    stored file; at the next docking its disk is unmounted. The file must not become a
+    second live row on the other disk (stored once) — keep it on the card instead."""
+    import threading
+
+    from test_evidence_safety import card_with
+
+    from drivers.card import FolderCard
+    from station.catalog import CollectionSession, Officer, Recorder
+    from station.ingest import FileIngest, Owner
+
+    catalog, d1 = store_env
+    d2 = new_disk(catalog, tmp_path / "disk2")
+    name = "100001_B1_20261201080000_0007.MP4"
+    data = os.urandom(40_000)
+    root = card_with(tmp_path, name, data)
+    with catalog.write() as s:
+        officer = Officer(officer_no="100001", name="张三")
+        s.add(officer)
+        s.flush()
+        rec = Recorder(serial="B1", officer_id=officer.id, status="registered")
+        s.add(rec)
+        s.flush()
+        sess = CollectionSession(recorder_id=rec.id, port=1)
+        s.add(sess)
+        s.flush()
+        owner = Owner(rec.id, "B1", officer.id, "100001", sess.id, 1)
+    card = FolderCard(root)
+    store = store_of(catalog, d1, d2)
+
+    def ingest() -> FileIngest:
+        return FileIngest(catalog, store, card, owner, chunk=1 << 20, sync_every=1 << 30,
+                          tz=None, stop=threading.Event(), progress=lambda n: None)  # fmt: skip
+
+    fi = ingest()
+    fi._delete_from_card = lambda *a, **k: (_ for _ in ()).throw(OSError("unplugged"))
+    cf = next(f for f in card.list_files())
+    with pytest.raises(OSError):
+        fi.copy(cf)()
+    assert (root / "DCIM" / name).exists()
+    os.rename(d1, d1.with_name("disk1.away"))  # disk 1 unmounted
+    d1.mkdir()
+    fi = ingest()
+    try:
+        fi.copy(next(f for f in card.list_files()))()
+    except Exception as e:  # refusing (keeping it on the card) is fine
+        print("kept:", e)
+    with catalog.read() as s:
+        live = s.scalars(select(StoredFile).where(StoredFile.deleted_at.is_(None))).all()
+    assert len(live) == 1, f"{len(live)} live rows for one card file"
+
+
+def test_a_sidecar_rewritten_from_its_row_keeps_clock_untrusted(store_env, tmp_path) -> None:
+    """A file collected while the station clock could not be believed (dead RTC battery:
+    collected_at years in the past) is never deleted by age. If its sidecar is damaged,
+    start-up rewrites it from the row; the rewrite must keep clock_untrusted, or a later
+    `catalog rebuild` makes it an ordinary file long expired, and the sweep deletes it."""
+    from station.recovery import rebuild
+    from station.retention import RetentionSweeper, Rules
+    from station.sidecar import read_sidecar, sidecar_path
+
+    catalog, disk = store_env
+    fid = put_file(catalog, disk, clock_untrusted=True)
+    f = row(catalog, fid)
+    assert f.clock_untrusted
+    sidecar_path(disk, f.rel_path).write_bytes(b'{"torn')  # damaged
+    report = recover(catalog, store_of(catalog, disk).disks)
+    assert report.sidecars_rewritten
+    assert read_sidecar(sidecar_path(disk, f.rel_path)).clock_untrusted
+    fresh = Catalog(tmp_path / "rebuilt.db")
+    fresh.migrate()
+    try:
+        rebuild(fresh, [disk])
+        plan = RetentionSweeper(fresh, Rules(days={"normal": 180})).sweep([])
+        assert not plan.expired
+        assert (disk / f.rel_path).exists()
+    finally:
+        fresh.close()
+
+
+def test_a_power_cut_between_marker_and_record_does_not_lock_out_an_upgraded_disk(
+    store_env, monkeypatch
+) -> None:
+    """Upgrade from a station without markers: the disk with footage gets its marker, then
+    the catalog records it. A power cut between the two must not leave the station's own
+    disk refused as 'another station's disk' at the next start."""
+    from station import disks as disks_mod
+
+    catalog, disk = store_env
+    put_file(catalog, disk)
+    with catalog.write() as s:  # as before markers: no disks known, no marker on the disk
+        from station.catalog import StoredDisk
+
+        for d in s.scalars(select(StoredDisk)):
+            s.delete(d)
+    (disk / ".station-disk.json").unlink()
+    real = disks_mod.DiskBook._record
+
+    def cut(self, *a, **k):
+        raise SystemExit("power cut")
+
+    monkeypatch.setattr(disks_mod.DiskBook, "_record", cut)
+    with pytest.raises(SystemExit):
+        DiskBook(catalog, "T1").identify(Store([disk], 0).disks[0])
+    monkeypatch.setattr(disks_mod.DiskBook, "_record", real)
+    why = DiskBook(catalog, "T1").identify(Store([disk], 0).disks[0])
+    assert why is None, why
+
+
+def test_one_pathological_sidecar_stops_neither_the_sweep_nor_rebuild(store_env, tmp_path) -> None:
+    """A sidecar damaged into deeply nested JSON makes json.loads raise RecursionError, which
+    read_sidecar does not turn into SidecarError: the sweep stops at that file (nothing after
+    it is deleted, the disks fill) and `catalog rebuild` dies halfway (old catalog moved
+    aside)."""
+    from station.recovery import rebuild
+    from station.retention import RetentionSweeper, Rules
+    from station.sidecar import sidecar_path
+
+    catalog, disk = store_env
+    bad = put_file(catalog, disk, "100001_B1_20200101080000_0001.MP4")
+    good = put_file(catalog, disk, "100001_B1_20200101080000_0002.MP4")
+    sidecar_path(disk, row(catalog, bad).rel_path).write_text("[" * 200_000 + "]" * 200_000)
+    from station.retention import DiskFacts
+
+    RetentionSweeper(catalog, Rules(days={"normal": 1})).sweep([DiskFacts(str(disk), 10**12, 0)])
+    assert row(catalog, good).deleted_at is not None
+    fresh = Catalog(tmp_path / "rebuilt.db")
+    fresh.migrate()
+    try:
+        rebuild(fresh, [disk])
+    finally:
+        fresh.close()
+
+
+def test_a_replugged_recorder_cannot_commit_the_same_job_twice(
+    store_env, tmp_path, monkeypatch
+) -> None:
+    """The recorder is unplugged while its last file is in its finishing step (verified,
+    being linked and committed: fsyncs on a busy disk) and docked again at another port.
+    The new docking finds the job 'verified' and finishes it too: nothing makes the two
+    finishing steps exclusive, and store_row does not check the job is still 'verified',
+    so one card file becomes two live rows."""
+    from test_evidence_safety import Ingest, card_with
+
+    from station import ingest as ingest_mod
+
+    catalog, disk = store_env
+    name = "100001_B1_20261201080000_0011.MP4"
+    root = card_with(tmp_path, name, os.urandom(80_000))
+    ing = Ingest(catalog, disk, root)
+    from station.ingest import FileIngest
+
+    second = FileIngest(ing.fi.catalog, ing.fi.store, ing.card, ing.fi.owner, chunk=1 << 20,
+                        sync_every=1 << 30, tz=None, stop=ing.fi.stop,
+                        progress=lambda n: None)  # fmt: skip
+    real_point = ingest_mod.faults.crashpoint
+    raced = []
+
+    def linked_not_yet_committed(point, *a, **k):
+        real_point(point, *a, **k)
+        if point == "after_link" and not raced:  # the second docking runs now
+            raced.append(True)
+            cf = next(f for f in ing.card.list_files())
+            try:
+                second.copy(cf)()
+            except Exception as e:
+                print("second docking:", repr(e))
+
+    monkeypatch.setattr(ingest_mod.faults, "crashpoint", linked_not_yet_committed)
+    try:
+        ing.collect(f"DCIM/{name}".encode())
+    except Exception as e:
+        print("first docking:", repr(e))
+    with catalog.read() as s:
+        live = s.scalars(select(StoredFile).where(StoredFile.deleted_at.is_(None))).all()
+    assert len(live) == 1, f"{len(live)} live rows for one card file"
