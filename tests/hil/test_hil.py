@@ -49,7 +49,7 @@ RECORDERS = [
 ]
 RESUME_PORT = 4
 
-pytestmark = pytest.mark.timeout(1500)
+pytestmark = [pytest.mark.timeout(1500), pytest.mark.machine]
 
 
 def _unusable() -> str | None:
@@ -73,6 +73,7 @@ def station_config() -> dict[str, Any]:
             "min_free_mb": 1,
             "sync_every_mb": 1,
             "scrub_mb_s": 0.0,
+            "folder_disks": True,  # the guest's disks are folders on its root
         },
         "database": {"url": "sqlite:////var/lib/station/catalog.db"},
         "bus": {
