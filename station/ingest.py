@@ -206,6 +206,7 @@ class FileIngest:
         self.throttle = throttle
         self.card_recheck = card_recheck
         self.full_recheck_below = full_recheck_below
+        self._corrupt_copies: dict[bytes, int] = {}  # card path -> stored row that failed
         self.clock = clock
 
     # --- entry point ------------------------------------------------------------------
@@ -272,8 +273,11 @@ class FileIngest:
             intact = False
         if not intact:
             log.warning("%s: stored copy %s does not verify: collected again", cf.path, stored)
+            self._corrupt_copies[cf.path] = match.id  # the new copy may sit beside it
             return None
-        self._delete_from_card(cf, match.id, duplicate=True)
+        with self.catalog.read() as s:  # the job that stored it ends cleared too
+            job_id = s.scalar(select(IngestJob.id).where(IngestJob.file_id == match.id))
+        self._delete_from_card(cf, match.id, duplicate=True, job_id=job_id)
         self.progress(cf.size)
         return Outcome("duplicate", match.id, digest)
 
@@ -696,6 +700,7 @@ class FileIngest:
                 disk.path,
                 sc,
                 officer_id=owner.officer_id,
+                replaces=self._corrupt_copies.get(cf.path),
                 session_id=self.owner.session_id,
                 port=self.owner.port,
                 message=f"{sc.name} -> {disk.path / job.final_path}",
@@ -724,18 +729,38 @@ class FileIngest:
                     file_id=file_id,
                 )
             raise FileChanged(parse_card_path(cf.path).display)
-        self.card.delete_file(cf.path)
+        # The deletion is logged (and the job marked) before it is made: a power cut after
+        # the card's delete reached the card can then never leave a deletion out of the log.
+        # Cut between the two, the file is still on the card, and the next docking clears it
+        # as a duplicate of the stored copy (logged again).
+        display = parse_card_path(cf.path).display
+        self._clearing(
+            job_id,
+            "clearing",
+            "card_file_deleted",
+            ("duplicate of stored file: " if duplicate else "") + display,
+            file_id,
+        )
+        try:
+            self.card.delete_file(cf.path)
+        except BaseException as e:
+            self._clearing(job_id, "stored", "card_delete_failed", f"{display}: {e}", file_id)
+            raise
         faults.crashpoint("after_card_delete")
         with self.catalog.write() as s:
-            if job_id is not None:
-                row = s.get(IngestJob, job_id)
-                if row is not None:
-                    row.state = "cleared"
+            if job_id is not None and (row := s.get(IngestJob, job_id)) is not None:
+                row.state = "cleared"
+
+    def _clearing(
+        self, job_id: int | None, state: str, kind: str, message: str, file_id: int
+    ) -> None:
+        with self.catalog.write() as s:
+            if job_id is not None and (row := s.get(IngestJob, job_id)) is not None:
+                row.state = state
             append_event(
                 s,
-                "card_file_deleted",
-                ("duplicate of stored file: " if duplicate else "")
-                + parse_card_path(cf.path).display,
+                kind,
+                message,
                 port=self.owner.port,
                 serial=self.owner.serial,
                 officer_no=self.owner.officer_no,
@@ -753,12 +778,14 @@ def store_row(
     session_id: int | None,
     message: str,
     port: int | None = None,
+    replaces: int | None = None,
 ) -> StoredFile:
     """Commit a verified transfer: the file's catalog row, the job marked stored, the event.
 
     Checked again inside the transaction: the job must still be verified (a second docking
     of the same recorder may have committed it meanwhile), and no live copy of the same
-    card file may exist; else AlreadyStored, and nothing is written."""
+    card file may exist (but `replaces`, a stored copy that failed its check); else
+    AlreadyStored, and nothing is written."""
     assert job.final_path is not None
     current = s.get(IngestJob, job.id)
     if current is None or current.state != "verified":
@@ -769,6 +796,7 @@ def store_row(
             StoredFile.card_path == sc.card_path,
             StoredFile.sha256 == sc.sha256,
             StoredFile.deleted_at.is_(None),
+            StoredFile.id != (replaces or 0),  # a copy found corrupt is no copy
         )
     ).first()
     if other is not None:

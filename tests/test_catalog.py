@@ -22,6 +22,7 @@ from station.catalog.models import Base
 TABLES = {
     "alarms",
     "collection_sessions",
+    "disks",
     "events",
     "files",
     "ingest_jobs",

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from station import durable as durable_mod
 from station.durable import make_dirs_durable
 from station.store import (
+    MARKER,
     MB,
     DiskSpace,
     Store,
@@ -123,6 +124,8 @@ def _store(tmp_path: Path, free_mb: list[int], min_free_mb: int = 1) -> Store:
     s = Store(paths, min_free_mb)
     for d, free in zip(s.disks, free_mb, strict=True):
         d.usage = lambda free=free: (1000 * MB, free * MB)  # type: ignore[method-assign]
+        (d.path / MARKER).write_text("{}")  # as station.disks leaves a disk in use
+        d.identity = f"test-disk-{d.index}"
     s.prepare()
     return s
 

@@ -156,6 +156,21 @@ class ForwardStatus(BaseModel):
     last_forwarded_at: Timestamp | None = None
 
 
+class LogHead(BaseModel):
+    """Keep it: a later head that does not extend it means entries were deleted."""
+
+    last_id: int = Field(0, ge=0, le=2**63 - 1)
+    hash: str = Field("", description="SHA-256 chain hash of that entry")
+    count: int = Field(0, ge=0, le=2**63 - 1)
+
+
+class ClockStatus(BaseModel):
+    synchronized: bool | None = Field(None, description="NTP-synchronised, per the kernel")
+    offset_s: float | None = Field(None, description="the kernel's last NTP offset")
+    est_error_s: float | None = None
+    servers: list[str] = Field(default_factory=list, description="set by install.sh --ntp")
+
+
 class Status(BaseModel):
     station: StationInfo
     network: NetworkInfo
@@ -163,6 +178,8 @@ class Status(BaseModel):
     slots: list[SlotStatus] = Field(description="one per configured port")
     alarms: list[StatusAlarm] = Field(description="the alarms still raised")
     forward: ForwardStatus
+    log: LogHead = Field(description="the system log's newest entry, as anchored on the disks")
+    clock: ClockStatus
 
 
 # --- the other endpoints ------------------------------------------------------------------

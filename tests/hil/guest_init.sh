@@ -10,6 +10,11 @@ export PYTHONPATH=$code:/site
 export PYTHONDONTWRITEBYTECODE=1
 export PYTHONUNBUFFERED=1
 export LANG=C.UTF-8
+# The power-cut tier (test_powercut.py) runs its own guest program, as PID 1, without
+# udev or USB: it imports the station from a code disk, not from the shared folders.
+if [ -f /hil/powercut.json ]; then
+  PYTHONPATH='' exec python3 /repo/tests/hil/powercut.py /hil
+fi
 
 t0=$(cut -d" " -f1 /proc/uptime); date +%s.%N >/hil/t_init
 echo "HIL: guest up at ${t0} s"

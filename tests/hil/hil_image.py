@@ -87,6 +87,9 @@ GUEST_MODULES = (
     "nls_cp936",
     "nls_iso8859-1",
     "loop",
+    # the power-cut tier (test_powercut.py): store, catalog and cards on ext4 virtio disks
+    "ext4",
+    "crc32c_generic",
 )
 
 # Trimmed from the root (glob patterns): not needed to run, and every megabyte is

@@ -60,12 +60,16 @@ class Vm:
         drives: dict[str, Path],
         memory_mb: int = 2048,
         drive_options: dict[str, str] | None = None,
+        extra_args: list[str] | None = None,
+        console_input: bool = False,
     ) -> None:
         self.image = image
         self.run_dir = run_dir
         self.drives = drives
         self.drive_options = drive_options or {}  # serial -> extra -drive options
         self.memory_mb = memory_mb
+        self.extra_args = extra_args or []  # e.g. -incoming (test_powercut.py)
+        self.console_input = console_input  # keep the console's input open: `send_console`
         self.qmp_path = run_dir / "qmp.sock"
         self.console_path = run_dir / "console.log"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -119,7 +123,7 @@ class Vm:
                 "-device",
                 f"virtio-blk-pci,drive={serial},serial={serial}",
             ]
-        return cmd
+        return cmd + self.extra_args
 
     def start(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -127,7 +131,7 @@ class Vm:
         self.started_at = time.monotonic()
         self.proc = subprocess.Popen(
             self.command(),
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.PIPE if self.console_input else subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
         )
@@ -160,6 +164,12 @@ class Vm:
                 raise RuntimeError(f"the VM ended before /{pattern}/")
             if m := rx.search(line):
                 return m
+
+    def send_console(self, line: str) -> None:
+        """Type one line on the guest's serial console (needs `console_input`)."""
+        assert self.proc is not None and self.proc.stdin is not None
+        self.proc.stdin.write(line.encode() + b"\n")
+        self.proc.stdin.flush()
 
     def wait_exit(self, timeout: float) -> int:
         assert self.proc is not None
