@@ -257,16 +257,6 @@ def recorder_json(path: Path) -> dict[str, Any]:
     return json.loads((path / "recorder.json").read_text("utf-8"))
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Group the tests for pytest-xdist (`./dev test` runs two workers, --dist loadgroup):
-    each module stays on one worker, so its module fixtures are built once; the modules
-    marked `machine` (the QEMU guest, the booted Debian root) share one group, so they
-    never run at the same time as each other."""
-    for item in items:
-        group = "machine" if item.get_closest_marker("machine") else item.nodeid.split("::")[0]
-        item.add_marker(pytest.mark.xdist_group(group))
-
-
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for mount namespaces")
 
 

@@ -50,6 +50,7 @@ HOST_TOOLS = {
     "cpio": "cpio",
     "debootstrap": "debootstrap",
     "depmod": "kmod",
+    "e2fsck": "e2fsprogs",
     "df": "coreutils",
     "dmesg": "util-linux",
     "dpkg-deb": "dpkg",
