@@ -36,8 +36,8 @@ from drivers.vendor_library import VendorLibraryDriver
 from station import __version__, eventlog, sdnotify
 from station.alarms import AlarmBook
 from station.bus import Bus, PortChange, PortWatcher
-from station.catalog import Catalog, CollectionSession, Officer, Recorder, StoredFile
-from station.catalog.db import append_event, chain_head, lock_exclusive
+from station.catalog import Catalog, CollectionSession, Event, Officer, Recorder, StoredFile
+from station.catalog.db import append_event, lock_exclusive
 from station.catalog.models import utcnow
 from station.clock import clock_status, clock_synchronized
 from station.clockguard import ClockGuard
@@ -651,9 +651,9 @@ class Station:
         """Keep the event chain's head on the data disks (and in the status for the central
         server), so deleting the newest entries of the log shows (`station audit verify`)."""
         try:
-            with self.catalog.read() as s:
-                head = chain_head(s)
-            if head != self.log_head:
+            with self.catalog.read() as s:  # the rowid's maximum: no scan while nothing changed
+                last = s.scalar(select(func.max(Event.id))) or 0
+            if last != self.log_head.get("last_id"):
                 disks = [d.path for d in self.store.disks if d.present()]
                 self.log_head = eventlog.write_anchors(self.catalog, disks, self.config.station.id)
         except Exception:

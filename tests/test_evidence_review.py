@@ -145,36 +145,16 @@ def test_a_file_stored_on_an_unmounted_disk_is_not_stored_a_second_time(
     """The card clear after a commit was cut short (unplugged), so the card still holds a
     stored file; at the next docking its disk is unmounted. The file must not become a
     second live row on the other disk (stored once) — keep it on the card instead."""
-    import threading
 
-    from test_evidence_safety import card_with
-
-    from drivers.card import FolderCard
-    from station.catalog import CollectionSession, Officer, Recorder
-    from station.ingest import FileIngest, Owner
+    from test_evidence_safety import Ingest, card_with
 
     catalog, d1 = store_env
     d2 = new_disk(catalog, tmp_path / "disk2")
     name = "100001_B1_20261201080000_0007.MP4"
     data = os.urandom(40_000)
     root = card_with(tmp_path, name, data)
-    with catalog.write() as s:
-        officer = Officer(officer_no="100001", name="张三")
-        s.add(officer)
-        s.flush()
-        rec = Recorder(serial="B1", officer_id=officer.id, status="registered")
-        s.add(rec)
-        s.flush()
-        sess = CollectionSession(recorder_id=rec.id, port=1)
-        s.add(sess)
-        s.flush()
-        owner = Owner(rec.id, "B1", officer.id, "100001", sess.id, 1)
-    card = FolderCard(root)
-    store = store_of(catalog, d1, d2)
-
-    def ingest() -> FileIngest:
-        return FileIngest(catalog, store, card, owner, chunk=1 << 20, sync_every=1 << 30,
-                          tz=None, stop=threading.Event(), progress=lambda n: None)  # fmt: skip
+    ing = Ingest(catalog, [d1, d2], root)
+    card, ingest = ing.card, ing.docking
 
     fi = ingest()
     fi._delete_from_card = lambda *a, **k: (_ for _ in ()).throw(OSError("unplugged"))

@@ -398,9 +398,11 @@ def test_sidecar_writes_survive_short_writes(store_env, monkeypatch) -> None:
 class Ingest:
     """One docked recorder's FileIngest over a real folder card and a real disk folder."""
 
-    def __init__(self, catalog: Catalog, disk: Path, card_root: Path, **options: object) -> None:
+    def __init__(
+        self, catalog: Catalog, disks: Path | list[Path], card_root: Path, **options: object
+    ) -> None:
         from drivers.card import FolderCard
-        from station.ingest import FileIngest, Owner
+        from station.ingest import Owner
 
         with catalog.write() as s:
             officer = Officer(officer_no="100001", name="张三")
@@ -416,10 +418,16 @@ class Ingest:
             s.flush()
             owner = Owner(rec.id, "B1", officer.id, "100001", sess.id, 1)
         self.card = FolderCard(card_root)
-        self.catalog = catalog
-        self.fi = FileIngest(
-            catalog, store_of(catalog, disk), self.card, owner, chunk=1 << 20, sync_every=1 << 30,
-            tz=None, stop=threading.Event(), progress=lambda n: None, **options,
+        self.catalog, self.owner, self.options = catalog, owner, options
+        self.store = store_of(catalog, *(disks if isinstance(disks, list) else [disks]))
+        self.fi = self.docking()
+
+    def docking(self):
+        from station.ingest import FileIngest
+
+        return FileIngest(
+            self.catalog, self.store, self.card, self.owner, chunk=1 << 20, sync_every=1 << 30,
+            tz=None, stop=threading.Event(), progress=lambda n: None, **self.options,
         )  # fmt: skip
 
     def collect(self, name: bytes):
