@@ -570,17 +570,12 @@ def retention_sweep(config_path: str | None) -> None:
 @click.option("--by", default="administrator", show_default=True)
 def retention_resume(config_path: str | None, by: str) -> None:
     """Confirm the station clock is right: deletion by age goes on from the time it shows."""
-    from station.catalog.db import append_event
     from station.catalog.models import utcnow
     from station.clockguard import ClockGuard
 
     config = _config(config_path)
-    catalog = _catalog(config)
     now = utcnow()
-    ClockGuard(catalog, config.retention.max_clock_jump_days).confirm(now)
-    with catalog.write() as s:
-        append_event(s, "clock_confirmed", f"station clock confirmed at {now.isoformat()}",
-                     actor=by)  # fmt: skip
+    ClockGuard(_catalog(config), config.retention.max_clock_jump_days).confirm(now, by=by)
     click.echo(f"clock confirmed: {now.isoformat(timespec='seconds')}; retention resumes")
 
 

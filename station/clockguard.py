@@ -22,6 +22,7 @@ import threading
 from sqlalchemy import func, select
 
 from station.catalog import Catalog, StoredFile
+from station.catalog.db import append_event
 
 RELEASED = dt.datetime(2026, 12, 1, tzinfo=dt.UTC)  # nothing is collected before this
 TOLERANCE = dt.timedelta(minutes=10)  # clock steps NTP makes, disk time granularity
@@ -81,10 +82,14 @@ class ClockGuard:
         self.catalog.set_state(STATE, high.isoformat())
         return None
 
-    def confirm(self, now: dt.datetime) -> None:
-        """An administrator confirmed the clock: believe it from now on."""
+    def confirm(self, now: dt.datetime, *, by: str) -> None:
+        """An administrator confirmed the clock: believe it from now on (logged)."""
         with self._lock:
             self.high = now
             self._confirmed = now.isoformat()
         self.catalog.set_state(STATE, now.isoformat())
         self.catalog.set_state(CONFIRMED, now.isoformat())
+        with self.catalog.write() as s:
+            append_event(
+                s, "clock_confirmed", f"station clock confirmed at {now.isoformat()}", actor=by
+            )

@@ -301,7 +301,7 @@ class Collector:
             )
         with self.sv.expect_card(self.device) as wait:  # registered before the switch
             rec.enter_mass_storage()
-            card = rec.card() or wait.card()
+            card = rec.card() or wait.card(info.serial)
         try:
             with self._recorder_turn(info.serial):
                 return self._collect_files(

@@ -45,7 +45,14 @@ from station.collector import Collector, Services, Slot
 from station.config import StationConfig
 from station.disks import DiskBook
 from station.forward import Forwarder
-from station.mount import MountError, find_card_device, make_mounter, mount_card
+from station.mount import (
+    MountError,
+    clear_mount_root,
+    find_card_device,
+    make_mounter,
+    mount_card,
+    same_recorder,
+)
 from station.names import parse_card_path
 from station.network import check_network
 from station.ratelimit import PriorityGate
@@ -97,9 +104,9 @@ class CardWait:
     def __exit__(self, *exc: object) -> None:
         self.station._card_waits.pop(self.device.port, None)
 
-    def card(self) -> Card:
+    def card(self, recorder_serial: str | None = None) -> Card:
         """Mount the card: on this same device if it is a disk already, else on the device
-        that re-enumerated on this port after SetMSDC."""
+        that re-enumerated on this port after SetMSDC, if it can be the same recorder."""
         st = self.station
         if find_card_device(self.device.path) is not None:
             return st.mount(self.device)
@@ -109,6 +116,7 @@ class CardWait:
                 "disk after switching to mass storage"
             )
         assert self.new is not None
+        same_recorder(self.device, self.new, recorder_serial)
         return st.mount(self.new)
 
 
@@ -192,6 +200,7 @@ class Station:
         self.log_head: dict[str, Any] = {}
         self.clock: ClockGuard | None = None  # after the catalog is migrated
         self.clock_state: dict[str, Any] = {}
+        self.retention_paused: str | None = None  # why deletion by age waits (the clock)
         self._sweep_lock = threading.Lock()
         self.watcher = PortWatcher(
             self.bus, self._on_port_change, debounce_s=config.bus.debounce_ms / 1000
@@ -287,6 +296,9 @@ class Station:
 
     def _prepare(self) -> None:
         self._catalog_lock = lock_exclusive(self.catalog.path)  # held until the process ends
+        if self.config.bus.kind != "simulated":  # cards a killed run left mounted
+            for name in clear_mount_root(self.mounter, self.config.bus.mount_root):
+                log.warning("card folder %s from an earlier run let go", name)
         self.catalog.migrate()
         self.store.active = int(self.catalog.get_state("active_disk", "0") or 0)
         self._identify_disks()
@@ -539,18 +551,33 @@ class Station:
     def sweep(self) -> Plan:
         """One retention sweep (expired files; overwrite when every disk is past high water)."""
         with self._sweep_lock:
-            paused = None
-            if self.clock is not None:
-                paused = self.clock.sweep_pause(utcnow(), clock_synchronized())
-            if paused:
-                self.alarms.raise_("clock_jump", f"deletion by age paused: {paused}")
-            else:
-                self.alarms.clear("clock_jump")
+            paused = self._retention_paused()
             plan = self.retention.sweep(self.disk_facts(), paused=paused)
         if plan.delete:
             log.info("retention: deleted %s file(s), %s bytes", len(plan.delete), plan.freed_bytes)
             self.notify()
         return plan
+
+    def _retention_paused(self) -> str | None:
+        """Why deletion by age must wait (the station clock), with its alarm, or None."""
+        paused = None
+        if self.clock is not None:
+            paused = self.clock.sweep_pause(utcnow(), clock_synchronized())
+        if paused:
+            self.alarms.raise_("clock_jump", f"deletion by age paused: {paused}")
+        else:
+            self.alarms.clear("clock_jump")
+        self.retention_paused = paused
+        return paused
+
+    def confirm_clock(self, by: str) -> None:
+        """An administrator says the station clock is right (`station retention resume`,
+        or the console): deletion by age goes on from the time it shows."""
+        if self.clock is None:
+            raise RuntimeError("the station is not started")
+        self.clock.confirm(utcnow(), by=by)
+        self._retention_paused()
+        self.notify()
 
     def make_room(self) -> None:
         """Collection is blocked for space: sweep now rather than at the next interval."""

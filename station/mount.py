@@ -17,6 +17,7 @@ import logging
 import os
 import subprocess
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +41,24 @@ class MountError(ProtocolError):
     """The card could not be mounted."""
 
     template = "the recorder's card could not be mounted: {detail}"
+
+
+class NotThisRecorder(MountError):
+    """The disk that came up after SetMSDC is not the recorder that was identified."""
+
+    template = "the disk on this port is not the identified recorder, nothing was read: {detail}"
+
+
+def same_recorder(before: DockedDevice, after: DockedDevice, recorder_serial: str | None) -> None:
+    """Raise NotThisRecorder unless the device that re-enumerated on the port after
+    SetMSDC can be the identified recorder. The port map already ties both to one
+    physical port (the ancestry); the USB serial is compared where both modes report
+    one: the disk's must be the vendor interface's, or the recorder's own number."""
+    if before.serial and after.serial and after.serial not in (before.serial, recorder_serial):
+        raise NotThisRecorder(
+            f"port {before.port}: USB serial {after.serial!r} after the switch, "
+            f"{before.serial!r} before it (recorder {recorder_serial})"
+        )
 
 
 @dataclass(frozen=True)
@@ -149,7 +168,9 @@ class MountedCard(FolderCard):
 def mount_card(
     mounter: Mounter, device: DockedDevice, root: Path, *, timeout_s: float = 20.0
 ) -> MountedCard:
-    """Wait for the card's block device below `device`, then mount it at root/port-N."""
+    """Wait for the card's block device below `device`, then mount it in a folder of
+    its own, root/port-N.<docking>: an older docking on the same port that is still
+    letting go of its card unmounts its own folder, never this one."""
     deadline = time.monotonic() + timeout_s
     while (dev := find_card_device(device.path)) is None:
         if not os.path.exists(device.path):
@@ -157,10 +178,35 @@ def mount_card(
         if time.monotonic() > deadline:
             raise MountError(f"port {device.port}: no FAT or exFAT card appeared")
         time.sleep(0.2)
-    target = root / f"port-{device.port}"
-    target.mkdir(parents=True, exist_ok=True, mode=0o700)
-    if os.path.ismount(target):  # left over from a crash: let it go first
-        mounter.unmount(target, lazy=True)
-    mounter.mount(dev, target)
+    root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    target = root / f"port-{device.port}.{uuid.uuid4().hex[:12]}"
+    target.mkdir(mode=0o700)
+    try:
+        mounter.mount(dev, target)
+    except BaseException:
+        target.rmdir()
+        raise
     log.info("port %s: card %s (%s) mounted at %s", device.port, dev.node, dev.fstype, target)
     return MountedCard(mounter, dev, target)
+
+
+def clear_mount_root(mounter: Mounter, root: Path) -> list[str]:
+    """At start-up, before any docking: let go of every card folder a crashed run left
+    behind (unmounted lazily, folder removed). Returns what was cleared."""
+    cleared: list[str] = []
+    try:
+        entries = list(root.iterdir())
+    except FileNotFoundError:
+        return cleared
+    for target in entries:
+        if not target.name.startswith("port-") or target.is_symlink():
+            continue
+        if os.path.ismount(target):
+            mounter.unmount(target, lazy=True)
+        try:
+            target.rmdir()
+        except OSError as e:
+            log.warning("card folder %s left behind: %s", target, e)
+            continue
+        cleared.append(target.name)
+    return cleared

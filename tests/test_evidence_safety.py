@@ -15,16 +15,23 @@ import hashlib
 import os
 import threading
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
+import httpx
 import pytest
 from click.testing import CliRunner
 from sqlalchemy import select
 
+from drivers.base import DockedDevice
+from station import mount as mount_mod
 from station import retention as retention_mod
 from station.annotations import AnnotationError, ProtectionError, annotate
 from station.catalog import Catalog, IngestJob, Officer, Recorder, StoredFile
 from station.catalog.db import CatalogBusy, lock_exclusive
+from station.daemon import CardWait
 from station.disks import DiskBook
+from station.mount import BlockDevice, Mounter, NotThisRecorder
 from station.recovery import adopt, rebuild, recover
 from station.retention import DeletionRefused, DiskFacts, RetentionSweeper, Rules
 from station.sidecar import Sidecar, SidecarError, read_sidecar, sidecar_path, write_sidecar
@@ -674,13 +681,28 @@ def test_clock_guard_distrusts_a_clock_that_went_back_or_jumped(store_env) -> No
     # NTP, or an administrator, makes the clock believed again, forwards or back
     assert guard.sweep_pause(t0 + dt.timedelta(days=900), synced=True) is None
     assert guard.sweep_pause(t0, synced=False) is not None
-    ClockGuard(catalog, 2).confirm(t0)  # `station retention resume`, another process
+    ClockGuard(catalog, 2).confirm(t0, by="admin")  # `station retention resume`, another process
     assert guard.sweep_pause(t0, synced=False) is None
 
 
-def test_a_clock_jump_pauses_retention_and_marks_files_through_the_daemon(make_station) -> None:
+def _console(st: Any, who: tuple[str, str]) -> httpx.Client:
+    """A logged-in console session (cookie and CSRF header), as the touchscreen has."""
+    c = httpx.Client(base_url=st.url(""), timeout=60)
+    csrf = c.get("/ui/api/session").json()["csrf"]
+    r = c.post("/ui/api/login", json={"officer_no": who[0], "secret": who[1]},
+               headers={"X-CSRF-Token": csrf})  # fmt: skip
+    assert r.status_code == 200, r.text
+    c.headers["X-CSRF-Token"] = r.json()["csrf"]
+    return c
+
+
+@pytest.mark.parametrize("resume", ["cli", "touchscreen"])
+def test_a_clock_jump_pauses_retention_and_marks_files_through_the_daemon(
+    make_station: Any, resume: str
+) -> None:
     from conftest import card_hashes, wait_for
 
+    from station import accounts
     from station.sim.recorder import RecorderSpec
 
     st = make_station(retention={"sweep_interval_s": 1.0, "days": 1})
@@ -709,7 +731,22 @@ def test_a_clock_jump_pauses_retention_and_marks_files_through_the_daemon(make_s
     assert {s for s, bad in flags if bad} == {"C000002"}
     listed = st.cli("retention", "untrusted").stdout
     assert "/C000002/" in listed and "/C000001/" not in listed
-    st.cli("retention", "resume", "--by", "900001")
+    if resume == "cli":
+        st.cli("retention", "resume", "--by", "900001")
+    else:
+        catalog = Catalog(st.db)
+        accounts.create_user(catalog, "900001", "135790", role="administrator")
+        accounts.create_user(catalog, "800001", "246801", role="officer")
+        catalog.close()
+        officer = _console(st, ("800001", "246801"))
+        assert officer.post("/ui/api/retention/resume").status_code == 403
+        admin = _console(st, ("900001", "135790"))
+        assert "went back" in admin.get("/ui/api/settings").json()["retention_paused"]
+        r = admin.post("/ui/api/retention/resume")
+        assert r.status_code == 200 and r.json() == {"retention_paused": None}, r.text
+        assert "clock_jump" not in {a["code"] for a in st.api("/api/v1/status")["alarms"]}
+    confirmed = st.api("/api/v1/events", kind="clock_confirmed")["items"]
+    assert [e["actor"] for e in confirmed] == ["900001"]
     wait_for(lambda: st.api("/api/v1/files", serial="C000001")["total"] == 0, 60,
              "the sweep to go on")  # fmt: skip
     # collected under the untrusted clock: never deleted by age
@@ -778,3 +815,80 @@ def test_files_naming_another_recorder_or_officer_are_kept_for_an_administrator(
     assert names == {Path(p).name for p in source} - {p.name for p in strangers}
     held = st.query("SELECT message FROM events WHERE kind = 'file_held'")
     assert len(held) == 2 and any("Z999999" in m for (m,) in held)
+
+
+# --- 11. after SetMSDC, the disk must be the identified recorder ------------------------
+
+
+class _Mounter(Mounter):
+    """Records what is mounted and unmounted where; touches no kernel."""
+
+    def __init__(self) -> None:
+        self.mounted: list[Path] = []
+        self.unmounted: list[Path] = []
+
+    def mount(self, dev: BlockDevice, target: Path) -> None:
+        self.mounted.append(target)
+
+    def unmount(self, target: Path, *, lazy: bool = False) -> None:
+        self.unmounted.append(target)
+
+
+def _usb(port: int, key: str, serial: str | None, path: str = "/sys/nowhere") -> DockedDevice:
+    return DockedDevice(port=port, key=key, kind="usb", path=path, serial=serial)
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "ok"),
+    [
+        ("ZFY0003", "ZFY0003", True),  # the same iSerial in both modes
+        (None, "0123456789AB", True),  # nothing to compare: the file names decide
+        ("USB-A", "ZFY0003", True),  # the disk reports the recorder's own number
+        ("ZFY0003", "ZFY0009", False),  # another recorder docked while this one switched
+    ],
+)
+def test_the_disk_after_the_switch_must_be_the_identified_recorder(
+    tmp_path: Path, before: str | None, after: str, ok: bool
+) -> None:
+    mounted: list[DockedDevice] = []
+    fake = SimpleNamespace(
+        config=SimpleNamespace(bus=SimpleNamespace(reenumerate_timeout_s=5)),
+        _card_waits={},
+        mount=lambda d: mounted.append(d) or SimpleNamespace(close=lambda: None),
+    )
+    with CardWait(fake, _usb(3, "vendor", before)) as wait:  # type: ignore[arg-type]
+        wait.new = _usb(3, "disk", after)
+        wait.arrived.set()
+        if ok:
+            wait.card("ZFY0003")
+        else:
+            with pytest.raises(NotThisRecorder, match="ZFY0009"):
+                wait.card("ZFY0003")
+    assert [d.key for d in mounted] == (["disk"] if ok else [])
+
+
+# --- 14. a docking never shares, nor is unmounted by, an older docking's folder ----------
+
+
+def test_each_docking_mounts_its_card_in_a_folder_of_its_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    node = tmp_path / "sys-device"
+    node.mkdir()
+    dev = BlockDevice("/dev/sdz1", "vfat", str(node))
+    monkeypatch.setattr(mount_mod, "find_card_device", lambda path, **_: dev)
+    mounter = _Mounter()
+    root = tmp_path / "cards"
+    old = mount_mod.mount_card(mounter, _usb(1, "a", "S1", str(node)), root)
+    new = mount_mod.mount_card(mounter, _usb(1, "b", "S1", str(node)), root)
+    assert old.target != new.target and old.target.parent == new.target.parent == root
+    old.close()  # the first docking lets go late, after the second one mounted
+    assert mounter.unmounted == [old.target]
+    assert new.target.is_dir() and not old.target.exists()
+    # a killed run's folders are let go at the next start, before any docking
+    (root / "port-2.deadbeef").mkdir()
+    (root / "elsewhere").mkdir()
+    assert sorted(mount_mod.clear_mount_root(mounter, root)) == sorted(
+        [new.target.name, "port-2.deadbeef"]
+    )
+    assert [p.name for p in root.iterdir()] == ["elsewhere"]

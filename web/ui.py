@@ -328,7 +328,17 @@ def router() -> APIRouter:
 
     @r.get("/settings")
     def get_settings(user: AdminUser, ctx: UI) -> dict[str, Any]:
-        return {"settings": ctx.settings.current().model_dump(), "levels": list(LEVELS)}
+        return {
+            "settings": ctx.settings.current().model_dump(),
+            "levels": list(LEVELS),
+            "retention_paused": ctx.station.retention_paused,
+        }
+
+    @r.post("/retention/resume")
+    def resume_retention(user: AdminUser, ctx: UI) -> dict[str, Any]:
+        """The administrator checked the station clock: deletion by age goes on (logged)."""
+        ctx.station.confirm_clock(by=user.officer_no)
+        return {"retention_paused": ctx.station.retention_paused}
 
     @r.post("/settings")
     def set_settings(changes: dict[str, Any], user: AdminUser, ctx: UI) -> dict[str, Any]:

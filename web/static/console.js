@@ -412,6 +412,7 @@
   async function loadSettings() {
     const r = await guard(Api.get('/ui/api/settings'));
     if (!r) return;
+    showClockPause(r.retention_paused);
     const s = r.settings;
     const form = $('settings');
     for (const input of form.elements) {
@@ -422,6 +423,18 @@
       else if (Array.isArray(v)) input.value = v.join(',');
       else input.value = v === null || v === undefined ? '' : String(v);
     }
+  }
+
+  function showClockPause(why) {
+    $('clock-paused').hidden = !why;
+    $('clock-paused-why').textContent = why || '';
+  }
+
+  async function resumeRetention() {
+    const r = await guard(Api.post('/ui/api/retention/resume', {}));
+    if (!r) return;
+    showClockPause(r.retention_paused);
+    toast(r.retention_paused ? r.retention_paused : _('Deletion by age resumed'));
   }
 
   async function saveSettings(ev) {
@@ -539,6 +552,7 @@
     $('log-search').addEventListener('submit', (ev) => { ev.preventDefault(); loadLog(true); });
     $('log-more').addEventListener('click', () => loadLog(false));
     $('settings').addEventListener('submit', saveSettings);
+    $('clock-resume').addEventListener('click', resumeRetention);
     $('new-user').addEventListener('submit', addUser);
     attachKeypads();
   }
