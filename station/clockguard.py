@@ -27,6 +27,7 @@ from station.catalog.db import append_event
 RELEASED = dt.datetime(2026, 12, 1, tzinfo=dt.UTC)  # nothing is collected before this
 TOLERANCE = dt.timedelta(minutes=10)  # clock steps NTP makes, disk time granularity
 STATE = "clock_high_water"
+PERSIST_EVERY = dt.timedelta(minutes=1)
 CONFIRMED = "clock_confirmed_at"  # set by `station retention resume` (another process)
 
 
@@ -36,6 +37,7 @@ class ClockGuard:
         self.max_jump = dt.timedelta(days=max_jump_days)
         self._lock = threading.Lock()
         saved = catalog.get_state(STATE)
+        self._saved = dt.datetime.fromisoformat(saved) if saved else None
         if saved:
             self.high = dt.datetime.fromisoformat(saved)
         else:
@@ -49,14 +51,19 @@ class ClockGuard:
         self._confirmed = catalog.get_state(CONFIRMED)
 
     def untrusted(self, now: dt.datetime) -> str | None:
-        """Why a file collected `now` cannot be aged by the clock, or None (H moves up)."""
+        """Why a file collected `now` cannot be aged by the clock, or None (H moves up,
+        and is persisted at most once a minute, so that the next start knows it)."""
         with self._lock:
             if now < RELEASED:
                 return f"the clock reads {now:%Y-%m-%d}, before this software was released"
             if now < self.high - TOLERANCE:
                 return f"the clock reads {now.isoformat()}, earlier than {self.high.isoformat()}"
             self.high = max(self.high, now)
-            return None
+            if self._saved is not None and self.high - self._saved < PERSIST_EVERY:
+                return None
+            high = self._saved = self.high
+        self.catalog.set_state(STATE, high.isoformat())
+        return None
 
     def sweep_pause(self, now: dt.datetime, synced: bool | None) -> str | None:
         """Why age-based deletion must wait now, or None (and H is persisted)."""
@@ -79,13 +86,14 @@ class ClockGuard:
                 )
             self.high = max(self.high, now)
             high = self.high
+        self._saved = high
         self.catalog.set_state(STATE, high.isoformat())
         return None
 
     def confirm(self, now: dt.datetime, *, by: str) -> None:
         """An administrator confirmed the clock: believe it from now on (logged)."""
         with self._lock:
-            self.high = now
+            self.high = self._saved = now
             self._confirmed = now.isoformat()
         self.catalog.set_state(STATE, now.isoformat())
         self.catalog.set_state(CONFIRMED, now.isoformat())

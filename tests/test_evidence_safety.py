@@ -685,6 +685,19 @@ def test_clock_guard_distrusts_a_clock_that_went_back_or_jumped(store_env) -> No
     assert guard.sweep_pause(t0, synced=False) is None
 
 
+def test_the_high_water_time_outlives_a_stop_before_any_sweep(store_env) -> None:
+    # a daemon that collects and stops before its first sweep: the next process (the CLI
+    # sweep) must know the time it believed, not derive it from collection times that an
+    # administrator or a restore may since have changed
+    from station.clockguard import RELEASED, STATE, ClockGuard
+
+    catalog, _disk = store_env
+    t0 = RELEASED + dt.timedelta(days=300)
+    assert ClockGuard(catalog, max_jump_days=2).untrusted(t0) is None
+    assert catalog.get_state(STATE) == t0.isoformat()
+    assert ClockGuard(catalog, max_jump_days=2).sweep_pause(t0, synced=False) is None
+
+
 def _console(st: Any, who: tuple[str, str]) -> httpx.Client:
     """A logged-in console session (cookie and CSRF header), as the touchscreen has."""
     c = httpx.Client(base_url=st.url(""), timeout=60)

@@ -95,13 +95,18 @@ def test_sigkill_at_every_crash_point_and_at_random(make_station) -> None:
     plan += [("external", rng.uniform(1.0, 2.5)) for _ in range(3)]
     rng.shuffle(plan)
     kills, batch, after_verify = 0, 0, False
-    for point, arg in plan:
-        if _cards_empty(cards):  # keep the station busy: new recorders replace emptied ones
+
+    def refill_if_empty() -> None:  # keep the station busy: new recorders replace emptied ones
+        nonlocal batch, cards
+        if _cards_empty(cards):
             batch += 1
             for port in range(1, 9):
                 if (st.bus / f"port-{port}").exists():
                     st.undock(port)
             cards |= _fleet(st, ledger, read_mb_s=40, files=6, big_mb=8, seed=batch)
+
+    for point, arg in plan:
+        refill_if_empty()
         if point == "external":
             st.env = {"STATION_CRASHPOINT_LOG": str(fired_log)}
             st.start(wait=False)
@@ -115,8 +120,13 @@ def test_sigkill_at_every_crash_point_and_at_random(make_station) -> None:
         if after_verify:  # the last kill left a verified job: die inside its recovery too
             armed += ",recovery_after_finish:1"
         st.env = {"STATION_CRASHPOINTS": armed, "STATION_CRASHPOINT_LOG": str(fired_log)}
-        if _run_until_killed_or_done(st, cards, 180):
-            kills += 1
+        # the cards can empty before an armed count runs out (few files were left): refill
+        # them and arm the point again, so that every point is reached whatever the timing
+        for _ in range(3):
+            if _run_until_killed_or_done(st, cards, 180):
+                kills += 1
+                break
+            refill_if_empty()
         fired = fired_log.read_text().split() if fired_log.exists() else []
         after_verify = bool(fired) and fired[-1] in ("after_verify", "link_before_unlink",
                                                      "after_link")  # fmt: skip
