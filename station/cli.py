@@ -15,6 +15,7 @@ import click
 import httpx
 
 from station.config import ConfigError, StationConfig, load_config
+from station.quietlog import RepeatFilter
 
 log = logging.getLogger("station")
 
@@ -25,6 +26,9 @@ def _setup_logging(verbose: bool) -> None:
         format="%(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    repeats = RepeatFilter()  # one storm of one error must not flood the journal
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(repeats)
 
 
 def _config(path: str | None) -> StationConfig:
@@ -64,7 +68,7 @@ def run_station(config: StationConfig, extra: Any = None, path: str | None = Non
     """
     from station.daemon import Station
 
-    async def main() -> None:
+    async def main() -> bool:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -85,13 +89,15 @@ def run_station(config: StationConfig, extra: Any = None, path: str | None = Non
             loop.add_signal_handler(signal.SIGHUP, reload)
         side = asyncio.create_task(extra(station, stop)) if extra else None
         try:
-            await station.run(stop)
+            return await station.run(stop)
         finally:
             if side:
                 side.cancel()
                 await asyncio.gather(side, return_exceptions=True)
 
-    asyncio.run(main())
+    if not asyncio.run(main()):
+        log.error("the station stopped without being asked to: exit status 1")
+        sys.exit(1)
 
 
 @cli.command()

@@ -160,6 +160,16 @@ class RetentionSection(_Section):
 class WebSection(_Section):
     host: str = "127.0.0.1"
     port: Annotated[int, Field(strict=True, ge=0, le=65535)] = 8080
+    # what one listener serves at once (web/guard.py): more is refused with 503, so a
+    # flood of connections never exhausts the daemon's descriptors
+    max_connections: Annotated[int, Field(strict=True, ge=8, le=4096)] = 256
+    max_per_client: Annotated[int, Field(strict=True, ge=2, le=4096)] = 64
+    max_streams: Annotated[int, Field(strict=True, ge=1, le=1024)] = 32  # live /ui/stream
+    max_streams_per_client: Annotated[int, Field(strict=True, ge=1, le=1024)] = 8
+    header_timeout_s: Annotated[float, Field(gt=0, le=300)] = 10.0
+    body_timeout_s: Annotated[float, Field(gt=0, le=600)] = 30.0
+    max_header_bytes: Annotated[int, Field(strict=True, ge=4096, le=1 << 20)] = 32768
+    max_body_kb: Annotated[int, Field(strict=True, ge=1, le=1 << 20)] = 64
 
 
 class ApiSection(_Section):

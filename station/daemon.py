@@ -33,7 +33,7 @@ from drivers.scsi_dv16 import ScsiDv16Driver
 from drivers.simulated import SimulatedDriver
 from drivers.usb_vendor import UsbVendorDriver
 from drivers.vendor_library import VendorLibraryDriver
-from station import __version__, eventlog, sdnotify
+from station import __version__, eventlog, faults, sdnotify
 from station.alarms import AlarmBook
 from station.bus import Bus, PortChange, PortWatcher
 from station.catalog import Catalog, CollectionSession, Event, Officer, Recorder, StoredFile
@@ -137,9 +137,15 @@ class _Server(uvicorn.Server):
         pass
 
     def capture_signals(self) -> Any:  # uvicorn >= 0.29
-        import contextlib
-
         return contextlib.nullcontext()
+
+    async def serve(self, sockets: Any = None) -> None:
+        # uvicorn calls sys.exit(1) when it cannot listen: that would unwind the loop
+        # past the station's shutdown (the workers' threads would keep the process up)
+        try:
+            await super().serve(sockets)
+        except SystemExit as e:
+            raise RuntimeError(f"the listener could not start (uvicorn exit {e.code})") from None
 
 
 class Station:
@@ -345,10 +351,13 @@ class Station:
             )
         self._check_disks()
 
-    async def run(self, stop: asyncio.Event) -> None:
-        """Run until `stop` is set: watcher, web server and periodic checks."""
+    async def run(self, stop: asyncio.Event) -> bool:
+        """Run until `stop` is set: watcher, web server and periodic checks. False when it
+        stopped for another reason (a part of it ended): the exit status says failure, and
+        systemd starts it again."""
         await self.start()
         from web.app import create_app
+        from web.guard import protocol
 
         api = self.config.api
         if api.port is not None:  # the central server's API on a listener of its own
@@ -364,7 +373,12 @@ class Station:
                     app,
                     host=host,
                     port=port,
+                    http=protocol(self.config.web),  # connection caps, header limits
+                    # also how many connections asyncio accepts in one go, before any is
+                    # refused: small, so a burst cannot take every descriptor at once
+                    backlog=64,
                     log_level="warning",
+                    log_config=None,  # uvicorn logs through ours (repeats held back)
                     lifespan="off",
                     access_log=False,
                     timeout_graceful_shutdown=3,
@@ -390,9 +404,10 @@ class Station:
         )
         stopper = asyncio.create_task(stop.wait())
         done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
+        requested = stop.is_set()
         for t in done:
-            if t is not stopper and t.exception():
-                log.error("%s failed: %s", t.get_name(), t.exception())
+            if t is not stopper:
+                log.error("%s stopped: %s", t.get_name(), t.exception() or "it returned")
         self.stopping = True
         sdnotify.notify("STOPPING=1")
         self._bump()  # wake the live streams so they end
@@ -403,6 +418,7 @@ class Station:
         for t in pending:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        return requested
 
     def stalled(self) -> list[int]:
         """Ports whose collection shows no sign of life for `bus.stall_s` (a hung read)."""
@@ -609,18 +625,28 @@ class Station:
         loop = asyncio.get_running_loop()
         next_net = 0.0
         next_sweep = next_smart = 0.0
+
+        async def step(work: Callable[[], None]) -> None:
+            """One piece of periodic work; its failure (EMFILE in a flood, a disk that
+            errors) is logged and the rest goes on, now and at the next round."""
+            try:
+                faults.fail("periodic_error")
+                await loop.run_in_executor(None, work)
+            except Exception:
+                log.exception("periodic work failed: %s", work.__name__)
+
         while not stop.is_set():
             if loop.time() >= next_smart:
                 next_smart = loop.time() + self.config.alarms.smart_interval_s
-                await loop.run_in_executor(None, self._check_smart)
-            await loop.run_in_executor(None, self._check_disks)
-            await loop.run_in_executor(None, self._anchor_log)
+                await step(self._check_smart)
+            await step(self._check_disks)
+            await step(self._anchor_log)
             if loop.time() >= next_sweep:
                 next_sweep = loop.time() + self.config.retention.sweep_interval_s
-                await loop.run_in_executor(None, self._retention_round)
+                await step(self._retention_round)
             if loop.time() >= next_net:
                 next_net = loop.time() + self.config.network.interval_s
-                await loop.run_in_executor(None, self._check_network_and_clock)
+                await step(self._check_network_and_clock)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), DISK_CHECK_S)
 

@@ -66,3 +66,16 @@ def check_write(disk: str) -> None:
     """Raise EIO for writes to `disk` when the failpoint names it."""
     if _fail and _fail.get("store_write_eio") == disk:
         raise OSError(errno.EIO, "injected I/O error", disk)
+
+
+def fail(name: str) -> None:
+    """Raise EMFILE here while the failpoint `name` is armed (`name:N`: the first N times),
+    as a daemon out of descriptors does."""
+    if not _fail or name not in _fail:
+        return
+    with _lock:
+        left = int(_fail[name] or 1)
+        if left <= 0:
+            return
+        _fail[name] = str(left - 1)
+    raise OSError(errno.EMFILE, "injected: too many open files", name)

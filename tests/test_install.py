@@ -155,7 +155,9 @@ def test_the_unit_keeps_to_its_capabilities():
     assert settings["AmbientCapabilities"] == ""
     for key, value in {
         "Type": "notify",
-        "Restart": "on-failure",
+        "Restart": "always",
+        "StartLimitIntervalSec": "0",
+        "LimitNOFILE": "65536",
         "WatchdogSec": "30",
         "NoNewPrivileges": "yes",
         "ProtectSystem": "strict",

@@ -28,6 +28,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from station.eventlog import to_csv
 from station.metrics import registry_for
 from web import schemas as m
+from web.guard import BodyLimit, Slots
 from web.schemas import INT64_MAX, INT64_MIN
 
 if TYPE_CHECKING:
@@ -224,6 +225,8 @@ def create_app(station: Station, *, api: bool = True, ui: bool = True) -> FastAP
     def ui_state() -> dict[str, Any]:
         return station.status()
 
+    streams = Slots(station.config.web.max_streams, station.config.web.max_streams_per_client)
+
     @app.get("/ui/stream", include_in_schema=False)
     async def ui_stream(request: Request) -> EventSourceResponse:
         async def events() -> AsyncIterator[dict[str, str]]:
@@ -233,13 +236,19 @@ def create_app(station: Station, *, api: bool = True, ui: bool = True) -> FastAP
                 yield {"event": "status", "data": json.dumps(station.status())}
                 await asyncio.sleep(0.2)  # at most five frames a second
 
-        return EventSourceResponse(events(), ping=15)
+        stream = events()
+        # a place among the live streams for as long as this one lives
+        why = streams.hold(request.client.host if request.client else "", stream)
+        if why is not None:
+            raise HTTPException(503, why, headers={"Retry-After": "10"})
+        return EventSourceResponse(stream, ping=15)
 
     if ui:
         _add_browser_ui(app, station)
         app.mount("/static", StaticFiles(directory=STATIC), name="static")
     if not (api and ui):  # one listener each: keep only this side's routes
         app.router.routes = [r for r in app.router.routes if _is_api(r) == api or _is_docs(r)]
+    app.add_middleware(BodyLimit, limits=station.config.web)  # outermost: before any parsing
     return app
 
 
