@@ -84,12 +84,23 @@ def as_dict(e: Event) -> dict[str, Any]:
     }
 
 
+def _cell(value: Any) -> Any:
+    """A cell a spreadsheet shows as text: one that starts like a formula (`=`, `+`, `-`,
+    `@`, tab, CR; from a recorder's name or serial) gets a `'` in front (OWASP)."""
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value
+
+
 def to_csv(events: Iterable[dict[str, Any]]) -> str:
+    """The events as CSV for a spreadsheet; the JSON form (`format=json`) has them verbatim,
+    for `audit verify` and the central server."""
     out = io.StringIO()
     w = csv.DictWriter(out, fieldnames=FIELDS, extrasaction="ignore")
     w.writeheader()
     for e in events:
-        w.writerow({**e, "data": json.dumps(e["data"], ensure_ascii=False)})
+        row = {**e, "data": json.dumps(e["data"], ensure_ascii=False)}
+        w.writerow({k: _cell(v) for k, v in row.items()})
     return out.getvalue()
 
 

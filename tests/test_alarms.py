@@ -132,3 +132,14 @@ def test_event_log_search_and_csv_export(station: StationProc) -> None:
     assert list(csv.DictReader(io.StringIO(out))) == rows
     js = station.cli("events", "--kind", "clock_set", "--format", "json").stdout
     assert '"drift_s"' in js
+
+
+def test_csv_cells_that_look_like_formulas_stay_text() -> None:
+    from station.eventlog import to_csv
+
+    row = {"id": 1, "time": "2026-12-01T00:00:00+00:00", "kind": "file_stored",
+           "officer_no": "=HYPERLINK(\"http://x\")", "serial": "+1", "actor": "@sum",
+           "message": "-2+3", "data": {}}  # fmt: skip
+    (got,) = csv.DictReader(io.StringIO(to_csv([row])))
+    assert got["officer_no"] == '\'=HYPERLINK("http://x")' and got["serial"] == "'+1"
+    assert got["actor"] == "'@sum" and got["message"] == "'-2+3" and got["id"] == "1"

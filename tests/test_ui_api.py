@@ -350,3 +350,57 @@ def test_pages_and_translations(st: StationProc) -> None:
     zh = httpx.get(st.url("/ui/i18n/zh-CN.json")).json()
     assert zh["lang"] == "zh-CN" and zh["messages"]["Register"] == "注册"
     assert httpx.get(st.url("/ui/state")).json()["slots"][0]["port"] == 1
+
+
+def test_a_zip_of_hostile_names_extracts_strictly_and_checks(make_station, tmp_path) -> None:
+    import io
+    import os
+    import subprocess
+    import unicodedata
+    import zipfile
+
+    st = make_station()
+    rec = st.build(RecorderSpec(serial="Z000001", officer_no="860001", files=0, imp=0))
+    hostile = [b"..\\..\\evil.AVI", b"line\r\nbreak.JPG", b"evil\xe2\x80\xaeIVA.exe",
+               b"../../x.AVI", b"\x1b[31mred.WAV", b"same.AVI"]  # fmt: skip
+    folder = os.path.join(os.fsencode(rec / "card"), b"DCIM", b"100ANDRO")
+    os.makedirs(folder)
+    for i, n in enumerate(hostile):
+        with open(os.path.join(folder, n.replace(b"/", b"_")), "wb") as f:
+            f.write(b"hostile %d" % i)
+    st.dock(1, rec)
+    st.wait_state(1, "complete")
+    catalog = Catalog(st.db)
+    accounts.create_user(catalog, *ADMIN, role="administrator")
+    catalog.close()
+    admin = as_user(st, ADMIN)
+    ids = [f["id"] for f in admin.get("/ui/api/files", limit=100).json()["items"]]
+    url = admin.post("/ui/media/zip", {"ids": ids}).json()["url"]
+    archive = zipfile.ZipFile(io.BytesIO(admin.get(url).content))
+    out = tmp_path / "out"
+    for member in archive.namelist():  # a strict extractor: plain relative paths only
+        parts = member.split("/")
+        assert not member.startswith("/") and "\\" not in member, member
+        assert all(p not in ("", ".", "..") for p in parts), member
+        bad = [c for c in member if unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp")]
+        assert not bad, (member, bad)
+        target = out / member
+        assert target.resolve().is_relative_to(out.resolve())
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(archive.read(member))
+    assert len(archive.namelist()) == len(ids) + 2  # the files and the two manifests
+    check = subprocess.run(["sha256sum", "--strict", "-c", "MANIFEST.sha256"], cwd=out,
+                           capture_output=True, text=True)  # fmt: skip
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert check.stdout.count(": OK") == len(ids)
+
+
+def test_ids_past_64_bits_are_refused_not_a_server_error(st: StationProc) -> None:
+    admin = as_user(st, ADMIN)
+    huge = 2**63
+    for path in (f"/ui/api/files/{huge}", f"/ui/media/{huge}/download",
+                 f"/ui/media/{huge}/view", f"/ui/media/{huge}/status"):  # fmt: skip
+        assert admin.get(path).status_code == 422, path
+    assert admin.post(f"/ui/api/files/{huge}/annotate", {"note": "x"}).status_code == 422
+    assert admin.post("/ui/media/zip", {"ids": [huge]}).status_code == 422
+    assert admin.get(f"/ui/api/files/{huge - 1}").status_code == 404  # the largest id: none

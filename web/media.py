@@ -25,8 +25,10 @@ from pydantic import BaseModel, Field
 
 from station import accounts, playback, search
 from station.accounts import Account
+from station.names import safe_component
 from web.auth import UI, CurrentUser, UIContext, csrf_protect
 from web.i18n import N_
+from web.schemas import Id
 from web.ui import scope_of
 
 TICKET_S = 120
@@ -35,7 +37,7 @@ CHUNK = 1 << 20
 
 
 class ZipBody(BaseModel):
-    ids: list[int] = Field(min_length=1, max_length=MAX_ZIP_FILES)
+    ids: list[Id] = Field(min_length=1, max_length=MAX_ZIP_FILES)
 
 
 def _ref(ctx: UIContext, user: Account, file_id: int) -> search.StoredRef:
@@ -64,6 +66,7 @@ def _viewed(ctx: UIContext, user: Account, request: Request, ref: search.StoredR
 
 
 def _attachment(name: str) -> dict[str, str]:
+    name = safe_component(name)  # no bidi or control characters from a recorder
     ascii_name = "".join(c if c.isascii() and c.isprintable() and c not in '"\\' else "_"
                          for c in name)  # fmt: skip
     return {
@@ -76,7 +79,7 @@ def router() -> APIRouter:
     r = APIRouter(prefix="/ui/media", dependencies=[Depends(csrf_protect)], tags=["ui"])
 
     @r.get("/{file_id}/view")
-    def view(file_id: int, request: Request, user: CurrentUser, ctx: UI) -> FileResponse:
+    def view(file_id: Id, request: Request, user: CurrentUser, ctx: UI) -> FileResponse:
         """A photo or an audio recording as stored (with range requests)."""
         ref = _ref(ctx, user, file_id)
         media_type = playback.browser_type(ref.name, ref.kind)
@@ -86,7 +89,7 @@ def router() -> APIRouter:
         return FileResponse(ref.path, media_type=media_type, headers={"Cache-Control": "private"})
 
     @r.get("/{file_id}/text")
-    def text(file_id: int, request: Request, user: CurrentUser, ctx: UI) -> dict[str, Any]:
+    def text(file_id: Id, request: Request, user: CurrentUser, ctx: UI) -> dict[str, Any]:
         """A device log (or any small text file) as text."""
         ref = _ref(ctx, user, file_id)
         if ref.kind != "log" and playback.ext_of(ref.name) not in playback.TEXT_EXTS:
@@ -95,7 +98,7 @@ def router() -> APIRouter:
         return {"name": ref.name, "text": playback.read_text(ref.path)}
 
     @r.get("/{file_id}/status")
-    def play_status(file_id: int, user: CurrentUser, ctx: UI) -> dict[str, Any]:
+    def play_status(file_id: Id, user: CurrentUser, ctx: UI) -> dict[str, Any]:
         """How far the browser copy of a video is (starting it if needed)."""
         ref = _ref(ctx, user, file_id)
         if ref.kind != "video":
@@ -111,7 +114,7 @@ def router() -> APIRouter:
 
     @r.get("/{file_id}/play", response_model=None)
     def play(
-        file_id: int, request: Request, user: CurrentUser, ctx: UI
+        file_id: Id, request: Request, user: CurrentUser, ctx: UI
     ) -> FileResponse | StreamingResponse:
         """A video as H.264 MP4: the cached copy with ranges, or the copy being made, as it
         grows."""
@@ -134,7 +137,7 @@ def router() -> APIRouter:
         )
 
     @r.get("/{file_id}/download")
-    def download(file_id: int, user: CurrentUser, ctx: UI) -> FileResponse:
+    def download(file_id: Id, user: CurrentUser, ctx: UI) -> FileResponse:
         """The original file, byte for byte."""
         ref = _ref(ctx, user, file_id)
         accounts.audit(
@@ -222,11 +225,17 @@ class _Sink:
 
 
 def _member_names(refs: list[search.StoredRef]) -> list[str]:
+    """`officer/serial/name` for each file, every part made safe as the store's own names
+    are (a recorder's `../`, backslashes, CR/LF or bidi controls stay out of the paths and
+    the manifest), the file id put in front of a name that is taken."""
     names, seen = [], set()
     for f in refs:
-        n = f"{f.officer_no}/{f.serial}/{f.name}"
+        folder = (
+            f"{safe_component(f.officer_no or 'unknown')}/{safe_component(f.serial or 'unknown')}"
+        )
+        n = f"{folder}/{safe_component(f.name)}"
         if n in seen:
-            n = f"{f.officer_no}/{f.serial}/{f.id}-{f.name}"
+            n = f"{folder}/{safe_component(f'{f.id}-{f.name}')}"
         seen.add(n)
         names.append(n)
     return names

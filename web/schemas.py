@@ -20,6 +20,8 @@ from pydantic import BaseModel, Field, WithJsonSchema
 # that a larger one is a 422 instead of an OverflowError in the database driver (a 500).
 INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
+# a catalog id as SQLite stores it: larger numbers are a 422, not an overflow (500)
+Id = Annotated[int, Field(ge=INT64_MIN, le=INT64_MAX)]
 
 Timestamp = Annotated[str, WithJsonSchema({"type": "string", "format": "date-time"})]
 

@@ -30,6 +30,7 @@ from web.auth import (
     login_refusal,
 )
 from web.i18n import DEFAULT_LANGUAGE, LANGUAGES, N_, messages
+from web.schemas import Id
 from web.settings import SettingsError
 
 STATIC = Path(__file__).parent / "static"
@@ -188,7 +189,7 @@ def router() -> APIRouter:
         return f
 
     @r.get("/files/{file_id}")
-    def file_detail(file_id: int, user: CurrentUser, ctx: UI) -> dict[str, Any]:
+    def file_detail(file_id: Id, user: CurrentUser, ctx: UI) -> dict[str, Any]:
         f = _file(ctx, user, file_id)
         if user.sees_all_files:
             f["history"] = search.recent_events(ctx.station.catalog, file_id=file_id, limit=50)[
@@ -198,7 +199,7 @@ def router() -> APIRouter:
 
     @r.post("/files/{file_id}/annotate")
     def annotate_file(
-        file_id: int, body: AnnotateBody, user: CurrentUser, ctx: UI
+        file_id: Id, body: AnnotateBody, user: CurrentUser, ctx: UI
     ) -> dict[str, Any]:
         """Level, note, case number (an officer on their own files; legal hold: administrator)."""
         if user.role == "auditor":
@@ -230,7 +231,7 @@ def router() -> APIRouter:
         return _file(ctx, user, file_id)
 
     @r.post("/files/{file_id}/delete")
-    def delete_file(file_id: int, body: DeleteBody, user: AdminUser, ctx: UI) -> dict[str, Any]:
+    def delete_file(file_id: Id, body: DeleteBody, user: AdminUser, ctx: UI) -> dict[str, Any]:
         """Delete a file (administrator, with a reason; a protected file needs confirming)."""
         f = _file(ctx, user, file_id)
         if f["protected"] and not body.confirm_protected:
