@@ -8,12 +8,14 @@ Roles:
 - `auditor`: every file and the system log, read-only.
 
 A secret (a PIN typed on the touchscreen's keypad, or a password) is stored
-only as an argon2id hash. Five wrong secrets in a row lock the account for
-`LOCK_MINUTES` (an administrator may unlock it sooner); while it is locked even
-the right secret is refused. Sessions are random tokens of which only the
-SHA-256 is stored; they end on logout, after `idle_minutes` without a request,
-or `MAX_SESSION_HOURS` after login. Logins, failures, lockouts and account
-changes are events in the system log.
+only as an argon2id hash. Five wrong secrets in a row from one source (an address)
+lock the account from that source for `LOCK_MINUTES`, twice as long for each next lock,
+at most a day (`station users unlock` or an administrator ends it sooner); while it is
+locked even the right secret is refused there, and a wrong secret now and then never
+adds up to a lock. A disabled account says so only to its right secret. Sessions are
+random tokens of which only the SHA-256 is stored; they end on logout, after
+`idle_minutes` without a request, or `MAX_SESSION_HOURS` after login. Logins,
+failures, lockouts and account changes are events in the system log.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import functools
 import hashlib
 import hmac
 import secrets
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,13 +33,15 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 from sqlalchemy import func, select, update
 
-from station.catalog import Catalog, User, UserSession
+from station.catalog import Catalog, LoginThrottle, User, UserSession
 from station.catalog.accounts_models import ROLES
 from station.catalog.db import append_event
 from station.catalog.models import utcnow
 
-MAX_FAILURES = 5
-LOCK_MINUTES = 15
+MAX_FAILURES = 5  # wrong secrets in a row from one source, each within FAILURE_WINDOW
+LOCK_MINUTES = 15  # the first lock; each next one in a row lasts twice as long
+MAX_LOCK = dt.timedelta(days=1)
+FAILURE_WINDOW = dt.timedelta(minutes=LOCK_MINUTES)
 MAX_SESSION_HOURS = 12
 DEFAULT_IDLE_MINUTES = 15
 MIN_SECRET = 6
@@ -46,6 +51,8 @@ TOUCH_EVERY_S = 20  # write last_seen_at at most this often per session
 # lockout after MAX_FAILURES bounds guessing; RFC 9106's 64 MiB profile would add 64 MiB
 # per concurrent login. Existing hashes keep their own parameters (argon2 stores them).
 _hasher = PasswordHasher(time_cost=2, memory_cost=19 * 1024, parallelism=1)
+# at most two hashes at once (a flood of logins must not cost a worker's 19 MiB each)
+_hashing = threading.BoundedSemaphore(2)
 
 
 @functools.cache
@@ -112,7 +119,8 @@ def _account(u: User, now: dt.datetime) -> Account:
 
 def hash_secret(secret: str) -> str:
     """The argon2id hash of a PIN or password."""
-    return _hasher.hash(secret)
+    with _hashing:
+        return _hasher.hash(secret)
 
 
 def check_secret_policy(secret: str) -> None:
@@ -228,8 +236,13 @@ def update_user(
         if digest is not None:
             u.password_hash, u.password_changed_at = digest, now
             changes.append("secret changed")
-        if unlock and (u.failed_logins or u.locked_until):
+        throttled = s.scalars(
+            select(LoginThrottle).where(LoginThrottle.officer_no == officer_no)
+        ).all()
+        if unlock and (u.failed_logins or u.locked_until or throttled):
             u.failed_logins, u.locked_until = 0, None
+            for th in throttled:
+                s.delete(th)
             changes.append("unlocked")
         if was_admin and not (u.role == "administrator" and u.active):
             others = s.scalar(
@@ -256,60 +269,86 @@ def update_user(
 # --- logging in ----------------------------------------------------------------------------
 
 
+def _lock_for(locks: int) -> dt.timedelta:
+    """How long the `locks`-th lock in a row lasts: LOCK_MINUTES, doubling, at most a day."""
+    return min(dt.timedelta(minutes=LOCK_MINUTES * 2 ** (locks - 1)), MAX_LOCK)
+
+
 def authenticate(
-    catalog: Catalog, officer_no: str, secret: str, *, now: dt.datetime | None = None
+    catalog: Catalog,
+    officer_no: str,
+    secret: str,
+    *,
+    source: str = "",
+    now: dt.datetime | None = None,
 ) -> LoginResult:
-    """Check a secret, counting failures and locking after `MAX_FAILURES` in a row."""
+    """Check a secret. `MAX_FAILURES` wrong ones in a row from one `source` (none more than
+    `LOCK_MINUTES` after the last) lock the account from that source, for longer each
+    time; a disabled account says so only to its right secret."""
     now = now or utcnow()
-    officer_no = officer_no.strip()[:32]
+    officer_no, source = officer_no.strip()[:32], source[:64]
+    key = (officer_no, source)
     with catalog.read() as s:
         u = s.scalars(select(User).where(User.officer_no == officer_no)).first()
         digest = u.password_hash if u is not None else _dummy_hash()
-    # argon2 takes tens of milliseconds: outside the write lock
-    try:
-        ok = _hasher.verify(digest, secret)
-    except (VerifyMismatchError, VerificationError, InvalidHashError):
-        ok = False
+        th = s.get(LoginThrottle, key)
+        locked = th is not None and th.locked_until is not None and th.locked_until > now
+    if u is not None and locked:
+        with catalog.write() as s:
+            append_event(s, "login_refused", f"account locked for {source or 'this source'}",
+                         actor=officer_no, officer_no=officer_no, source=source)  # fmt: skip
+        return LoginResult(None, "locked")
+    with _hashing:  # argon2 takes tens of milliseconds and 19 MiB: outside the write lock
+        try:
+            ok = _hasher.verify(digest, secret)
+        except (VerifyMismatchError, VerificationError, InvalidHashError):
+            ok = False
     with catalog.write() as s:
         if u is None:
-            append_event(s, "login_failed", "unknown officer number", actor=officer_no or "?")
+            append_event(s, "login_failed", "unknown officer number", actor=officer_no or "?",
+                         source=source)  # fmt: skip
             return LoginResult(None, "bad_credentials")
         u = s.get(User, u.id)
         assert u is not None
-        if u.locked_until is not None and u.locked_until > now:
-            append_event(
-                s, "login_refused", "account locked", actor=officer_no, officer_no=officer_no
-            )
-            return LoginResult(None, "locked")
-        if not u.active:
-            append_event(
-                s, "login_refused", "account disabled", actor=officer_no, officer_no=officer_no
-            )
-            return LoginResult(None, "disabled")
-        if not ok:
-            u.failed_logins += 1
-            append_event(
-                s,
-                "login_failed",
-                f"wrong secret ({u.failed_logins} in a row)",
-                actor=officer_no,
-                officer_no=officer_no,
-            )
-            if u.failed_logins >= MAX_FAILURES:
-                u.locked_until = now + dt.timedelta(minutes=LOCK_MINUTES)
-                append_event(
-                    s,
-                    "account_locked",
-                    f"{u.failed_logins} wrong secrets in a row: locked for {LOCK_MINUTES} min",
-                    actor="station",
-                    officer_no=officer_no,
-                )
-                return LoginResult(None, "locked")
+        th = s.get(LoginThrottle, key)
+        if ok:
+            if th is not None:
+                s.delete(th)
+            if not u.active:
+                append_event(s, "login_refused", "account disabled", actor=officer_no,
+                             officer_no=officer_no, source=source)  # fmt: skip
+                return LoginResult(None, "disabled")
+            u.failed_logins, u.locked_until, u.last_login_at = 0, None, now
+            if _hasher.check_needs_rehash(u.password_hash):
+                u.password_hash = hash_secret(secret)
+            return LoginResult(_account(u, now))
+        if th is None:
+            th = LoginThrottle(officer_no=officer_no, source=source, failures=0, locks=0)
+        if th.last_failure_at is None or now - th.last_failure_at > FAILURE_WINDOW:
+            th.failures = 0  # one wrong secret now and then does not add up to a lock
+        th.failures += 1
+        th.last_failure_at = now
+        s.add(th)
+        u.failed_logins = th.failures
+        append_event(s, "login_failed", f"wrong secret ({th.failures} in a row)",
+                     actor=officer_no, officer_no=officer_no, source=source)  # fmt: skip
+        if th.failures < MAX_FAILURES:
             return LoginResult(None, "bad_credentials")
-        u.failed_logins, u.locked_until, u.last_login_at = 0, None, now
-        if _hasher.check_needs_rehash(u.password_hash):
-            u.password_hash = hash_secret(secret)
-        return LoginResult(_account(u, now))
+        th.locks += 1
+        th.failures = 0
+        th.locked_until = now + _lock_for(th.locks)
+        u.locked_until = max(u.locked_until or now, th.locked_until)
+        minutes = int(_lock_for(th.locks).total_seconds() // 60)
+        append_event(
+            s,
+            "account_locked",
+            f"{MAX_FAILURES} wrong secrets in a row from {source or 'one source'}: "
+            f"locked there for {minutes} min",
+            actor="station",
+            officer_no=officer_no,
+            source=source,
+        )
+        return LoginResult(None, "locked")
 
 
 # --- sessions --------------------------------------------------------------------------------

@@ -752,6 +752,20 @@ def users_add(officer_no: str, config_path: str | None, role: str, name: str, pi
     click.echo(f"{officer_no} ({role}) added")
 
 
+@users.command("unlock")
+@click.argument("officer_no")
+@config_option
+def users_unlock(officer_no: str, config_path: str | None) -> None:
+    """End an account's lockout, from every source (logged)."""
+    from station.accounts import AccountError, update_user
+
+    try:
+        update_user(_catalog(_config(config_path)), officer_no, by="cli", unlock=True)
+    except AccountError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"{officer_no} unlocked")
+
+
 @cli.group()
 def ports() -> None:
     """The cabinet's physical docking ports."""

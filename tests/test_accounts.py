@@ -90,6 +90,74 @@ def test_unknown_and_disabled_accounts(catalog: Catalog) -> None:
     assert accounts.authenticate(catalog, "800001", "246801").reason == "disabled"
 
 
+def test_a_disabled_account_does_not_say_so_to_a_wrong_secret(catalog: Catalog) -> None:
+    accounts.create_user(catalog, "900001", "135790", role="administrator")
+    accounts.create_user(catalog, "800001", "246801", role="officer")
+    accounts.update_user(catalog, "800001", by="900001", active=False)
+    assert accounts.authenticate(catalog, "800001", "999999").reason == "bad_credentials"
+
+
+def test_one_wrong_pin_now_and_then_never_keeps_an_account_locked(catalog: Catalog) -> None:
+    accounts.create_user(catalog, "900001", "135790", role="administrator")
+    now = utcnow()
+    for i in range(20):  # a wrong PIN every 16 minutes for five hours
+        t = now + dt.timedelta(minutes=16 * i)
+        assert accounts.authenticate(catalog, "900001", "000000", now=t).reason == (
+            "bad_credentials"
+        ), i
+        assert accounts.authenticate(catalog, "900001", "135790", source="10.0.0.9",
+                                     now=t).account is not None  # fmt: skip
+
+
+def test_a_lock_holds_for_its_source_only_and_doubles(catalog: Catalog) -> None:
+    accounts.create_user(catalog, "900001", "135790", role="administrator")
+    now = utcnow()
+
+    def guess(at: dt.datetime) -> str | None:
+        for _ in range(accounts.MAX_FAILURES):
+            r = accounts.authenticate(catalog, "900001", "0", source="10.0.0.66", now=at)
+        return r.reason
+
+    assert guess(now) == "locked"
+    # from the attacker's address even the right secret is refused; from another it works
+    r = accounts.authenticate(catalog, "900001", "135790", source="10.0.0.66", now=now)
+    assert r.reason == "locked"
+    r = accounts.authenticate(catalog, "900001", "135790", source="127.0.0.1", now=now)
+    assert r.account is not None
+    # the next lock in a row lasts twice as long
+    second = now + dt.timedelta(minutes=accounts.LOCK_MINUTES, seconds=1)
+    assert guess(second) == "locked"
+    t = second + dt.timedelta(minutes=accounts.LOCK_MINUTES, seconds=1)
+    assert accounts.authenticate(catalog, "900001", "135790", source="10.0.0.66",
+                                 now=t).reason == "locked"  # fmt: skip
+    t = second + dt.timedelta(minutes=2 * accounts.LOCK_MINUTES, seconds=1)
+    assert accounts.authenticate(catalog, "900001", "135790", source="10.0.0.66",
+                                 now=t).account is not None  # fmt: skip
+
+
+def test_station_users_unlock(tmp_path, catalog: Catalog) -> None:
+    import subprocess
+    import sys
+
+    import tomli_w
+
+    accounts.create_user(catalog, "900001", "135790", role="administrator")
+    for _ in range(accounts.MAX_FAILURES):
+        accounts.authenticate(catalog, "900001", "0", source="10.0.0.66")
+    assert accounts.get_user(catalog, "900001").locked
+    config = tmp_path / "station.toml"
+    config.write_text(tomli_w.dumps({
+        "station": {"id": "T-1"}, "store": {"disks": [str(tmp_path / "d")]},
+        "database": {"url": f"sqlite:///{catalog.path}"},
+    }))  # fmt: skip
+    r = subprocess.run([sys.executable, "-m", "station", "users", "unlock", "900001",
+                        "--config", str(config)], capture_output=True, text=True)  # fmt: skip
+    assert r.returncode == 0 and "900001 unlocked" in r.stdout, r.stderr
+    r = accounts.authenticate(catalog, "900001", "135790", source="10.0.0.66")
+    assert r.account is not None
+    assert "user_changed" in kinds(catalog)
+
+
 def test_sessions_end_on_logout_idle_and_absolute_expiry(catalog: Catalog) -> None:
     a = accounts.create_user(catalog, "800001", "246801", role="officer")
     token = accounts.start_session(catalog, a)

@@ -26,6 +26,7 @@ TABLES = {
     "events",
     "files",
     "ingest_jobs",
+    "login_throttle",
     "officers",
     "recorders",
     "station_state",

@@ -166,9 +166,13 @@ class PasswordBody(BaseModel):
     new: str = Field(min_length=1, max_length=256)
 
 
+def source_of(request: Request) -> str:
+    """Where a request comes from, for lockout: its address (not a header it could forge)."""
+    return request.client.host if request.client else "?"
+
+
 def client_of(request: Request) -> str:
-    host = request.client.host if request.client else "?"
-    return f"{host} {request.headers.get('user-agent', '')}"[:128]
+    return f"{source_of(request)} {request.headers.get('user-agent', '')}"[:128]
 
 
 def router() -> APIRouter:
@@ -190,7 +194,9 @@ def router() -> APIRouter:
     @r.post("/login")
     def login(body: LoginBody, request: Request, response: Response, ctx: UI) -> dict[str, Any]:
         catalog = ctx.station.catalog
-        result = accounts.authenticate(catalog, body.officer_no, body.secret)
+        result = accounts.authenticate(
+            catalog, body.officer_no, body.secret, source=source_of(request)
+        )
         if result.account is None:
             raise login_refusal(result.reason)
         old = request.cookies.get(SESSION_COOKIE)
@@ -211,9 +217,13 @@ def router() -> APIRouter:
         return {"user": None, "csrf": csrf}
 
     @r.post("/password")
-    def change_password(body: PasswordBody, user: CurrentUser, ctx: UI) -> dict[str, Any]:
+    def change_password(
+        body: PasswordBody, request: Request, user: CurrentUser, ctx: UI
+    ) -> dict[str, Any]:
         """Change one's own PIN or password (the current one is asked again)."""
-        result = accounts.authenticate(ctx.station.catalog, user.officer_no, body.current)
+        result = accounts.authenticate(
+            ctx.station.catalog, user.officer_no, body.current, source=source_of(request)
+        )
         if result.account is None:
             raise login_refusal(result.reason)
         try:

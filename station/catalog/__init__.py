@@ -1,6 +1,6 @@
 """The catalog: a SQLite file that knows every recorder, file, session and event."""
 
-from station.catalog.accounts_models import User, UserSession
+from station.catalog.accounts_models import LoginThrottle, User, UserSession
 from station.catalog.db import Catalog
 from station.catalog.models import (
     Alarm,
@@ -20,6 +20,7 @@ __all__ = [
     "CollectionSession",
     "Event",
     "IngestJob",
+    "LoginThrottle",
     "Officer",
     "Recorder",
     "StationState",

@@ -41,6 +41,23 @@ class User(Base):
     last_login_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
 
 
+class LoginThrottle(Base):
+    """Wrong secrets for one account from one source (an address; the touchscreen is
+    127.0.0.1): `failures` in a row lock that pair for a time that doubles with each lock
+    (`locks`), so guessing from one place is slow while the account stays usable from
+    another, and one wrong PIN now and then never keeps it locked. A good login from the
+    source, or `station users unlock`, clears it."""
+
+    __tablename__ = "login_throttle"
+
+    officer_no: Mapped[str] = mapped_column(String(32), primary_key=True)
+    source: Mapped[str] = mapped_column(String(64), primary_key=True)
+    failures: Mapped[int] = mapped_column(default=0)
+    locks: Mapped[int] = mapped_column(default=0)
+    last_failure_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    locked_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+
+
 class UserSession(Base):
     """One login: the hash of its cookie token, when it started, last acted and ends."""
 
