@@ -36,6 +36,7 @@ class ClockGuard:
         self.catalog = catalog
         self.max_jump = dt.timedelta(days=max_jump_days)
         self._lock = threading.Lock()
+        self.high: dt.datetime | None  # the latest time believed; None: nothing yet
         saved = catalog.get_state(STATE)
         self._saved = dt.datetime.fromisoformat(saved) if saved else None
         if saved:
@@ -47,7 +48,8 @@ class ClockGuard:
                         StoredFile.clock_untrusted.is_(False)
                     )
                 )
-            self.high = newest.replace(tzinfo=dt.UTC) if newest else RELEASED
+            # a new station believes its first reading (not before the release)
+            self.high = newest.replace(tzinfo=dt.UTC) if newest else None
         self._confirmed = catalog.get_state(CONFIRMED)
 
     def untrusted(self, now: dt.datetime) -> str | None:
@@ -56,9 +58,9 @@ class ClockGuard:
         with self._lock:
             if now < RELEASED:
                 return f"the clock reads {now:%Y-%m-%d}, before this software was released"
-            if now < self.high - TOLERANCE:
+            if self.high is not None and now < self.high - TOLERANCE:
                 return f"the clock reads {now.isoformat()}, earlier than {self.high.isoformat()}"
-            self.high = max(self.high, now)
+            self.high = max(self.high or now, now)
             if self._saved is not None and self.high - self._saved < PERSIST_EVERY:
                 return None
             high = self._saved = self.high
@@ -74,6 +76,10 @@ class ClockGuard:
                 self.high = dt.datetime.fromisoformat(confirmed)
             if synced:
                 self.high = now  # NTP says so: believed, forwards or back
+            elif now < RELEASED:
+                return f"the station clock reads {now:%Y-%m-%d}, before this software's release"
+            elif self.high is None:
+                self.high = now  # a new station: its first reading is believed
             elif now < self.high - TOLERANCE:
                 return (
                     f"the station clock went back to {now.isoformat()}, before "

@@ -685,6 +685,20 @@ def test_clock_guard_distrusts_a_clock_that_went_back_or_jumped(store_env) -> No
     assert guard.sweep_pause(t0, synced=False) is None
 
 
+def test_a_new_station_believes_its_first_clock_reading(store_env) -> None:
+    # installed long after the release, nothing collected yet: no jump to pause for
+    from station.clockguard import RELEASED, ClockGuard
+
+    catalog, _disk = store_env
+    first = RELEASED + dt.timedelta(days=400)
+    guard = ClockGuard(catalog, max_jump_days=2)
+    assert guard.sweep_pause(first, synced=False) is None
+    assert "went back" in guard.sweep_pause(first - dt.timedelta(days=3), synced=False)
+    assert ClockGuard(catalog, max_jump_days=2).untrusted(first - dt.timedelta(days=3))
+    # a clock before the release is never believed, even as the first reading
+    assert ClockGuard(catalog, 2).untrusted(RELEASED - dt.timedelta(days=1))
+
+
 def test_the_high_water_time_outlives_a_stop_before_any_sweep(store_env) -> None:
     # a daemon that collects and stops before its first sweep: the next process (the CLI
     # sweep) must know the time it believed, not derive it from collection times that an
