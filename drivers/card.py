@@ -102,8 +102,15 @@ class FolderCard(Card):
         if not self._alive():
             raise DeviceGone(os.fsdecode(self.root))
 
+    def _check_root(self) -> None:
+        """The card's root must be the folder itself, not a link elsewhere (as a mount
+        point never is): a simulated bus whose `card` links out of it is refused."""
+        if os.path.islink(self.root):
+            raise CardReadError(f"{os.fsdecode(self.root)} is a link, not the card's folder")
+
     def list_files(self) -> list[CardFile]:
         self.check()
+        self._check_root()
         out: list[CardFile] = []
         stack = [b""]
         while stack:
@@ -130,7 +137,11 @@ class FolderCard(Card):
     def open_beneath(self, path: bytes) -> tuple[int, int, bytes]:
         """Walk to a regular file with O_NOFOLLOW at every step: (folder fd, file fd, name)."""
         parts = split_card_path(path)
-        dfd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            dfd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        except OSError as e:
+            self._check_root()
+            raise CardReadError(f"card folder: {e.strerror}") from None
         try:
             for p in parts[:-1]:
                 nxt = os.open(p, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dfd)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import threading
 import time
@@ -348,6 +349,21 @@ def test_links_and_device_nodes_on_the_card_are_never_followed(station: StationP
     assert not names & {"passwd.JPG", "fifo.AVI", "null.AVI", "passwd", "hosts"}
     assert (docked / "card" / "DCIM" / "passwd.JPG").is_symlink()  # left alone
     assert Path("/etc/passwd").exists()
+
+
+def test_a_card_folder_that_links_out_of_the_bus_is_refused(station: StationProc,
+                                                            tmp_path: Path) -> None:  # fmt: skip
+    outside = tmp_path / "outside"
+    (outside / "DCIM").mkdir(parents=True)
+    (outside / "DCIM" / "secret.JPG").write_bytes(b"not the recorder's")
+    rec = station.build(RecorderSpec(serial="L000001", officer_no="850002", files=0, imp=0))
+    shutil.rmtree(rec / "card")
+    (rec / "card").symlink_to(outside)
+    station.dock(6, rec)
+    slot = station.wait_state(6, "error", "held")
+    assert "link" in json.dumps(slot), slot
+    assert station.api("/api/v1/files")["total"] == 0
+    assert (outside / "DCIM" / "secret.JPG").read_bytes() == b"not the recorder's"
 
 
 @needs_root
