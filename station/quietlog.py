@@ -2,9 +2,10 @@
 
 A failure that repeats (a disk that errors on every check, a flood of bad connections,
 EMFILE on every accept) would otherwise write tens of MB of identical tracebacks to
-the journal. Each message template (logger, level, format string) may log `burst`
-times per `window_s`; after that its records are dropped and counted, and the first
-record of the next window says how many were held back.
+the journal. Each message (logger, level, text as formatted) may log `burst` times per
+`window_s`; after that its records are dropped and counted, and the first record of the
+next window says how many were held back. Messages that differ (one per job, one per
+port) all pass: only true repeats are held back.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ class RepeatFilter(logging.Filter):
         self._lock = threading.Lock()
 
     def filter(self, record: logging.LogRecord) -> bool:
-        key = (record.name, record.levelno, str(record.msg))
+        key = (record.name, record.levelno, record.getMessage())
         now = time.monotonic()
         with self._lock:
             seen = self._seen.get(key)
@@ -33,7 +34,7 @@ class RepeatFilter(logging.Filter):
                     oldest = min(self._seen, key=lambda k: self._seen[k][0])
                     del self._seen[oldest]
                 if held:
-                    record.msg = f"{record.msg} [{held} more like this held back]"
+                    record.msg, record.args = f"{key[2]} [{held} more like this held back]", ()
                 return True
             seen[1] = int(seen[1]) + 1
             if seen[1] <= self.burst:
