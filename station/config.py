@@ -170,6 +170,8 @@ class WebSection(_Section):
     body_timeout_s: Annotated[float, Field(gt=0, le=600)] = 30.0
     max_header_bytes: Annotated[int, Field(strict=True, ge=4096, le=1 << 20)] = 32768
     max_body_kb: Annotated[int, Field(strict=True, ge=1, le=1 << 20)] = 64
+    # names browsers may use for the pages besides loopback and `host` (DNS rebinding)
+    allowed_hosts: list[str] = Field(default_factory=list)
 
 
 class ApiSection(_Section):

@@ -241,3 +241,18 @@ def test_a_daemon_that_stops_unasked_exits_with_failure(make_station, tmp_path: 
     st = make_station()
     st.stop()
     assert st.proc is not None and st.proc.returncode == 0, st.log()
+
+
+def test_pages_answer_only_to_the_stations_own_names(make_station) -> None:
+    # DNS rebinding: a page from evil.example whose name now points at the station
+    st = make_station(web={"allowed_hosts": ["station-17.police.local"]})
+    for path in ("/", "/ui/state", "/ui/api/session"):
+        r = httpx.get(st.url(path), headers={"Host": "evil.example"}, timeout=10)
+        assert r.status_code == 400, path
+        r = httpx.get(st.url(path), headers={"Host": f"evil.example:{st.port}"}, timeout=10)
+        assert r.status_code == 400, path
+    for host in (f"127.0.0.1:{st.port}", f"localhost:{st.port}", "station-17.police.local"):
+        assert httpx.get(st.url("/ui/state"), headers={"Host": host}, timeout=10).is_success
+    # the central server's API answers by its token, whatever name it uses
+    r = httpx.get(st.url("/api/v1/health"), headers={"Host": "10.1.2.3"}, timeout=10)
+    assert r.status_code == 200

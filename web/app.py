@@ -28,7 +28,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from station.eventlog import to_csv
 from station.metrics import registry_for
 from web import schemas as m
-from web.guard import BodyLimit, Slots
+from web.guard import BodyLimit, HostCheck, Slots, host_names
 from web.schemas import INT64_MAX, INT64_MIN
 
 if TYPE_CHECKING:
@@ -248,6 +248,8 @@ def create_app(station: Station, *, api: bool = True, ui: bool = True) -> FastAP
         app.mount("/static", StaticFiles(directory=STATIC), name="static")
     if not (api and ui):  # one listener each: keep only this side's routes
         app.router.routes = [r for r in app.router.routes if _is_api(r) == api or _is_docs(r)]
+    if ui:
+        app.add_middleware(HostCheck, names=host_names(station.config.web))
     app.add_middleware(BodyLimit, limits=station.config.web)  # outermost: before any parsing
     return app
 

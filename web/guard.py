@@ -196,3 +196,50 @@ async def _refuse(send: Send, status: int, detail: str) -> None:
         }
     )
     await send({"type": "http.response.body", "body": body})
+
+
+LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+WILDCARDS = frozenset({"", "0.0.0.0", "::"})
+
+
+def host_names(web: WebSection) -> frozenset[str]:
+    """The names a browser may use for the station's pages (`Host`), against DNS
+    rebinding: loopback, the listener's own address, `web.allowed_hosts`, and when the
+    listener is on every address, this machine's name and its addresses."""
+    names = set(LOOPBACK_NAMES) | {h.lower() for h in web.allowed_hosts}
+    if web.host in WILDCARDS:
+        import socket
+
+        import psutil
+
+        names.add(socket.gethostname().lower())
+        for addrs in psutil.net_if_addrs().values():
+            names.update(a.address.split("%")[0] for a in addrs if a.family in
+                         (socket.AF_INET, socket.AF_INET6))  # fmt: skip
+    else:
+        names.add(web.host.lower())
+    return frozenset(names)
+
+
+def _host_of(header: bytes) -> str:
+    host = header.decode("latin-1").strip().lower()
+    if host.startswith("["):  # [::1]:8080
+        return host[1 : host.find("]")] if "]" in host else host
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+class HostCheck:
+    """Pages only for the station's own names (`Host`); the central API (`/api/`, bearer
+    token) and the metrics are left alone (plain ASGI)."""
+
+    def __init__(self, app: ASGIApp, names: frozenset[str]) -> None:
+        self.app = app
+        self.names = names
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and not scope["path"].startswith(("/api/", "/metrics")):
+            host = _host_of(dict(scope["headers"]).get(b"host", b""))
+            if host not in self.names:
+                await _refuse(send, 400, "this station does not answer to that host name")
+                return
+        await self.app(scope, receive, send)
