@@ -52,7 +52,7 @@ from station.ingest import (
 )
 from station.names import parse_card_path
 from station.ratelimit import PriorityGate
-from station.registration import WAITING_FOR_APPROVAL, block_json, register
+from station.registration import WAITING_FOR_APPROVAL, block_json, claimed_by_other, register
 from station.store import Store
 
 log = logging.getLogger(__name__)
@@ -616,9 +616,17 @@ class Collector:
                 r.id_code, r.last_seen_at, r.last_port = id_code, utcnow(), self.slot.port
                 r.battery_percent = battery
                 r.reported_block = block_json(info)
+                claimed = None  # auto mode takes no claim on an officer who has a recorder
                 if r.status != "registered" and mode == "auto":
-                    register(s, r, info, how="auto", by="station", port=self.slot.port)
+                    claimed = claimed_by_other(s, info.officer_no, info.serial)
+                    if claimed is None:
+                        register(s, r, info, how="auto", by="station", port=self.slot.port)
                 reason = self._hold_reason(s, r, info)
+                if claimed is not None and reason == WAITING_FOR_APPROVAL:
+                    reason = (
+                        f"recorder reports officer {info.officer_no}, who already has "
+                        f"recorder {claimed}: an administrator must register it"
+                    )
                 if reason is None:
                     officer = s.get(Officer, r.officer_id)
                     assert officer is not None

@@ -39,6 +39,21 @@ def officer_for(s: Session, info: OfficerInfo) -> Officer:
     return officer
 
 
+def claimed_by_other(s: Session, officer_no: str, serial: str) -> str | None:
+    """The serial of another registered recorder bound to officer `officer_no`, if any:
+    in automatic mode a recorder's own claim must not take another's officer."""
+    return s.scalar(
+        select(Recorder.serial)
+        .join(Officer, Officer.id == Recorder.officer_id)
+        .where(
+            Officer.officer_no == officer_no,
+            Recorder.status == "registered",
+            Recorder.serial != serial,
+        )
+        .limit(1)
+    )
+
+
 def register(
     s: Session,
     r: Recorder,

@@ -206,6 +206,26 @@ def test_recorder_claiming_another_officer_is_held(station: StationProc) -> None
     assert aside.exists()
 
 
+def test_a_new_recorder_claiming_an_officer_with_a_recorder_is_held(station: StationProc) -> None:
+    # automatic registration: a second recorder's own claim does not take an officer who
+    # already has one (a cloned or re-flashed block); an administrator decides
+    _collect(station, 1, "W000011", "911001")
+    rec = station.build(
+        RecorderSpec(serial="W000012", officer_no="911001", files=2, imp=0, size_mb=0.5), seed=5
+    )
+    source = card_hashes(rec)
+    docked = station.dock(2, rec)
+    slot = station.wait_state(2, "unregistered")
+    assert "911001" in slot["error"] and "W000011" in slot["error"], slot
+    assert card_hashes(docked) == source  # nothing collected, nothing deleted
+    (status,) = station.query("SELECT status FROM recorders WHERE serial = 'W000012'")[0]
+    assert status == "pending"
+    station.cli("recorders", "approve", "W000012")  # the officer has two recorders
+    station.wait_state(2, "complete")
+    items = station.api("/api/v1/files", serial="W000012")["items"]
+    assert len(items) == len(source) and {i["officer_no"] for i in items} == {"911001"}
+
+
 def test_changed_officer_block_is_held(station: StationProc) -> None:
     _collect(station, 1, "W000002", "920001", officer_name="赵六", unit_name="一所")
     aside = station.undock(1)
