@@ -60,6 +60,10 @@ class ClockGuard:
                 return f"the clock reads {now:%Y-%m-%d}, before this software was released"
             if self.high is not None and now < self.high - TOLERANCE:
                 return f"the clock reads {now.isoformat()}, earlier than {self.high.isoformat()}"
+            if self.high is not None and now > self.high + self.max_jump:
+                # a jump ahead is not believed by collecting under it: H stays, so the
+                # sweep stays paused until NTP or an administrator confirms the clock
+                return f"the clock reads {now.isoformat()}, far after {self.high.isoformat()}"
             self.high = max(self.high or now, now)
             if self._saved is not None and self.high - self._saved < PERSIST_EVERY:
                 return None

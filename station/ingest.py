@@ -716,24 +716,17 @@ class FileIngest:
         """Clear one stored file from the card, unless it changed since it was read: bytes
         appended after the second look are not in the store, so the file stays and is
         collected again."""
-        now = self.card.stat_file(cf.path)
-        if now is None or (now.size, now.mtime) != (cf.size, cf.mtime):
+        display = parse_card_path(cf.path).display
+        kept = f"{display}: changed after it was stored; kept on the recorder and collected again"
+        if self._changed_on_card(cf):
             with self.catalog.write() as s:
-                append_event(
-                    s,
-                    "card_file_kept",
-                    f"{parse_card_path(cf.path).display}: changed after it was stored; "
-                    "kept on the recorder and collected again",
-                    port=self.owner.port,
-                    serial=self.owner.serial,
-                    file_id=file_id,
-                )
-            raise FileChanged(parse_card_path(cf.path).display)
+                append_event(s, "card_file_kept", kept, port=self.owner.port,
+                             serial=self.owner.serial, file_id=file_id)  # fmt: skip
+            raise FileChanged(display)
         # The deletion is logged (and the job marked) before it is made: a power cut after
         # the card's delete reached the card can then never leave a deletion out of the log.
         # Cut between the two, the file is still on the card, and the next docking clears it
         # as a duplicate of the stored copy (logged again).
-        display = parse_card_path(cf.path).display
         self._clearing(
             job_id,
             "clearing",
@@ -741,6 +734,11 @@ class FileIngest:
             ("duplicate of stored file: " if duplicate else "") + display,
             file_id,
         )
+        # again right before the delete: that commit may have waited for the catalog
+        # while the recorder wrote on
+        if self._changed_on_card(cf):
+            self._clearing(job_id, "stored", "card_file_kept", kept, file_id)
+            raise FileChanged(display)
         try:
             self.card.delete_file(cf.path)
         except BaseException as e:
@@ -750,6 +748,10 @@ class FileIngest:
         with self.catalog.write() as s:
             if job_id is not None and (row := s.get(IngestJob, job_id)) is not None:
                 row.state = "cleared"
+
+    def _changed_on_card(self, cf: CardFile) -> bool:
+        now = self.card.stat_file(cf.path)
+        return now is None or (now.size, now.mtime) != (cf.size, cf.mtime)
 
     def _clearing(
         self, job_id: int | None, state: str, kind: str, message: str, file_id: int

@@ -3,17 +3,21 @@ the code it reviewed, and passes on the fix."""
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import os
 from pathlib import Path
 
 import pytest
 from sqlalchemy import select
-from test_evidence_safety import new_disk, put_file, row, store_of
+from test_evidence_safety import Ingest, card_with, new_disk, put_file, row, store_of
 
 from station.catalog import Catalog, StoredFile
+from station.clockguard import RELEASED, ClockGuard
 from station.disks import DiskBook
+from station.ingest import FileChanged
 from station.recovery import recover
+from station.retention import DiskFacts, RetentionSweeper, Rules
 from station.store import Store
 
 
@@ -298,3 +302,71 @@ def test_a_replugged_recorder_cannot_commit_the_same_job_twice(
     with catalog.read() as s:
         live = s.scalars(select(StoredFile).where(StoredFile.deleted_at.is_(None))).all()
     assert len(live) == 1, f"{len(live)} live rows for one card file"
+
+
+RULES90 = Rules(days={"normal": 90, "important": None, "evidence": None})
+
+
+# --- review 12: found by an adversarial review of the second pass --------------------------
+
+
+def test_a_collection_after_a_clock_jump_does_not_unpause_retention(
+    store_env, tmp_path, monkeypatch
+) -> None:
+    """The station clock jumps 3 years ahead (not NTP-synchronised). The hourly sweep pauses
+    (correct), but a recorder docked before the next sweep is collected through
+    ClockGuard.untrusted(), which moves the high-water time up to the jumped clock with no
+    jump check. The next sweep then sees no jump and deletes every normal file by age."""
+    import station.ingest as ingest_mod
+
+    catalog, disk = store_env
+    t0 = RELEASED + dt.timedelta(days=30)
+    guard = ClockGuard(catalog, max_jump_days=2)
+    assert guard.untrusted(t0) is None
+    assert guard.sweep_pause(t0, synced=False) is None
+
+    name = "100001_B1_20261201080000_0001.MP4"
+    root = card_with(tmp_path, name, os.urandom(10_000))
+    ing = Ingest(catalog, disk, root, clock=guard)
+    old = put_file(catalog, disk, "100001_B1_20261201070000_0009.MP4")
+    with catalog.write() as s:  # collected yesterday, as the trusted clock said
+        s.get(StoredFile, old).collected_at = t0 - dt.timedelta(days=1)
+
+    jumped = t0 + dt.timedelta(days=3 * 365)
+    assert guard.sweep_pause(jumped, synced=False)  # paused: right
+    monkeypatch.setattr(ingest_mod, "utcnow", lambda: jumped)
+    ing.collect(f"DCIM/{name}".encode())  # a recorder docked under the jumped clock
+
+    later = jumped + dt.timedelta(hours=1)
+    paused = guard.sweep_pause(later, synced=False)
+    RetentionSweeper(catalog, RULES90).sweep(
+        [DiskFacts(str(disk), 10**12, 10**11)], now=later, paused=paused
+    )
+    with catalog.read() as s:
+        f = s.get(StoredFile, old)
+    assert f.deleted_at is None, f"deleted by age under a clock 3 years ahead (paused={paused})"
+
+
+def test_bytes_appended_while_the_deletion_is_logged_keep_the_file_on_the_card(
+    store_env, tmp_path
+) -> None:
+    """_delete_from_card stats the card file, then commits the 'clearing' state and the
+    card_file_deleted event (an fsynced SQLite commit behind the process-wide write lock and
+    up to a 30 s busy timeout when the CLI or a sweep holds the catalog), and only then
+    unlinks. Bytes the recorder appends in that window are deleted uncopied (item 9)."""
+    catalog, disk = store_env
+    name = "100001_B1_20261201080000_0001.MP4"
+    root = card_with(tmp_path, name, os.urandom(300_000))
+    ing = Ingest(catalog, disk, root)
+    real = ing.fi._clearing
+
+    def slow_commit(job_id, state, *args):
+        real(job_id, state, *args)
+        if state == "clearing":  # the recorder writes on while the commit waits
+            with open(root / "DCIM" / name, "ab") as f:
+                f.write(b"late bytes")
+
+    ing.fi._clearing = slow_commit
+    with pytest.raises(FileChanged):
+        ing.collect(f"DCIM/{name}".encode())
+    assert (root / "DCIM" / name).exists(), "10 appended bytes deleted from the card uncopied"
