@@ -45,7 +45,7 @@ from station.catalog.models import utcnow
 from station.clockguard import ClockGuard
 from station.durable import copy_prefix, fsync_dir, link_into_place, make_dirs_durable, write_all
 from station.names import parse_card_path, safe_relpath
-from station.sidecar import Sidecar, read_sidecar, sidecar_path, write_sidecar
+from station.sidecar import Sidecar, mirror_row, read_sidecar, sidecar_path, write_sidecar
 from station.store import Store, StoreDisk, is_space_error, stored_relpath, unique_target
 
 log = logging.getLogger(__name__)
@@ -706,6 +706,9 @@ class FileIngest:
                 message=f"{sc.name} -> {disk.path / job.final_path}",
             )
             file_id = f.id
+            carried = f.level != sc.level or f.legal_hold or f.case_no or f.note
+            if carried:  # the replaced copy's protection, in the new sidecar too
+                write_sidecar(disk.path, job.final_path, mirror_row(sc, f))
         faults.crashpoint("after_commit")
         self._delete_from_card(cf, file_id, duplicate=False, job_id=job.id)
         return Outcome("stored", file_id, job.sha256)
@@ -813,6 +816,8 @@ def store_row(
     )
     s.add(f)
     s.flush()
+    if replaces is not None:
+        _replace_corrupt(s, replaces, f)
     row = s.get(IngestJob, job.id)
     assert row is not None
     row.state, row.file_id = "stored", f.id
@@ -828,6 +833,23 @@ def store_row(
         size=sc.size,
     )
     return f
+
+
+def _replace_corrupt(s: Session, old_id: int, new: StoredFile) -> None:
+    """The good new copy takes the place of a stored copy that failed its check: it gets
+    the old one's grade, note, case and hold (protection is never lost to bit rot), and the
+    old row is tombstoned, so one card file has one live row. The corrupt bytes stay on
+    disk (its sidecar still shows any hold: start-up recovery quarantines them)."""
+    old = s.get(StoredFile, old_id)
+    if old is None or old.deleted_at is not None:
+        return
+    new.level, new.note, new.case_no, new.legal_hold = (
+        old.level, old.note, old.case_no, old.legal_hold,
+    )  # fmt: skip
+    old.deleted_at, old.deleted_by = utcnow(), "station"
+    old.delete_reason = f"its stored bytes failed their check: replaced by file {new.id}"
+    append_event(s, "file_replaced", f"file {old_id} replaced by a good copy, file {new.id}",
+                 file_id=new.id, replaced=old_id)  # fmt: skip
 
 
 def file_row(
