@@ -45,9 +45,9 @@ def _flood(st: StationProc, n: int = FLOOD) -> Iterator[list[tuple[str, socket.s
         for i in range(n):
             s = _connect(st, i)
             if i % 10 == 0:
-                kind, data = "stream", b"GET /ui/stream HTTP/1.1\r\nHost: x\r\n\r\n"
+                kind, data = "stream", b"GET /ui/stream HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
             elif i % 10 == 1:
-                kind, data = "slow", b"GET /ui/state HTTP/1.1\r\nHost: x\r\nX-A: "
+                kind, data = "slow", b"GET /ui/state HTTP/1.1\r\nHost: 127.0.0.1\r\nX-A: "
             else:
                 kind, data = "idle", b""
             with contextlib.suppress(OSError):  # refused connections may be closed already
@@ -125,20 +125,20 @@ def test_live_streams_are_capped_per_client_and_in_total(make_station) -> None:
     try:
         for i in range(3):  # three from one address: taken
             s = _connect(st, 0)
-            s.sendall(b"GET /ui/stream HTTP/1.1\r\nHost: x\r\n\r\n")
+            s.sendall(b"GET /ui/stream HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
             assert b"200 OK" in _answer(s, 10), i
             streams.append(s)
         s = _connect(st, 0)
-        s.sendall(b"GET /ui/stream HTTP/1.1\r\nHost: x\r\n\r\n")
+        s.sendall(b"GET /ui/stream HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         assert _answer(s, 10).startswith(b"HTTP/1.1 503"), "a fourth from the same address"
         s.close()
         for i in range(3):  # three more from other addresses fill the total
             s = _connect(st, 50 * (i + 1))
-            s.sendall(b"GET /ui/stream HTTP/1.1\r\nHost: x\r\n\r\n")
+            s.sendall(b"GET /ui/stream HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
             assert b"200 OK" in _answer(s, 10)
             streams.append(s)
         s = _connect(st, 400)
-        s.sendall(b"GET /ui/stream HTTP/1.1\r\nHost: x\r\n\r\n")
+        s.sendall(b"GET /ui/stream HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         assert _answer(s, 10).startswith(b"HTTP/1.1 503"), "a seventh in all"
         s.close()
         # a stream that ends gives its place back
@@ -146,7 +146,7 @@ def test_live_streams_are_capped_per_client_and_in_total(make_station) -> None:
 
         def place_again() -> bool:
             s = _connect(st, 400)
-            s.sendall(b"GET /ui/stream HTTP/1.1\r\nHost: x\r\n\r\n")
+            s.sendall(b"GET /ui/stream HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
             ok = b"200 OK" in _answer(s, 10)
             (streams.append if ok else lambda _: s.close())(s)
             return ok
@@ -162,7 +162,7 @@ def test_bodies_are_bounded_before_any_check(make_station) -> None:
     # a declared 100 MB body is refused at once, unread, before login or CSRF checks
     for path in ("/ui/api/login", "/api/v1/alarms/1/ack?by=x"):
         s = _connect(st, 0)
-        s.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        s.sendall(f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                   "Content-Length: 100000000\r\n\r\n{".encode())  # fmt: skip
         assert _answer(s, 10).startswith(b"HTTP/1.1 413"), path
         s.close()
@@ -172,19 +172,19 @@ def test_bodies_are_bounded_before_any_check(make_station) -> None:
     assert r.status_code == 413, r.text
     # a body that does not come in time: 408
     s = _connect(st, 0)
-    s.sendall(b"POST /ui/api/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    s.sendall(b"POST /ui/api/login HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
               b"Content-Length: 100\r\n\r\n{")  # fmt: skip
     assert _answer(s, 15).startswith(b"HTTP/1.1 408")
     s.close()
     # headers that do not come in time (slowloris): 408
     s = _connect(st, 0)
-    s.sendall(b"GET /ui/state HTTP/1.1\r\nHost: x\r\nX-A: ")
+    s.sendall(b"GET /ui/state HTTP/1.1\r\nHost: 127.0.0.1\r\nX-A: ")
     assert _answer(s, 15).startswith(b"HTTP/1.1 408")
     s.close()
     # headers without end: 431
     s = _connect(st, 0)
     with contextlib.suppress(OSError):
-        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n" + b"X-Pad: " + b"p" * 40000)
+        s.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n" + b"X-Pad: " + b"p" * 40000)
     assert _answer(s, 10).startswith(b"HTTP/1.1 431")
     s.close()
     # ordinary requests still pass
