@@ -172,8 +172,8 @@ def test_bodies_are_bounded_before_any_check(make_station) -> None:
     assert r.status_code == 413, r.text
     # a body that does not come in time: 408
     s = _connect(st, 0)
-    s.sendall(b"POST /ui/api/login HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-              b"Content-Length: 100\r\n\r\n{")  # fmt: skip
+    s.sendall(b"POST /ui/api/login HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+              b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{")  # fmt: skip
     assert _answer(s, 15).startswith(b"HTTP/1.1 408")
     s.close()
     # headers that do not come in time (slowloris): 408
