@@ -373,34 +373,42 @@ def test_bytes_appended_while_the_deletion_is_logged_keep_the_file_on_the_card(
     assert (root / "DCIM" / name).exists(), "10 appended bytes deleted from the card uncopied"
 
 
-def test_a_corrupt_protected_copy_replaced_from_the_card_keeps_its_protection(
-    store_env, tmp_path
-) -> None:
-    """A stored file graded 'evidence' under a legal hold whose stored bytes rot; the card
-    still has it (a cut between the logged 'clearing' and the card delete, or a failed
-    delete). _find_duplicate finds the copy corrupt and collects it again with
-    replaces=<old id>, but store_row only uses `replaces` to skip the duplicate check: the
-    corrupt row stays live (two live rows for one card file), keeps the hold and grade, and
-    the good new copy is a plain 'normal' file that retention deletes after its period."""
+def _collect_then_rot(store_env, tmp_path, protect: bool = False) -> tuple[Ingest, Path, Path]:
+    """A file collected (graded evidence under a hold if `protect`), its stored copy then
+    rotten on the store disk while the recorder still holds it; a new docking ready."""
     from station.annotations import annotate
 
     catalog, disk = store_env
-    name = "100001_B1_20261201080000_0001.MP4"
     data = os.urandom(50_000)
-    root = card_with(tmp_path, name, data)
+    root = card_with(tmp_path, ROT_NAME, data)
     ing = Ingest(catalog, disk, root)
-    first = ing.collect(f"DCIM/{name}".encode())
-    annotate(catalog, first.file_id, by="900001", level="evidence", legal_hold="XS-9",
-             case_no="XS-9", admin=True)  # fmt: skip
+    first = ing.collect(f"DCIM/{ROT_NAME}".encode())
+    if protect:
+        annotate(catalog, first.file_id, by="900001", level="evidence", legal_hold="XS-9",
+                 case_no="XS-9", admin=True)  # fmt: skip
     with catalog.read() as s:
         old = s.get(StoredFile, first.file_id)
         stored = Path(old.disk) / old.rel_path
     with open(stored, "r+b") as f:  # bit rot on the store disk
         f.seek(1000)
         f.write(b"\x00" * 16)
-    (root / "DCIM" / name).write_bytes(data)  # the recorder still holds it
+    (root / "DCIM" / ROT_NAME).write_bytes(data)  # the recorder still holds it
     ing.fi = ing.docking()
-    second = ing.collect(f"DCIM/{name}".encode())
+    return ing, root / "DCIM" / ROT_NAME, stored
+
+
+ROT_NAME = "100001_B1_20261201080000_0001.MP4"
+
+
+def test_a_corrupt_protected_copy_replaced_from_the_card_keeps_its_protection(
+    store_env, tmp_path
+) -> None:
+    """A held, evidence-graded file whose stored bytes rot is collected again from the card:
+    the good copy takes over the grade and hold (row and sidecar), the corrupt row is
+    tombstoned, and one live row remains."""
+    catalog, _disk = store_env
+    ing, _card_file, _stored = _collect_then_rot(store_env, tmp_path, protect=True)
+    second = ing.collect(f"DCIM/{ROT_NAME}".encode())
     assert second.kind == "stored"
     with catalog.read() as s:
         live = s.scalars(select(StoredFile).where(StoredFile.deleted_at.is_(None))).all()
@@ -414,32 +422,18 @@ def test_a_corrupt_protected_copy_replaced_from_the_card_keeps_its_protection(
 def test_a_card_file_with_a_corrupt_and_a_good_stored_copy_is_cleared_as_a_duplicate(
     store_env, tmp_path
 ) -> None:
-    """Continuing the case above: the card shows the file once more. _find_duplicate takes
-    the first row with the hash (the corrupt one), rejects it, and collects again; the commit
-    then meets the good row (AlreadyStored, a FileChanged): the file is copied and linked
-    again (a third copy with no row) and the collector retries it forever."""
+    """After the replacement the card shows the file once more: it is cleared as a duplicate
+    of the good copy, not copied again (and again) beside it."""
     from station.ingest import AlreadyStored
 
-    catalog, disk = store_env
-    name = "100001_B1_20261201080000_0001.MP4"
-    data = os.urandom(50_000)
-    root = card_with(tmp_path, name, data)
-    ing = Ingest(catalog, disk, root)
-    first = ing.collect(f"DCIM/{name}".encode())
-    with catalog.read() as s:
-        old = s.get(StoredFile, first.file_id)
-        stored = Path(old.disk) / old.rel_path
-    with open(stored, "r+b") as f:
-        f.seek(1000)
-        f.write(b"\x00" * 16)
-    (root / "DCIM" / name).write_bytes(data)
+    ing, card_file, stored = _collect_then_rot(store_env, tmp_path)
+    data = card_file.read_bytes()
+    ing.collect(f"DCIM/{ROT_NAME}".encode())
+    card_file.write_bytes(data)  # once more (the delete failed again)
     ing.fi = ing.docking()
-    ing.collect(f"DCIM/{name}".encode())
-    (root / "DCIM" / name).write_bytes(data)  # and once more (e.g. the delete failed again)
-    for attempt in range(3):
-        ing.fi = ing.docking() if attempt == 0 else ing.fi
+    for _ in range(3):
         try:
-            out = ing.collect(f"DCIM/{name}".encode())
+            out = ing.collect(f"DCIM/{ROT_NAME}".encode())
         except AlreadyStored:
             continue
         assert out.kind == "duplicate"

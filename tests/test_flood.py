@@ -23,9 +23,9 @@ FLOOD = 1100  # more than systemd's default soft limit of 1,024 descriptors
 def _descriptors() -> None:
     """The flood is sent from this process: let it hold more sockets than the daemon may."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard < FLOOD + 200:
-        pytest.skip(f"the test needs {FLOOD + 200} descriptors, the hard limit is {hard}")
-    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, FLOOD + 200), hard))
+    need = FLOOD + 200
+    # raising the hard limit needs root (CI is root); anyone may raise the soft one to it
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, need), max(hard, need)))
 
 
 def _connect(st: StationProc, i: int) -> socket.socket:
