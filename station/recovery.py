@@ -40,7 +40,7 @@ from station.sidecar import (
     sidecar_path,
     write_sidecar,
 )
-from station.store import ROOT_FILES, STAGING, StoreDisk
+from station.store import ROOT_FILES, STAGING, StoreDisk, is_station_temp
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ def stored_files(disk: Path) -> Iterator[str]:
     for root, dirs, files in os.walk(disk):
         if Path(root) == disk:
             dirs[:] = [d for d in dirs if d not in HIDDEN]
-            files = [f for f in files if f not in ROOT_FILES]
+            files = [f for f in files if f not in ROOT_FILES and not is_station_temp(f)]
         for f in files:
             yield os.path.relpath(os.path.join(root, f), disk)
 
@@ -341,6 +341,7 @@ def recover(catalog: Catalog, disks: list[StoreDisk]) -> Report:
         _settle(report, f"job {job.id}", _finish_verified, catalog, disk, job, report)
         faults.crashpoint("recovery_after_finish")
     for disk in by_path.values():
+        _settle(report, str(disk.path), _remove_station_temps, disk.path)
         _settle(report, str(disk.staging), _clear_staging, catalog, disk, resumable, report)
         known, deleted = _catalogued(catalog, disk.path)
         for rel in stored_files(disk.path):
@@ -368,6 +369,16 @@ def recover(catalog: Catalog, disks: list[StoreDisk]) -> Report:
                 errors=len(report.errors),
             )
     return report
+
+
+def _remove_station_temps(disk: Path) -> None:
+    """The torn atomic writes of the marker and the log anchor (their complete files stay)."""
+    with os.scandir(disk) as entries:
+        strays = [e.path for e in entries if e.is_file(follow_symlinks=False)]
+    for path in strays:
+        if is_station_temp(os.path.basename(path)):
+            os.unlink(path)
+            log.info("removed %s, an unfinished write of station metadata", path)
 
 
 def _settle(report: Report, what: str, step: Callable[..., None], *args: Any) -> None:

@@ -25,6 +25,14 @@ STAGING = ".staging"
 MARKER = ".station-disk.json"  # written by station.disks
 LOG_ANCHOR = ".station-log-anchor.json"  # written by station.eventlog
 ROOT_FILES = frozenset({MARKER, LOG_ANCHOR})  # station files at a disk's root: not evidence
+
+
+def is_station_temp(name: str) -> bool:
+    """A root file's unfinished atomic write (station.durable.replace_file's `.name.*`),
+    left by a kill or a power cut: station metadata, never footage."""
+    return any(name.startswith(f".{f}.") for f in ROOT_FILES)
+
+
 MB = 1024 * 1024
 
 

@@ -179,6 +179,21 @@ def test_recovery_rewrites_a_stale_sidecar_from_its_live_row(store_env) -> None:
     assert path_of(catalog, fid).exists()
 
 
+def test_a_killed_metadata_write_leaves_no_footage_to_quarantine(store_env) -> None:
+    """A kill during the log anchor's or the disk marker's atomic write leaves its temp
+    file at the disk's root: station metadata, never footage; recovery removes it."""
+    catalog, disk = store_env
+    fid = put_file(catalog, disk)
+    strays = [disk / "..station-log-anchor.json.2emoew8b", disk / "..station-disk.json.k3j2"]
+    for p in strays:
+        p.write_bytes(b'{"torn')
+    report = recover(catalog, store_of(catalog, disk).disks)
+    assert not report.quarantined and not report.errors, report.lines()
+    assert not any(p.exists() for p in strays)
+    assert not (disk / ".quarantine").exists()
+    assert path_of(catalog, fid).exists()
+
+
 def test_a_hold_never_carries_a_stale_deletion_forward_and_rebuild_keeps_the_file(
     store_env,
 ) -> None:
