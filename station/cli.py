@@ -561,6 +561,7 @@ def retention_sweep(config_path: str | None) -> None:
     config = _config(config_path)
     sweeper, disks = _sweeper(config)
     guard = ClockGuard(sweeper.catalog, config.retention.max_clock_jump_days)
+    guard.check_step(utcnow())  # files stamped before a clock step are marked first
     paused = guard.sweep_pause(utcnow(), clock_synchronized())
     if paused:
         click.echo(f"deletion by age paused: {paused}")

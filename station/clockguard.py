@@ -11,31 +11,73 @@ believed, persisted in the catalog. Then:
 - age-based sweeps pause (alarm `clock_jump`) while the clock reads earlier than H, or
   more than `retention.max_clock_jump_days` after it, until the kernel reports the
   clock NTP-synchronised or an administrator confirms it (`station retention resume`);
-- overwrite-when-full goes on: it orders footage by age and needs no absolute time.
+- overwrite-when-full goes on: it orders footage by age and needs no absolute time;
+- a clock that is stepped forward while the station runs (NTP answering at last after
+  a dead RTC battery, whose clock timesyncd had restored to the last shutdown) shows as
+  a change of the wall clock against the kernel's boot clock: every file collected in
+  this boot before the step was stamped too early, and is marked `clock_untrusted`.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
+import logging
 import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
 
 from sqlalchemy import func, select
 
 from station.catalog import Catalog, StoredFile
 from station.catalog.db import append_event
+from station.sidecar import SidecarError, mirror_row, read_sidecar, sidecar_path, write_sidecar
+
+log = logging.getLogger(__name__)
 
 RELEASED = dt.datetime(2026, 12, 1, tzinfo=dt.UTC)  # nothing is collected before this
 TOLERANCE = dt.timedelta(minutes=10)  # clock steps NTP makes, disk time granularity
 STATE = "clock_high_water"
 PERSIST_EVERY = dt.timedelta(minutes=1)
 CONFIRMED = "clock_confirmed_at"  # set by `station retention resume` (another process)
+OFFSET = "clock_offset"  # wall clock minus boot clock, and this boot's first collection
+
+
+def boot_clock() -> float:
+    """Seconds since boot, counting suspend; never stepped, whatever the wall clock does."""
+    return time.clock_gettime(time.CLOCK_BOOTTIME)
+
+
+def boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
 
 
 class ClockGuard:
-    def __init__(self, catalog: Catalog, max_jump_days: float) -> None:
+    def __init__(
+        self,
+        catalog: Catalog,
+        max_jump_days: float,
+        *,
+        boot: Callable[[], float] = boot_clock,
+        boot_id: str | None = None,
+    ) -> None:
         self.catalog = catalog
         self.max_jump = dt.timedelta(days=max_jump_days)
         self._lock = threading.Lock()
+        self._boot = boot
+        self._boot_id = boot_id if boot_id is not None else globals()["boot_id"]()
+        # wall minus boot clock when last looked at, and when this boot (under that offset)
+        # first collected; kept across a restart of the daemon within one boot
+        self._offset: float | None = None
+        self._since: dt.datetime | None = None
+        step = json.loads(catalog.get_state(OFFSET) or "null")
+        if step and step.get("boot") == self._boot_id:
+            self._offset = step["offset"]
+            self._since = dt.datetime.fromisoformat(step["since"]) if step["since"] else None
         self.high: dt.datetime | None  # the latest time believed; None: nothing yet
         saved = catalog.get_state(STATE)
         self._saved = dt.datetime.fromisoformat(saved) if saved else None
@@ -56,6 +98,10 @@ class ClockGuard:
         """Why a file collected `now` cannot be aged by the clock, or None (H moves up,
         and is persisted at most once a minute, so that the next start knows it)."""
         with self._lock:
+            if self._since is None:  # the first collection under this offset: remembered
+                self._since = now
+                self._offset = self._offset_at(now) if self._offset is None else self._offset
+                self._save_offset()
             if now < RELEASED:
                 return f"the clock reads {now:%Y-%m-%d}, before this software was released"
             if self.high is not None and now < self.high - TOLERANCE:
@@ -111,3 +157,70 @@ class ClockGuard:
             append_event(
                 s, "clock_confirmed", f"station clock confirmed at {now.isoformat()}", actor=by
             )
+
+    def _offset_at(self, now: dt.datetime) -> float:
+        return now.timestamp() - self._boot()
+
+    def _save_offset(self) -> None:
+        since = self._since.isoformat() if self._since else None
+        value = {"boot": self._boot_id, "offset": self._offset, "since": since}
+        self.catalog.set_state(OFFSET, json.dumps(value))
+
+    def check_step(self, now: dt.datetime) -> str | None:
+        """Look for a step of the wall clock since the last look (periodic). A step forward
+        means the files collected before it, in this boot, were stamped too early and
+        would be aged too soon: they are marked `clock_untrusted` (rows and sidecars).
+        Returns what happened, or None."""
+        with self._lock:
+            offset = self._offset_at(now)
+            if self._offset is None:
+                self._offset = offset
+                self._save_offset()
+                return None
+            step = offset - self._offset
+            if abs(step) < 1:
+                return None
+            since = self._since
+            self._offset = offset
+            if abs(step) <= TOLERANCE.total_seconds():  # NTP slewing: follow it
+                self._save_offset()
+                return None
+            self._since = None  # later collections are stamped under the new offset
+            self._save_offset()
+        if step < 0:
+            msg = f"the station clock was set back by {-step:.0f} s"
+            with self.catalog.write() as s:
+                append_event(s, "clock_stepped", msg, seconds=round(step))
+            return msg
+        if since is None:
+            marked = 0
+        else:
+            until = now - dt.timedelta(seconds=step) + TOLERANCE  # the old clock's "now"
+            marked = self._mark_untrusted(since - TOLERANCE, until)
+        msg = (
+            f"the station clock was set forward by {step:.0f} s: {marked} file(s) collected "
+            "before it in this boot are marked collected under an untrusted clock"
+        )
+        with self.catalog.write() as s:
+            append_event(s, "clock_stepped", msg, seconds=round(step), files=marked)
+        log.warning("%s", msg)
+        return msg
+
+    def _mark_untrusted(self, lo: dt.datetime, hi: dt.datetime) -> int:
+        with self.catalog.write() as s:
+            rows = s.scalars(
+                select(StoredFile).where(
+                    StoredFile.deleted_at.is_(None),
+                    StoredFile.clock_untrusted.is_(False),
+                    StoredFile.collected_at >= lo,
+                    StoredFile.collected_at <= hi,
+                )
+            ).all()
+            for f in rows:
+                f.clock_untrusted = True
+                try:
+                    sc = read_sidecar(sidecar_path(Path(f.disk), f.rel_path))
+                    write_sidecar(Path(f.disk), f.rel_path, mirror_row(sc, f))
+                except (SidecarError, OSError) as e:  # rewritten from the row at start-up
+                    log.warning("file %s: sidecar not updated now (%s)", f.id, e)
+            return len(rows)

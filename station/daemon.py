@@ -578,6 +578,7 @@ class Station:
         """Why deletion by age must wait (the station clock), with its alarm, or None."""
         paused = None
         if self.clock is not None:
+            self.clock.check_step(utcnow())  # files stamped before a step are marked first
             paused = self.clock.sweep_pause(utcnow(), clock_synchronized())
         if paused:
             self.alarms.raise_("clock_jump", f"deletion by age paused: {paused}")

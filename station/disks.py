@@ -172,11 +172,15 @@ class DiskBook:
         if marker is not None and marker.uuid in known:
             raise DiskIdentityError(f"{path} is already in use as disk {marker.uuid}")
         if str(path) in known.values():
+            # the disk it replaces takes its rows along, parked until it is found again (a
+            # loose cable, a repaired disk put back): they are its files, not the new disk's
             old = next(u for u, p in known.items() if p == str(path))
             with self.catalog.write() as s:
-                row = s.get(StoredDisk, old)
-                assert row is not None
-                row.path = f"(replaced) {path}"
+                n = self._park(s, old, str(path))
+                append_event(
+                    s, "disk_replaced", f"disk {old} at {path} replaced; its {n} row(s) wait "
+                    "for it", actor=by, uuid=old, files=n,
+                )  # fmt: skip
         if marker is None:
             marker = write_marker(path, self.station_id)
         disk.identity = self._record(marker, path, "taken into use", by=by)
@@ -197,8 +201,7 @@ class DiskBook:
         with self.catalog.write() as s:
             for other in s.scalars(select(StoredDisk).where(StoredDisk.path == new)):
                 if other.uuid != disk_uuid:
-                    self._repoint(s, new, f"(moved) {other.uuid}")
-                    other.path = f"(moved) {other.uuid}"
+                    self._park(s, other.uuid, new)
             n = self._repoint(s, old, new)
             row = s.get(StoredDisk, disk_uuid)
             assert row is not None
@@ -207,6 +210,15 @@ class DiskBook:
                 s, "disk_moved", f"disk {disk_uuid}: {old} -> {new}", uuid=disk_uuid, files=n,
             )  # fmt: skip
         log.warning("store disk %s moved from %s to %s", disk_uuid, old, new)
+
+    @classmethod
+    def _park(cls, s: Session, disk_uuid: str, path: str) -> int:
+        """The disk last seen at `path` is not there now: it and its rows and jobs move to a
+        placeholder path, and follow it back (`_moved`) when its marker is found again."""
+        row = s.get(StoredDisk, disk_uuid)
+        assert row is not None
+        row.path = f"(moved) {disk_uuid}"
+        return cls._repoint(s, path, row.path)
 
     @staticmethod
     def _repoint(s: Session, old: str, new: str) -> int:

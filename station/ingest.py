@@ -665,7 +665,7 @@ class FileIngest:
     def _finish_verified(self, job: IngestJob, cf: CardFile) -> Outcome | None:
         """A job that crashed after verification: find its bytes and commit them."""
         disk = self.store.disk_by_path(job.disk)
-        if disk is None or job.final_path is None:
+        if disk is None or not disk.present() or job.final_path is None:
             return None
         final = disk.path / job.final_path
         temp = Path(job.temp_path)
@@ -683,6 +683,11 @@ class FileIngest:
 
     def _commit(self, job: IngestJob, cf: CardFile, disk: StoreDisk) -> Outcome:
         assert job.final_path is not None and job.sha256 is not None
+        if not disk.present():  # unmounted, or another disk mounted in its place meanwhile
+            raise self._fail(
+                job, f"{disk.path} is no longer the disk the file was written to: kept on the "
+                "recorder (the written copy is adopted from its sidecar when its disk is back)",
+            )  # fmt: skip
         owner = self._owner_of(job)
         sc = read_sidecar(sidecar_path(disk.path, job.final_path))
         if (sc.sha256, sc.size, sc.serial, sc.card_path) != (

@@ -70,15 +70,36 @@ class StoreDisk:
         self.path = Path(path)
         self.staging = self.path / STAGING
         self.failed: str | None = None  # why it was taken out of use
-        # the UUID of the marker that makes it this station's disk (station.disks); None
-        # until it is identified, and then only while its marker is still there
-        self.identity: str | None = None
+        self._identity: str | None = None
+        self._marker_key: tuple[int, int] | None = None
+
+    @property
+    def identity(self) -> str | None:
+        """The UUID of the marker that makes it this station's disk (station.disks); None
+        until it is identified, and then only while that same marker file is there."""
+        return self._identity
+
+    @identity.setter
+    def identity(self, value: str | None) -> None:
+        self._identity = value
+        self._marker_key = self._marker_now() if value is not None else None
+
+    def _marker_now(self) -> tuple[int, int] | None:
+        """(device, inode) of the marker at the path: another disk mounted here (two disks
+        that swapped mount points, a different disk in the bay) has another."""
+        try:
+            st = os.stat(self.path / MARKER)
+        except OSError:
+            return None
+        return st.st_dev, st.st_ino
 
     def present(self) -> bool:
-        """Identified, its marker still in place (not an empty mount point), writable."""
+        """Identified, the marker it was identified by still in place (not an empty mount
+        point, not another disk mounted here since), writable."""
         return (
-            self.identity is not None
-            and (self.path / MARKER).is_file()
+            self._identity is not None
+            and self._marker_key is not None
+            and self._marker_now() == self._marker_key
             and os.access(self.path, os.W_OK)
         )
 

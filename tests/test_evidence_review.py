@@ -12,10 +12,11 @@ import pytest
 from sqlalchemy import select
 from test_evidence_safety import Ingest, card_with, new_disk, put_file, row, store_of
 
+from station import faults as faults_mod
 from station.catalog import Catalog, StoredFile
 from station.clockguard import RELEASED, ClockGuard
 from station.disks import DiskBook
-from station.ingest import FileChanged
+from station.ingest import FileChanged, VerifyFailed
 from station.recovery import recover
 from station.retention import DiskFacts, RetentionSweeper, Rules
 from station.sidecar import read_sidecar, sidecar_path
@@ -80,7 +81,7 @@ def test_deleting_the_row_of_a_lost_disk_never_removes_another_file_at_its_path(
     # the disk fails; a new one is mounted at the same path and taken into use
     os.rename(disk, disk.with_name("disk1.dead"))
     disk.mkdir()
-    DiskBook(catalog, "T1").adopt(Store([disk], 0).disks[0], "900001")
+    DiskBook(catalog, "T1").adopt(ing.store.disks[0], "900001")
     # the recorder (clock reset again) records a new file under the same name
     (root / "DCIM" / name).write_bytes(os.urandom(60_000))
     second = ing.collect(f"DCIM/{name}".encode())
@@ -441,3 +442,119 @@ def test_a_card_file_with_a_corrupt_and_a_good_stored_copy_is_cleared_as_a_dupli
     else:
         copies = sorted(p.name for p in stored.parent.iterdir())
         raise AssertionError(f"never settled (AlreadyStored x3); files on disk: {copies}")
+
+
+def _swap(a: Path, b: Path) -> None:
+    """Two disks come back on each other's mount points (maintenance, mount order)."""
+    os.rename(a, a.with_name("swap"))
+    os.rename(b, a)
+    os.rename(a.with_name("swap"), b)
+
+
+def _live_where(catalog: Catalog) -> dict[str, bool]:
+    with catalog.read() as s:
+        live = s.scalars(select(StoredFile).where(StoredFile.deleted_at.is_(None))).all()
+        return {f.name: (Path(f.disk) / f.rel_path).exists() for f in live}
+
+
+@pytest.mark.parametrize("when", ["between_files", "after_verify", "after_link"])
+def test_disks_that_swap_mount_points_while_the_station_runs_keep_their_footage(
+    store_env, tmp_path, monkeypatch, when
+) -> None:
+    """A disk that is swapped for another marked disk under a running station is no longer
+    'present' until it is identified again (the marker it was identified by is gone), so
+    nothing is written or committed under the wrong identity: every file ends up with one
+    live row that points at its bytes, and nothing leaves the card uncommitted."""
+    catalog, d1 = store_env
+    d2 = new_disk(catalog, tmp_path / "disk2")
+    a, b = "100001_B1_20261201080000_0001.MP4", "100001_B1_20261201090000_0002.MP4"
+    root = card_with(tmp_path, a, os.urandom(10_000))
+    (root / "DCIM" / b).write_bytes(os.urandom(20_000))
+    ing = Ingest(catalog, [d1, d2], root)
+    ing.collect(f"DCIM/{a}".encode())
+    if when == "between_files":
+        _swap(d1, d2)
+        assert not any(d.present() for d in ing.store.disks)
+        book = DiskBook(catalog, "T1")
+        assert all(book.identify(d) is None for d in ing.store.disks)  # the periodic check
+        ing.collect(f"DCIM/{b}".encode())
+        assert not (root / "DCIM" / b).exists()
+    else:
+        real = faults_mod.crashpoint
+
+        def swap_there(name: str) -> None:
+            if name == when:
+                _swap(d1, d2)
+            real(name)
+
+        monkeypatch.setattr(faults_mod, "crashpoint", swap_there)
+        with pytest.raises((VerifyFailed, FileNotFoundError)):  # refused, or the temp is gone
+            ing.collect(f"DCIM/{b}".encode())
+        assert (root / "DCIM" / b).exists(), "the card was cleared into the wrong disk"
+    report = recover(catalog, store_of(catalog, d1, d2).disks)  # the next start
+    assert _live_where(catalog) == {a: True, b: True}, report.lines()
+
+
+def test_a_replaced_disk_that_comes_back_keeps_its_rows(store_env, tmp_path) -> None:
+    """An administrator takes a new disk into use where a dead one was (`station disks
+    adopt`); the old disk is then put back (a loose cable, a repaired disk). Its rows went
+    with it and come back with it: none point into the new disk meanwhile, and the orphan
+    pass never takes its files for second copies."""
+    catalog, disk = store_env
+    fid = put_file(catalog, disk)
+    os.rename(disk, tmp_path / "old-disk")  # gone from the bay
+    disk.mkdir()
+    (disk / "lost+found").mkdir()
+    book = DiskBook(catalog, "T1")
+    new = Store([disk], 0).disks[0]
+    book.adopt(new, "900001")  # the replacement
+    assert row(catalog, fid).disk != str(disk), "the old disk's row points into the new one"
+    os.rename(disk, tmp_path / "new-disk")  # the replacement out, the old disk back
+    os.rename(tmp_path / "old-disk", disk)
+    again = Store([disk], 0)
+    assert book.identify(again.disks[0]) is None
+    report = recover(catalog, again.disks)
+    f = row(catalog, fid)
+    assert (f.disk, (Path(f.disk) / f.rel_path).exists()) == (str(disk), True), report.lines()
+    assert not report.quarantined and not report.duplicates
+
+
+def test_a_clock_stepped_forward_after_collecting_marks_those_files_untrusted(
+    store_env, tmp_path, monkeypatch
+) -> None:
+    """A dead RTC battery: timesyncd restored the clock to the last shutdown (not 1970, not
+    earlier than H, so nothing looked wrong), the station collected, then NTP answered and
+    stepped the clock 60 days forward. Those files were stamped 60 days early: a 30-day
+    sweep under the synchronised clock must not delete them the same day. The step shows
+    as the wall clock moving against the boot clock, and also when the daemon was
+    restarted in between."""
+    import station.ingest as ingest_mod
+
+    catalog, disk = store_env
+    uptime = [30.0]
+    t0 = RELEASED + dt.timedelta(days=30)  # what the restored clock reads
+    guard = ClockGuard(catalog, 2, boot=lambda: uptime[0], boot_id="boot-1")
+    assert guard.sweep_pause(t0 - dt.timedelta(minutes=5), synced=None) is None
+    name = "100001_B1_20261231080000_0001.MP4"
+    root = card_with(tmp_path, name, os.urandom(10_000))
+    monkeypatch.setattr(ingest_mod, "utcnow", lambda: t0)
+    done = Ingest(catalog, disk, root, clock=guard).collect(f"DCIM/{name}".encode())
+    assert not row(catalog, done.file_id).clock_untrusted  # nothing to see yet
+    other_boot = put_file(catalog, disk, "100001_B1_20261201070000_0009.MP4")  # trusted
+    with catalog.write() as s:
+        s.get(StoredFile, other_boot).collected_at = t0 - dt.timedelta(days=20)
+
+    uptime[0] += 300  # five minutes later NTP steps the clock 60 days forward
+    now = t0 + dt.timedelta(days=60, minutes=5)
+    restarted = ClockGuard(catalog, 2, boot=lambda: uptime[0], boot_id="boot-1")
+    assert "forward" in (restarted.check_step(now) or "")
+    f = row(catalog, done.file_id)
+    assert f.clock_untrusted
+    assert read_sidecar(sidecar_path(disk, f.rel_path)).clock_untrusted
+    paused = restarted.sweep_pause(now, synced=True)
+    plan = RetentionSweeper(catalog, Rules(days={"normal": 30})).sweep(
+        [DiskFacts(str(disk), 10**12, 10**11)], now=now, paused=paused
+    )
+    assert row(catalog, done.file_id).deleted_at is None, "deleted by a clock 60 days early"
+    assert list(plan.delete) == [other_boot]  # the rest ages as before
+    assert restarted.check_step(now + dt.timedelta(seconds=1)) is None  # once
