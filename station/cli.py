@@ -16,6 +16,7 @@ import httpx
 
 from station.config import ConfigError, StationConfig, load_config
 from station.quietlog import RepeatFilter
+from station.store import MARKER
 
 log = logging.getLogger("station")
 
@@ -479,6 +480,8 @@ def audit_verify(config_path: str | None) -> None:
         click.echo(p)
     if problems:
         sys.exit(1)
+    if not any((Path(d) / MARKER).is_file() for d in config.store.disks):
+        click.echo("no store disk in use here: the log's end was not checked against an anchor")
     click.echo("event chain intact")
 
 

@@ -15,7 +15,7 @@ from sqlalchemy import select
 from station.catalog import Catalog, Event
 from station.catalog.db import chain_head, verify_anchor
 from station.durable import replace_file
-from station.store import LOG_ANCHOR
+from station.store import LOG_ANCHOR, MARKER
 
 FIELDS = (
     "id",
@@ -130,6 +130,8 @@ def verify_anchors(catalog: Catalog, disks: Iterable[Path]) -> list[str]:
             try:
                 anchor = json.loads(path.read_text("utf-8"))
             except FileNotFoundError:
+                if (path.parent / MARKER).is_file():  # a disk in use: the station writes it
+                    problems.append(f"{path}: missing (removed?): the log's end is unproven")
                 continue
             except (OSError, ValueError) as e:
                 problems.append(f"{path}: unreadable anchor ({e})")

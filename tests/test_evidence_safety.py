@@ -822,6 +822,8 @@ def test_deleting_the_newest_log_entries_shows_against_the_anchors(store_env) ->
         ev = append_event(s, "test", "new entry")
     assert ev.id > head["last_id"]
     assert verify_anchors(catalog, [disk])  # still shows
+    (disk / ".station-log-anchor.json").unlink()  # ... and so does removing the anchor too
+    assert any("missing" in p for p in verify_anchors(catalog, [disk]))
 
 
 # --- 11 and 14. files that are not this recorder's; a file no disk can hold -----------------
