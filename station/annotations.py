@@ -10,7 +10,7 @@ import logging
 from pathlib import Path
 
 from station.catalog import Catalog, StoredFile
-from station.catalog.db import append_event
+from station.catalog.db import REBUILDING, append_event
 from station.protection import LEVELS, PROTECTED_LEVELS, lowers_protection
 from station.sidecar import SidecarError, mirror_row, read_sidecar, sidecar_path, write_sidecar
 
@@ -44,6 +44,12 @@ def annotate(
     """
     if level is not None and level not in LEVELS:
         raise AnnotationError(f"unknown level {level!r}: one of {', '.join(LEVELS)}")
+    if started := catalog.get_state(REBUILDING):
+        raise AnnotationError(
+            f"the catalog is being rebuilt from the disks (since {started}): file ids are not "
+            "final yet; try again when `station catalog rebuild` has finished (run it again if "
+            "it was cut short)"
+        )
     with catalog.write() as s:
         f = s.get(StoredFile, file_id)
         if f is None or f.deleted_at is not None:

@@ -765,6 +765,13 @@ class FileIngest:
         self, job_id: int | None, state: str, kind: str, message: str, file_id: int
     ) -> None:
         with self.catalog.write() as s:
+            if state == "clearing":  # in the transaction that logs the card's delete
+                stored = s.get(StoredFile, file_id)
+                if stored is None or stored.deleted_at is not None:
+                    raise KeptOnCard(
+                        f"{message}: stored file {file_id} was deleted meanwhile; the "
+                        "recorder's copy is the only one and stays"
+                    )
             if job_id is not None and (row := s.get(IngestJob, job_id)) is not None:
                 row.state = state
             append_event(

@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 from drivers.base import OfficerInfo
 from station import faults
 from station.catalog import Catalog, IngestJob, Officer, Recorder, StoredDisk, StoredFile
-from station.catalog.db import append_event
+from station.catalog.db import REBUILDING, append_event
 from station.catalog.models import utcnow
 from station.disks import DiskIdentityError, read_marker, write_marker
 from station.durable import fsync_dir, link_into_place, make_dirs_durable
@@ -246,7 +246,7 @@ def _clear_staging(catalog: Catalog, disk: StoreDisk, resumable: set[str], repor
             continue
         final = disk.path / job.final_path if job.final_path else None
         if (
-            job.state in ("stored", "cleared")
+            job.state in ("stored", "clearing", "cleared")
             and final is not None
             and not final.exists()
             and job.disk == str(disk.path)
@@ -434,8 +434,10 @@ def sidecars(disk: Path) -> Iterator[str]:
 
 
 def rebuild(catalog: Catalog, disks: list[Path], *, check_hashes: bool = True) -> Report:
-    """Fill an empty catalog from the sidecars on the disks, tombstones included."""
+    """Fill an empty catalog from the sidecars on the disks, tombstones included. While it
+    runs (and after it was cut short) file ids are not yet final: holds and grades wait."""
     report = Report()
+    catalog.set_state(REBUILDING, utcnow().isoformat())
     for disk in disks:
         try:
             marker = read_marker(disk)
@@ -463,6 +465,7 @@ def rebuild(catalog: Catalog, disks: list[Path], *, check_hashes: bool = True) -
             unreadable=len(report.quarantined),
             mismatched=len(report.mismatched),
         )
+    catalog.set_state(REBUILDING, "")
     return report
 
 

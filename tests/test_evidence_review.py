@@ -558,3 +558,86 @@ def test_a_clock_stepped_forward_after_collecting_marks_those_files_untrusted(
     assert row(catalog, done.file_id).deleted_at is None, "deleted by a clock 60 days early"
     assert list(plan.delete) == [other_boot]  # the rest ages as before
     assert restarted.check_step(now + dt.timedelta(seconds=1)) is None  # once
+
+
+@pytest.mark.parametrize("state", ["stored", "clearing", "cleared"])
+def test_a_staging_file_whose_final_link_was_lost_is_put_back(store_env, tmp_path, state) -> None:
+    """A power cut lost the final name of a committed file but not its staging name: that
+    staging file is the only copy, whatever the job's card clearing had got to."""
+    from station.catalog import IngestJob
+
+    catalog, disk = store_env
+    name = "100001_B1_20261201080000_0001.MP4"
+    data = os.urandom(30_000)
+    done = Ingest(catalog, disk, card_with(tmp_path, name, data)).collect(f"DCIM/{name}".encode())
+    f = row(catalog, done.file_id)
+    with catalog.write() as s:
+        job = s.scalars(select(IngestJob).where(IngestJob.final_path == f.rel_path)).one()
+        job.state = state
+        temp = Path(job.temp_path)
+    os.rename(disk / f.rel_path, temp)
+    report = recover(catalog, store_of(catalog, disk).disks)
+    assert (disk / f.rel_path).read_bytes() == data, report.lines()
+    assert not report.staging_removed
+
+
+@pytest.mark.parametrize("path", ["stored", "duplicate"])
+def test_a_card_file_is_cleared_only_while_its_stored_row_is_live(
+    store_env, tmp_path, monkeypatch, path
+) -> None:
+    """The stored copy is deleted (an administrator, a sweep) between the check that found it
+    and the card's delete: the recorder's copy is then the only one, and stays."""
+    from station.ingest import FileIngest, KeptOnCard
+    from station.retention import RetentionSweeper
+
+    catalog, disk = store_env
+    name = "100001_B1_20261201080000_0001.MP4"
+    root = card_with(tmp_path, name, os.urandom(30_000))
+    ing = Ingest(catalog, disk, root)
+    if path == "duplicate":  # stored before, its card clear cut short
+        monkeypatch.setattr(FileIngest, "_delete_from_card", lambda *a, **k: None)
+        ing.collect(f"DCIM/{name}".encode())
+        monkeypatch.undo()
+        ing.fi = ing.docking()
+    real = FileIngest._changed_on_card
+
+    def deleted_meanwhile(self, cf):
+        with catalog.read() as s:
+            live = s.scalars(select(StoredFile).where(StoredFile.deleted_at.is_(None))).all()
+        for f in live:
+            RetentionSweeper(catalog, Rules(days={"normal": 1})).delete(f.id, "cleanup", by="a")
+        return real(self, cf)
+
+    monkeypatch.setattr(FileIngest, "_changed_on_card", deleted_meanwhile)
+    with pytest.raises(KeptOnCard):
+        ing.collect(f"DCIM/{name}".encode())
+    assert (root / "DCIM" / name).exists(), "the card's copy went after the stored one"
+
+
+def test_a_hold_placed_during_a_catalog_rebuild_is_refused_not_lost(
+    store_env, tmp_path, monkeypatch
+) -> None:
+    """`station files hold ID` while `station catalog rebuild` runs would land on a catalog
+    whose ids are still being handed out (another file, or none): it is refused with what
+    to do, and works on the finished catalog."""
+    import station.recovery as recovery_mod
+    from station.annotations import AnnotationError, annotate
+
+    catalog, disk = store_env
+    for i in range(3):
+        put_file(catalog, disk, f"100001_B1_20200101080000_000{i}.MP4")
+    fresh = Catalog(tmp_path / "rebuilt.db")
+    fresh.migrate()
+    real, tried = recovery_mod._rebuild_one, []
+
+    def hold_meanwhile(cat, *args):
+        real(cat, *args)
+        with pytest.raises(AnnotationError, match="being rebuilt"):
+            annotate(fresh, 1, by="900001", legal_hold="XS-1", admin=True)
+        tried.append(1)
+
+    monkeypatch.setattr(recovery_mod, "_rebuild_one", hold_meanwhile)
+    recovery_mod.rebuild(fresh, [disk])
+    assert tried
+    annotate(fresh, 1, by="900001", legal_hold="XS-1", admin=True)
+    fresh.close()

@@ -47,6 +47,9 @@ def _engine(path: Path, begin: str) -> Engine:
     return engine
 
 
+REBUILDING = "catalog_rebuild_started"  # state key: set while `station catalog rebuild` runs
+
+
 class CatalogBusy(Exception):
     """Another process (the running daemon) holds the catalog exclusively."""
 
