@@ -267,6 +267,26 @@ def test_collect_first_from_the_screen(st: StationProc, page: Any, tmp_path: Pat
     page.wait_for_selector(".slot.is-first", state="detached")
 
 
+def test_direction_and_control_characters_from_a_recorder_are_shown_not_obeyed(
+    st: StationProc, page: Any
+) -> None:
+    """A recorder calls its officer "王\u202e五 OK" (RIGHT-TO-LEFT OVERRIDE, then text):
+    the window shows a visible mark instead of letting it reverse what follows."""
+    page.goto(st.url("/"))
+    page.wait_for_function("document.body.dataset.conn === 'live'")
+    dock(st, 8, 8, serial="K000088", officer_no="700088", officer_name="王\u202e五\u0007 OK",
+         files=1, imp=0, size_mb=1)  # fmt: skip
+    st.wait_state(8, "unregistered")
+    win = ".slot[data-port='8']"
+    page.wait_for_function(
+        "w => (document.querySelector(w) || {}).innerText.includes('700088')", arg=win
+    )
+    text = page.inner_text(win)
+    assert "王⟨U+202E⟩五⟨U+0007⟩ OK" in text, text
+    assert "\u202e" not in text and "\u0007" not in text
+    st.undock(8)
+
+
 # --- the console ----------------------------------------------------------------------------
 
 

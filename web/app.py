@@ -223,7 +223,7 @@ def create_app(station: Station, *, api: bool = True, ui: bool = True) -> FastAP
 
     @app.get("/ui/state", include_in_schema=False)
     def ui_state() -> dict[str, Any]:
-        return station.status()
+        return screen_view(station.status())
 
     streams = Slots(station.config.web.max_streams, station.config.web.max_streams_per_client)
 
@@ -233,7 +233,7 @@ def create_app(station: Station, *, api: bool = True, ui: bool = True) -> FastAP
             version = -1
             while not station.stopping and not await request.is_disconnected():
                 version = await station.wait_change(version, timeout=5.0)
-                yield {"event": "status", "data": json.dumps(station.status())}
+                yield {"event": "status", "data": json.dumps(screen_view(station.status()))}
                 await asyncio.sleep(0.2)  # at most five frames a second
 
         stream = events()
@@ -252,6 +252,42 @@ def create_app(station: Station, *, api: bool = True, ui: bool = True) -> FastAP
         app.add_middleware(HostCheck, names=host_names(station.config.web))
     app.add_middleware(BodyLimit, limits=station.config.web)  # outermost: before any parsing
     return app
+
+
+SCREEN_FIELDS = {  # what the touchscreen shows, and all an anonymous viewer is given
+    "station": ("id", "name", "version", "time", "mode"),
+    "network": ("online",),
+    "disks": ("total_bytes", "free_bytes", "active", "health"),
+    "alarms": ("code", "severity", "message"),
+    "slots": (
+        "port", "state", "recorder", "battery_percent", "files_total", "files_done",
+        "bytes_total", "bytes_done", "bytes_per_s", "error", "priority",
+    ),
+    "recorder": ("serial", "officer_no", "officer_name", "unit_name"),
+}  # fmt: skip
+
+
+def screen_view(status: dict[str, Any]) -> dict[str, Any]:
+    """The status as the anonymous touchscreen routes give it: only what the screen shows
+    (no disk paths, SMART, log anchor, clock source or forwarding); the full document is
+    `/api/v1/status`, behind its token."""
+
+    def pick(d: dict[str, Any] | None, kind: str) -> dict[str, Any] | None:
+        return None if d is None else {k: d.get(k) for k in SCREEN_FIELDS[kind]}
+
+    slots = []
+    for slot in status["slots"]:
+        view = pick(slot, "slots")
+        assert view is not None
+        view["recorder"] = pick(slot.get("recorder"), "recorder")
+        slots.append(view)
+    return {
+        "station": pick(status["station"], "station"),
+        "network": pick(status["network"], "network"),
+        "disks": [pick(d, "disks") for d in status["disks"]],
+        "alarms": [pick(a, "alarms") for a in status["alarms"]],
+        "slots": slots,
+    }
 
 
 def _is_api(route: Any) -> bool:

@@ -60,7 +60,7 @@
   const $ = (id) => document.getElementById(id);
 
   function setText(el, text) {
-    const s = text == null ? '' : String(text);
+    const s = text == null ? '' : I18n.visible(text);
     if (el.textContent !== s) el.textContent = s;
   }
   function setHidden(el, hidden) {
@@ -277,7 +277,7 @@
     else if (!collecting) msg = _(STATE_MSG[state]);
     setText(el.msg, msg);
     setHidden(el.msg, collecting);
-    el.msg.title = state === 'error' || state === 'unregistered' ? msg : '';
+    el.msg.title = state === 'error' || state === 'unregistered' ? I18n.visible(msg) : '';
 
     // "Collect first" (S30) on a collecting port; pressed while it is the one first
     const first = collecting && s.priority === true;
@@ -396,7 +396,6 @@
       if (!healthy) cls += ' bad';
       else if (lowSpace) cls += ' low';
       setClass(d, cls);
-      d.title = disk.path || '';
       setText(d.querySelector('.disk-label'), _('Disk {n}', { n: i + 1 }));
       const tag = d.querySelector('.disk-tag');
       const tagText = !healthy ? _('fault') : disk.active ? _('active') : '';
@@ -417,7 +416,7 @@
     let s = texts.join('  ·  ');
     if (list.length > 1) s += '  ' + _('({n} alarms)', { n: list.length });
     setText($('alarm-text'), s);
-    banner.title = list.map((a) => a.message || a.code).join('\n');
+    banner.title = I18n.visible(list.map((a) => a.message || a.code).join('\n'));
   }
 
   function renderHeader(st) {

@@ -28,14 +28,14 @@
   function el(tag, cls, text) {
     const e = document.createElement(tag);
     if (cls) e.className = cls;
-    if (text !== undefined && text !== null) e.textContent = text;
+    if (text !== undefined && text !== null) e.textContent = I18n.visible(text);
     return e;
   }
 
   let toastTimer = null;
   function toast(text, bad) {
     const t = $('toast');
-    t.textContent = text;
+    t.textContent = I18n.visible(text);
     t.className = bad ? 'toast bad' : 'toast';
     t.hidden = false;
     clearTimeout(toastTimer);
@@ -98,7 +98,7 @@
     for (const e of document.querySelectorAll('[data-roles]')) {
       e.hidden = !user || !e.dataset.roles.split(' ').includes(user.role);
     }
-    $('who-name').textContent = user ? `${user.name || ''} ${user.officer_no}`.trim() : '';
+    $('who-name').textContent = user ? I18n.visible(`${user.name || ''} ${user.officer_no}`.trim()) : '';
     $('who-role').textContent = user ? _(ROLE_TEXT[user.role] || user.role) : '';
   }
 
@@ -242,7 +242,7 @@
     if (!f) return;
     current = f;
     show('file');
-    $('file-title').textContent = f.name;
+    $('file-title').textContent = I18n.visible(f.name);
     const facts = $('file-facts');
     facts.textContent = '';
     const rows = [
@@ -286,7 +286,7 @@
   function viewerStatus(text) {
     const s = $('viewer-status');
     s.hidden = !text;
-    s.textContent = text || '';
+    s.textContent = I18n.visible(text || '');
   }
 
   async function renderViewer(f) {
@@ -427,7 +427,7 @@
 
   function showClockPause(why) {
     $('clock-paused').hidden = !why;
-    $('clock-paused-why').textContent = why || '';
+    $('clock-paused-why').textContent = I18n.visible(why || '');
   }
 
   async function resumeRetention() {

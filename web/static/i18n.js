@@ -54,8 +54,18 @@ const I18n = (() => {
     for (const fn of listeners) fn(lang);
   }
 
+  // Control and direction-changing characters a recorder may put in a name or serial:
+  // shown as a visible mark (⟨U+202E⟩), so they can neither reorder nor hide the text
+  // around them, on the screen, in the console or in a tooltip.
+  const HIDDEN_CHARS = /[\u0000-\u0008\u000b-\u001f\u007f-\u009f\u061c\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]/g;
+  function visible(text) {
+    return String(text).replace(HIDDEN_CHARS,
+      (c) => `\u27e8U+${c.charCodeAt(0).toString(16).toUpperCase().padStart(4, '0')}\u27e9`);
+  }
+
   return {
     LANGS,
+    visible,
     t: translate,
     apply,
     load,

@@ -29,7 +29,7 @@ const Keypad = (() => {
   function el(tag, cls, text) {
     const e = document.createElement(tag);
     if (cls) e.className = cls;
-    if (text !== undefined) e.textContent = text;
+    if (text !== undefined) e.textContent = I18n.visible(text);
     return e;
   }
 
@@ -117,7 +117,7 @@ const Keypad = (() => {
         await opts.onSubmit(values);
         close();
       } catch (e) {
-        err.textContent = e && e.message ? e.message : String(e);
+        err.textContent = I18n.visible(e && e.message ? e.message : String(e));
         err.hidden = false;
         const secret = inputs.find((i) => i.type === 'password');
         if (secret) { secret.value = ''; setActive(secret); }
