@@ -903,10 +903,18 @@ def config_export(config_path: str | None, out_path: str | None) -> None:
 @config_option
 @click.option("--dry-run", is_flag=True, help="check the backup, show what would change")
 @click.option("--by", default="cli", show_default=True, help="who restores it (system log)")
-def config_import(backup: str, config_path: str | None, dry_run: bool, by: str) -> None:
+@click.option(
+    "--force",
+    is_flag=True,
+    help="restore a file that is not signed with this station's backup.key (logged as forced)",
+)
+def config_import(
+    backup: str, config_path: str | None, dry_run: bool, by: str, force: bool
+) -> None:
     """Restore settings from BACKUP (from `config export`, or a bare TOML file; - for stdin).
 
-    Nothing is written unless all of it is valid.
+    Nothing is written unless all of it is valid, and signed with this station's backup
+    key (`backup.key` beside the configuration) or forced with --force.
     """
     from station import support
 
@@ -917,13 +925,21 @@ def config_import(backup: str, config_path: str | None, dry_run: bool, by: str) 
         raise StationError(f"{backup}: {e.strerror or e}") from None
     source = "<stdin>" if backup == "-" else backup
     try:
-        result = support.import_settings(data, path, source=source, dry_run=dry_run, by=by)
+        result = support.import_settings(
+            data, path, source=source, dry_run=dry_run, by=by, force=force
+        )
     except ConfigError as e:
         raise StationError(str(e)) from None
     except OSError as e:
         raise click.ClickException(f"could not write {path}: {e}") from None
     station_id = result.config.station.id
     verb = "would change" if dry_run else "changed"
+    if result.untrusted:
+        click.echo(
+            f"warning: {result.untrusted}"
+            + ("" if force else ": it would be refused without --force"),
+            err=True,
+        )
     if result.new_file:
         click.echo(f"{path}: new configuration for station {station_id}")
     else:

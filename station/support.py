@@ -18,6 +18,13 @@ import is validated exactly as the daemon validates its configuration (and the
 screen its settings), and only then replaces the file atomically; an invalid
 one is refused with the key named and leaves everything untouched. A bare
 TOML file is accepted as well (the configuration alone).
+
+Backups are signed: an HMAC-SHA256 of the manifest (which holds every member's
+SHA-256) with the key kept beside the configuration file (`backup.key`, 0600,
+made at the first export; copy it to a replacement station to restore there).
+An unsigned file (a bare TOML), an altered backup or one signed with another key
+is refused unless an administrator forces it (`--force`), which the system log
+records as such.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import hashlib
+import hmac
 import io
 import json
 import os
@@ -638,6 +646,8 @@ def _safe(name: str) -> str:
 CONFIG_MEMBER = "station.toml"
 UI_MEMBER = "ui-settings.json"
 MANIFEST_MEMBER = "manifest.json"
+SIGNATURE_MEMBER = "signature.json"  # HMAC-SHA256 of manifest.json's bytes
+KEY_FILE = "backup.key"  # beside the configuration file
 MAX_MEMBER_BYTES = 4 << 20  # a configuration is a few kB: anything bigger is not one
 
 
@@ -649,6 +659,7 @@ class SettingsBackup:
     config: StationConfig
     ui_settings: dict[str, Any] | None  # None: the backup does not have them (a bare TOML)
     manifest: dict[str, Any]
+    untrusted: str | None = None  # why its signature does not hold; None: signed by our key
 
 
 @dataclass
@@ -660,6 +671,7 @@ class ImportResult:
     new_file: bool  # there was no configuration file before
     ui_settings: dict[str, Any] | None  # the screen's settings restored (None: left alone)
     backup_path: Path | None  # where the previous file was kept
+    untrusted: str | None = None  # restored (or to be) although its signature does not hold
 
 
 def _validate(data: bytes, source: str) -> StationConfig:
@@ -710,6 +722,49 @@ def read_ui_settings(config: StationConfig) -> dict[str, Any]:
         catalog.close()
 
 
+def backup_key(config_path: str | os.PathLike[str], *, create: bool = False) -> bytes | None:
+    """The station's backup signing key (`backup.key` beside the configuration), made on
+    first use when `create`; None when there is none."""
+    path = Path(config_path).parent / KEY_FILE
+    try:
+        key = path.read_bytes().strip()
+    except FileNotFoundError:
+        if not create:
+            return None
+        key = os.urandom(32).hex().encode()
+        write_private(path, key + b"\n")
+    if len(key) < 32:
+        raise ConfigError(f"{path}: a backup key must be at least 32 characters")
+    return key
+
+
+def _mac(key: bytes, manifest: bytes) -> str:
+    return hmac.new(key, manifest, hashlib.sha256).hexdigest()
+
+
+def _key_id(key: bytes) -> str:
+    return hashlib.sha256(b"station-backup-key:" + key).hexdigest()[:16]
+
+
+def _check_signature(members: dict[str, bytes], key: bytes | None, source: str) -> str | None:
+    """Why the backup's signature does not hold, or None."""
+    raw = members.get(SIGNATURE_MEMBER)
+    if raw is None:
+        return f"{source} is not signed"
+    try:
+        sig = json.loads(raw)
+        mac, key_id = str(sig["mac"]), str(sig["key_id"])
+    except (ValueError, KeyError, TypeError):
+        return f"{source}: unreadable {SIGNATURE_MEMBER}"
+    if key is None:
+        return f"{source} is signed (key {key_id}), but this station has no {KEY_FILE}"
+    if key_id != _key_id(key):
+        return f"{source} is signed with another key ({key_id}, this station's is {_key_id(key)})"
+    if not hmac.compare_digest(mac, _mac(key, members[MANIFEST_MEMBER])):
+        return f"{source} was altered after it was signed (its signature does not match)"
+    return None
+
+
 def export_settings(config_path: str | os.PathLike[str]) -> tuple[bytes, SettingsBackup]:
     """The station's settings as a .tar.gz: the configuration file byte for byte
     (comments and secrets included) and the settings changed on the screen.
@@ -743,29 +798,37 @@ def export_settings(config_path: str | os.PathLike[str]) -> tuple[bytes, Setting
     if ui is not None:
         members[UI_MEMBER] = _json(ui).encode()
     manifest["files"] = {n: hashlib.sha256(b).hexdigest() for n, b in members.items()}
+    key = backup_key(path, create=True)
+    assert key is not None
+    manifest_bytes = _json(manifest).encode()
+    signature = {"alg": "HMAC-SHA256", "key_id": _key_id(key), "mac": _mac(key, manifest_bytes)}
     now = dt.datetime.now(dt.UTC)
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        _add(tar, MANIFEST_MEMBER, _json(manifest).encode(), now)
+        _add(tar, MANIFEST_MEMBER, manifest_bytes, now)
+        _add(tar, SIGNATURE_MEMBER, _json(signature).encode(), now)
         for name, body in members.items():
             _add(tar, name, body, now)
     return buf.getvalue(), SettingsBackup(data, config, ui, manifest)
 
 
-def read_backup(data: bytes, source: str = "backup") -> SettingsBackup:
-    """A settings backup (`export_settings`) or a bare TOML configuration, validated.
+def read_backup(data: bytes, source: str = "backup", key: bytes | None = None) -> SettingsBackup:
+    """A settings backup (`export_settings`) or a bare TOML configuration, validated,
+    its signature checked against `key` (`untrusted` says why it does not hold).
 
     ConfigError naming the file and the key when anything in it is invalid, damaged
     (a checksum that does not match) or not a station's settings at all.
     """
     if not data.startswith(b"\x1f\x8b"):  # not gzip: a bare configuration file
-        return SettingsBackup(data, _validate(data, source), None, {})
+        config = _validate(data, source)
+        return SettingsBackup(data, config, None, {}, f"{source} is not signed (a bare file)")
     members: dict[str, bytes] = {}
     try:
         with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
             for info in tar:
                 if not info.isfile() or info.name not in (
                     MANIFEST_MEMBER,
+                    SIGNATURE_MEMBER,
                     CONFIG_MEMBER,
                     UI_MEMBER,
                 ):
@@ -795,7 +858,7 @@ def read_backup(data: bytes, source: str = "backup") -> SettingsBackup:
     if (
         not isinstance(listed, dict)
         or CONFIG_MEMBER not in listed
-        or set(listed) != (set(members) - {MANIFEST_MEMBER})
+        or set(listed) != (set(members) - {MANIFEST_MEMBER, SIGNATURE_MEMBER})
     ):
         raise ConfigError(f"{source}: the manifest does not list the backup's files")
     for name, digest in listed.items():
@@ -809,7 +872,8 @@ def read_backup(data: bytes, source: str = "backup") -> SettingsBackup:
         except ValueError as e:
             raise ConfigError(f"{source}: {UI_MEMBER}: not valid JSON ({e})") from None
         ui = _validate_ui_settings(value, f"{source}: {UI_MEMBER}")
-    return SettingsBackup(members[CONFIG_MEMBER], config, ui, manifest)
+    untrusted = _check_signature(members, key, source)
+    return SettingsBackup(members[CONFIG_MEMBER], config, ui, manifest, untrusted)
 
 
 def import_settings(
@@ -819,6 +883,7 @@ def import_settings(
     source: str = "imported settings",
     dry_run: bool = False,
     by: str = "cli",
+    force: bool = False,
 ) -> ImportResult:
     """Restore a settings backup (or a bare TOML file) as the station's settings.
 
@@ -832,8 +897,13 @@ def import_settings(
     ``<name>.bak``. The running daemon applies it on restart (the configuration's
     live sections also on `systemctl reload station`).
     """
-    backup = read_backup(bytes(data), source)
     path = Path(config_path)
+    backup = read_backup(bytes(data), source, backup_key(path))
+    if backup.untrusted and not (force or dry_run):
+        raise ConfigError(
+            f"{backup.untrusted}: not restored. An administrator who knows where it comes "
+            "from may restore it anyway with --force (the system log records it)"
+        )
     try:
         current_bytes: bytes | None = path.read_bytes()
     except FileNotFoundError:
@@ -853,6 +923,7 @@ def import_settings(
         current_bytes is None,
         backup.ui_settings,
         path.with_name(path.name + ".bak") if current_bytes is not None else None,
+        backup.untrusted,
     )
     if dry_run:
         return result
@@ -873,12 +944,13 @@ def _record_import(
     from station.catalog.db import append_event
 
     db = backup.config.database_path
-    if backup.ui_settings is None and not db.exists():
+    if backup.ui_settings is None and not db.exists() and not result.untrusted:
         return lambda: None  # nothing to restore there, no catalog to log to
     catalog = Catalog(db)
     catalog.migrate()
     message = (
-        f"settings imported from {source}: "
+        (f"FORCED, {result.untrusted}; " if result.untrusted else "")
+        + f"settings imported from {source}: "
         + (", ".join(result.changed) or "no configuration change")
         + (
             f"; screen settings restored ({len(backup.ui_settings)})"
@@ -901,6 +973,7 @@ def _record_import(
                 sections=result.changed,
                 ui_settings=sorted(backup.ui_settings or {}),
                 exported_at=backup.manifest.get("exported_at"),
+                forced=bool(result.untrusted),
             )
     finally:
         catalog.close()

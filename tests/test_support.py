@@ -379,7 +379,7 @@ def test_export_import_round_trip(settings_file, tmp_path):
     assert r.stdout.decode().strip() == str(out)
     assert stat.S_IMODE(out.stat().st_mode) == 0o600  # it holds the tokens
     members = _untar(out.read_bytes())
-    assert set(members) == {"manifest.json", "station.toml", "ui-settings.json"}
+    assert set(members) == {"manifest.json", "signature.json", "station.toml", "ui-settings.json"}
     assert members["station.toml"] == original  # byte for byte, comments included
     assert json.loads(members["ui-settings.json"]) == UI_SETTINGS
     manifest = json.loads(members["manifest.json"])
@@ -404,9 +404,11 @@ def test_export_import_round_trip(settings_file, tmp_path):
     (event,) = _events(db, "settings_imported")
     assert event["actor"] == "tech7" and "station" in event["message"]
     assert sorted(p.name for p in settings_file.parent.iterdir()) == [
+        "backup.key",  # made by the first export, 0600
         "station.toml",
         "station.toml.bak",
     ]
+    assert stat.S_IMODE(settings_file.with_name("backup.key").stat().st_mode) == 0o600
     # the system log's chain still holds with the new event in it
     r = station_cli("audit", "verify", "--config", str(settings_file))
     assert r.returncode == 0, r.stdout + r.stderr
@@ -435,11 +437,66 @@ def test_restored_screen_settings_take_effect(make_station: Callable[..., Statio
 def test_import_into_a_new_file_is_private(tmp_path):
     path = tmp_path / "new" / "station.toml"
     db = tmp_path / "lib" / "catalog.db"
-    result = support.import_settings(ORIGINAL.format(token=TOKEN, db=db).encode(), path)
+    bare = ORIGINAL.format(token=TOKEN, db=db).encode()
+    with pytest.raises(ConfigError, match="not signed"):  # a bare file is never signed
+        support.import_settings(bare, path)
+    assert not path.exists() and not db.exists()
+    result = support.import_settings(bare, path, force=True, by="tech7")
     assert result.new_file and result.backup_path is None and result.ui_settings is None
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert load_config(path).api.tokens == [TOKEN]
-    assert not db.exists()  # a bare TOML restores no screen settings: no catalog made
+    (event,) = _events(db, "settings_imported")  # a forced import is always logged
+    assert event["actor"] == "tech7" and event["message"].startswith("FORCED")
+
+
+def _resigned(members: dict[str, bytes], key: bytes) -> dict[str, bytes]:
+    """Members with the manifest re-hashed and signed again with `key`."""
+    manifest = json.loads(members["manifest.json"])
+    manifest["files"] = {
+        n: support.hashlib.sha256(b).hexdigest()
+        for n, b in members.items()
+        if n not in ("manifest.json", "signature.json")
+    }
+    raw = json.dumps(manifest).encode()
+    sig = {"alg": "HMAC-SHA256", "key_id": support._key_id(key), "mac": support._mac(key, raw)}
+    return members | {"manifest.json": raw, "signature.json": json.dumps(sig).encode()}
+
+
+@pytest.mark.parametrize(
+    ("attack", "says"),
+    [("edited and re-hashed", "altered"), ("another key", "another key"),
+     ("signature removed", "not signed")],
+)  # fmt: skip
+def test_a_backup_not_signed_by_this_station_is_refused_unless_forced(settings_file, attack, says):
+    """Someone edits a backup (an extra API token, say) and fixes its checksums, or signs
+    it with a key of his own, or strips the signature: refused; `--force` restores it, and
+    the system log says it was forced."""
+    members = _backup(settings_file)
+    evil = members["station.toml"].replace(b"tokens = [", b'tokens = ["' + b"e" * 40 + b'", ')
+    assert evil != members["station.toml"]
+    members = members | {"station.toml": evil}
+    if attack == "edited and re-hashed":
+        forged = _resigned(members, b"x" * 64)
+        forged["signature.json"] = _backup(settings_file)["signature.json"]  # the real one
+    elif attack == "another key":
+        forged = _resigned(members, b"k" * 64)
+    else:
+        forged = {k: v for k, v in _resigned(members, b"k" * 64).items() if k != "signature.json"}
+    before = settings_file.read_bytes()
+    with pytest.raises(ConfigError, match=says):
+        support.import_settings(_tar(forged), settings_file, source="b.tar.gz")
+    assert settings_file.read_bytes() == before
+    r = station_cli("config", "import", "-", "--config", str(settings_file), stdin=_tar(forged))
+    assert r.returncode == 2 and b"--force" in r.stderr
+    assert settings_file.read_bytes() == before
+    r = station_cli(
+        "config", "import", "-", "--force", "--by", "900001", "--config", str(settings_file),
+        stdin=_tar(forged),
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert settings_file.read_bytes() == evil
+    (event,) = _events(load_config(settings_file).database_path, "settings_imported")
+    assert event["actor"] == "900001" and event["message"].startswith("FORCED")
 
 
 @pytest.mark.parametrize(
