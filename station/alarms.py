@@ -33,6 +33,7 @@ SEVERITY = {
     "clock_unsynced": "warning",
     "clock_jump": "critical",  # retention paused: the station clock cannot be believed
     "forward_failing": "warning",
+    "integrity": "critical",  # installed code or configuration differ from the manifest
 }
 
 

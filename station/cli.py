@@ -75,6 +75,8 @@ def run_station(config: StationConfig, extra: Any = None, path: str | None = Non
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         station = Station(config)
+        if where := path or os.environ.get("STATION_CONFIG"):
+            station.config_path = Path(where)
 
         def reload() -> None:
             try:
@@ -483,6 +485,54 @@ def audit_verify(config_path: str | None) -> None:
     if not any((Path(d) / MARKER).is_file() for d in config.store.disks):
         click.echo("no store disk in use here: the log's end was not checked against an anchor")
     click.echo("event chain intact")
+
+
+@cli.group()
+def integrity() -> None:
+    """The installed code and configuration against the install-time manifest."""
+
+
+@integrity.command("record")
+@config_option
+@click.option("--by", default="installer", show_default=True, help="who (system log)")
+def integrity_record(config_path: str | None, by: str) -> None:
+    """Record what is installed now as the station's known state (install.sh runs it; an
+    administrator runs it after looking at an `integrity` alarm)."""
+    from station import integrity as integ
+    from station.catalog.db import append_event
+
+    path = _config_file(config_path)
+    manifest = integ.default_manifest()
+    try:
+        before = integ.check(manifest, path).summary()
+    except integ.ManifestError:
+        before = "no manifest before"
+    written = integ.write_manifest(manifest, path)
+    config = _config(str(path))
+    if config.database_path.exists():
+        cat = _catalog(config)
+        with cat.write() as s:
+            append_event(
+                s, "integrity_recorded", f"{manifest}: {len(written['files'])} files and the "
+                f"configuration recorded ({before or 'nothing differed'})", actor=by,
+            )  # fmt: skip
+    click.echo(f"{manifest}: {len(written['files'])} files and {path} recorded")
+
+
+@integrity.command("check")
+@config_option
+def integrity_check(config_path: str | None) -> None:
+    """Compare with the manifest; exit 1 if anything differs."""
+    from station import integrity as integ
+
+    try:
+        found = integ.check(integ.default_manifest(), _config_file(config_path))
+    except integ.ManifestError as e:
+        raise click.ClickException(str(e)) from None
+    if found:
+        click.echo(found.summary())
+        sys.exit(1)
+    click.echo("installed code and configuration as recorded")
 
 
 @cli.group()

@@ -33,7 +33,7 @@ from drivers.scsi_dv16 import ScsiDv16Driver
 from drivers.simulated import SimulatedDriver
 from drivers.usb_vendor import UsbVendorDriver
 from drivers.vendor_library import VendorLibraryDriver
-from station import __version__, eventlog, faults, sdnotify
+from station import __version__, eventlog, faults, integrity, sdnotify
 from station.alarms import AlarmBook
 from station.bus import Bus, PortChange, PortWatcher
 from station.catalog import Catalog, CollectionSession, Event, Officer, Recorder, StoredFile
@@ -204,6 +204,7 @@ class Station:
         )
         self._disk_refused: dict[str, str | None] = {}
         self.log_head: dict[str, Any] = {}
+        self.config_path: Path | None = None  # the file it was loaded from (run_station)
         self.clock: ClockGuard | None = None  # after the catalog is migrated
         self.clock_state: dict[str, Any] = {}
         self.retention_paused: str | None = None  # why deletion by age waits (the clock)
@@ -306,6 +307,7 @@ class Station:
             for name in clear_mount_root(self.mounter, self.config.bus.mount_root):
                 log.warning("card folder %s from an earlier run let go", name)
         self.catalog.migrate()
+        self._check_integrity()
         self.store.active = int(self.catalog.get_state("active_disk", "0") or 0)
         self._identify_disks()
         self.store.prepare()
@@ -712,6 +714,26 @@ class Station:
                 self.log_head = eventlog.write_anchors(self.catalog, disks, self.config.station.id)
         except Exception:
             log.exception("the log anchor could not be written")
+
+    def _check_integrity(self) -> None:
+        """The installed code and configuration against the install-time manifest."""
+        manifest = integrity.default_manifest()
+        try:
+            found = integrity.check(manifest, self.config_path)
+        except integrity.ManifestError as e:
+            log.info("%s", e)
+            return
+        if not found:
+            self.alarms.clear("integrity")
+            return
+        summary = found.summary()
+        log.error("integrity: %s", summary)
+        self.alarms.raise_("integrity", f"the installed station differs from {manifest}: {summary}")
+        with self.catalog.write() as s:
+            append_event(
+                s, "integrity_mismatch", summary[:4000], changed=len(found.changed),
+                missing=len(found.missing), added=len(found.added), config=found.config,
+            )  # fmt: skip
 
     def _identify_disks(self) -> None:
         """Know each configured disk by its marker; one that is not this station's (an empty

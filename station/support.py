@@ -933,6 +933,9 @@ def import_settings(
     except BaseException:
         restore_ui()
         raise
+    from station import integrity
+
+    integrity.update_config(integrity.default_manifest(), path)  # the station's own change
     return result
 
 

@@ -407,6 +407,11 @@ for u in "${units[@]}"; do
   systemctl is-enabled -q "$u" || die "could not enable $u"
 done
 
+# What is installed now is the station's known state: the daemon compares its code and
+# configuration with this at every start (alarm "integrity"; station/integrity.py).
+PYTHONDONTWRITEBYTECODE=1 "$PREFIX/bin/station" integrity record --config "$CONFIG" --by install.sh \
+  | sed 's/^/install.sh: /' >&2
+
 say "done: station $version (${revision:-unknown}) in $PREFIX; units enabled: ${units[*]}"
 if [ "$booted" = 1 ]; then
   if systemctl is-active -q station.service; then

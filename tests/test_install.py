@@ -758,6 +758,16 @@ def test_a_missing_data_disk_is_an_alarm_not_a_failure(booted):
     assert (booted.disk1 / ".staging").is_dir()  # the store was set up on the mounted disk
 
 
+def test_the_installed_station_matches_its_integrity_manifest(booted):
+    """install.sh recorded what it installed; the daemon compared at start: no alarm."""
+    booted.wait_active()
+    manifest = json.loads(booted.installed.path("/opt/station/INTEGRITY.json").read_text())
+    assert "station/daemon.py" in manifest["files"] and manifest["config"]
+    r = booted.sh("bash", "-lc", "station integrity check")
+    assert "as recorded" in r.stdout
+    assert "integrity" not in {a["code"] for a in booted.api("/api/v1/status")["alarms"]}
+
+
 def test_a_data_disk_mounted_later_is_writable_inside_the_sandbox(booted):
     """nofail: the station started without /srv/disk2; the disk comes up afterwards."""
     pid = booted.wait_active()["MainPID"]

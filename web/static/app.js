@@ -52,6 +52,7 @@
     clock_jump: N_('Station clock jumped: deletion by age paused'),
     recorder_clock_drift: N_('A recorder clock was far off'),
     battery_critical: N_('A recorder battery is critically low'),
+    integrity: N_('Station software or settings changed: call the administrator'),
   };
   const WEEKDAYS = [N_('Sunday'), N_('Monday'), N_('Tuesday'), N_('Wednesday'),
     N_('Thursday'), N_('Friday'), N_('Saturday')];
