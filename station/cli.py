@@ -437,6 +437,9 @@ def disks(ctx: click.Context, config_path: str | None) -> None:
             why = "" if marker and marker.uuid in known else "not taken into use"
         ident = marker.uuid if marker else "-"
         click.echo(f"{d.path}\t{ident}\t{why or 'in use'}")
+    for ident, where in known.items():
+        if where.startswith("(moved) "):  # replaced, or moved away from every path
+            click.echo(f"-\t{ident}\tnot here (`station disks retire {ident}` if lost for good)")
 
 
 @disks.command("adopt")
@@ -459,6 +462,23 @@ def disks_adopt(path: Path, config_path: str | None, by: str) -> None:
     except DiskIdentityError as e:
         raise click.ClickException(str(e)) from None
     click.echo(f"{path}: taken into use as disk {ident}")
+
+
+@disks.command("retire")
+@click.argument("disk_uuid")
+@config_option
+@click.option("--by", default="administrator", show_default=True)
+def disks_retire(disk_uuid: str, config_path: str | None, by: str) -> None:
+    """A disk that is not here is lost for good: its files are marked lost (logged), and
+    those still on their recorders are collected again at the next docking."""
+    from station.disks import DiskBook, DiskIdentityError
+
+    config = _config(config_path)
+    try:
+        n = DiskBook(_catalog(config), config.station.id).retire(disk_uuid, by)
+    except DiskIdentityError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"disk {disk_uuid} retired: {n} file(s) marked lost with it")
 
 
 @cli.group()
@@ -614,8 +634,9 @@ def retention_sweep(config_path: str | None) -> None:
     config = _config(config_path)
     sweeper, disks = _sweeper(config)
     guard = ClockGuard(sweeper.catalog, config.retention.max_clock_jump_days)
-    guard.check_step(utcnow())  # files stamped before a clock step are marked first
-    paused = guard.sweep_pause(utcnow(), clock_synchronized())
+    synced = clock_synchronized()
+    guard.check_step(utcnow(), synced)  # files stamped before a clock step are marked first
+    paused = guard.sweep_pause(utcnow(), synced)
     if paused:
         click.echo(f"deletion by age paused: {paused}")
     plan = sweeper.sweep(disks, paused=paused)

@@ -73,10 +73,15 @@ class ClockGuard:
         # wall minus boot clock when last looked at, and when this boot (under that offset)
         # first collected; kept across a restart of the daemon within one boot
         self._offset: float | None = None
+        self._saved_offset: float | None = None  # as the catalog has it
         self._since: dt.datetime | None = None
         step = json.loads(catalog.get_state(OFFSET) or "null")
-        if step and step.get("boot") == self._boot_id:
-            self._offset = step["offset"]
+        if step:
+            # the offset only means something within one boot; the unsynchronised period
+            # goes on across boots (a dead RTC restored to the last shutdown, no network)
+            # until NTP or an administrator vouches for the clock
+            if step.get("boot") == self._boot_id:
+                self._offset = self._saved_offset = step["offset"]
             self._since = dt.datetime.fromisoformat(step["since"]) if step["since"] else None
         self.high: dt.datetime | None  # the latest time believed; None: nothing yet
         saved = catalog.get_state(STATE)
@@ -151,6 +156,8 @@ class ClockGuard:
         with self._lock:
             self.high = self._saved = now
             self._confirmed = now.isoformat()
+            self._since = None  # what was collected so far is vouched for
+            self._save_offset()
         self.catalog.set_state(STATE, now.isoformat())
         self.catalog.set_state(CONFIRMED, now.isoformat())
         with self.catalog.write() as s:
@@ -162,49 +169,49 @@ class ClockGuard:
         return now.timestamp() - self._boot()
 
     def _save_offset(self) -> None:
+        self._saved_offset = self._offset
         since = self._since.isoformat() if self._since else None
         value = {"boot": self._boot_id, "offset": self._offset, "since": since}
         self.catalog.set_state(OFFSET, json.dumps(value))
 
-    def check_step(self, now: dt.datetime) -> str | None:
-        """Look for a step of the wall clock since the last look (periodic). A step forward
-        means the files collected before it, in this boot, were stamped too early and
-        would be aged too soon: they are marked `clock_untrusted` (rows and sidecars).
-        Returns what happened, or None."""
+    def check_step(self, now: dt.datetime, synced: bool | None = None) -> str | None:
+        """Look for a step of the wall clock since the last look (before every sweep). A
+        step forward means the files collected before it while the clock was not vouched
+        for (by NTP, or an administrator), in this boot or earlier ones, were stamped too
+        early and would be aged too soon: they are marked `clock_untrusted` (rows and
+        sidecars) before the step counts as seen, so a failed marking is tried again.
+        `synced`: the kernel reports the clock NTP-synchronised; with no step, that
+        vouches for what was collected so far. Returns what happened, or None."""
         with self._lock:
             offset = self._offset_at(now)
-            if self._offset is None:
-                self._offset = offset
-                self._save_offset()
-                return None
-            step = offset - self._offset
-            if abs(step) < 1:
-                return None
             since = self._since
-            self._offset = offset
-            if abs(step) <= TOLERANCE.total_seconds():  # NTP slewing: follow it
-                self._save_offset()
-                return None
-            self._since = None  # later collections are stamped under the new offset
-            self._save_offset()
-        if step < 0:
+            step = 0.0 if self._offset is None else offset - self._offset
+        if step > TOLERANCE.total_seconds():
+            marked = 0
+            if since is not None:
+                until = now - dt.timedelta(seconds=step) + TOLERANCE  # the old clock's "now"
+                marked = self._mark_untrusted(since - TOLERANCE, until)
+            msg = (
+                f"the station clock was set forward by {step:.0f} s: {marked} file(s) "
+                "collected before it under a clock not confirmed since are marked collected "
+                "under an untrusted clock"
+            )
+        elif step < -TOLERANCE.total_seconds():
             msg = f"the station clock was set back by {-step:.0f} s"
+        else:
+            msg = ""
+        with self._lock:
+            closes = bool(msg or synced) and self._since is not None
+            if closes:  # later collections are stamped under a clock vouched for
+                self._since = None
+            self._offset = offset  # within the tolerance: NTP slewing, followed
+            if closes or self._saved_offset is None or abs(offset - self._saved_offset) >= 1:
+                self._save_offset()
+        if msg:
             with self.catalog.write() as s:
                 append_event(s, "clock_stepped", msg, seconds=round(step))
-            return msg
-        if since is None:
-            marked = 0
-        else:
-            until = now - dt.timedelta(seconds=step) + TOLERANCE  # the old clock's "now"
-            marked = self._mark_untrusted(since - TOLERANCE, until)
-        msg = (
-            f"the station clock was set forward by {step:.0f} s: {marked} file(s) collected "
-            "before it in this boot are marked collected under an untrusted clock"
-        )
-        with self.catalog.write() as s:
-            append_event(s, "clock_stepped", msg, seconds=round(step), files=marked)
-        log.warning("%s", msg)
-        return msg
+            log.warning("%s", msg)
+        return msg or None
 
     def _mark_untrusted(self, lo: dt.datetime, hi: dt.datetime) -> int:
         with self.catalog.write() as s:

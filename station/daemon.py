@@ -580,8 +580,9 @@ class Station:
         """Why deletion by age must wait (the station clock), with its alarm, or None."""
         paused = None
         if self.clock is not None:
-            self.clock.check_step(utcnow())  # files stamped before a step are marked first
-            paused = self.clock.sweep_pause(utcnow(), clock_synchronized())
+            synced = clock_synchronized()
+            self.clock.check_step(utcnow(), synced)  # files stamped before a step: marked
+            paused = self.clock.sweep_pause(utcnow(), synced)
         if paused:
             self.alarms.raise_("clock_jump", f"deletion by age paused: {paused}")
         else:
@@ -741,10 +742,11 @@ class Station:
         for d in self.store.disks:
             if d.present():
                 continue
+            was_present = d.identity is not None  # and lost it: remounted, swapped
             why = self.disk_book.identify(d)
             if why is None:
                 d.prepare()
-                if self._disk_refused.get(str(d.path)):  # back after being away: settle it
+                if was_present or self._disk_refused.get(str(d.path)):  # back: settle it
                     report = recover(self.catalog, [d])
                     for line in report.lines():
                         log.warning("recovery of %s: %s", d.path, line)

@@ -53,19 +53,26 @@ class Marker:
 
 def read_marker(path: Path) -> Marker | None:
     """The marker on a disk, None when it has none; DiskIdentityError when it is damaged."""
+    return _read_marker(path)[0]
+
+
+def _read_marker(path: Path) -> tuple[Marker | None, tuple[int, int] | None]:
+    """The marker and the (device, inode) of the very file it was read from."""
     try:
-        raw = json.loads((path / MARKER).read_text("utf-8"))
+        with open(path / MARKER, "rb") as f:
+            st = os.fstat(f.fileno())
+            raw = json.loads(f.read().decode("utf-8"))
         m = Marker(str(raw["uuid"]), str(raw.get("station_id", "")), str(raw["created_at"]))
         uuid.UUID(m.uuid)
-        return m
+        return m, (st.st_dev, st.st_ino)
     except FileNotFoundError:
-        return None
+        return None, None
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise DiskIdentityError(f"{path / MARKER}: unreadable marker ({e})") from None
 
 
-def write_marker(path: Path, station_id: str) -> Marker:
-    m = Marker(str(uuid.uuid4()), station_id, utcnow().isoformat())
+def write_marker(path: Path, station_id: str, disk_uuid: str | None = None) -> Marker:
+    m = Marker(disk_uuid or str(uuid.uuid4()), station_id, utcnow().isoformat())
     replace_file(path / MARKER, json.dumps(asdict(m), indent=1).encode(), mode=0o644)
     return m
 
@@ -117,14 +124,14 @@ class DiskBook:
         if not path.is_dir():
             return f"{path} is not there"
         try:
-            marker = read_marker(path)
+            marker, key = _read_marker(path)
         except DiskIdentityError as e:
             return str(e)
         known = self.known()
         if marker is not None and marker.uuid in known:
             if known[marker.uuid] != str(path):
                 self._moved(marker.uuid, known[marker.uuid], str(path))
-            disk.identity = marker.uuid
+            disk.bind(marker.uuid, key)  # the marker file read, not whatever is there now
             return None
         with self.catalog.read() as s:
             files_here = s.scalar(
@@ -135,11 +142,11 @@ class DiskBook:
             if marker.station_id == self.station_id and self._holds_our_files(path):
                 # ours after all: marked, but the record was lost (a power cut in between)
                 self._record(marker, path, "marked disk holding this catalog's files")
-                disk.identity = marker.uuid
+                disk.bind(marker.uuid, key)
                 return None
             if files_at_all == 0 and not known:
                 self._record(marker, path, "found on the disk of a new catalog")
-                disk.identity = marker.uuid
+                disk.bind(marker.uuid, key)
                 return None
             return (
                 f"{path} holds another station's disk (marker {marker.uuid}): take it into use "
@@ -172,9 +179,14 @@ class DiskBook:
         if marker is not None and marker.uuid in known:
             raise DiskIdentityError(f"{path} is already in use as disk {marker.uuid}")
         if str(path) in known.values():
+            old = next(u for u, p in known.items() if p == str(path))
+            if marker is None and self._holds_our_files(path):
+                # the same disk, its marker lost (fsck, a bad sector): given its own back
+                m = write_marker(path, self.station_id, old)
+                disk.identity = self._record(m, path, "its lost marker written again", by=by)
+                return m.uuid
             # the disk it replaces takes its rows along, parked until it is found again (a
             # loose cable, a repaired disk put back): they are its files, not the new disk's
-            old = next(u for u, p in known.items() if p == str(path))
             with self.catalog.write() as s:
                 n = self._park(s, old, str(path))
                 append_event(
@@ -185,6 +197,40 @@ class DiskBook:
             marker = write_marker(path, self.station_id)
         disk.identity = self._record(marker, path, "taken into use", by=by)
         return marker.uuid
+
+    def retire(self, disk_uuid: str, by: str) -> int:
+        """An administrator says a disk that is not here is gone for good: its live rows are
+        marked lost (tombstoned, nothing removed), so its recorders' files still on their
+        cards are collected again, and the disk is forgotten (if it ever comes back it is a
+        foreign disk until adopted; its files are then catalogued from their sidecars)."""
+        known = self.known()
+        if disk_uuid not in known:
+            raise DiskIdentityError(f"no disk {disk_uuid} in the catalog (`station disks`)")
+        path = known[disk_uuid]
+        if not path.startswith("(moved) "):
+            raise DiskIdentityError(
+                f"disk {disk_uuid} was last seen at {path}: only a disk that is not in use "
+                "(replaced, or away from every configured path) can be retired"
+            )
+        now = utcnow()
+        with self.catalog.write() as s:
+            rows = s.scalars(
+                select(StoredFile).where(StoredFile.disk == path, StoredFile.deleted_at.is_(None))
+            ).all()
+            for f in rows:
+                f.deleted_at, f.deleted_by = now, by
+                f.delete_reason = f"lost with disk {disk_uuid} (retired)"
+            s.execute(update(IngestJob).where(IngestJob.disk == path).values(state="failed"))
+            record = s.get(StoredDisk, disk_uuid)
+            assert record is not None
+            s.delete(record)
+            append_event(
+                s, "disk_retired", f"disk {disk_uuid} retired: {len(rows)} file(s) lost with "
+                "it; those still on their recorders are collected again", actor=by,
+                uuid=disk_uuid, files=len(rows),
+            )  # fmt: skip
+        log.warning("store disk %s retired by %s: %s file(s) lost", disk_uuid, by, len(rows))
+        return len(rows)
 
     def _record(self, m: Marker, path: Path, why: str, *, by: str = "station") -> str:
         with self.catalog.write() as s:

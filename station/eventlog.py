@@ -10,9 +10,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
-from station.catalog import Catalog, Event
+from station.catalog import Catalog, Event, StoredDisk
 from station.catalog.db import chain_head, verify_anchor
 from station.durable import replace_file
 from station.store import LOG_ANCHOR, MARKER
@@ -126,15 +126,29 @@ def verify_anchors(catalog: Catalog, disks: Iterable[Path]) -> list[str]:
     """Compare the log with the anchors on the disks (`station audit verify`)."""
     problems = []
     with catalog.read() as s:
+        ours = set(s.scalars(select(StoredDisk.uuid)))
+        logged = s.scalar(select(func.max(Event.id))) or 0
         for path in anchor_paths(disks):
+            in_use = _marker_uuid(path.parent) in ours  # a disk of this station's: written
             try:
                 anchor = json.loads(path.read_text("utf-8"))
             except FileNotFoundError:
-                if (path.parent / MARKER).is_file():  # a disk in use: the station writes it
+                if in_use and logged:
                     problems.append(f"{path}: missing (removed?): the log's end is unproven")
                 continue
             except (OSError, ValueError) as e:
                 problems.append(f"{path}: unreadable anchor ({e})")
                 continue
+            if not isinstance(anchor, dict) or not anchor.get("last_id") or not anchor.get("hash"):
+                if in_use and logged:
+                    problems.append(f"{path}: emptied anchor: the log's end is unproven")
+                continue
             problems += verify_anchor(s, anchor, str(path))
     return problems
+
+
+def _marker_uuid(disk: Path) -> str | None:
+    try:
+        return str(json.loads((disk / MARKER).read_text("utf-8"))["uuid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None

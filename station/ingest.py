@@ -262,9 +262,11 @@ class FileIngest:
         # The card's copy goes only if the stored one still holds these bytes.
         held_on = self.store.disk_by_path(match.disk)
         if held_on is None or not held_on.present():
+            lost = " (`station disks retire` if that disk is lost for good)"
             raise KeptOnCard(
                 f"{parse_card_path(cf.path).display}: stored as file {match.id} on "
                 f"{match.disk}, which is not present: kept on the recorder"
+                + (lost if match.disk.startswith("(moved) ") else "")
             )
         stored = Path(match.disk) / match.rel_path
         try:
@@ -756,6 +758,8 @@ class FileIngest:
         with self.catalog.write() as s:
             if job_id is not None and (row := s.get(IngestJob, job_id)) is not None:
                 row.state = "cleared"
+            if (stored := s.get(StoredFile, file_id)) is not None:
+                stored.card_clearing_at = None
 
     def _changed_on_card(self, cf: CardFile) -> bool:
         now = self.card.stat_file(cf.path)
@@ -765,13 +769,16 @@ class FileIngest:
         self, job_id: int | None, state: str, kind: str, message: str, file_id: int
     ) -> None:
         with self.catalog.write() as s:
+            stored = s.get(StoredFile, file_id)
             if state == "clearing":  # in the transaction that logs the card's delete
-                stored = s.get(StoredFile, file_id)
                 if stored is None or stored.deleted_at is not None:
                     raise KeptOnCard(
                         f"{message}: stored file {file_id} was deleted meanwhile; the "
                         "recorder's copy is the only one and stays"
                     )
+                stored.card_clearing_at = utcnow()  # no deletion of it until the card's is done
+            elif stored is not None:
+                stored.card_clearing_at = None
             if job_id is not None and (row := s.get(IngestJob, job_id)) is not None:
                 row.state = state
             append_event(

@@ -23,7 +23,15 @@ from sqlalchemy.orm import Session
 
 from drivers.base import OfficerInfo
 from station import faults
-from station.catalog import Catalog, IngestJob, Officer, Recorder, StoredDisk, StoredFile
+from station.catalog import (
+    Catalog,
+    IngestJob,
+    Officer,
+    Recorder,
+    StationState,
+    StoredDisk,
+    StoredFile,
+)
 from station.catalog.db import REBUILDING, append_event
 from station.catalog.models import utcnow
 from station.disks import DiskIdentityError, read_marker, write_marker
@@ -355,6 +363,16 @@ def recover(catalog: Catalog, disks: list[StoreDisk]) -> Report:
         for rel in known:
             if not (disk.path / rel).exists():
                 report.missing.append(str(disk.path / rel))
+    if started := catalog.get_state(REBUILDING):
+        # a rebuild cut short (it holds the catalog's lock while it runs, as the daemon
+        # that calls this does): the files it had not reached are catalogued above, the
+        # ids it gave are final, so holds and grades may go on
+        with catalog.write() as s:
+            s.merge(StationState(key=REBUILDING, value=""))
+            append_event(
+                s, "catalog_rebuild_completed", f"the catalog rebuild started {started} was "
+                "cut short; start-up recovery catalogued the rest from the sidecars",
+            )  # fmt: skip
     if report.lines():
         with catalog.write() as s:
             append_event(

@@ -45,6 +45,7 @@ from station.sidecar import (
 )
 
 log = logging.getLogger(__name__)
+CLEARING_GRACE = dt.timedelta(minutes=10)  # a clearing mark older than this was left by a crash
 
 
 @dataclass(frozen=True)
@@ -243,6 +244,17 @@ class RetentionSweeper:
                     raise DeletionRefused(
                         f"file {file_id} is under legal hold {row.legal_hold!r}: release it first",
                         held=True,
+                    )
+                clearing = row.card_clearing_at
+                if clearing is not None and utcnow() - clearing < CLEARING_GRACE:
+                    # its recorder's copy is being deleted right now, trusting this one
+                    if by == "retention":
+                        log.info("file %s: its recorder copy is being cleared: later", file_id)
+                        return False
+                    raise DeletionRefused(
+                        f"file {file_id}: its copy on the recorder is being cleared right "
+                        "now; try again in a minute",
+                        held=False,
                     )
                 if is_protected(row.important, row.level, None):
                     if by == "retention":

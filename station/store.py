@@ -81,8 +81,13 @@ class StoreDisk:
 
     @identity.setter
     def identity(self, value: str | None) -> None:
-        self._identity = value
-        self._marker_key = self._marker_now() if value is not None else None
+        """Identified by a marker just written (or not at all)."""
+        self.bind(value, self._marker_now() if value is not None else None)
+
+    def bind(self, identity: str | None, marker_key: tuple[int, int] | None) -> None:
+        """Identified by the marker file whose (device, inode) is `marker_key`."""
+        self._identity = identity
+        self._marker_key = marker_key
 
     def _marker_now(self) -> tuple[int, int] | None:
         """(device, inode) of the marker at the path: another disk mounted here (two disks

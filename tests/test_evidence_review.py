@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
 import os
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -20,7 +22,7 @@ from station.ingest import FileChanged, VerifyFailed
 from station.recovery import recover
 from station.retention import DiskFacts, RetentionSweeper, Rules
 from station.sidecar import read_sidecar, sidecar_path
-from station.store import Store
+from station.store import MARKER, Store
 
 
 def test_two_disks_swapping_mount_points_keep_their_own_rows(store_env, tmp_path) -> None:
@@ -641,3 +643,288 @@ def test_a_hold_placed_during_a_catalog_rebuild_is_refused_not_lost(
     assert tried
     annotate(fresh, 1, by="900001", legal_hold="XS-1", admin=True)
     fresh.close()
+
+
+# --- review 13: the second review, of the fixes above --------------------------------------
+
+DAY30 = Rules(days={"normal": 30, "important": None, "evidence": None})
+
+
+def _facts(*disks: Path) -> list[DiskFacts]:
+    return [DiskFacts(str(d), 10**12, 10**11) for d in disks]
+
+
+def _collect_under(catalog, disk, tmp_path, monkeypatch, guard, when, name):
+    import station.ingest as ingest_mod
+
+    root = card_with(tmp_path, name, os.urandom(10_000))
+    monkeypatch.setattr(ingest_mod, "utcnow", lambda: when)
+    done = Ingest(catalog, disk, root, clock=guard).collect(f"DCIM/{name}".encode())
+    monkeypatch.undo()
+    return done.file_id
+
+
+# --- clockguard.check_step ----------------------------------------------------------------------
+
+
+def test_a_clock_step_is_not_forgotten_when_marking_its_files_fails(
+    store_env, tmp_path, monkeypatch
+) -> None:
+    """check_step saves the new offset (the step 'seen') before it marks the files. If the
+    marking fails (the catalog busy with a CLI command: 'database is locked'; a kill or power
+    cut between the two commits), the step is consumed: the next round, or the restarted
+    daemon in the same boot, sees no step, and the files stamped 60 days early are deleted
+    by a 30-day sweep the same day."""
+    catalog, disk = store_env
+    uptime = [30.0]
+    t0 = RELEASED + dt.timedelta(days=30)  # the clock timesyncd restored (dead RTC)
+    guard = ClockGuard(catalog, 2, boot=lambda: uptime[0], boot_id="boot-1")
+    assert guard.sweep_pause(t0 - dt.timedelta(minutes=5), synced=None) is None
+    fid = _collect_under(
+        catalog, disk, tmp_path, monkeypatch, guard, t0, "100001_B1_20261231080000_0001.MP4"
+    )
+    uptime[0] += 300
+    now = t0 + dt.timedelta(days=60, minutes=5)  # NTP steps the clock 60 days forward
+
+    def locked(self, lo, hi):
+        raise sqlite3.OperationalError("database is locked")
+
+    monkeypatch.setattr(ClockGuard, "_mark_untrusted", locked)
+    with pytest.raises(sqlite3.OperationalError):
+        guard.check_step(now)  # the sweep round fails and is logged; the daemon goes on
+    monkeypatch.undo()
+    # the next round (same guard), and a daemon restarted in this boot
+    guard.check_step(now + dt.timedelta(seconds=60))
+    restarted = ClockGuard(catalog, 2, boot=lambda: uptime[0], boot_id="boot-1")
+    restarted.check_step(now + dt.timedelta(seconds=60))
+    paused = restarted.sweep_pause(now, synced=True)
+    RetentionSweeper(catalog, DAY30).sweep(_facts(disk), now=now, paused=paused)
+    f = row(catalog, fid)
+    assert f.clock_untrusted and f.deleted_at is None, (
+        "the clock step was consumed before its files were marked: deleted 60 days early"
+    )
+
+
+def test_files_collected_before_a_reboot_under_the_restored_clock_are_marked_too(
+    store_env, tmp_path, monkeypatch
+) -> None:
+    """A dead RTC and no network for a while (the cabinet is portable: powered off at night):
+    boot 1 collects under the clock timesyncd restored, the station is powered off, boot 2
+    restores the clock to boot 1's shutdown and NTP finally steps it 60 days forward. The
+    boot-1 files were stamped just as early as boot 2's, but check_step only marks 'this
+    boot' (the saved offset of another boot id is dropped): they are deleted at once."""
+    catalog, disk = store_env
+    t0 = RELEASED + dt.timedelta(days=30)
+    up1 = [30.0]
+    boot1 = ClockGuard(catalog, 2, boot=lambda: up1[0], boot_id="boot-1")
+    assert boot1.sweep_pause(t0 - dt.timedelta(minutes=5), synced=None) is None
+    fid = _collect_under(
+        catalog, disk, tmp_path, monkeypatch, boot1, t0, "100001_B1_20261231080000_0001.MP4"
+    )
+    # power off after 2 hours; next day power on: the clock reads boot 1's shutdown
+    shutdown = t0 + dt.timedelta(hours=2)
+    up2 = [20.0]
+    boot2 = ClockGuard(catalog, 2, boot=lambda: up2[0], boot_id="boot-2")
+    assert boot2.check_step(shutdown) is None
+    assert boot2.sweep_pause(shutdown, synced=None) is None  # nothing looks wrong
+    up2[0] += 300
+    now = shutdown + dt.timedelta(days=60, minutes=5)  # NTP answers
+    boot2.check_step(now)
+    paused = boot2.sweep_pause(now, synced=True)
+    RetentionSweeper(catalog, DAY30).sweep(_facts(disk), now=now, paused=paused)
+    assert row(catalog, fid).deleted_at is None, (
+        "collected under the same unsynchronised clock one boot earlier: deleted 60 days early"
+    )
+
+
+# --- disks: parking, adopt, identify ----------------------------------------------------------
+
+
+def test_a_card_file_whose_stored_copy_was_on_a_replaced_disk_is_collected_again(
+    store_env, tmp_path, monkeypatch
+) -> None:
+    """The card clear was cut short (power cut between commit and delete), then the disk
+    died and an administrator adopted a new one in its bay. The dead disk's rows are parked
+    on '(moved) UUID' and stay live for ever; `_find_duplicate` finds the parked row, whose
+    disk is 'not present', and keeps the card file (KeptOnCard) at every docking: the
+    recorder holds the only copy and the station never stores it again."""
+    from station.ingest import FileIngest, KeptOnCard
+
+    catalog, disk = store_env
+    name = "100001_B1_20261201080000_0001.MP4"
+    root = card_with(tmp_path, name, os.urandom(30_000))
+    ing = Ingest(catalog, disk, root)
+    monkeypatch.setattr(FileIngest, "_delete_from_card", lambda *a, **k: None)
+    ing.collect(f"DCIM/{name}".encode())  # stored; the card's delete never happened
+    monkeypatch.undo()
+    os.rename(disk, tmp_path / "dead-disk")  # the disk dies, is thrown away
+    disk.mkdir()
+    book = DiskBook(catalog, "T1")
+    old = next(iter(book.known()))
+    book.adopt(ing.store.disks[0], "900001")  # its replacement
+    ing.fi = ing.docking()
+    with pytest.raises(KeptOnCard):  # the old disk may come back: the card keeps it
+        ing.collect(f"DCIM/{name}".encode())
+    assert book.retire(old, "900001") == 1  # the administrator: that disk is lost
+    ing.fi = ing.docking()
+    out = ing.collect(f"DCIM/{name}".encode())  # KeptOnCard on the code reviewed
+    assert out.kind == "stored"
+    f = row(catalog, out.file_id)
+    assert (Path(f.disk) / f.rel_path).exists()
+
+
+def test_re_adopting_a_disk_whose_marker_was_lost_keeps_its_footage_catalogued(
+    store_env,
+) -> None:
+    """The marker of a disk in use is lost or unreadable (fsck, a bad sector, someone
+    removed it); the documented remedy is `station disks adopt PATH`. adopt now parks the
+    disk's rows on '(moved) OLD-UUID' and writes a new marker on the SAME disk, so the
+    orphan pass takes every file on it for a 'second copy' of its parked row and
+    quarantines it: the whole disk's footage leaves the catalog (nothing to search, play,
+    hold or forward), and the rows point at a disk that can never come back."""
+    catalog, disk = store_env
+    ids = [put_file(catalog, disk, f"100001_B1_20200101080000_000{i}.MP4") for i in range(3)]
+    (disk / MARKER).unlink()  # lost
+    d = Store([disk], 0).disks[0]
+    DiskBook(catalog, "T1").adopt(d, "900001")
+    report = recover(catalog, [d])  # the daemon, seeing the disk back
+    for fid in ids:
+        f = row(catalog, fid)
+        assert f.disk == str(disk), f"row {fid} parked on {f.disk!r}"
+    assert not report.quarantined, report.quarantined
+
+
+def test_identify_never_pairs_one_disks_uuid_with_another_disks_marker(
+    store_env, tmp_path, monkeypatch
+) -> None:
+    """identify() reads the marker, and the identity setter stats the marker again later to
+    take its (st_dev, st_ino). A swap between the two (a remount during identification)
+    pairs disk A's UUID with disk B's marker inode: present() is then True for a disk that
+    is not the one named, and stays True, so it is never identified again."""
+    from test_evidence_safety import new_disk
+
+    import station.disks as disks_mod
+
+    catalog, d1 = store_env
+    d2 = new_disk(catalog, tmp_path / "disk2")
+    store = store_of(catalog, d1, d2)
+    real = disks_mod.read_marker
+    swapped = []
+
+    def read_then_swap(path):
+        m = real(path)
+        if not swapped and path == d1:
+            swapped.append(1)
+            os.rename(d1, tmp_path / "swap")
+            os.rename(d2, d1)
+            os.rename(tmp_path / "swap", d2)
+        return m
+
+    monkeypatch.setattr(disks_mod, "read_marker", read_then_swap)
+    first = store.disks[0]
+    first.identity = None
+    assert DiskBook(catalog, "T1").identify(first) is None
+    on_disk = json.loads((d1 / MARKER).read_text())["uuid"]
+    assert not (first.present() and first.identity != on_disk), (
+        f"{d1} is 'present' as {first.identity} but holds disk {on_disk}"
+    )
+
+
+# --- ingest._clearing ---------------------------------------------------------------------------
+
+
+def test_the_stored_row_cannot_be_deleted_between_the_clearing_check_and_the_card_delete(
+    store_env, tmp_path, monkeypatch
+) -> None:
+    """_clearing checks the stored row is live in the transaction that logs the delete, but
+    the card delete comes after that commit (and after a second card stat). Nothing stops a
+    sweep (overwrite when full: the make_room of another port) or an administrator from
+    tombstoning and removing the stored file in between: then the card's copy goes too."""
+    from station.ingest import FileIngest
+
+    catalog, disk = store_env
+    name = "100001_B1_20261201080000_0001.MP4"
+    root = card_with(tmp_path, name, os.urandom(30_000))
+    ing = Ingest(catalog, disk, root)
+    real, calls = FileIngest._changed_on_card, []
+
+    def deleted_after_the_check(self, cf):
+        calls.append(1)
+        if len(calls) == 2:  # the re-stat right after the 'clearing' commit
+            with catalog.read() as s:
+                live = s.scalars(select(StoredFile).where(StoredFile.deleted_at.is_(None))).all()
+            for f in live:
+                RetentionSweeper(catalog, DAY30).delete(f.id, "make room", by="retention")
+        return real(self, cf)
+
+    monkeypatch.setattr(FileIngest, "_changed_on_card", deleted_after_the_check)
+    ing.collect(f"DCIM/{name}".encode())  # the sweep leaves the file being cleared alone
+    with catalog.read() as s:
+        live = s.scalars(select(StoredFile).where(StoredFile.deleted_at.is_(None))).all()
+    assert live or (root / "DCIM" / name).exists(), (
+        "the stored copy was deleted after the clearing check, and the card's copy after it"
+    )
+
+
+# --- recovery.rebuild's flag ------------------------------------------------------------------
+
+
+def test_a_cut_short_rebuild_does_not_leave_holds_refused_on_a_running_station(
+    store_env, tmp_path, monkeypatch
+) -> None:
+    """`catalog rebuild` is interrupted (Ctrl-C, a power cut, an OSError writing a marker:
+    the steps outside _settle). Nothing refuses the daemon's start on that catalog, and its
+    start-up recovery catalogues the rest from the sidecars; but `catalog_rebuild_started`
+    is never cleared, so every hold and grade (also raising one to evidence) is refused
+    while retention deletes by age as usual."""
+    import station.recovery as recovery_mod
+    from station.annotations import annotate
+
+    catalog, disk = store_env
+    for i in range(3):
+        put_file(catalog, disk, f"100001_B1_20200101080000_000{i}.MP4")
+    fresh = Catalog(tmp_path / "rebuilt.db")
+    fresh.migrate()
+    real, n = recovery_mod._rebuild_one, []
+
+    def cut(*args):
+        n.append(1)
+        if len(n) == 2:
+            raise KeyboardInterrupt
+        real(*args)
+
+    monkeypatch.setattr(recovery_mod, "_rebuild_one", cut)
+    with pytest.raises(KeyboardInterrupt):
+        recovery_mod.rebuild(fresh, [disk])
+    monkeypatch.undo()
+    recover(fresh, store_of(fresh, disk).disks)  # the daemon starts on it
+    with fresh.read() as s:
+        ids = [f.id for f in s.scalars(select(StoredFile))]
+    assert len(ids) == 3  # every file is catalogued, ids final
+    try:
+        annotate(fresh, ids[0], by="900001", legal_hold="XS-9", admin=True)
+    finally:
+        fresh.close()
+
+
+# --- eventlog.verify_anchors ----------------------------------------------------------------
+
+
+def test_an_emptied_anchor_is_a_problem_like_a_missing_one(store_env) -> None:
+    """A missing anchor is reported now; an anchor rewritten as `{}` (or last_id 0) by the
+    same person who deleted the newest log entries passes silently (verify_anchor returns
+    [] for last_id 0), so the new check is bypassed by truncating instead of deleting."""
+    from station.catalog.db import append_event
+    from station.eventlog import verify_anchors, write_anchors
+
+    catalog, disk = store_env
+    for i in range(5):
+        with catalog.write() as s:
+            append_event(s, "test", f"entry {i}")
+    head = write_anchors(catalog, [disk], "T1")
+    con = sqlite3.connect(catalog.path)
+    with con:
+        con.execute("DELETE FROM events WHERE id > ?", (head["last_id"] - 2,))
+    con.close()
+    (disk / ".station-log-anchor.json").write_text("{}")
+    assert verify_anchors(catalog, [disk]), "entries deleted, anchor emptied: nothing reported"

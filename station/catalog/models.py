@@ -171,6 +171,9 @@ class StoredFile(Base):
     verified_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)  # last scrub
     # collected while the station clock could not be believed: never deleted by age
     clock_untrusted: Mapped[bool] = mapped_column(default=False, server_default="0")
+    # set while the recorder's copy is being deleted (FileIngest._clearing): retention and
+    # people leave the stored copy alone meanwhile (stale after CLEARING_GRACE)
+    card_clearing_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     deleted_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     deleted_by: Mapped[str | None] = mapped_column(String(64))
     delete_reason: Mapped[str | None] = mapped_column(Text)
