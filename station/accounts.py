@@ -34,7 +34,7 @@ from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatc
 from sqlalchemy import func, select, update
 
 from station.catalog import Catalog, LoginThrottle, User, UserSession
-from station.catalog.accounts_models import ROLES
+from station.catalog.accounts_models import FOOTAGE_ROLES, KEEP_ONE, LOG_ROLES, ROLES
 from station.catalog.db import append_event
 from station.catalog.models import utcnow
 
@@ -84,6 +84,18 @@ class Account:
     @property
     def sees_all_files(self) -> bool:
         return self.role in ("administrator", "auditor")
+
+    @property
+    def sees_footage(self) -> bool:
+        return self.role in FOOTAGE_ROLES
+
+    @property
+    def reads_log(self) -> bool:
+        return self.role in LOG_ROLES
+
+    @property
+    def manages_users(self) -> bool:
+        return self.role == "security_admin"
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -222,7 +234,7 @@ def update_user(
         u = s.scalars(select(User).where(User.officer_no == officer_no)).first()
         if u is None:
             raise AccountError(f"no user with officer number {officer_no}")
-        was_admin = u.role == "administrator" and u.active
+        kept = u.role if u.role in KEEP_ONE and u.active else None
         changes = []
         if name is not None and name.strip() != u.name:
             u.name = name.strip()[:64]
@@ -244,14 +256,14 @@ def update_user(
             for th in throttled:
                 s.delete(th)
             changes.append("unlocked")
-        if was_admin and not (u.role == "administrator" and u.active):
+        if kept and not (u.role == kept and u.active):
             others = s.scalar(
                 select(func.count())
                 .select_from(User)
-                .where(User.role == "administrator", User.active.is_(True), User.id != u.id)
+                .where(User.role == kept, User.active.is_(True), User.id != u.id)
             )
             if not others:
-                raise AccountError("the station must keep at least one active administrator")
+                raise AccountError(f"the station must keep at least one active {kept}")
         if not changes:
             return _account(u, now)
         if digest is not None or active is False or role is not None:

@@ -810,14 +810,15 @@ def users() -> None:
 @config_option
 @click.option(
     "--role",
-    type=click.Choice(["officer", "administrator", "auditor"]),
+    type=click.Choice(["officer", "administrator", "auditor", "security_admin", "audit_admin"]),
     default="officer",
     show_default=True,
 )
 @click.option("--name", default="", help="the person's name")
 @click.password_option("--pin", prompt="PIN or password", help="at least 6 characters")
 def users_add(officer_no: str, config_path: str | None, role: str, name: str, pin: str) -> None:
-    """Create a user (the first administrator: --role administrator)."""
+    """Create a user (the first ones here: --role administrator, --role security_admin
+    (manages accounts), --role audit_admin (reads the log); one role per person)."""
     from station.accounts import AccountError, create_user
 
     try:

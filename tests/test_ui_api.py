@@ -21,6 +21,8 @@ ADMIN = ("900001", "135790")
 OFFICER_A = ("800001", "246801")
 OFFICER_B = ("800002", "112233")
 AUDITOR = ("700001", "998877")
+SECURITY = ("600001", "864200")  # the security administrator: accounts
+AUDIT = ("600002", "975310")  # the audit administrator: the system log
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +40,8 @@ def st(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StationProc]:
             (OFFICER_A, "officer"),
             (OFFICER_B, "officer"),
             (AUDITOR, "auditor"),
+            (SECURITY, "security_admin"),
+            (AUDIT, "audit_admin"),
         ):
             accounts.create_user(catalog, no, pin, role=role)
         catalog.close()
@@ -326,8 +330,8 @@ def test_a_reloaded_configuration_file_keeps_the_touchscreen_settings(make_stati
     assert (settings["registration_mode"], settings["retention_days"]) == ("manual", 45)
 
 
-def test_users_are_managed_by_administrators(st: StationProc) -> None:
-    adm = as_user(st, ADMIN)
+def test_users_are_managed_by_the_security_administrator(st: StationProc) -> None:
+    adm = as_user(st, SECURITY)
     r = adm.post("/ui/api/users", {"officer_no": "800050", "name": "新警员", "role": "officer",
                                    "secret": "123"})  # fmt: skip
     assert r.status_code == 409  # too short
@@ -338,8 +342,59 @@ def test_users_are_managed_by_administrators(st: StationProc) -> None:
     assert adm.post("/ui/api/users/800050", {"active": False}).status_code == 200
     assert new.get("/ui/api/files").status_code == 401  # the session ended with the account
     assert Browser(st).login(("800050", "505050")).status_code == 403
+    system = as_user(st, ADMIN)  # the system administrator manages no accounts
+    assert system.post(f"/ui/api/users/{ADMIN[0]}", {"active": False}).status_code == 403
     r = adm.post(f"/ui/api/users/{ADMIN[0]}", {"active": False})
     assert r.status_code == 409  # the last administrator stays
+    r = adm.post(f"/ui/api/users/{SECURITY[0]}", {"active": False})
+    assert r.status_code == 409  # and the last security administrator
+    r = adm.post(f"/ui/api/users/{SECURITY[0]}", {"role": "administrator"})
+    assert r.status_code == 403  # nobody takes another duty for themselves
+
+
+# GB/T 22239 separation of duties: what each role gets from every console route (200/OK,
+# 403 refused; 404 for an officer's view of a file that is not theirs is tested above)
+ROLE_ROUTES = [
+    ("GET", "/ui/api/files"), ("GET", "/ui/api/files/{fid}"), ("GET", "/ui/media/{fid}/download"),
+    ("GET", "/ui/media/{fid}/status"), ("POST", "/ui/api/files/{fid}/annotate"),
+    ("GET", "/ui/api/log"), ("GET", "/ui/api/users"), ("GET", "/ui/api/settings"),
+    ("POST", "/ui/api/files/{fid}/delete"),
+]  # fmt: skip
+ALLOWED = {
+    "officer": {"/ui/api/files", "/ui/api/files/{fid}", "/ui/media/{fid}/download",
+                "/ui/media/{fid}/status", "/ui/api/files/{fid}/annotate"},
+    "administrator": {"/ui/api/files", "/ui/api/files/{fid}", "/ui/media/{fid}/download",
+                      "/ui/media/{fid}/status", "/ui/api/files/{fid}/annotate",
+                      "/ui/api/log", "/ui/api/settings", "/ui/api/files/{fid}/delete"},
+    "auditor": {"/ui/api/files", "/ui/api/files/{fid}", "/ui/media/{fid}/download",
+                "/ui/media/{fid}/status", "/ui/api/log"},
+    "security_admin": {"/ui/api/log", "/ui/api/users"},
+    "audit_admin": {"/ui/api/log"},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("role", list(ALLOWED))
+def test_each_role_reaches_only_its_own_duties(st: StationProc, role: str) -> None:
+    who = {"officer": OFFICER_A, "administrator": ADMIN, "auditor": AUDITOR,
+           "security_admin": SECURITY, "audit_admin": AUDIT}[role]  # fmt: skip
+    b = as_user(st, who)
+    fid = file_ids(st, OFFICER_A[0])[0]
+    for method, route in ROLE_ROUTES:
+        # a deletion is asked for a file that does not exist: 404 when the role may delete
+        path = route.format(fid=10**9 if route.endswith("/delete") else fid)
+        if method == "GET":
+            r = b.get(path)
+        else:
+            r = b.post(path, {"reason": "role test"} if "delete" in route else {"note": role})
+        # allowed: anything but a refusal (a photo's /status is 415); refused: 403
+        refused = r.status_code in (401, 403)
+        assert refused != (route in ALLOWED[role]) and r.status_code != 401, (
+            method,
+            path,
+            r.status_code,
+            r.text[:200],
+        )
+        assert not refused or r.status_code == 403
 
 
 def test_pages_and_translations(st: StationProc) -> None:

@@ -38,6 +38,7 @@ OFFICER = ("800001", "246801")
 OTHER_OFFICER = ("800002", "112233")
 AUDITOR = ("700001", "998877")
 LOCKME = ("800009", "445566")
+SECURITY = ("600001", "864200")
 
 
 def shot(page: Any, name: str, tmp: Path) -> None:
@@ -72,6 +73,7 @@ def st(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StationProc]:
             (OTHER_OFFICER, "officer", "李四"),
             (AUDITOR, "auditor", "孙审计"),
             (LOCKME, "officer", "周六"),
+            (SECURITY, "security_admin", "钱安全"),
         ):
             accounts.create_user(catalog, no, pin, role=role, name=name)
         catalog.close()
@@ -395,6 +397,12 @@ def test_five_wrong_pins_lock_the_account(st: StationProc, page: Any, tmp_path: 
     kinds = [e["kind"] for e in st.api("/api/v1/events", officer_no=LOCKME[0])["items"]]
     assert kinds.count("login_failed") == 5
     assert "account_locked" in kinds and "login" not in kinds
+    # the security administrator sees the lock in the accounts list
+    page.click(".kp-cancel")
+    page.goto(st.url("/ui/console"))
+    keypad_login(page, *SECURITY)
+    page.wait_for_selector(f".user-row[data-officer='{LOCKME[0]}']")
+    assert "已锁定" in page.inner_text(f".user-row[data-officer='{LOCKME[0]}']")
 
 
 def test_administrator_screens(st: StationProc, page: Any, tmp_path: Path) -> None:
@@ -405,10 +413,7 @@ def test_administrator_screens(st: StationProc, page: Any, tmp_path: Path) -> No
     page.click(".tab[data-view='log']")
     page.wait_for_selector("#log-list .log-row")
     shot(page, "console-log", tmp_path)
-    page.click(".tab[data-view='users']")
-    page.wait_for_selector(f".user-row[data-officer='{LOCKME[0]}']")
-    assert "已锁定" in page.inner_text(f".user-row[data-officer='{LOCKME[0]}']")
-    shot(page, "console-users", tmp_path)
+    assert page.is_hidden(".tab[data-view='users']")  # accounts: the security administrator
 
     # settings: registration mode applies at once (the station screen's mode pill follows)
     page.click(".tab[data-view='settings']")
@@ -421,6 +426,19 @@ def test_administrator_screens(st: StationProc, page: Any, tmp_path: Path) -> No
     page.check("input[name='registration_mode'][value='manual']")
     page.click("#settings button[type='submit']")
     wait_for(lambda: st.api("/api/v1/status")["station"]["mode"] == "manual", 10, "manual mode")
+
+
+def test_the_security_administrator_manages_accounts_and_sees_no_footage(
+    st: StationProc, page: Any, tmp_path: Path
+) -> None:
+    page.goto(st.url("/ui/console"))
+    keypad_login(page, *SECURITY)
+    page.wait_for_selector(f".user-row[data-officer='{LOCKME[0]}']")  # the first view
+    assert page.inner_text("#who-role") == "安全管理员"
+    for tab in ("files", "settings"):
+        assert page.is_hidden(f".tab[data-view='{tab}']"), tab
+    assert page.is_visible(".tab[data-view='log']")
+    shot(page, "console-users", tmp_path)
 
 
 def test_screen_recovers_when_the_daemon_restarts(st: StationProc, page: Any) -> None:

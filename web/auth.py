@@ -118,9 +118,23 @@ def require_user(account: Annotated[Account | None, Depends(optional_user)]) -> 
     return account
 
 
-def require_staff(account: Annotated[Account, Depends(require_user)]) -> Account:
-    if account.role not in ("administrator", "auditor"):
+def require_log_reader(account: Annotated[Account, Depends(require_user)]) -> Account:
+    if not account.reads_log:
         raise HTTPException(403, N_("Only an administrator or an auditor may do this"))
+    return account
+
+
+def require_footage(account: Annotated[Account, Depends(require_user)]) -> Account:
+    """Officers (their own files), administrators and auditors: the security and audit
+    administrators have no access to footage (separation of duties)."""
+    if not account.sees_footage:
+        raise HTTPException(403, N_("This account has no access to footage"))
+    return account
+
+
+def require_security(account: Annotated[Account, Depends(require_user)]) -> Account:
+    if not account.manages_users:
+        raise HTTPException(403, N_("Only the security administrator manages accounts"))
     return account
 
 
@@ -131,7 +145,9 @@ def require_admin(account: Annotated[Account, Depends(require_user)]) -> Account
 
 
 CurrentUser = Annotated[Account, Depends(require_user)]
-StaffUser = Annotated[Account, Depends(require_staff)]
+LogUser = Annotated[Account, Depends(require_log_reader)]
+FootageUser = Annotated[Account, Depends(require_footage)]
+SecurityUser = Annotated[Account, Depends(require_security)]
 AdminUser = Annotated[Account, Depends(require_admin)]
 OptionalUser = Annotated[Account | None, Depends(optional_user)]
 

@@ -26,7 +26,7 @@ from pydantic import BaseModel, Field
 from station import accounts, playback, search
 from station.accounts import Account
 from station.names import safe_component
-from web.auth import UI, CurrentUser, UIContext, csrf_protect
+from web.auth import UI, FootageUser, UIContext, csrf_protect
 from web.i18n import N_
 from web.schemas import Id
 from web.ui import scope_of
@@ -79,7 +79,7 @@ def router() -> APIRouter:
     r = APIRouter(prefix="/ui/media", dependencies=[Depends(csrf_protect)], tags=["ui"])
 
     @r.get("/{file_id}/view")
-    def view(file_id: Id, request: Request, user: CurrentUser, ctx: UI) -> FileResponse:
+    def view(file_id: Id, request: Request, user: FootageUser, ctx: UI) -> FileResponse:
         """A photo or an audio recording as stored (with range requests)."""
         ref = _ref(ctx, user, file_id)
         media_type = playback.browser_type(ref.name, ref.kind)
@@ -89,7 +89,7 @@ def router() -> APIRouter:
         return FileResponse(ref.path, media_type=media_type, headers={"Cache-Control": "private"})
 
     @r.get("/{file_id}/text")
-    def text(file_id: Id, request: Request, user: CurrentUser, ctx: UI) -> dict[str, Any]:
+    def text(file_id: Id, request: Request, user: FootageUser, ctx: UI) -> dict[str, Any]:
         """A device log (or any small text file) as text."""
         ref = _ref(ctx, user, file_id)
         if ref.kind != "log" and playback.ext_of(ref.name) not in playback.TEXT_EXTS:
@@ -98,7 +98,7 @@ def router() -> APIRouter:
         return {"name": ref.name, "text": playback.read_text(ref.path)}
 
     @r.get("/{file_id}/status")
-    def play_status(file_id: Id, user: CurrentUser, ctx: UI) -> dict[str, Any]:
+    def play_status(file_id: Id, user: FootageUser, ctx: UI) -> dict[str, Any]:
         """How far the browser copy of a video is (starting it if needed)."""
         ref = _ref(ctx, user, file_id)
         if ref.kind != "video":
@@ -114,7 +114,7 @@ def router() -> APIRouter:
 
     @r.get("/{file_id}/play", response_model=None)
     def play(
-        file_id: Id, request: Request, user: CurrentUser, ctx: UI
+        file_id: Id, request: Request, user: FootageUser, ctx: UI
     ) -> FileResponse | StreamingResponse:
         """A video as H.264 MP4: the cached copy with ranges, or the copy being made, as it
         grows."""
@@ -137,7 +137,7 @@ def router() -> APIRouter:
         )
 
     @r.get("/{file_id}/download")
-    def download(file_id: Id, user: CurrentUser, ctx: UI) -> FileResponse:
+    def download(file_id: Id, user: FootageUser, ctx: UI) -> FileResponse:
         """The original file, byte for byte."""
         ref = _ref(ctx, user, file_id)
         accounts.audit(
@@ -157,7 +157,7 @@ def router() -> APIRouter:
         )
 
     @r.post("/zip")
-    def zip_ticket(body: ZipBody, user: CurrentUser, ctx: UI) -> dict[str, Any]:
+    def zip_ticket(body: ZipBody, user: FootageUser, ctx: UI) -> dict[str, Any]:
         """Get a one-time link for a zip of the chosen files (the browser then follows it)."""
         refs = search.stored_refs(
             ctx.station.catalog, list(dict.fromkeys(body.ids)), scope_officer_no=scope_of(user)
@@ -172,7 +172,7 @@ def router() -> APIRouter:
         return {"url": f"/ui/media/zip/{ticket}", "files": len(refs)}
 
     @r.get("/zip/{ticket}")
-    def zip_download(ticket: str, user: CurrentUser, ctx: UI) -> StreamingResponse:
+    def zip_download(ticket: str, user: FootageUser, ctx: UI) -> StreamingResponse:
         with ctx.lock:
             entry = ctx.tickets.get(ticket)
             if entry is not None and entry[1] == user.id:

@@ -23,9 +23,10 @@ from station.retention import DeletionRefused
 from web.auth import (
     UI,
     AdminUser,
-    CurrentUser,
+    FootageUser,
+    LogUser,
     OptionalUser,
-    StaffUser,
+    SecurityUser,
     csrf_protect,
     login_refusal,
 )
@@ -146,7 +147,7 @@ def router() -> APIRouter:
 
     @r.get("/files")
     def files(
-        user: CurrentUser,
+        user: FootageUser,
         ctx: UI,
         officer_no: str | None = None,
         serial: str | None = None,
@@ -189,7 +190,7 @@ def router() -> APIRouter:
         return f
 
     @r.get("/files/{file_id}")
-    def file_detail(file_id: Id, user: CurrentUser, ctx: UI) -> dict[str, Any]:
+    def file_detail(file_id: Id, user: FootageUser, ctx: UI) -> dict[str, Any]:
         f = _file(ctx, user, file_id)
         if user.sees_all_files:
             f["history"] = search.recent_events(ctx.station.catalog, file_id=file_id, limit=50)[
@@ -199,7 +200,7 @@ def router() -> APIRouter:
 
     @r.post("/files/{file_id}/annotate")
     def annotate_file(
-        file_id: Id, body: AnnotateBody, user: CurrentUser, ctx: UI
+        file_id: Id, body: AnnotateBody, user: FootageUser, ctx: UI
     ) -> dict[str, Any]:
         """Level, note, case number (an officer on their own files; legal hold: administrator)."""
         if user.role == "auditor":
@@ -264,7 +265,7 @@ def router() -> APIRouter:
 
     @r.get("/log")
     def system_log(
-        user: StaffUser,
+        user: LogUser,
         ctx: UI,
         before: Annotated[int | None, Query(ge=1)] = None,
         kind: Annotated[str | None, Query(max_length=200)] = None,
@@ -288,11 +289,11 @@ def router() -> APIRouter:
     # --- users ---------------------------------------------------------------------------
 
     @r.get("/users")
-    def users(user: AdminUser, ctx: UI) -> dict[str, Any]:
+    def users(user: SecurityUser, ctx: UI) -> dict[str, Any]:
         return {"items": [a.as_dict() for a in accounts.list_users(ctx.station.catalog)]}
 
     @r.post("/users")
-    def add_user(body: NewUserBody, user: AdminUser, ctx: UI) -> dict[str, Any]:
+    def add_user(body: NewUserBody, user: SecurityUser, ctx: UI) -> dict[str, Any]:
         try:
             a = accounts.create_user(
                 ctx.station.catalog,
@@ -308,8 +309,11 @@ def router() -> APIRouter:
 
     @r.post("/users/{officer_no}")
     def change_user(
-        officer_no: str, body: UserChangeBody, user: AdminUser, ctx: UI
+        officer_no: str, body: UserChangeBody, user: SecurityUser, ctx: UI
     ) -> dict[str, Any]:
+        if officer_no == user.officer_no and body.role not in (None, user.role):
+            # one role per person: nobody gives themselves the duties of another
+            raise HTTPException(403, N_("Nobody may change their own role"))
         try:
             a = accounts.update_user(
                 ctx.station.catalog,

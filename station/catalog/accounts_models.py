@@ -13,7 +13,13 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from station.catalog.models import Base, StoredFile, UTCDateTime, utcnow
 
-ROLES = ("officer", "administrator", "auditor")
+# GB/T 22239-2019 level 3, separation of duties: the system administrator (configuration,
+# disks, recorders, footage), the security administrator (accounts, roles, lockouts) and
+# the audit administrator (the system log, nothing else); one role per account
+ROLES = ("officer", "administrator", "auditor", "security_admin", "audit_admin")
+FOOTAGE_ROLES = ("officer", "administrator", "auditor")  # officers: their own files only
+LOG_ROLES = ("administrator", "auditor", "security_admin", "audit_admin")
+KEEP_ONE = ("administrator", "security_admin")  # the last active one of these stays
 
 
 class User(Base):
@@ -30,7 +36,7 @@ class User(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     officer_no: Mapped[str] = mapped_column(String(32), unique=True)
     name: Mapped[str] = mapped_column(String(64), default="")
-    role: Mapped[str] = mapped_column(String(16))  # officer|administrator|auditor
+    role: Mapped[str] = mapped_column(String(16))  # one of ROLES
     password_hash: Mapped[str] = mapped_column(Text)
     active: Mapped[bool] = mapped_column(default=True)
     failed_logins: Mapped[int] = mapped_column(default=0)  # in a row

@@ -13,7 +13,17 @@
   const PAGE = 20;
   const KIND_TEXT = { video: N_('Video'), audio: N_('Audio'), photo: N_('Photo'), log: N_('Device log'), other: N_('Other') };
   const LEVEL_TEXT = { normal: N_('Normal'), important: N_('Important'), evidence: N_('Evidence') };
-  const ROLE_TEXT = { officer: N_('Officer'), administrator: N_('Administrator'), auditor: N_('Auditor') };
+  const ROLE_TEXT = {
+    officer: N_('Officer'), administrator: N_('Administrator'), auditor: N_('Auditor'),
+    security_admin: N_('Security administrator'), audit_admin: N_('Audit administrator'),
+  };
+  /** The first view a role may use (the security and audit administrators see no footage). */
+  const HOME = { security_admin: 'users', audit_admin: 'log' };
+  function home() {
+    const v = (user && HOME[user.role]) || 'files';
+    show(v);
+    if (v === 'files') search();
+  }
 
   let user = null;
   let view = 'files';
@@ -118,8 +128,7 @@
         const r = await Api.post('/ui/api/login', { officer_no: v.officer_no, secret: v.secret });
         user = r.user;
         applyRoles();
-        show('files');
-        search();
+        home();
       },
     });
     // Cancel on the login keypad goes back to the station screen
@@ -570,7 +579,6 @@
     user = s && s.user;
     applyRoles();
     if (!user) { showLogin(); return; }
-    show('files');
-    search();
+    home();
   });
 })();
