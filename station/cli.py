@@ -128,15 +128,14 @@ def run(config_path: str | None) -> None:
 )
 def demo(data: str, port: int, interval: float) -> None:
     """A whole station with simulated recorders docking by themselves."""
-    from station.demo import DEMO_ADMIN, prepare_demo, recorder_traffic
+    from station.demo import DEMO_ADMIN, DEMO_SECURITY, prepare_demo, recorder_traffic
 
     config, token = prepare_demo(Path(data).resolve(), port)
     click.echo(f"demo station: UI on http://127.0.0.1:{port}/  (data in {Path(data).resolve()})")
     click.echo(f"API token: {token}   config: {Path(data).resolve() / 'station.toml'}")
     click.echo(
-        "file console: http://127.0.0.1:{}/ui/console  administrator {} PIN {}".format(
-            port, *DEMO_ADMIN
-        )
+        "file console: http://127.0.0.1:{}/ui/console  administrator {} PIN {}, "
+        "security administrator (accounts) {} PIN {}".format(port, *DEMO_ADMIN, *DEMO_SECURITY)
     )
     run_station(config, lambda st, stop: recorder_traffic(st, stop, interval))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import secrets
@@ -66,26 +67,24 @@ def prepare_demo(data: Path, port: int) -> tuple[StationConfig, str]:
 
 
 DEMO_ADMIN = ("900001", "123456")  # printed at start: a demo has no secrets to keep
+DEMO_SECURITY = ("900002", "123456")  # the security administrator: accounts
 
 
 def _demo_users(config: StationConfig) -> None:
-    """A demo administrator, so the file console can be tried at once."""
+    """A demo administrator and security administrator, so the file console (footage,
+    settings; accounts) can be tried at once."""
     from station.accounts import AccountError, create_user
     from station.catalog import Catalog
 
     catalog = Catalog(config.database_path)
     catalog.migrate()
     try:
-        create_user(
-            catalog,
-            DEMO_ADMIN[0],
-            DEMO_ADMIN[1],
-            role="administrator",
-            name="Demo administrator",
-            by="demo",
-        )
-    except AccountError:
-        pass  # already there from an earlier run
+        for (no, pin), role, name in (
+            (DEMO_ADMIN, "administrator", "Demo administrator"),
+            (DEMO_SECURITY, "security_admin", "Demo security administrator"),
+        ):
+            with contextlib.suppress(AccountError):  # already there from an earlier run
+                create_user(catalog, no, pin, role=role, name=name, by="demo")
     finally:
         catalog.close()
 
