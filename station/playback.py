@@ -202,6 +202,7 @@ class Transcoder:
         self._jobs: dict[str, Job] = {}
         self._lock = threading.Lock()
         self._slots = threading.Semaphore(workers)
+        self._trim_lock = threading.Lock()
 
     def _paths(self, sha256: str) -> tuple[Path, Path]:
         key = f"{sha256}-{PROFILE}"
@@ -293,19 +294,26 @@ class Transcoder:
                 time.sleep(0.05)
 
     def trim(self) -> None:
-        """Delete the least recently used browser copies beyond `max_bytes`."""
-        try:
-            entries = [
-                (p.stat().st_mtime, p.stat().st_size, p)
-                for p in self.cache_dir.glob("*.mp4")
-                if not p.name.endswith((".frag.mp4", ".tmp.mp4"))
-            ]
-        except OSError:
-            return
-        total = sum(size for _, size, _ in entries)
-        for _, size, p in sorted(entries):
-            if total <= self.max_bytes:
-                break
-            with contextlib.suppress(OSError):
-                p.unlink()
+        """Delete the least recently used browser copies beyond `max_bytes` (one trim at a
+        time: two at once each counted the other's deletion as still there, and went on to
+        delete the newest copy too)."""
+        with self._trim_lock:
+            try:
+                entries = [
+                    (p.stat().st_mtime, p.stat().st_size, p)
+                    for p in self.cache_dir.glob("*.mp4")
+                    if not p.name.endswith((".frag.mp4", ".tmp.mp4"))
+                ]
+            except OSError:
+                return
+            total = sum(size for _, size, _ in entries)
+            for _, size, p in sorted(entries):
+                if total <= self.max_bytes:
+                    break
+                try:
+                    p.unlink()
+                except FileNotFoundError:
+                    pass  # gone already: its bytes are free all the same
+                except OSError:
+                    continue
                 total -= size

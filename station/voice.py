@@ -206,6 +206,10 @@ ALARMS: dict[str, dict[Language, str]] = {
         "zh": "系统时间异常，已暂停按期删除，请管理员检查时钟",
         "en": "The station clock jumped: retention is paused, an administrator must check it",
     },
+    "integrity": {
+        "zh": "站点软件或配置被改动，请联系管理员",
+        "en": "The station software or settings were changed, please call the administrator",
+    },
     "collection_failed": {
         "zh": "采集失败，文件保留在记录仪上",
         "en": "Collection failed, files were kept on the recorder",

@@ -758,13 +758,22 @@ def test_a_missing_data_disk_is_an_alarm_not_a_failure(booted):
     assert (booted.disk1 / ".staging").is_dir()  # the store was set up on the mounted disk
 
 
-def test_the_installed_station_matches_its_integrity_manifest(booted):
-    """install.sh recorded what it installed; the daemon compared at start: no alarm."""
+def test_the_installed_station_checks_its_integrity_manifest(booted):
+    """install.sh recorded what it installed. The test then edited the configuration (its
+    port) as an administrator might: the daemon saw it at start. Once recorded, no alarm."""
     booted.wait_active()
     manifest = json.loads(booted.installed.path("/opt/station/INTEGRITY.json").read_text())
     assert "station/daemon.py" in manifest["files"] and manifest["config"]
-    r = booted.sh("bash", "-lc", "station integrity check")
-    assert "as recorded" in r.stdout
+    alarms = {a["code"]: a for a in booted.api("/api/v1/status")["alarms"]}
+    assert "station.toml changed" in alarms["integrity"]["message"]
+    r = booted.sh("bash", "-lc", "station integrity check", check=False)
+    assert r.returncode == 1 and "changed since it was last recorded" in r.stdout
+    assert "changed:" not in r.stdout and "missing:" not in r.stdout  # code as installed
+    booted.sh("bash", "-lc", "station integrity record --by tech7")
+    assert "as recorded" in booted.sh("bash", "-lc", "station integrity check").stdout
+    before = booted.wait_active()["MainPID"]
+    booted.sh("systemctl", "restart", "station.service", timeout=180)
+    assert booted.wait_active()["MainPID"] != before
     assert "integrity" not in {a["code"] for a in booted.api("/api/v1/status")["alarms"]}
 
 
