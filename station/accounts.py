@@ -24,6 +24,7 @@ import datetime as dt
 import functools
 import hashlib
 import hmac
+import json
 import secrets
 import threading
 from dataclasses import dataclass
@@ -66,6 +67,38 @@ class AccountError(Exception):
 
 
 @dataclass(frozen=True)
+class SecretPolicy:
+    """How long a secret must be, how many old ones may not come back, and whose expire
+    after how many days (configuration [accounts]; `configure`)."""
+
+    min_length: int = MIN_SECRET
+    history: int = 5
+    max_age_days: int = 90
+    max_age_roles: tuple[str, ...] = ("administrator", "security_admin", "audit_admin")
+
+    def expired(self, role: str, changed_at: dt.datetime, now: dt.datetime) -> bool:
+        return (
+            self.max_age_days > 0
+            and role in self.max_age_roles
+            and now - changed_at > dt.timedelta(days=self.max_age_days)
+        )
+
+
+_policy = SecretPolicy()
+
+
+def configure(section: Any) -> None:
+    """Apply the configuration's [accounts] section to this process's accounts."""
+    global _policy
+    _policy = SecretPolicy(
+        section.min_secret_length,
+        section.secret_history,
+        section.secret_max_age_days,
+        tuple(section.secret_max_age_roles),
+    )
+
+
+@dataclass(frozen=True)
 class Account:
     """A user as the web layer sees it (no hash)."""
 
@@ -76,6 +109,7 @@ class Account:
     active: bool
     locked: bool
     failed_logins: int
+    must_change: bool = False  # the secret expired: only changing it is allowed
 
     @property
     def is_admin(self) -> bool:
@@ -106,6 +140,7 @@ class Account:
             "active": self.active,
             "locked": self.locked,
             "failed_logins": self.failed_logins,
+            "must_change": self.must_change,
         }
 
 
@@ -126,6 +161,7 @@ def _account(u: User, now: dt.datetime) -> Account:
         active=u.active,
         locked=u.locked_until is not None and u.locked_until > now,
         failed_logins=u.failed_logins,
+        must_change=_policy.expired(u.role, u.password_changed_at, now),
     )
 
 
@@ -137,10 +173,30 @@ def hash_secret(secret: str) -> str:
 
 def check_secret_policy(secret: str) -> None:
     """Refuse a secret that is too short to survive guessing."""
-    if len(secret) < MIN_SECRET:
-        raise AccountError(f"the PIN or password must have at least {MIN_SECRET} characters")
+    if len(secret) < _policy.min_length:
+        raise AccountError(
+            f"the PIN or password must have at least {_policy.min_length} characters"
+        )
     if len(secret) > 256:
         raise AccountError("the PIN or password is too long")
+
+
+def _used_before(u: User, secret: str) -> bool:
+    """The secret is the current one or one of the last `history` (argon2 checks)."""
+    if _policy.history <= 0:
+        return False
+    try:
+        old = [u.password_hash, *json.loads(u.secret_history or "[]")][: _policy.history]
+    except ValueError:
+        old = [u.password_hash]
+    for digest in old:
+        with _hashing:
+            try:
+                if _hasher.verify(digest, secret):
+                    return True
+            except (VerifyMismatchError, InvalidHashError):
+                continue
+    return False
 
 
 def _valid_officer_no(officer_no: str) -> str:
@@ -228,6 +284,12 @@ def update_user(
         raise AccountError(f"unknown role {role!r}: one of {', '.join(ROLES)}")
     if secret is not None:
         check_secret_policy(secret)
+        with catalog.read() as s:
+            known = s.scalars(select(User).where(User.officer_no == officer_no)).first()
+            if known is not None and _used_before(known, secret):
+                raise AccountError(
+                    f"the new PIN or password must differ from the last {_policy.history}"
+                )
     digest = hash_secret(secret) if secret is not None else None
     now = utcnow()
     with catalog.write() as s:
@@ -246,6 +308,11 @@ def update_user(
             u.active = active
             changes.append("enabled" if active else "disabled")
         if digest is not None:
+            try:
+                history = json.loads(u.secret_history or "[]")
+            except ValueError:
+                history = []
+            u.secret_history = json.dumps([u.password_hash, *history][: _policy.history])
             u.password_hash, u.password_changed_at = digest, now
             changes.append("secret changed")
         throttled = s.scalars(

@@ -33,10 +33,14 @@ def _setup_logging(verbose: bool) -> None:
 
 
 def _config(path: str | None) -> StationConfig:
+    from station import accounts
+
     try:
-        return load_config(path)
+        config = load_config(path)
     except ConfigError as e:
         raise StationError(str(e)) from None
+    accounts.configure(config.accounts)  # the PIN policy of `station users ...`
+    return config
 
 
 config_option = click.option(

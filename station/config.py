@@ -217,6 +217,26 @@ class NetworkSection(_Section):
         return v
 
 
+class AccountsSection(_Section):
+    """The PIN and password policy (GB/T 22239 level 3: length, history, periodic change)."""
+
+    min_secret_length: Annotated[int, Field(ge=6, le=64)] = 6
+    secret_history: Annotated[int, Field(ge=0, le=24)] = 5  # the last N may not come back
+    secret_max_age_days: Annotated[int, Field(ge=0, le=3650)] = 90  # 0: never expires
+    # whose secret expires (the officers' keypad PINs only if listed here)
+    secret_max_age_roles: list[str] = ["administrator", "security_admin", "audit_admin"]
+
+    @field_validator("secret_max_age_roles")
+    @classmethod
+    def _roles(cls, v: list[str]) -> list[str]:
+        from station.catalog.accounts_models import ROLES
+
+        unknown = [r for r in v if r not in ROLES]
+        if unknown:
+            raise ValueError(f"unknown role(s) {', '.join(unknown)}: one of {', '.join(ROLES)}")
+        return v
+
+
 class StationConfig(BaseSettings):
     """The whole configuration file."""
 
@@ -236,6 +256,7 @@ class StationConfig(BaseSettings):
     voice: VoiceConfig = Field(default_factory=VoiceConfig)
     drivers: DriversSection = Field(default_factory=DriversSection)
     forward: ForwardConfig = Field(default_factory=ForwardConfig)
+    accounts: AccountsSection = Field(default_factory=AccountsSection)
 
     @classmethod
     def settings_customise_sources(

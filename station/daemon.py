@@ -33,7 +33,7 @@ from drivers.scsi_dv16 import ScsiDv16Driver
 from drivers.simulated import SimulatedDriver
 from drivers.usb_vendor import UsbVendorDriver
 from drivers.vendor_library import VendorLibraryDriver
-from station import __version__, eventlog, faults, integrity, sdnotify
+from station import __version__, accounts, eventlog, faults, integrity, sdnotify
 from station.alarms import AlarmBook
 from station.bus import Bus, PortChange, PortWatcher
 from station.catalog import Catalog, CollectionSession, Event, Officer, Recorder, StoredFile
@@ -159,6 +159,7 @@ class Station:
         drivers: DriverRegistry | None = None,
     ) -> None:
         self.config = config
+        accounts.configure(config.accounts)
         self.tz = ZoneInfo(config.station.timezone) if config.station.timezone else None
         self.catalog = Catalog(config.database_path)
         self.store = Store(
@@ -442,12 +443,13 @@ class Station:
     def reload(self, config: StationConfig) -> list[str]:
         """Apply a changed configuration file (SIGHUP): tokens, modes, policies, thresholds.
         Returns the sections that differ but need a restart."""
-        live = ("api", "registration", "retention", "recorders", "network", "alarms")
+        live = ("api", "registration", "retention", "recorders", "network", "alarms", "accounts")
         for hook in self.reload_hooks:  # e.g. settings changed on the touchscreen win again
             hook(config)
         for name in live:
             setattr(self.config, name, getattr(config, name))
         self.retention.rules = retention_rules(self.config)
+        accounts.configure(self.config.accounts)
         self.priority.set_budget(config.recorders.priority_others_mb_s)
         restart = [
             n

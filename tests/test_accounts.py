@@ -221,3 +221,44 @@ def test_roles() -> None:
     assert accounts.Account(role="auditor", **base).sees_all_files
     assert not accounts.Account(role="officer", **base).sees_all_files
     assert not accounts.Account(role="auditor", **base).is_admin
+
+
+def test_a_recent_secret_may_not_come_back(catalog: Catalog, monkeypatch) -> None:
+    monkeypatch.setattr(accounts, "_policy", accounts.SecretPolicy(history=2))
+    accounts.create_user(catalog, "900001", "111111", role="administrator")
+    accounts.update_user(catalog, "900001", by="900001", secret="222222")
+    for old in ("111111", "222222"):  # the current one and the one before it
+        with pytest.raises(AccountError, match="must differ from the last 2"):
+            accounts.update_user(catalog, "900001", by="900001", secret=old)
+    accounts.update_user(catalog, "900001", by="900001", secret="333333")
+    accounts.update_user(catalog, "900001", by="900001", secret="111111")  # 3 ago: allowed
+    assert accounts.authenticate(catalog, "900001", "111111").account is not None
+
+
+def test_a_secret_expires_for_the_roles_the_policy_names(catalog: Catalog, monkeypatch) -> None:
+    monkeypatch.setattr(accounts, "_policy", accounts.SecretPolicy(max_age_days=90))
+    accounts.create_user(catalog, "900001", "135790", role="administrator")
+    accounts.create_user(catalog, "800001", "246801", role="officer")
+    with catalog.write() as s:
+        for u in s.query(User):
+            u.password_changed_at = utcnow() - dt.timedelta(days=91)
+    admin = accounts.authenticate(catalog, "900001", "135790").account
+    officer = accounts.authenticate(catalog, "800001", "246801").account
+    assert admin is not None and admin.must_change and admin.as_dict()["must_change"]
+    assert officer is not None and not officer.must_change  # keypad PINs: not listed
+    accounts.update_user(catalog, "900001", by="900001", secret="975310")
+    assert not accounts.authenticate(catalog, "900001", "975310").account.must_change
+
+
+def test_the_policy_comes_from_the_configuration(tmp_path: Path) -> None:
+    from station.config import ConfigError, parse_config
+
+    config = parse_config({"accounts": {"min_secret_length": 8, "secret_max_age_days": 30}})
+    accounts.configure(config.accounts)
+    try:
+        with pytest.raises(AccountError, match="at least 8"):
+            accounts.check_secret_policy("1234567")
+    finally:
+        accounts.configure(parse_config({}).accounts)
+    with pytest.raises(ConfigError, match="secret_max_age_roles"):
+        parse_config({"accounts": {"secret_max_age_roles": ["superuser"]}})

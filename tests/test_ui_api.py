@@ -352,6 +352,28 @@ def test_users_are_managed_by_the_security_administrator(st: StationProc) -> Non
     assert r.status_code == 403  # nobody takes another duty for themselves
 
 
+def test_an_expired_secret_must_be_changed_before_anything_else(st: StationProc) -> None:
+    """The policy's periodic change (90 days for the administrators' roles by default):
+    logged in, the account may only change its secret, and not back to a recent one."""
+    who = ("600009", "864209")
+    con = Catalog(st.db)
+    accounts.create_user(con, who[0], who[1], role="audit_admin")
+    con.close()
+    st.query(
+        "UPDATE users SET password_changed_at = '2020-01-01 00:00:00.000000' WHERE officer_no = ?",
+        who[0],
+    )
+    b = Browser(st)
+    r = b.login(who)
+    assert r.status_code == 200 and r.json()["user"]["must_change"] is True
+    assert b.get("/ui/api/log").status_code == 403
+    assert b.post("/ui/api/password", {"current": who[1], "new": who[1]}).status_code == 400
+    assert b.post("/ui/api/password", {"current": who[1], "new": "100200300"}).status_code == 200
+    b = Browser(st)
+    assert b.login((who[0], "100200300")).json()["user"]["must_change"] is False
+    assert b.get("/ui/api/log").status_code == 200
+
+
 # GB/T 22239 separation of duties: what each role gets from every console route (200/OK,
 # 403 refused; 404 for an officer's view of a file that is not theirs is tested above)
 ROLE_ROUTES = [

@@ -441,6 +441,27 @@ def test_the_security_administrator_manages_accounts_and_sees_no_footage(
     shot(page, "console-users", tmp_path)
 
 
+def test_an_expired_pin_is_changed_on_the_keypad_first(st: StationProc, page: Any) -> None:
+    who = ("600008", "864208")
+    catalog = Catalog(st.db)
+    accounts.create_user(catalog, who[0], who[1], role="audit_admin")
+    catalog.close()
+    st.query(
+        "UPDATE users SET password_changed_at = '2020-01-01 00:00:00.000000' WHERE officer_no = ?",
+        who[0],
+    )
+    page.goto(st.url("/ui/console"))
+    keypad_login(page, *who)
+    page.wait_for_selector(".kp-input[name='again']")  # the change, before anything else
+    assert "密码已过期" in page.inner_text(".kp-panel")
+    for name, digits in (("current", who[1]), ("new", "975318"), ("again", "975318")):
+        page.click(f".kp-input[name='{name}']")
+        tap(page, digits)
+    page.click(".kp-ok")
+    page.wait_for_selector("#log-list .log-row")  # the audit administrator's own view
+    assert page.inner_text("#who-role") == "审计管理员"
+
+
 def test_screen_recovers_when_the_daemon_restarts(st: StationProc, page: Any) -> None:
     page.goto(st.url("/"))
     page.wait_for_function("document.body.dataset.conn === 'live'")

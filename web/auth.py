@@ -112,9 +112,16 @@ def optional_user(request: Request, ctx: UI) -> Account | None:
     return account
 
 
-def require_user(account: Annotated[Account | None, Depends(optional_user)]) -> Account:
+def require_login(account: Annotated[Account | None, Depends(optional_user)]) -> Account:
+    """Logged in, even with an expired secret (enough to change it)."""
     if account is None:
         raise HTTPException(401, N_("Please log in"))
+    return account
+
+
+def require_user(account: Annotated[Account, Depends(require_login)]) -> Account:
+    if account.must_change:
+        raise HTTPException(403, N_("Your PIN or password has expired: change it first"))
     return account
 
 
@@ -234,23 +241,41 @@ def router() -> APIRouter:
 
     @r.post("/password")
     def change_password(
-        body: PasswordBody, request: Request, user: CurrentUser, ctx: UI
+        body: PasswordBody,
+        request: Request,
+        response: Response,
+        user: Annotated[Account, Depends(require_login)],
+        ctx: UI,
     ) -> dict[str, Any]:
-        """Change one's own PIN or password (the current one is asked again)."""
+        """Change one's own PIN or password (the current one is asked again). Every
+        session of the account ends; this browser gets a new one."""
+        catalog = ctx.station.catalog
         result = accounts.authenticate(
-            ctx.station.catalog, user.officer_no, body.current, source=source_of(request)
+            catalog, user.officer_no, body.current, source=source_of(request)
         )
         if result.account is None:
             raise login_refusal(result.reason)
         try:
-            accounts.update_user(
-                ctx.station.catalog, user.officer_no, by=user.officer_no, secret=body.new
+            account = accounts.update_user(
+                catalog, user.officer_no, by=user.officer_no, secret=body.new
             )
         except accounts.AccountError as e:
-            raise HTTPException(400, N_("The new PIN must have at least 6 digits")) from e
-        return {"changed": True}
+            raise HTTPException(400, secret_refusal(e)) from e
+        token = accounts.start_session(catalog, account, client=client_of(request))
+        set_cookie(request, response, SESSION_COOKIE, token)
+        return {"changed": True, "user": account.as_dict(), "csrf": accounts.csrf_token(token)}
 
     return r
+
+
+def secret_refusal(e: accounts.AccountError) -> str:
+    """The message id for a PIN or password the policy refuses."""
+    text = str(e)
+    if "must differ" in text:
+        return N_("The new PIN or password must differ from the recent ones")
+    if "at least" in text and "characters" in text:
+        return N_("The PIN must have at least 6 digits")
+    return N_("The change could not be saved")
 
 
 def cache_dir_for(station: Station) -> Path:

@@ -29,6 +29,7 @@ from web.auth import (
     SecurityUser,
     csrf_protect,
     login_refusal,
+    secret_refusal,
 )
 from web.i18n import DEFAULT_LANGUAGE, LANGUAGES, N_, messages
 from web.schemas import Id
@@ -358,11 +359,11 @@ def router() -> APIRouter:
 
 def _account_error(e: accounts.AccountError) -> str:
     text = str(e)
-    if "at least" in text and "characters" in text:
-        return N_("The PIN must have at least 6 digits")
+    if ("at least" in text and "characters" in text) or "must differ" in text:
+        return secret_refusal(e)
     if "exists already" in text:
         return N_("A user with this officer number exists already")
-    if "active administrator" in text:
+    if "must keep at least one active" in text:
         return N_("The station must keep at least one active administrator")
     if "no user" in text:
         return N_("No such user")

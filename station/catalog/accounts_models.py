@@ -44,6 +44,8 @@ class User(Base):
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     created_by: Mapped[str] = mapped_column(String(64), default="")
     password_changed_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # JSON list of the previous secrets' argon2 hashes, newest first (accounts.secret_history)
+    secret_history: Mapped[str] = mapped_column(Text, default="[]", server_default="[]")
     last_login_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
 
 

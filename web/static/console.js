@@ -20,6 +20,7 @@
   /** The first view a role may use (the security and audit administrators see no footage). */
   const HOME = { security_admin: 'users', audit_admin: 'log' };
   function home() {
+    if (user && user.must_change) { changeExpired(); return; }
     const v = (user && HOME[user.role]) || 'files';
     show(v);
     if (v === 'files') search();
@@ -128,12 +129,35 @@
         const r = await Api.post('/ui/api/login', { officer_no: v.officer_no, secret: v.secret });
         user = r.user;
         applyRoles();
-        home();
+        setTimeout(home, 0); // after this keypad has closed
       },
     });
     // Cancel on the login keypad goes back to the station screen
     const cancel = document.querySelector('.kp-cancel');
     if (cancel) cancel.addEventListener('click', () => { window.location.href = '/'; });
+  }
+
+  /** The secret expired (the policy's periodic change): nothing else until it is new. */
+  function changeExpired() {
+    for (const v of document.querySelectorAll('.view')) v.hidden = true;
+    Keypad.open({
+      title: _('Your PIN or password has expired'),
+      intro: _('Choose a new one to go on'),
+      fields: [
+        { name: 'current', label: _('Current PIN'), secret: true, maxLength: 256 },
+        { name: 'new', label: _('New PIN'), secret: true, maxLength: 256 },
+        { name: 'again', label: _('New PIN again'), secret: true, maxLength: 256 },
+      ],
+      submit: _('Change'),
+      onSubmit: async (v) => {
+        if (v.new !== v.again) throw new Error(_('The two new PINs differ'));
+        await Api.post('/ui/api/password', { current: v.current, new: v.new });
+        const s = await Api.session();
+        user = s && s.user;
+        applyRoles();
+        setTimeout(home, 0);
+      },
+    });
   }
 
   async function guard(p) {
