@@ -500,7 +500,7 @@ def audit_verify(config_path: str | None) -> None:
     cat = _catalog(config)
     with cat.read() as s:
         problems = verify_chain(s)
-    problems += verify_anchors(cat, config.store.disks)
+    problems += verify_anchors(cat, config.store.disks, config.station.id)
     for p in problems:
         click.echo(p)
     if problems:

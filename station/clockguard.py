@@ -32,6 +32,7 @@ from sqlalchemy import func, select
 
 from station.catalog import Catalog, StoredFile
 from station.catalog.db import append_event
+from station.clock import clock_synchronized
 from station.sidecar import SidecarError, mirror_row, read_sidecar, sidecar_path, write_sidecar
 
 log = logging.getLogger(__name__)
@@ -64,11 +65,14 @@ class ClockGuard:
         *,
         boot: Callable[[], float] = boot_clock,
         boot_id: str | None = None,
+        synced: Callable[[], bool | None] = clock_synchronized,
     ) -> None:
         self.catalog = catalog
         self.max_jump = dt.timedelta(days=max_jump_days)
         self._lock = threading.Lock()
         self._boot = boot
+        self._synced = synced  # the kernel's word, asked at each collection (a syscall)
+        self._carried = False  # `since` is an earlier boot's: no offset of ours measures it
         self._boot_id = boot_id if boot_id is not None else globals()["boot_id"]()
         # wall minus boot clock when last looked at, and when this boot (under that offset)
         # first collected; kept across a restart of the daemon within one boot
@@ -83,6 +87,7 @@ class ClockGuard:
             if step.get("boot") == self._boot_id:
                 self._offset = self._saved_offset = step["offset"]
             self._since = dt.datetime.fromisoformat(step["since"]) if step["since"] else None
+            self._carried = self._since is not None and self._offset is None
         self.high: dt.datetime | None  # the latest time believed; None: nothing yet
         saved = catalog.get_state(STATE)
         self._saved = dt.datetime.fromisoformat(saved) if saved else None
@@ -103,7 +108,9 @@ class ClockGuard:
         """Why a file collected `now` cannot be aged by the clock, or None (H moves up,
         and is persisted at most once a minute, so that the next start knows it)."""
         with self._lock:
-            if self._since is None:  # the first collection under this offset: remembered
+            if self._since is None and not self._synced():
+                # the first collection under a clock nobody vouches for: remembered (while
+                # the kernel says NTP-synchronised, the stamp is right)
                 self._since = now
                 self._offset = self._offset_at(now) if self._offset is None else self._offset
                 self._save_offset()
@@ -184,9 +191,20 @@ class ClockGuard:
         vouches for what was collected so far. Returns what happened, or None."""
         with self._lock:
             offset = self._offset_at(now)
-            since = self._since
+            since, carried, high = self._since, self._carried, self.high
             step = 0.0 if self._offset is None else offset - self._offset
-        if step > TOLERANCE.total_seconds():
+        if carried and synced and since is not None:
+            # files of an earlier boot under a clock nobody vouched for, and now a
+            # synchronised one: whether NTP stepped it before this first look cannot be
+            # seen, so they cannot be vouched for
+            until = max(since, high or since) + TOLERANCE
+            marked = self._mark_untrusted(since - TOLERANCE, until)
+            msg = (
+                f"{marked} file(s) collected in an earlier boot under a clock not vouched for "
+                "are marked collected under an untrusted clock (the clock is synchronised "
+                "now; a step before this boot's first look cannot be measured)"
+            )
+        elif step > TOLERANCE.total_seconds():
             marked = 0
             if since is not None:
                 until = now - dt.timedelta(seconds=step) + TOLERANCE  # the old clock's "now"
@@ -201,6 +219,7 @@ class ClockGuard:
         else:
             msg = ""
         with self._lock:
+            self._carried = False
             closes = bool(msg or synced) and self._since is not None
             if closes:  # later collections are stamped under a clock vouched for
                 self._since = None

@@ -37,6 +37,7 @@ from station.store import MARKER, STAGING, StoreDisk
 
 log = logging.getLogger(__name__)
 
+LOST_WITH_DISK = "lost with disk"  # the delete reason `retire` gives (ingest carries protection)
 UNUSED = {"lost+found", STAGING}  # what a folder may hold and still be a new disk
 
 
@@ -96,13 +97,16 @@ class DiskBook:
         # disk must be a mount point, so an unmounted disk's bare mount point never is
         self.folder_disks = folder_disks
 
-    def _holds_our_files(self, path: Path) -> bool:
-        """Some live row at this path has its sidecar there, with the same hash."""
+    def _holds_our_files(self, path: Path, rows_at: str | None = None) -> bool:
+        """Some live row recorded at `rows_at` (default: this path) has its sidecar on the
+        folder at `path`, with the same hash (up to 200 rows tried: a damaged sidecar or
+        two, after the fsck that lost a marker, must not hide the disk's identity)."""
         with self.catalog.read() as s:
             rows = s.execute(
                 select(StoredFile.rel_path, StoredFile.sha256)
-                .where(StoredFile.disk == str(path), StoredFile.deleted_at.is_(None))
-                .limit(3)
+                .where(StoredFile.disk == (rows_at or str(path)), StoredFile.deleted_at.is_(None))
+                .order_by(StoredFile.id.desc())
+                .limit(200)
             ).all()
         for rel, digest in rows:
             try:
@@ -178,13 +182,18 @@ class DiskBook:
         known = self.known()
         if marker is not None and marker.uuid in known:
             raise DiskIdentityError(f"{path} is already in use as disk {marker.uuid}")
+        if marker is None:
+            # a known disk whose marker was lost (fsck, a bad sector), here or in another
+            # bay: its files' sidecars say which it is; it gets its own identity back
+            for old, last in known.items():
+                if self._holds_our_files(path, last):
+                    if last != str(path):
+                        self._moved(old, last, str(path))
+                    m = write_marker(path, self.station_id, old)
+                    disk.identity = self._record(m, path, "its lost marker written again", by=by)
+                    return m.uuid
         if str(path) in known.values():
             old = next(u for u, p in known.items() if p == str(path))
-            if marker is None and self._holds_our_files(path):
-                # the same disk, its marker lost (fsck, a bad sector): given its own back
-                m = write_marker(path, self.station_id, old)
-                disk.identity = self._record(m, path, "its lost marker written again", by=by)
-                return m.uuid
             # the disk it replaces takes its rows along, parked until it is found again (a
             # loose cable, a repaired disk put back): they are its files, not the new disk's
             with self.catalog.write() as s:
@@ -219,7 +228,7 @@ class DiskBook:
             ).all()
             for f in rows:
                 f.deleted_at, f.deleted_by = now, by
-                f.delete_reason = f"lost with disk {disk_uuid} (retired)"
+                f.delete_reason = f"{LOST_WITH_DISK} {disk_uuid} (retired)"
             s.execute(update(IngestJob).where(IngestJob.disk == path).values(state="failed"))
             record = s.get(StoredDisk, disk_uuid)
             assert record is not None

@@ -10,9 +10,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 
-from station.catalog import Catalog, Event, StoredDisk
+from station.catalog import Catalog, Event
 from station.catalog.db import chain_head, verify_anchor
 from station.durable import replace_file
 from station.store import LOG_ANCHOR, MARKER
@@ -122,33 +122,37 @@ def write_anchors(catalog: Catalog, disks: Iterable[Path], station_id: str) -> d
     return head
 
 
-def verify_anchors(catalog: Catalog, disks: Iterable[Path]) -> list[str]:
-    """Compare the log with the anchors on the disks (`station audit verify`)."""
+def verify_anchors(
+    catalog: Catalog, disks: Iterable[Path], station_id: str | None = None
+) -> list[str]:
+    """Compare the log with the anchors on the disks (`station audit verify`). Whose disk
+    it is comes from its marker (the station id written on it), never from the catalog
+    being checked: one that deleted entries could forget the disk too."""
     problems = []
     with catalog.read() as s:
-        ours = set(s.scalars(select(StoredDisk.uuid)))
-        logged = s.scalar(select(func.max(Event.id))) or 0
         for path in anchor_paths(disks):
-            in_use = _marker_uuid(path.parent) in ours  # a disk of this station's: written
+            owner = _marker_station(path.parent)
+            in_use = owner is not None and (station_id is None or owner in (station_id, ""))
             try:
                 anchor = json.loads(path.read_text("utf-8"))
             except FileNotFoundError:
-                if in_use and logged:
+                if in_use:
                     problems.append(f"{path}: missing (removed?): the log's end is unproven")
                 continue
             except (OSError, ValueError) as e:
                 problems.append(f"{path}: unreadable anchor ({e})")
                 continue
             if not isinstance(anchor, dict) or not anchor.get("last_id") or not anchor.get("hash"):
-                if in_use and logged:
+                if in_use:
                     problems.append(f"{path}: emptied anchor: the log's end is unproven")
                 continue
             problems += verify_anchor(s, anchor, str(path))
     return problems
 
 
-def _marker_uuid(disk: Path) -> str | None:
+def _marker_station(disk: Path) -> str | None:
+    """The station id on a disk's marker ("" on one `catalog rebuild` wrote), None without."""
     try:
-        return str(json.loads((disk / MARKER).read_text("utf-8"))["uuid"])
-    except (OSError, ValueError, KeyError, TypeError):
+        return str(json.loads((disk / MARKER).read_text("utf-8")).get("station_id", ""))
+    except (OSError, ValueError, AttributeError):
         return None

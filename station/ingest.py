@@ -38,13 +38,15 @@ from sqlalchemy.orm import Session
 
 from drivers.base import CardFile, CardReadError
 from drivers.card import ALIGN, Card, set_direct
-from station import faults
+from station import faults, retention
 from station.catalog import Catalog, IngestJob, Officer, StoredFile
 from station.catalog.db import append_event
 from station.catalog.models import utcnow
 from station.clockguard import ClockGuard
+from station.disks import LOST_WITH_DISK
 from station.durable import copy_prefix, fsync_dir, link_into_place, make_dirs_durable, write_all
 from station.names import parse_card_path, safe_relpath
+from station.protection import LEVELS
 from station.sidecar import Sidecar, mirror_row, read_sidecar, sidecar_path, write_sidecar
 from station.store import Store, StoreDisk, is_space_error, stored_relpath, unique_target
 
@@ -737,29 +739,33 @@ class FileIngest:
         # the card's delete reached the card can then never leave a deletion out of the log.
         # Cut between the two, the file is still on the card, and the next docking clears it
         # as a duplicate of the stored copy (logged again).
-        self._clearing(
-            job_id,
-            "clearing",
-            "card_file_deleted",
-            ("duplicate of stored file: " if duplicate else "") + display,
-            file_id,
-        )
-        # again right before the delete: that commit may have waited for the catalog
-        # while the recorder wrote on
-        if self._changed_on_card(cf):
-            self._clearing(job_id, "stored", "card_file_kept", kept, file_id)
-            raise FileChanged(display)
+        retention.clearing(file_id, True)  # this process deletes its card copy now
         try:
-            self.card.delete_file(cf.path)
-        except BaseException as e:
-            self._clearing(job_id, "stored", "card_delete_failed", f"{display}: {e}", file_id)
-            raise
-        faults.crashpoint("after_card_delete")
-        with self.catalog.write() as s:
-            if job_id is not None and (row := s.get(IngestJob, job_id)) is not None:
-                row.state = "cleared"
-            if (stored := s.get(StoredFile, file_id)) is not None:
-                stored.card_clearing_at = None
+            self._clearing(
+                job_id,
+                "clearing",
+                "card_file_deleted",
+                ("duplicate of stored file: " if duplicate else "") + display,
+                file_id,
+            )
+            # again right before the delete: that commit may have waited for the catalog
+            # while the recorder wrote on
+            if self._changed_on_card(cf):
+                self._clearing(job_id, "stored", "card_file_kept", kept, file_id)
+                raise FileChanged(display)
+            try:
+                self.card.delete_file(cf.path)
+            except BaseException as e:
+                self._clearing(job_id, "stored", "card_delete_failed", f"{display}: {e}", file_id)
+                raise
+            faults.crashpoint("after_card_delete")
+            with self.catalog.write() as s:
+                if job_id is not None and (row := s.get(IngestJob, job_id)) is not None:
+                    row.state = "cleared"
+                if (stored := s.get(StoredFile, file_id)) is not None:
+                    stored.card_clearing_at = None
+        finally:
+            retention.clearing(file_id, False)
 
     def _changed_on_card(self, cf: CardFile) -> bool:
         now = self.card.stat_file(cf.path)
@@ -837,6 +843,8 @@ def store_row(
     s.flush()
     if replaces is not None:
         _replace_corrupt(s, replaces, f)
+    else:
+        _carry_from_lost(s, f)
     row = s.get(IngestJob, job.id)
     assert row is not None
     row.state, row.file_id = "stored", f.id
@@ -852,6 +860,33 @@ def store_row(
         size=sc.size,
     )
     return f
+
+
+def _carry_from_lost(s: Session, new: StoredFile) -> None:
+    """A card file collected again because the disk with its stored copy was retired
+    (`station disks retire`): the new copy keeps what protected the lost one (grade,
+    note, case, hold), as the row of the lost copy had them."""
+    lost = s.scalars(
+        select(StoredFile)
+        .where(
+            StoredFile.recorder_id == new.recorder_id,
+            StoredFile.card_path == new.card_path,
+            StoredFile.sha256 == new.sha256,
+            StoredFile.deleted_at.is_not(None),
+            StoredFile.delete_reason.like(f"{LOST_WITH_DISK} %"),
+        )
+        .order_by(StoredFile.id.desc())
+    ).first()
+    if lost is None:
+        return
+    if LEVELS.index(lost.level) > LEVELS.index(new.level):
+        new.level = lost.level
+    new.note = new.note or lost.note
+    new.case_no = new.case_no or lost.case_no
+    new.legal_hold = new.legal_hold or lost.legal_hold
+    append_event(s, "file_protection_restored", f"file {new.id} takes the grade, case and "
+                 f"hold of file {lost.id}, lost with its disk", file_id=new.id,
+                 lost=lost.id)  # fmt: skip
 
 
 def _replace_corrupt(s: Session, old_id: int, new: StoredFile) -> None:

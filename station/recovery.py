@@ -371,7 +371,8 @@ def recover(catalog: Catalog, disks: list[StoreDisk]) -> Report:
             s.merge(StationState(key=REBUILDING, value=""))
             append_event(
                 s, "catalog_rebuild_completed", f"the catalog rebuild started {started} was "
-                "cut short; start-up recovery catalogued the rest from the sidecars",
+                "cut short; recovery catalogued the rest from the sidecars of the disks "
+                "present (a disk not here is catalogued when it is back)",
             )  # fmt: skip
     if report.lines():
         with catalog.write() as s:

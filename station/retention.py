@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -46,6 +47,19 @@ from station.sidecar import (
 
 log = logging.getLogger(__name__)
 CLEARING_GRACE = dt.timedelta(minutes=10)  # a clearing mark older than this was left by a crash
+# the stored files whose recorder copy this process is deleting right now: safe from a wall
+# clock step, which can make the catalog's mark look stale (the mark is for other processes)
+_clearing_now: set[int] = set()
+_clearing_lock = threading.Lock()
+
+
+def clearing(file_id: int, active: bool) -> None:
+    """FileIngest: the card copy of `file_id` is being deleted (True), or no longer (False)."""
+    with _clearing_lock:
+        if active:
+            _clearing_now.add(file_id)
+        else:
+            _clearing_now.discard(file_id)
 
 
 @dataclass(frozen=True)
@@ -245,8 +259,10 @@ class RetentionSweeper:
                         f"file {file_id} is under legal hold {row.legal_hold!r}: release it first",
                         held=True,
                     )
-                clearing = row.card_clearing_at
-                if clearing is not None and utcnow() - clearing < CLEARING_GRACE:
+                mark = row.card_clearing_at
+                with _clearing_lock:
+                    here = file_id in _clearing_now
+                if here or (mark is not None and abs(utcnow() - mark) < CLEARING_GRACE):
                     # its recorder's copy is being deleted right now, trusting this one
                     if by == "retention":
                         log.info("file %s: its recorder copy is being cleared: later", file_id)

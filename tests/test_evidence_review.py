@@ -3,6 +3,7 @@ the code it reviewed, and passes on the fix."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import json
@@ -23,6 +24,8 @@ from station.recovery import recover
 from station.retention import DiskFacts, RetentionSweeper, Rules
 from station.sidecar import read_sidecar, sidecar_path
 from station.store import MARKER, Store
+
+UNSYNCED = lambda: None  # noqa: E731 - the kernel cannot tell: no NTP (these scenarios)
 
 
 def test_two_disks_swapping_mount_points_keep_their_own_rows(store_env, tmp_path) -> None:
@@ -535,7 +538,7 @@ def test_a_clock_stepped_forward_after_collecting_marks_those_files_untrusted(
     catalog, disk = store_env
     uptime = [30.0]
     t0 = RELEASED + dt.timedelta(days=30)  # what the restored clock reads
-    guard = ClockGuard(catalog, 2, boot=lambda: uptime[0], boot_id="boot-1")
+    guard = ClockGuard(catalog, 2, boot=lambda: uptime[0], boot_id="boot-1", synced=UNSYNCED)
     assert guard.sweep_pause(t0 - dt.timedelta(minutes=5), synced=None) is None
     name = "100001_B1_20261231080000_0001.MP4"
     root = card_with(tmp_path, name, os.urandom(10_000))
@@ -548,7 +551,9 @@ def test_a_clock_stepped_forward_after_collecting_marks_those_files_untrusted(
 
     uptime[0] += 300  # five minutes later NTP steps the clock 60 days forward
     now = t0 + dt.timedelta(days=60, minutes=5)
-    restarted = ClockGuard(catalog, 2, boot=lambda: uptime[0], boot_id="boot-1")
+    restarted = ClockGuard(
+        catalog, 2, boot=lambda: uptime[0], boot_id="boot-1", synced=lambda: None
+    )
     assert "forward" in (restarted.check_step(now) or "")
     f = row(catalog, done.file_id)
     assert f.clock_untrusted
@@ -678,7 +683,7 @@ def test_a_clock_step_is_not_forgotten_when_marking_its_files_fails(
     catalog, disk = store_env
     uptime = [30.0]
     t0 = RELEASED + dt.timedelta(days=30)  # the clock timesyncd restored (dead RTC)
-    guard = ClockGuard(catalog, 2, boot=lambda: uptime[0], boot_id="boot-1")
+    guard = ClockGuard(catalog, 2, boot=lambda: uptime[0], boot_id="boot-1", synced=UNSYNCED)
     assert guard.sweep_pause(t0 - dt.timedelta(minutes=5), synced=None) is None
     fid = _collect_under(
         catalog, disk, tmp_path, monkeypatch, guard, t0, "100001_B1_20261231080000_0001.MP4"
@@ -695,7 +700,9 @@ def test_a_clock_step_is_not_forgotten_when_marking_its_files_fails(
     monkeypatch.undo()
     # the next round (same guard), and a daemon restarted in this boot
     guard.check_step(now + dt.timedelta(seconds=60))
-    restarted = ClockGuard(catalog, 2, boot=lambda: uptime[0], boot_id="boot-1")
+    restarted = ClockGuard(
+        catalog, 2, boot=lambda: uptime[0], boot_id="boot-1", synced=lambda: None
+    )
     restarted.check_step(now + dt.timedelta(seconds=60))
     paused = restarted.sweep_pause(now, synced=True)
     RetentionSweeper(catalog, DAY30).sweep(_facts(disk), now=now, paused=paused)
@@ -716,7 +723,7 @@ def test_files_collected_before_a_reboot_under_the_restored_clock_are_marked_too
     catalog, disk = store_env
     t0 = RELEASED + dt.timedelta(days=30)
     up1 = [30.0]
-    boot1 = ClockGuard(catalog, 2, boot=lambda: up1[0], boot_id="boot-1")
+    boot1 = ClockGuard(catalog, 2, boot=lambda: up1[0], boot_id="boot-1", synced=UNSYNCED)
     assert boot1.sweep_pause(t0 - dt.timedelta(minutes=5), synced=None) is None
     fid = _collect_under(
         catalog, disk, tmp_path, monkeypatch, boot1, t0, "100001_B1_20261231080000_0001.MP4"
@@ -724,7 +731,7 @@ def test_files_collected_before_a_reboot_under_the_restored_clock_are_marked_too
     # power off after 2 hours; next day power on: the clock reads boot 1's shutdown
     shutdown = t0 + dt.timedelta(hours=2)
     up2 = [20.0]
-    boot2 = ClockGuard(catalog, 2, boot=lambda: up2[0], boot_id="boot-2")
+    boot2 = ClockGuard(catalog, 2, boot=lambda: up2[0], boot_id="boot-2", synced=UNSYNCED)
     assert boot2.check_step(shutdown) is None
     assert boot2.sweep_pause(shutdown, synced=None) is None  # nothing looks wrong
     up2[0] += 300
@@ -928,3 +935,219 @@ def test_an_emptied_anchor_is_a_problem_like_a_missing_one(store_env) -> None:
     con.close()
     (disk / ".station-log-anchor.json").write_text("{}")
     assert verify_anchors(catalog, [disk]), "entries deleted, anchor emptied: nothing reported"
+
+
+# --- review 14: the third review, of review 13's fixes ---------------------------------------
+
+# --- clockguard: a step NTP makes before the daemon's first look in a new boot ---------------
+
+
+def test_ntp_stepping_before_the_first_look_of_a_new_boot_does_not_vouch_for_the_old_boot(
+    store_env, tmp_path, monkeypatch
+) -> None:
+    """Boot 1: dead RTC, no network; files collected under the clock timesyncd restored
+    (`since` persisted). Boot 2 has network: timesyncd steps the clock 60 days forward at
+    boot, before the daemon's first check_step (the daemon starts after time-sync, or the
+    step lands in the seconds before its first round). The saved offset is another boot's,
+    so the step cannot be seen: check_step(now, synced=True) takes 'synced, no step' as
+    NTP vouching for boot 1's files and closes `since`: they are aged 60 days early."""
+    catalog, disk = store_env
+    t0 = RELEASED + dt.timedelta(days=30)
+    up1 = [30.0]
+    boot1 = ClockGuard(catalog, 2, boot=lambda: up1[0], boot_id="boot-1", synced=UNSYNCED)
+    assert boot1.sweep_pause(t0 - dt.timedelta(minutes=5), synced=None) is None
+    boot1.check_step(t0 - dt.timedelta(minutes=5), None)
+    fid = _collect_under(
+        catalog, disk, tmp_path, monkeypatch, boot1, t0, "100001_B1_20261231080000_0001.MP4"
+    )
+    # power off; boot 2: NTP already stepped the clock when the daemon first looks
+    now = t0 + dt.timedelta(days=60, hours=2)
+    boot2 = ClockGuard(catalog, 2, boot=lambda: 25.0, boot_id="boot-2", synced=UNSYNCED)
+    boot2.check_step(now, True)  # the daemon's first sweep round in boot 2
+    paused = boot2.sweep_pause(now, synced=True)
+    RetentionSweeper(catalog, DAY30).sweep(_facts(disk), now=now, paused=paused)
+    f = row(catalog, fid)
+    assert f.deleted_at is None, (
+        "collected under an unsynchronised clock in boot 1; boot 2's first look at a synced "
+        "clock vouched for it without being able to see the step: deleted 60 days early"
+    )
+
+
+# --- disks.retire: the protection of a retired disk's files -----------------------------------
+
+
+def test_a_held_file_collected_again_after_its_disk_was_retired_keeps_its_hold(
+    store_env, tmp_path, monkeypatch
+) -> None:
+    """A file is stored and put under legal hold (graded evidence); its card clear was cut
+    short, so the recorder still holds it. The disk dies; a replacement is adopted in its
+    bay; `station disks retire OLD` tombstones every parked row, held ones included, so
+    that the card's copy is 'collected again'. The new row is a plain normal file: the
+    hold, grade and case number stay on the tombstone (store_row carries them only for a
+    corrupt copy, `replaces`), and the next sweeps delete held evidence by age."""
+    from station.annotations import annotate
+    from station.ingest import FileIngest
+
+    catalog, disk = store_env
+    name = "100001_B1_20261201080000_0001.MP4"
+    root = card_with(tmp_path, name, os.urandom(30_000))
+    ing = Ingest(catalog, disk, root)
+    monkeypatch.setattr(FileIngest, "_delete_from_card", lambda *a, **k: None)
+    first = ing.collect(f"DCIM/{name}".encode()).file_id  # card clear cut short
+    monkeypatch.undo()
+    annotate(catalog, first, by="900001", level="evidence", case_no="XS-7",
+             legal_hold="XS-7", admin=True)  # fmt: skip
+    os.rename(disk, tmp_path / "dead-disk")
+    disk.mkdir()
+    book = DiskBook(catalog, "T1")
+    old = next(iter(book.known()))
+    book.adopt(ing.store.disks[0], "900001")
+    assert book.retire(old, "900001") == 1
+    ing.fi = ing.docking()
+    out = ing.collect(f"DCIM/{name}".encode())
+    assert out.kind == "stored"
+    f = row(catalog, out.file_id)
+    assert (f.legal_hold, f.level, f.case_no) == ("XS-7", "evidence", "XS-7"), (
+        f"held evidence collected again after `disks retire` as level={f.level!r}, "
+        f"hold={f.legal_hold!r}: retention deletes it by age"
+    )
+
+
+# --- eventlog.verify_anchors: 'ours' and 'logged' come from the catalog being checked ---------
+
+
+@pytest.mark.parametrize("how", ["forget-the-disk", "wipe-the-log"])
+def test_an_emptied_anchor_is_reported_whatever_else_the_catalog_was_made_to_say(
+    store_env, how
+) -> None:
+    """The anchor exists because the catalog can be edited. verify_anchors now decides
+    whether a disk's missing or emptied anchor matters from that same catalog: the disks
+    table ('ours') and max(events.id) ('logged'). The one who deletes the newest entries
+    and empties the anchor also runs `DELETE FROM disks` (or deletes the whole log): the
+    disk, still carrying this station's marker, is then not checked and nothing is
+    reported. The code before the fix reported it (any disk with a marker)."""
+    import sqlite3
+
+    from station.catalog.db import append_event
+    from station.eventlog import verify_anchors, write_anchors
+
+    catalog, disk = store_env
+    for i in range(5):
+        with catalog.write() as s:
+            append_event(s, "test", f"entry {i}")
+    head = write_anchors(catalog, [disk], "T1")
+    con = sqlite3.connect(catalog.path)
+    with con:
+        if how == "forget-the-disk":
+            con.execute("DELETE FROM events WHERE id > ?", (head["last_id"] - 2,))
+            con.execute("DELETE FROM disks")
+        else:
+            con.execute("DELETE FROM events")
+    con.close()
+    (disk / ".station-log-anchor.json").write_text("{}")
+    assert verify_anchors(catalog, [disk]), f"{how}: entries deleted, anchor emptied, no problem"
+
+
+# --- disks.adopt: the lost marker's own identity, when the disk is not in its old bay ----------
+
+
+def test_a_disk_that_lost_its_marker_and_changed_bays_gets_its_identity_back(
+    store_env, tmp_path
+) -> None:
+    """Disk B (at P2) loses its marker; while looking into the alarm the disks are reseated
+    in each other's bays: A at P2, B at P1. A's marker moves A's rows to P2 and parks B's
+    rows on '(moved) B'. `station disks adopt P1` restores a lost marker only for the uuid
+    last seen at P1 itself (that is A, now elsewhere), so B gets a new uuid and the orphan
+    pass quarantines every one of B's files as 'a second copy' of its parked row: the
+    disk's footage leaves the catalog, and `station disks` invites `retire B`, which
+    tombstones the parked rows (holds included)."""
+    from test_evidence_safety import new_disk
+
+    from station.store import MARKER
+
+    catalog, p1 = store_env
+    p2 = new_disk(catalog, tmp_path / "disk2")
+    ids = [put_file(catalog, p2, f"100001_B1_20200101080000_000{i}.MP4") for i in range(3)]
+    (p2 / MARKER).unlink()  # B's marker lost
+    os.rename(p1, tmp_path / "swap")  # reseated in each other's bays
+    os.rename(p2, p1)
+    os.rename(tmp_path / "swap", p2)
+    store = Store([p1, p2], 0)
+    book = DiskBook(catalog, "T1", folder_disks=True)
+    for d in store.disks:
+        book.identify(d)  # the daemon's start-up: P2 is A (moved); P1 is refused
+    book.adopt(store.disks[0], "900001")  # the documented remedy for P1
+    report = recover(catalog, [d for d in store.disks if d.present()])
+    assert not report.quarantined, report.quarantined
+    for fid in ids:
+        f = row(catalog, fid)
+        assert f.disk == str(p1), f"row {fid} left parked on {f.disk!r}"
+
+
+def test_a_lost_marker_is_restored_even_if_the_first_three_sidecars_are_damaged(
+    store_env,
+) -> None:
+    """`_holds_our_files` looks at 3 rows only (`.limit(3)`, the oldest by rowid). The
+    damage that lost the marker (fsck, bad sectors) easily took a few sidecars too: with
+    those 3 unreadable, adopt falls back to parking the disk's rows, and recovery
+    quarantines every file on it as a second copy, the very outcome the fix removed."""
+    from station.sidecar import sidecar_path as scp
+    from station.store import MARKER
+
+    catalog, disk = store_env
+    ids = [put_file(catalog, disk, f"100001_B1_20200101080000_000{i}.MP4") for i in range(8)]
+    for fid in ids[:3]:
+        scp(disk, row(catalog, fid).rel_path).write_text("{torn")
+    (disk / MARKER).unlink()
+    d = Store([disk], 0).disks[0]
+    DiskBook(catalog, "T1").adopt(d, "900001")
+    recover(catalog, [d])
+    parked = [fid for fid in ids if row(catalog, fid).disk != str(disk)]
+    assert not parked, f"{len(parked)} of {len(ids)} rows parked: 5 intact sidecars ignored"
+
+
+# --- retention: the clearing mark's grace is measured on the wall clock ------------------------
+
+
+def test_a_clock_step_during_the_card_clear_does_not_make_the_clearing_mark_stale(
+    store_env, tmp_path, monkeypatch
+) -> None:
+    """card_clearing_at is a wall-clock stamp and CLEARING_GRACE is compared with utcnow().
+    The same NTP step forward the clock guard exists for (a dead RTC; the daemon starts
+    After=time-sync.target only by ordering, NTP may answer at any time) makes a mark set a
+    second ago look 'left by a crash': a sweep running then deletes the stored copy while
+    the recorder's copy is being deleted. The duplicate path is the likely one: the stored
+    copy is old (its card clear was cut short long ago) and is the sweep's first pick."""
+    import station.retention as retention_mod
+    from station.ingest import FileIngest
+
+    catalog, disk = store_env
+    name = "100001_B1_20261201080000_0001.MP4"
+    root = card_with(tmp_path, name, os.urandom(30_000))
+    ing = Ingest(catalog, disk, root)
+    monkeypatch.setattr(FileIngest, "_delete_from_card", lambda *a, **k: None)
+    ing.collect(f"DCIM/{name}".encode())  # stored long ago; the card clear was cut short
+    monkeypatch.undo()
+    ing.fi = ing.docking()
+    real, calls = FileIngest._changed_on_card, []
+    stepped = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=15)  # NTP: +15 min
+
+    def sweep_after_a_step(self, cf):
+        calls.append(1)
+        if len(calls) == 2:  # right after the 'clearing' commit, before the card delete
+            monkeypatch.setattr(retention_mod, "utcnow", lambda: stepped)
+            with catalog.read() as s:
+                live = s.scalars(select(StoredFile).where(StoredFile.deleted_at.is_(None))).all()
+            for f in live:
+                RetentionSweeper(catalog, DAY30).delete(f.id, "make room", by="retention")
+        return real(self, cf)
+
+    monkeypatch.setattr(FileIngest, "_changed_on_card", sweep_after_a_step)
+    with contextlib.suppress(Exception):
+        ing.collect(f"DCIM/{name}".encode())
+    with catalog.read() as s:
+        live = s.scalars(select(StoredFile).where(StoredFile.deleted_at.is_(None))).all()
+    assert live or (root / "DCIM" / name).exists(), (
+        "a 15-minute clock step made a one-second-old clearing mark stale: the stored copy "
+        "was deleted, then the card's"
+    )
