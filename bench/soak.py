@@ -1059,8 +1059,12 @@ def scenario_yank(args: argparse.Namespace, res: Result, root: Path) -> None:
             "AND e.message LIKE 'duplicate%'",
         )[0]
         n_yanks = sum(yanks.values())
+        recheck = fleet.ledger.recheck_bytes()  # the full second look, once per stored file
         allowed = (
-            n_yanks * (2 * MIB + MIB + OVERLAP) + fleet.ledger.total_files * 4 * OVERLAP + dup[0]
+            n_yanks * (2 * MIB + MIB + OVERLAP + fleet.ledger.largest_recheck())
+            + fleet.ledger.total_files * 4 * OVERLAP
+            + dup[0]
+            + recheck
         )
         res.runs = f"{n_yanks} yanks"
         res.resume = {
@@ -1070,6 +1074,7 @@ def scenario_yank(args: argparse.Namespace, res: Result, root: Path) -> None:
             "card_bytes": total,
             "reread": read - total,
             "reread_allowed": allowed,
+            "full_second_look": recheck,
             "duplicate_proofs": dup[1],
         }
         res.extra.update(

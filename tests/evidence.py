@@ -60,14 +60,27 @@ class Ledger:
     def total_files(self) -> int:
         return sum(len(files) for _, files in self.sources.values())
 
-    @property
-    def imp_bytes(self) -> int:
-        """Bytes in files marked IMP (re-read in full before their card copy is deleted)."""
+    def recheck_bytes(self, full_mb: int = 64) -> int:
+        """Bytes the second look re-reads in full before a card copy is deleted: files
+        marked IMP, and every file up to `store.card_recheck_full_mb` (default 64)."""
         return sum(
             size
             for _, files in self.sources.values()
             for path, (size, _) in files.items()
-            if parse_card_path(path).important
+            if parse_card_path(path).important or size <= full_mb * 2**20
+        )
+
+    def largest_recheck(self, full_mb: int = 64) -> int:
+        """The largest file the second look re-reads in full (a look cut short by an unplug
+        is made again: at most this much more per unplug)."""
+        return max(
+            (
+                size
+                for _, files in self.sources.values()
+                for path, (size, _) in files.items()
+                if parse_card_path(path).important or size <= full_mb * 2**20
+            ),
+            default=0,
         )
 
     @property

@@ -148,8 +148,8 @@ def test_sigkill_at_every_crash_point_and_at_random(make_station) -> None:
         "SELECT count(*) FROM events WHERE kind = 'card_file_deleted' AND message LIKE 'duplicate%'"
     )[0][0]
     slack = kills * len(cards) * (2 * 2**20 + 2**20 + 64 * 1024) + ledger.total_files * 4 * 65536
-    # the IMP files' full re-read before clearing, once per collection attempt of each
-    reread = ledger.imp_bytes * (1 + kills)
+    # the full second look (IMP files and files up to 64 MiB), once per collection attempt
+    reread = ledger.recheck_bytes() * (1 + kills)
     assert read <= ledger.total_bytes + slack + reread + dup * 9 * MB, (read, ledger.total_bytes)
 
 
