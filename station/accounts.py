@@ -30,6 +30,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
+import pyotp
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 from sqlalchemy import func, select, update
@@ -75,6 +76,8 @@ class SecretPolicy:
     history: int = 5
     max_age_days: int = 90
     max_age_roles: tuple[str, ...] = ("administrator", "security_admin", "audit_admin")
+    second_factor_required: bool = False  # else: for accounts that have one
+    second_factor_roles: tuple[str, ...] = ("administrator", "security_admin", "audit_admin")
 
     def expired(self, role: str, changed_at: dt.datetime, now: dt.datetime) -> bool:
         return (
@@ -95,6 +98,8 @@ def configure(section: Any) -> None:
         section.secret_history,
         section.secret_max_age_days,
         tuple(section.secret_max_age_roles),
+        section.second_factor == "required",
+        tuple(section.second_factor_roles),
     )
 
 
@@ -360,10 +365,13 @@ def authenticate(
     *,
     source: str = "",
     now: dt.datetime | None = None,
+    code: str | None = None,
 ) -> LoginResult:
-    """Check a secret. `MAX_FAILURES` wrong ones in a row from one `source` (none more than
+    """Check a secret, and for the policy's roles the TOTP `code` of the account's second
+    factor. `MAX_FAILURES` wrong ones in a row from one `source` (none more than
     `LOCK_MINUTES` after the last) lock the account from that source, for longer each
-    time; a disabled account says so only to its right secret."""
+    time; a disabled account says so only to its right secret. A right secret without a
+    code, where one is needed, is refused as "second_factor" (the client asks for it)."""
     now = now or utcnow()
     officer_no, source = officer_no.strip()[:32], source[:64]
     key = (officer_no, source)
@@ -390,6 +398,20 @@ def authenticate(
         u = s.get(User, u.id)
         assert u is not None
         th = s.get(LoginThrottle, key)
+        wrong = "wrong secret"
+        if ok and u.active and _policy_wants_code(u):
+            if u.totp_secret is None:
+                append_event(s, "login_refused", "no second factor enrolled (`station users "
+                             "totp`)", actor=officer_no, officer_no=officer_no,
+                             source=source)  # fmt: skip
+                return LoginResult(None, "second_factor_unenrolled")
+            if not code:
+                return LoginResult(None, "second_factor")
+            step = _totp_step(u.totp_secret, code, now)
+            if step is None or step <= u.totp_last_step:  # wrong, or used already
+                ok, wrong = False, "wrong or reused second-factor code"
+            else:
+                u.totp_last_step = step
         if ok:
             if th is not None:
                 s.delete(th)
@@ -409,7 +431,7 @@ def authenticate(
         th.last_failure_at = now
         s.add(th)
         u.failed_logins = th.failures
-        append_event(s, "login_failed", f"wrong secret ({th.failures} in a row)",
+        append_event(s, "login_failed", f"{wrong} ({th.failures} in a row)",
                      actor=officer_no, officer_no=officer_no, source=source)  # fmt: skip
         if th.failures < MAX_FAILURES:
             return LoginResult(None, "bad_credentials")
@@ -428,6 +450,46 @@ def authenticate(
             source=source,
         )
         return LoginResult(None, "locked")
+
+
+def _policy_wants_code(u: User) -> bool:
+    if u.role not in _policy.second_factor_roles:
+        return False
+    return u.totp_secret is not None or _policy.second_factor_required
+
+
+def _totp_step(secret: str, code: str, now: dt.datetime) -> int | None:
+    """The 30-second time step `code` is right for (now, or one step either side), or None."""
+    totp = pyotp.TOTP(secret)
+    code = code.strip()
+    for drift in (0, -1, 1):
+        at = now + dt.timedelta(seconds=30 * drift)
+        if hmac.compare_digest(totp.at(at), code):
+            return totp.timecode(at)
+    return None
+
+
+def enroll_totp(catalog: Catalog, officer_no: str, *, by: str, remove: bool = False) -> str:
+    """Give an account a new TOTP secret (returned, for the authenticator app), or take it
+    away; logged, and the account's sessions end."""
+    secret = None if remove else pyotp.random_base32()
+    now = utcnow()
+    with catalog.write() as s:
+        u = s.scalars(select(User).where(User.officer_no == officer_no)).first()
+        if u is None:
+            raise AccountError(f"no user with officer number {officer_no}")
+        u.totp_secret, u.totp_last_step = secret, 0
+        _end_sessions(s, u.id, "second factor changed", now)
+        append_event(
+            s, "user_changed", f"{officer_no}: second factor "
+            + ("removed" if remove else "enrolled"), actor=by, officer_no=officer_no,
+        )  # fmt: skip
+    return secret or ""
+
+
+def totp_uri(secret: str, officer_no: str, station_id: str) -> str:
+    """The otpauth:// URI an authenticator app scans (as a QR code) or takes typed in."""
+    return pyotp.TOTP(secret).provisioning_uri(name=officer_no, issuer_name=station_id)
 
 
 # --- sessions --------------------------------------------------------------------------------

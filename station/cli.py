@@ -831,6 +831,29 @@ def users_add(officer_no: str, config_path: str | None, role: str, name: str, pi
     click.echo(f"{officer_no} ({role}) added")
 
 
+@users.command("totp")
+@click.argument("officer_no")
+@config_option
+@click.option("--remove", is_flag=True, help="take the account's second factor away")
+@click.option("--by", default="administrator", show_default=True, help="who (system log)")
+def users_totp(officer_no: str, config_path: str | None, remove: bool, by: str) -> None:
+    """Give an account a TOTP second factor (RFC 6238): prints the otpauth:// URI and the
+    secret for the person's authenticator app, on the station itself (logged)."""
+    from station.accounts import AccountError, enroll_totp, totp_uri
+
+    config = _config(config_path)
+    try:
+        secret = enroll_totp(_catalog(config), officer_no, by=by, remove=remove)
+    except AccountError as e:
+        raise click.ClickException(str(e)) from None
+    if remove:
+        click.echo(f"{officer_no}: second factor removed")
+        return
+    click.echo(f"{officer_no}: second factor enrolled; add it to the authenticator app:")
+    click.echo(f"  {totp_uri(secret, officer_no, config.station.id)}")
+    click.echo(f"  secret (typed in): {secret}")
+
+
 @users.command("unlock")
 @click.argument("officer_no")
 @config_option

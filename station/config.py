@@ -225,8 +225,12 @@ class AccountsSection(_Section):
     secret_max_age_days: Annotated[int, Field(ge=0, le=3650)] = 90  # 0: never expires
     # whose secret expires (the officers' keypad PINs only if listed here)
     secret_max_age_roles: list[str] = ["administrator", "security_admin", "audit_admin"]
+    # a TOTP code after the PIN for these roles: "enrolled" once `station users totp` gave
+    # the account one; "required": an account of these roles without one cannot log in
+    second_factor: Literal["enrolled", "required"] = "enrolled"
+    second_factor_roles: list[str] = ["administrator", "security_admin", "audit_admin"]
 
-    @field_validator("secret_max_age_roles")
+    @field_validator("secret_max_age_roles", "second_factor_roles")
     @classmethod
     def _roles(cls, v: list[str]) -> list[str]:
         from station.catalog.accounts_models import ROLES

@@ -262,3 +262,32 @@ def test_the_policy_comes_from_the_configuration(tmp_path: Path) -> None:
         accounts.configure(parse_config({}).accounts)
     with pytest.raises(ConfigError, match="secret_max_age_roles"):
         parse_config({"accounts": {"secret_max_age_roles": ["superuser"]}})
+
+
+def test_an_enrolled_second_factor_is_asked_for_and_good_once(catalog: Catalog) -> None:
+    import pyotp
+
+    accounts.create_user(catalog, "900001", "135790", role="administrator")
+    accounts.create_user(catalog, "800001", "246801", role="officer")
+    secret = accounts.enroll_totp(catalog, "900001", by="cli")
+    totp, now = pyotp.TOTP(secret), utcnow()
+    assert accounts.authenticate(catalog, "900001", "135790").reason == "second_factor"
+    wrong = accounts.authenticate(catalog, "900001", "135790", code="000000")
+    assert wrong.account is None and wrong.reason == "bad_credentials"  # counts as a failure
+    good = accounts.authenticate(catalog, "900001", "135790", code=totp.at(now), now=now)
+    assert good.account is not None
+    again = accounts.authenticate(catalog, "900001", "135790", code=totp.at(now), now=now)
+    assert again.account is None, "a code was taken twice"
+    assert accounts.authenticate(catalog, "800001", "246801").account is not None  # officers
+    accounts.enroll_totp(catalog, "900001", by="cli", remove=True)
+    assert accounts.authenticate(catalog, "900001", "135790").account is not None
+    assert "login_failed" in kinds(catalog)
+
+
+def test_a_required_second_factor_refuses_an_account_without_one(
+    catalog: Catalog, monkeypatch
+) -> None:
+    monkeypatch.setattr(accounts, "_policy", accounts.SecretPolicy(second_factor_required=True))
+    accounts.create_user(catalog, "900001", "135790", role="security_admin")
+    r = accounts.authenticate(catalog, "900001", "135790")
+    assert r.account is None and r.reason == "second_factor_unenrolled"

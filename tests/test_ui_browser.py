@@ -462,6 +462,26 @@ def test_an_expired_pin_is_changed_on_the_keypad_first(st: StationProc, page: An
     assert page.inner_text("#who-role") == "审计管理员"
 
 
+def test_an_administrator_with_a_second_factor_logs_in_with_its_code(
+    st: StationProc, page: Any
+) -> None:
+    import pyotp
+
+    who = ("900007", "135797")
+    catalog = Catalog(st.db)
+    accounts.create_user(catalog, who[0], who[1], role="administrator")
+    secret = accounts.enroll_totp(catalog, who[0], by="test")
+    catalog.close()
+    page.goto(st.url("/ui/console"))
+    keypad_login(page, *who)
+    page.wait_for_selector(".kp-input[name='code']")  # asked for after the right PIN
+    page.click(".kp-input[name='code']")
+    tap(page, pyotp.TOTP(secret).now())
+    page.click(".kp-ok")
+    page.wait_for_selector("#results")
+    page.wait_for_function("document.querySelector('#who-name').textContent.includes('900007')")
+
+
 def test_screen_recovers_when_the_daemon_restarts(st: StationProc, page: Any) -> None:
     page.goto(st.url("/"))
     page.wait_for_function("document.body.dataset.conn === 'live'")

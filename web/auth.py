@@ -170,18 +170,26 @@ def set_cookie(request: Request, response: Response, name: str, value: str) -> N
     )
 
 
+SECOND_FACTOR = "Enter the code from your authenticator app"  # the console asks for it
+
+
 def login_refusal(reason: str | None) -> HTTPException:
     """The answer to a refused login or PIN check (the same for an unknown number)."""
     if reason == "locked":
         return HTTPException(423, N_("Too many wrong PINs: this account is locked for 15 minutes"))
     if reason == "disabled":
         return HTTPException(403, N_("This account is disabled"))
+    if reason == "second_factor":
+        return HTTPException(401, N_(SECOND_FACTOR))
+    if reason == "second_factor_unenrolled":
+        return HTTPException(403, N_("This account needs a second factor: ask for one"))
     return HTTPException(401, N_("Wrong officer number or PIN"))
 
 
 class LoginBody(BaseModel):
     officer_no: str = Field(min_length=1, max_length=32)
     secret: str = Field(min_length=1, max_length=256)
+    code: str | None = Field(default=None, max_length=8)  # TOTP, where the policy asks
 
 
 class PasswordBody(BaseModel):
@@ -218,7 +226,7 @@ def router() -> APIRouter:
     def login(body: LoginBody, request: Request, response: Response, ctx: UI) -> dict[str, Any]:
         catalog = ctx.station.catalog
         result = accounts.authenticate(
-            catalog, body.officer_no, body.secret, source=source_of(request)
+            catalog, body.officer_no, body.secret, source=source_of(request), code=body.code
         )
         if result.account is None:
             raise login_refusal(result.reason)

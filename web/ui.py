@@ -42,6 +42,7 @@ class ApproveBody(BaseModel):
     admin_no: str = Field(min_length=1, max_length=32)
     secret: str = Field(min_length=1, max_length=256)
     officer_no: str | None = Field(default=None, max_length=32)
+    code: str | None = Field(default=None, max_length=8)  # TOTP, where the policy asks
 
 
 class AnnotateBody(BaseModel):
@@ -109,7 +110,7 @@ def router() -> APIRouter:
     def approve_recorder(serial: str, body: ApproveBody, ctx: UI) -> dict[str, Any]:
         """An administrator registers a held recorder with their PIN, typed on the screen."""
         catalog = ctx.station.catalog
-        result = accounts.authenticate(catalog, body.admin_no, body.secret)
+        result = accounts.authenticate(catalog, body.admin_no, body.secret, code=body.code)
         if result.account is None:
             raise login_refusal(result.reason)
         if not result.account.is_admin:

@@ -46,6 +46,10 @@ class User(Base):
     password_changed_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     # JSON list of the previous secrets' argon2 hashes, newest first (accounts.secret_history)
     secret_history: Mapped[str] = mapped_column(Text, default="[]", server_default="[]")
+    # TOTP (RFC 6238) second factor: its base32 secret, and the last time step used (a
+    # code is good once)
+    totp_secret: Mapped[str | None] = mapped_column(Text)
+    totp_last_step: Mapped[int] = mapped_column(default=0, server_default="0")
     last_login_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
 
 

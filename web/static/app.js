@@ -314,12 +314,13 @@
         { name: 'officer_no', label: _('Assign to officer number'), value: rec.officer_no || '' },
         { name: 'admin_no', label: _('Administrator number') },
         { name: 'secret', label: _('Administrator PIN'), secret: true, maxLength: 64 },
+        { name: 'code', label: _('Authenticator code (if enrolled)'), optional: true, maxLength: 8 },
       ],
       submit: _('Register'),
       onSubmit: async (v) => {
         await Api.session(); // the CSRF token of this browser
         await Api.post(`/ui/api/recorders/${encodeURIComponent(rec.serial)}/approve`, {
-          admin_no: v.admin_no, secret: v.secret, officer_no: v.officer_no,
+          admin_no: v.admin_no, secret: v.secret, officer_no: v.officer_no, code: v.code || null,
         });
         toast(_('Recorder {serial} registered', { serial: rec.serial }));
       },

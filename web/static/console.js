@@ -113,20 +113,34 @@
     $('who-role').textContent = user ? _(ROLE_TEXT[user.role] || user.role) : '';
   }
 
-  function showLogin() {
+  function showLogin(withCode, given) {
     user = null;
     applyRoles();
     for (const v of document.querySelectorAll('.view')) v.hidden = true;
+    const fields = [
+      { name: 'officer_no', label: _('Officer no.'), value: given ? given.officer_no : '' },
+      { name: 'secret', label: _('PIN'), secret: true, maxLength: 256,
+        value: given ? given.secret : '' },
+    ];
+    // the administrators' second factor (TOTP), once the station has asked for it
+    if (withCode) fields.push({ name: 'code', label: _('Authenticator code'), maxLength: 8 });
     Keypad.open({
       title: _('Log in'),
-      intro: _('Officer number and PIN'),
-      fields: [
-        { name: 'officer_no', label: _('Officer no.') },
-        { name: 'secret', label: _('PIN'), secret: true, maxLength: 256 },
-      ],
+      intro: withCode ? _('Enter the code from your authenticator app') : _('Officer number and PIN'),
+      fields,
       submit: _('Log in'),
       onSubmit: async (v) => {
-        const r = await Api.post('/ui/api/login', { officer_no: v.officer_no, secret: v.secret });
+        let r;
+        try {
+          r = await Api.post('/ui/api/login',
+            { officer_no: v.officer_no, secret: v.secret, code: v.code || null });
+        } catch (e) {
+          if (!withCode && e.data && e.data.detail === 'Enter the code from your authenticator app') {
+            setTimeout(() => showLogin(true, v), 0);
+            return;
+          }
+          throw e;
+        }
         user = r.user;
         applyRoles();
         setTimeout(home, 0); // after this keypad has closed
