@@ -14,8 +14,11 @@ believed, persisted in the catalog. Then:
 - overwrite-when-full goes on: it orders footage by age and needs no absolute time;
 - a clock that is stepped forward while the station runs (NTP answering at last after
   a dead RTC battery, whose clock timesyncd had restored to the last shutdown) shows as
-  a change of the wall clock against the kernel's boot clock: every file collected in
-  this boot before the step was stamped too early, and is marked `clock_untrusted`.
+  a change of the wall clock against the kernel's boot clock: every file collected
+  before the step since the clock was last vouched for (the kernel said NTP-synchronised,
+  or an administrator confirmed it), in this boot or an earlier one, was stamped too
+  early and is marked `clock_untrusted`; so are an earlier boot's such files when this
+  boot first finds the clock synchronised (a step before that look cannot be measured).
 """
 
 from __future__ import annotations
