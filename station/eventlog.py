@@ -14,8 +14,9 @@ from sqlalchemy import select
 
 from station.catalog import Catalog, Event
 from station.catalog.db import chain_head, verify_anchor
+from station.disks import DiskIdentityError, read_marker
 from station.durable import replace_file
-from station.store import LOG_ANCHOR, MARKER
+from station.store import LOG_ANCHOR
 
 FIELDS = (
     "id",
@@ -131,8 +132,14 @@ def verify_anchors(
     problems = []
     with catalog.read() as s:
         for path in anchor_paths(disks):
-            owner = _marker_station(path.parent)
-            in_use = owner is not None and (station_id is None or owner in (station_id, ""))
+            try:
+                marker = read_marker(path.parent)
+            except DiskIdentityError:  # no disk the station would write to either
+                marker = None
+            # "" is the station id on a marker `catalog rebuild` wrote
+            in_use = marker is not None and (
+                station_id is None or marker.station_id in (station_id, "")
+            )
             try:
                 anchor = json.loads(path.read_text("utf-8"))
             except FileNotFoundError:
@@ -148,11 +155,3 @@ def verify_anchors(
                 continue
             problems += verify_anchor(s, anchor, str(path))
     return problems
-
-
-def _marker_station(disk: Path) -> str | None:
-    """The station id on a disk's marker ("" on one `catalog rebuild` wrote), None without."""
-    try:
-        return str(json.loads((disk / MARKER).read_text("utf-8")).get("station_id", ""))
-    except (OSError, ValueError, AttributeError):
-        return None

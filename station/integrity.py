@@ -17,7 +17,6 @@ PYTHONDONTWRITEBYTECODE) are not counted as added; a changed cached file is.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import os
 import sys
@@ -26,6 +25,7 @@ from pathlib import Path
 
 from station import __version__
 from station.durable import replace_file
+from station.ingest import hash_file
 
 PACKAGES = ("station", "drivers", "web")
 MANIFEST_NAME = "INTEGRITY.json"
@@ -44,11 +44,7 @@ def _package_root(name: str) -> Path:
 
 
 def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
+    return hash_file(path).hexdigest()
 
 
 def code_files() -> dict[str, str]:

@@ -928,26 +928,6 @@ def test_a_cut_short_rebuild_does_not_leave_holds_refused_on_a_running_station(
 # --- eventlog.verify_anchors ----------------------------------------------------------------
 
 
-def test_an_emptied_anchor_is_a_problem_like_a_missing_one(store_env) -> None:
-    """A missing anchor is reported now; an anchor rewritten as `{}` (or last_id 0) by the
-    same person who deleted the newest log entries passes silently (verify_anchor returns
-    [] for last_id 0), so the new check is bypassed by truncating instead of deleting."""
-    from station.catalog.db import append_event
-    from station.eventlog import verify_anchors, write_anchors
-
-    catalog, disk = store_env
-    for i in range(5):
-        with catalog.write() as s:
-            append_event(s, "test", f"entry {i}")
-    head = write_anchors(catalog, [disk], "T1")
-    con = sqlite3.connect(catalog.path)
-    with con:
-        con.execute("DELETE FROM events WHERE id > ?", (head["last_id"] - 2,))
-    con.close()
-    (disk / ".station-log-anchor.json").write_text("{}")
-    assert verify_anchors(catalog, [disk]), "entries deleted, anchor emptied: nothing reported"
-
-
 # --- review 14: the third review, of review 13's fixes ---------------------------------------
 
 # --- clockguard: a step NTP makes before the daemon's first look in a new boot ---------------
@@ -1027,18 +1007,14 @@ def test_a_held_file_collected_again_after_its_disk_was_retired_keeps_its_hold(
 # --- eventlog.verify_anchors: 'ours' and 'logged' come from the catalog being checked ---------
 
 
-@pytest.mark.parametrize("how", ["forget-the-disk", "wipe-the-log"])
+@pytest.mark.parametrize("how", ["delete-the-tail", "forget-the-disk", "wipe-the-log"])
 def test_an_emptied_anchor_is_reported_whatever_else_the_catalog_was_made_to_say(
     store_env, how
 ) -> None:
-    """The anchor exists because the catalog can be edited. verify_anchors now decides
-    whether a disk's missing or emptied anchor matters from that same catalog: the disks
-    table ('ours') and max(events.id) ('logged'). The one who deletes the newest entries
-    and empties the anchor also runs `DELETE FROM disks` (or deletes the whole log): the
-    disk, still carrying this station's marker, is then not checked and nothing is
-    reported. The code before the fix reported it (any disk with a marker)."""
-    import sqlite3
-
+    """Whoever deletes the newest entries rewrites the anchor as `{}` (verify_anchor has
+    nothing to compare for last_id 0), and may also run `DELETE FROM disks` or delete the
+    whole log, so that a check deciding from the catalog would skip the disk. The disk
+    still carries this station's marker: the emptied anchor is reported every time."""
     from station.catalog.db import append_event
     from station.eventlog import verify_anchors, write_anchors
 
@@ -1049,14 +1025,17 @@ def test_an_emptied_anchor_is_reported_whatever_else_the_catalog_was_made_to_say
     head = write_anchors(catalog, [disk], "T1")
     con = sqlite3.connect(catalog.path)
     with con:
-        if how == "forget-the-disk":
-            con.execute("DELETE FROM events WHERE id > ?", (head["last_id"] - 2,))
-            con.execute("DELETE FROM disks")
-        else:
+        if how == "wipe-the-log":
             con.execute("DELETE FROM events")
+        else:
+            con.execute("DELETE FROM events WHERE id > ?", (head["last_id"] - 2,))
+        if how == "forget-the-disk":
+            con.execute("DELETE FROM disks")
     con.close()
     (disk / ".station-log-anchor.json").write_text("{}")
     assert verify_anchors(catalog, [disk]), f"{how}: entries deleted, anchor emptied, no problem"
+    assert verify_anchors(catalog, [disk], "T1")  # the station's own id: its disk
+    assert verify_anchors(catalog, [disk], "OTHER") == []  # another station's disk: not ours
 
 
 # --- disks.adopt: the lost marker's own identity, when the disk is not in its old bay ----------
