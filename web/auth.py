@@ -170,9 +170,6 @@ def set_cookie(request: Request, response: Response, name: str, value: str) -> N
     )
 
 
-SECOND_FACTOR = "Enter the code from your authenticator app"  # the console asks for it
-
-
 def login_refusal(reason: str | None) -> HTTPException:
     """The answer to a refused login or PIN check (the same for an unknown number)."""
     if reason == "locked":
@@ -180,7 +177,8 @@ def login_refusal(reason: str | None) -> HTTPException:
     if reason == "disabled":
         return HTTPException(403, N_("This account is disabled"))
     if reason == "second_factor":
-        return HTTPException(401, N_(SECOND_FACTOR))
+        # the console asks for the code when it sees this very message id (console.js)
+        return HTTPException(401, N_("Enter the code from your authenticator app"))
     if reason == "second_factor_unenrolled":
         return HTTPException(403, N_("This account needs a second factor: ask for one"))
     return HTTPException(401, N_("Wrong officer number or PIN"))
