@@ -109,6 +109,9 @@ class BusSection(_Section):
     debounce_ms: Annotated[int, Field(strict=True, ge=0, le=5000)] = 200
     mount_root: Path = Path("/run/station/cards")  # recorder cards are mounted below this
     mounter: Literal["kernel", "fuse"] = "kernel"
+    # who mounts: "auto" = the mount helper (station/mountd.py) when its socket is there,
+    # "off" = the daemon itself (needs CAP_SYS_ADMIN), or the helper's socket path
+    mount_helper: str = "auto"
     reenumerate_timeout_s: Annotated[float, Field(gt=0)] = 30.0  # SetMSDC -> disk appears
     # a collection with no sign of life for this long stops the systemd watchdog
     stall_s: Annotated[float, Field(gt=0)] = 300.0

@@ -165,7 +165,7 @@ class Station:
         self.store = Store(
             config.store.disks, config.store.min_free_mb, on_failed=self._disk_failed
         )
-        self.mounter = make_mounter(config.bus.mounter)
+        self.mounter = make_mounter(config.bus.mounter, config.bus.mount_helper)
         self._card_waits: dict[int, CardWait] = {}
         self._collectors: dict[int, Collector] = {}
         self.drivers = drivers or build_drivers(config, self.mount)

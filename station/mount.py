@@ -13,8 +13,11 @@ station, FUSE drivers (fusefat, exfat-fuse) where the kernel has none.
 from __future__ import annotations
 
 import abc
+import array
+import json
 import logging
 import os
+import socket
 import subprocess
 import time
 import uuid
@@ -35,6 +38,8 @@ FS_OPTIONS = {
     "exfat": "iocharset=utf8,uid=0,gid=0,umask=077",
 }
 CARD_FILESYSTEMS = frozenset(FS_OPTIONS)
+HELPER_SOCKET = Path("/run/station-mountd.sock")
+HELPER_MAX_ANSWER = 4096
 
 
 class MountError(ProtocolError):
@@ -68,52 +73,115 @@ class BlockDevice:
     sys_path: str
 
 
-class Mounter(abc.ABC):
-    """How a card's filesystem is attached to a folder."""
+def mount_command(kind: str, fstype: str, node: str, target: Path) -> list[str]:
+    """The command that mounts a card's `fstype` from `node` on `target`, with the
+    station's options: the kernel's driver, or a FUSE one (HIL.md tier 1)."""
+    if kind == "fuse":
+        if fstype == "exfat":
+            return ["mount.exfat-fuse", "-o", f"{MOUNT_OPTIONS},umask=077", node, str(target)]
+        return ["fusefat", "-o", f"rw+,{MOUNT_OPTIONS}", node, str(target)]
+    return ["mount", "-t", fstype, "-o", f"{MOUNT_OPTIONS},{FS_OPTIONS[fstype]}", node, str(target)]
 
-    @abc.abstractmethod
-    def mount(self, dev: BlockDevice, target: Path) -> None: ...
 
-    def unmount(self, target: Path, *, lazy: bool = False) -> None:
-        cmd = ["umount", "-l", str(target)] if lazy else ["umount", str(target)]
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
-        if r.returncode != 0 and not lazy:
-            log.warning("umount %s failed (%s); detaching lazily", target, r.stderr.strip())
-            subprocess.run(["umount", "-l", str(target)], capture_output=True, timeout=60)
+def unmount_commands(kind: str, target: Path, *, lazy: bool) -> list[list[str]]:
+    """The commands to try, in order, until one lets go of `target`."""
+    z = ["-l"] if lazy else []
+    umount = [["umount", *z, str(target)]] + ([] if lazy else [["umount", "-l", str(target)]])
+    if kind == "fuse":
+        return [["fusermount3", "-u", *(["-z"] if lazy else []), str(target)], *umount]
+    return umount
 
 
 def _run(cmd: list[str]) -> None:
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     if r.returncode != 0:
-        raise MountError(f"{' '.join(cmd)}: {r.stderr.strip() or r.returncode}")
+        raise MountError(f"{cmd[0]}: {r.stderr.strip() or f'status {r.returncode}'}")
 
 
-class KernelMounter(Mounter):
-    """mount(8) with the kernel's vfat or exfat driver."""
+def _unmount(kind: str, target: Path, *, lazy: bool) -> None:
+    for cmd in unmount_commands(kind, target, lazy=lazy):
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+        if r.returncode == 0:
+            return
+        log.warning("%s failed (%s)", " ".join(cmd), r.stderr.strip())
+
+
+class Mounter(abc.ABC):
+    """How a card's filesystem is attached to a folder."""
+
+    kind = "kernel"
+
+    @abc.abstractmethod
+    def mount(self, dev: BlockDevice, target: Path) -> None: ...
+
+    @abc.abstractmethod
+    def unmount(self, target: Path, *, lazy: bool = False) -> None: ...
+
+
+class DirectMounter(Mounter):
+    """Mounts itself: for a process that holds CAP_SYS_ADMIN (tests, the HIL guest)."""
+
+    def __init__(self, kind: str = "kernel") -> None:
+        self.kind = kind
 
     def mount(self, dev: BlockDevice, target: Path) -> None:
-        opts = f"{MOUNT_OPTIONS},{FS_OPTIONS[dev.fstype]}"
-        _run(["mount", "-t", dev.fstype, "-o", opts, dev.node, str(target)])
-
-
-class FuseMounter(Mounter):
-    """Userspace drivers, for kernels without vfat/exfat (HIL.md tier 1)."""
-
-    def mount(self, dev: BlockDevice, target: Path) -> None:
-        if dev.fstype == "exfat":
-            _run(["mount.exfat-fuse", "-o", f"{MOUNT_OPTIONS},umask=077", dev.node, str(target)])
-        else:
-            _run(["fusefat", "-o", f"rw+,{MOUNT_OPTIONS}", dev.node, str(target)])
+        _run(mount_command(self.kind, dev.fstype, dev.node, target))
 
     def unmount(self, target: Path, *, lazy: bool = False) -> None:
-        cmd = ["fusermount3", "-u"] + (["-z"] if lazy else []) + [str(target)]
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
-        if r.returncode != 0:
-            super().unmount(target, lazy=lazy)
+        _unmount(self.kind, target, lazy=lazy)
 
 
-def make_mounter(kind: str) -> Mounter:
-    return FuseMounter() if kind == "fuse" else KernelMounter()
+class HelperMounter(Mounter):
+    """Asks the mount helper (station/mountd.py) over its socket: the daemon itself has
+    no CAP_SYS_ADMIN. The helper checks the request and picks the options itself."""
+
+    def __init__(self, socket_path: Path, kind: str = "kernel") -> None:
+        self.socket_path = socket_path
+        self.kind = kind
+
+    def _ask(self, request: dict[str, object]) -> None:
+        ns_fd = os.open("/proc/self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+                s.settimeout(90)
+                s.connect(str(self.socket_path))
+                s.sendmsg(
+                    [json.dumps(request).encode()],
+                    [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [ns_fd]))],
+                )
+                data = s.makefile("rb").readline(HELPER_MAX_ANSWER)
+        except OSError as e:
+            raise MountError(f"the mount helper {self.socket_path} did not answer: {e}") from None
+        finally:
+            os.close(ns_fd)
+        try:
+            answer = json.loads(data)
+        except ValueError:
+            raise MountError("the mount helper gave no answer") from None
+        if not answer.get("ok"):
+            raise MountError(str(answer.get("error") or "refused by the mount helper"))
+
+    def mount(self, dev: BlockDevice, target: Path) -> None:
+        self._ask({"op": "mount", "kind": self.kind, "node": dev.node, "target": str(target)})
+
+    def unmount(self, target: Path, *, lazy: bool = False) -> None:
+        try:
+            self._ask({"op": "unmount", "kind": self.kind, "target": str(target), "lazy": lazy})
+        except MountError as e:
+            log.warning("unmounting %s: %s", target, e)
+
+
+def make_mounter(kind: str, helper: str = "off") -> Mounter:
+    """The mounter of `bus.mounter` / `bus.mount_helper`: "auto" asks the helper when its
+    socket is there (an installed station), "off" mounts directly, a path names the
+    helper's socket."""
+    if helper == "auto":
+        path = HELPER_SOCKET if HELPER_SOCKET.exists() else None
+    elif helper == "off":
+        path = None
+    else:
+        path = Path(helper)
+    return HelperMounter(path, kind) if path is not None else DirectMounter(kind)
 
 
 def find_card_device(usb_sys_path: str, *, context: object | None = None) -> BlockDevice | None:

@@ -875,11 +875,11 @@ def test_the_kiosk_shows_the_station_ui(booted):
 MOUNT_PROBE = """
 import hashlib, sys
 from pathlib import Path
-from station.mount import BlockDevice, FuseMounter, MountedCard
+from station.mount import BlockDevice, DirectMounter, MountedCard
 target = Path("/run/station/cards/port-1")
 target.mkdir(parents=True, exist_ok=True, mode=0o700)
 marker = Path("/run/station/usb-device"); marker.touch()
-mounter = FuseMounter()
+mounter = DirectMounter("fuse")
 dev = BlockDevice(sys.argv[1], "vfat", str(marker))
 mounter.mount(dev, target)
 card = MountedCard(mounter, dev, target)

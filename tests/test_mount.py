@@ -17,7 +17,7 @@ from conftest import needs_root
 
 from drivers.base import DeviceGone, DockedDevice, ProtocolError
 from drivers.mass_storage import MassStorageConfig, MassStorageDriver, identity_from_names
-from station.mount import BlockDevice, FuseMounter, MountedCard
+from station.mount import BlockDevice, DirectMounter, MountedCard
 
 pytestmark = needs_root
 
@@ -81,7 +81,7 @@ def _mount(node: str, fstype: str, marker: Path, target: Path) -> MountedCard:
     """Mount like the station does; `marker` stands for the device's sysfs entry."""
     marker.touch()
     target.mkdir()
-    mounter = FuseMounter()
+    mounter = DirectMounter("fuse")
     dev = BlockDevice(node, fstype, str(marker))
     mounter.mount(dev, target)
     return MountedCard(mounter, dev, target)

@@ -1,0 +1,248 @@
+"""The mount helper (station/mountd.py): it mounts cards in the daemon's namespace, and
+refuses everything else a compromised daemon could ask of it.
+
+The helper runs as it does on a station (a process of its own, on its own socket); the
+card images are real FAT32 and ext4 filesystems, mounted through FUSE (this kernel has
+no vfat), and a loop device stands for a block device that is not on USB.
+"""
+
+from __future__ import annotations
+
+import array
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import needs_root
+
+from station.mount import BlockDevice, HelperMounter, MountError
+
+pytestmark = needs_root
+
+
+@pytest.fixture
+def cards(tmp_path: Path) -> Path:
+    root = tmp_path / "cards"
+    root.mkdir(mode=0o700)
+    return root
+
+
+@pytest.fixture
+def images(tmp_path: Path) -> Path:
+    d = tmp_path / "images"
+    d.mkdir()
+    img = d / "card.img"
+    subprocess.run(
+        ["mkfs.vfat", "-C", "-F", "32", str(img), "65536"], check=True, capture_output=True
+    )
+    (tmp_path / "DCIM").mkdir()
+    (tmp_path / "DCIM" / "A.AVI").write_bytes(b"footage" * 1000)
+    subprocess.run(
+        ["mcopy", "-s", "-m", "-i", str(img), str(tmp_path / "DCIM"), "::/"],
+        check=True,
+        capture_output=True,
+        env={**os.environ, "MTOOLS_SKIP_CHECK": "1"},
+    )
+    return d
+
+
+@pytest.fixture
+def helper(tmp_path: Path, cards: Path, images: Path) -> Iterator[Path]:
+    # a folder every user can pass through: one test asks as another user
+    home = Path(tempfile.mkdtemp(prefix="mountd-", dir="/tmp"))
+    home.chmod(0o711)
+    sock = home / "mountd.sock"
+    args = ["--root", str(cards), "--socket", str(sock), "--images", str(images)]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "station.mountd", *args],
+        stderr=open(tmp_path / "mountd.log", "wb"),  # noqa: SIM115 - the helper's for life
+    )
+    deadline = time.monotonic() + 30
+    while not sock.exists():
+        assert proc.poll() is None, (tmp_path / "mountd.log").read_text()
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    yield sock
+    proc.terminate()
+    proc.wait(10)
+    shutil.rmtree(home, ignore_errors=True)
+
+
+def _target(cards: Path) -> Path:
+    t = cards / f"port-1.{uuid.uuid4().hex[:12]}"
+    t.mkdir(mode=0o700)
+    return t
+
+
+def _card(node: Path | str) -> BlockDevice:
+    return BlockDevice(str(node), "vfat", "/sys/nowhere")
+
+
+def test_a_card_is_mounted_in_the_asking_namespace_only_with_the_stations_options(
+    helper: Path, cards: Path, images: Path
+) -> None:
+    target = _target(cards)
+    client = textwrap.dedent(
+        f"""
+        import sys
+        from pathlib import Path
+        from station.mount import BlockDevice, HelperMounter
+        m = HelperMounter(Path({str(helper)!r}), "fuse")
+        target = Path({str(target)!r})
+        m.mount(BlockDevice({str(images / "card.img")!r}, "vfat", "/sys/x"), target)
+        opts = [l.split()[5] for l in open("/proc/self/mountinfo") if l.split()[4] == str(target)]
+        print("OPTS", opts[0], flush=True)
+        print("FILES", sorted(p.name for p in (target / "DCIM").iterdir()), flush=True)
+        sys.stdin.readline()
+        m.unmount(target)
+        print("UNMOUNTED", not target.is_mount(), flush=True)
+        """
+    )
+    # the daemon runs in a mount namespace of its own (systemd's sandbox)
+    proc = subprocess.Popen(
+        ["unshare", "--mount", "--propagation", "private", sys.executable, "-c", client],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None and proc.stdin is not None
+    opts = proc.stdout.readline()
+    files = proc.stdout.readline()
+    assert files.strip() == "FILES ['A.AVI']", (opts, files, proc.stderr.read())
+    assert {"nosuid", "nodev", "noexec"} <= set(opts.split()[1].split(","))
+    assert not os.path.ismount(target)  # not in the helper's (the host's) namespace
+    proc.stdin.write("\n")
+    proc.stdin.flush()
+    assert proc.stdout.readline().strip() == "UNMOUNTED True"
+    assert proc.wait(30) == 0
+
+
+@pytest.mark.parametrize(
+    "where, expected",
+    [
+        ("outside", "is not a card folder below"),
+        ("bad-name", "is not a card folder below"),
+        ("symlink", "is not a plain folder"),
+        ("in-use", "is in use"),
+    ],
+)
+def test_targets_other_than_a_fresh_card_folder_are_refused(
+    helper: Path, cards: Path, images: Path, tmp_path: Path, where: str, expected: str
+) -> None:
+    if where == "outside":
+        target = tmp_path / f"port-1.{uuid.uuid4().hex[:12]}"
+        target.mkdir()
+    elif where == "bad-name":
+        target = cards / "etc"
+        target.mkdir()
+    elif where == "symlink":
+        (tmp_path / "elsewhere").mkdir()
+        target = cards / f"port-1.{uuid.uuid4().hex[:12]}"
+        target.symlink_to(tmp_path / "elsewhere")
+    else:
+        target = _target(cards)
+        (target / "something").touch()
+    with pytest.raises(MountError, match=expected):
+        HelperMounter(helper, "fuse").mount(_card(images / "card.img"), target)
+    assert not os.path.ismount(target)
+
+
+def test_sources_other_than_a_usb_card_are_refused(
+    helper: Path, cards: Path, images: Path, tmp_path: Path
+) -> None:
+    m = HelperMounter(helper, "fuse")
+    outside = tmp_path / "card.img"
+    outside.write_bytes((images / "card.img").read_bytes())
+    with pytest.raises(MountError, match="is not a device node"):
+        m.mount(_card(outside), _target(cards))
+    with pytest.raises(MountError, match="is not a device node"):
+        m.mount(_card("/dev/../etc/shadow"), _target(cards))
+    (images / "link.img").symlink_to(outside)
+    with pytest.raises(MountError, match="is not a card image"):
+        m.mount(_card(images / "link.img"), _target(cards))
+    # a block device that is not on USB: a loop device holding a FAT card
+    loop = subprocess.run(
+        ["losetup", "-f", "--show", str(outside)], check=True, capture_output=True, text=True
+    ).stdout.strip()
+    try:
+        with pytest.raises(MountError, match="is not a USB disk"):
+            m.mount(_card(loop), _target(cards))
+    finally:
+        subprocess.run(["losetup", "-d", loop], check=False)
+    # a card image that holds another filesystem
+    ext4 = images / "disk.img"
+    with open(ext4, "wb") as f:
+        f.truncate(8 << 20)
+    subprocess.run(["mkfs.ext4", "-q", "-F", str(ext4)], check=True, capture_output=True)
+    with pytest.raises(MountError, match="holds ext4, not a card's FAT or exFAT"):
+        m.mount(_card(ext4), _target(cards))
+    assert not [t for t in cards.iterdir() if os.path.ismount(t)]
+
+
+def _raw(sock: Path, payload: bytes, fds: list[int]) -> dict[str, object]:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(30)
+        s.connect(str(sock))
+        anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
+        s.sendmsg([payload], anc)
+        return dict(json.loads(s.makefile("rb").readline()))
+
+
+def test_malformed_requests_and_other_users_are_refused_and_the_helper_goes_on(
+    helper: Path, cards: Path, images: Path
+) -> None:
+    ns = os.open("/proc/self/ns/mnt", os.O_RDONLY)
+    try:
+        assert "exactly one namespace" in str(_raw(helper, b'{"op": "mount"}', [])["error"])
+        assert "not a request" in str(_raw(helper, b"\xff{", [ns])["error"])
+        assert "unknown operation" in str(
+            _raw(
+                helper, json.dumps({"op": "remount", "target": str(_target(cards))}).encode(), [ns]
+            )["error"]
+        )
+    finally:
+        os.close(ns)
+    # only root may ask (the socket is root's alone too; opened up here to reach the check)
+    os.chmod(helper, 0o666)
+    card, target = str(images / "card.img"), str(_target(cards))
+    nobody = textwrap.dedent(
+        f"""
+        import os
+        from pathlib import Path
+        from station.mount import BlockDevice, HelperMounter
+        os.setgid(65534); os.setuid(65534)
+        card = BlockDevice({card!r}, "vfat", "/sys/x")
+        HelperMounter(Path({str(helper)!r}), "fuse").mount(card, Path({target!r}))
+        """
+    )
+    r = subprocess.run([sys.executable, "-c", nobody], capture_output=True, text=True, check=False)
+    assert r.returncode != 0 and "only the station (root) may ask" in r.stderr
+    # and it still serves the station
+    target = _target(cards)
+    m = HelperMounter(helper, "fuse")
+    m.mount(_card(images / "card.img"), target)
+    assert os.path.ismount(target)
+    m.unmount(target)
+    assert not os.path.ismount(target)
+
+
+def test_only_card_folders_are_unmounted(helper: Path, cards: Path, tmp_path: Path) -> None:
+    """A compromised daemon could ask to lift the read-only binds of its own sandbox."""
+    ns = os.open("/proc/self/ns/mnt", os.O_RDONLY)
+    try:
+        for target in ("/", "/usr", str(cards), str(cards / ".." / "port-1.0123456789ab")):
+            answer = _raw(helper, json.dumps({"op": "unmount", "target": target}).encode(), [ns])
+            assert answer["ok"] is False and "is not a card folder" in str(answer["error"])
+    finally:
+        os.close(ns)
