@@ -12,6 +12,10 @@ with the sound as AAC when there is any:
    into an ordinary MP4 with its index in front (`<sha256>.mp4`), served with
    HTTP range requests so the player can seek.
 
+The decoding is done by the media worker (station/mediaworker.py), a sandboxed process of
+its own that gets only the descriptors of the stored file and of the two outputs: the
+daemon never parses recorder video itself.
+
 Cached files are named by the content hash of the original, so a file is
 transcoded once, and the cache is trimmed to `max_bytes` (least recently used
 first). Everything else is played as stored: JPEG photos, WAV/MP3 audio, and
@@ -29,8 +33,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
+from typing import Any, BinaryIO
 
-import av
+from station import mediaworker
 
 log = logging.getLogger(__name__)
 
@@ -98,9 +103,19 @@ def _even(n: float) -> int:
     return max(2, round(n / 2) * 2)
 
 
-def transcode(source: Path, dest: Path, job: Job | None = None) -> None:
-    """Transcode any video PyAV can read into a fragmented H.264 (+AAC) MP4 at `dest`."""
-    with av.open(str(source)) as inp:
+Media = Path | BinaryIO  # a path, or a file PyAV reads or writes through (the media worker's)
+
+
+def _media(m: Media) -> str | BinaryIO:
+    return str(m) if isinstance(m, Path) else m
+
+
+def transcode(source: Media, dest: Media, job: Any = None) -> None:
+    """Transcode any video PyAV can read into a fragmented H.264 (+AAC) MP4 at `dest`.
+    Only the media worker calls this (station/mediaworker.py): never the daemon."""
+    import av  # FFmpeg is loaded in the media worker only
+
+    with av.open(_media(source)) as inp:
         if not inp.streams.video:
             raise PlaybackError("the file holds no video stream")
         vin = inp.streams.video[0]
@@ -119,7 +134,7 @@ def transcode(source: Path, dest: Path, job: Job | None = None) -> None:
                 float(vin.duration * vin.time_base) * float(rate) if vin.duration else 0
             )
         with av.open(
-            str(dest),
+            _media(dest),
             "w",
             format="mp4",
             options={"movflags": "frag_keyframe+empty_moov+default_base_moof"},
@@ -176,11 +191,13 @@ def transcode(source: Path, dest: Path, job: Job | None = None) -> None:
                     out.mux(p)
 
 
-def remux_faststart(source: Path, dest: Path) -> None:
+def remux_faststart(source: Media, dest: Media) -> None:
     """Copy the packets of a (fragmented) MP4 into an ordinary one with its index in front."""
+    import av
+
     with (
-        av.open(str(source)) as inp,
-        av.open(str(dest), "w", format="mp4", options={"movflags": "+faststart"}) as out,
+        av.open(_media(source)) as inp,
+        av.open(_media(dest), "w", format="mp4", options={"movflags": "+faststart"}) as out,
     ):
         mapping = {}
         for s in inp.streams:
@@ -244,8 +261,7 @@ class Transcoder:
             tmp = job.final.with_suffix(".tmp.mp4")
             try:
                 t = time.monotonic()
-                transcode(job.source, job.frag, job)
-                remux_faststart(job.frag, tmp)
+                mediaworker.run_transcode(job.source, job.frag, tmp, job)
                 os.replace(tmp, job.final)
                 log.info(
                     "transcoded %s (%s frames) in %.1f s",

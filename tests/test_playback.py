@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
+import resource
 import struct
+import subprocess
+import sys
 import time
 from fractions import Fraction
 from pathlib import Path
 
 import av
+import psutil
 import pytest
 from PIL import Image
 
-from station import playback
+from station import mediaworker, playback
 from station.playback import Transcoder
 from station.sim.media import make_video
 
@@ -139,3 +145,78 @@ def test_what_plays_as_stored() -> None:
     assert playback.browser_type("X.JPG", "photo") == "image/jpeg"
     assert playback.browser_type("X.WAV", "audio") == "audio/wav"
     assert playback.browser_type("X.AVI", "video") is None
+
+
+# --- the media worker: recorder video is never decoded in the daemon's process ----------------
+
+
+def test_the_daemon_process_never_loads_ffmpeg(tmp_path: Path) -> None:
+    """A daemon-like process transcodes a file: PyAV (FFmpeg) is loaded only in the worker."""
+    src = tmp_path / "REC.AVI"
+    avi_with_sound(src, frames=10)
+    script = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from station.playback import Transcoder\n"
+        f"job = Transcoder(Path({str(tmp_path / 'cache')!r})).start(Path({str(src)!r}), 'f' * 64)\n"
+        "job.done.wait(120)\n"
+        "print(job.error, 'av' in sys.modules)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180)
+    assert r.stdout.split()[:2] == ["None", "False"], r.stdout + r.stderr
+
+
+def _worker_of(parent: psutil.Process, timeout: float = 60) -> psutil.Process:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for child in parent.children():
+            with contextlib.suppress(psutil.Error):
+                if "station.mediaworker" in child.cmdline():
+                    return child
+        time.sleep(0.02)
+    raise AssertionError("no media worker started")
+
+
+def _soft_limits(pid: int) -> dict[str, str]:
+    lines = Path(f"/proc/{pid}/limits").read_text().splitlines()[1:]
+    return {line[:26].strip(): line[26:47].strip() for line in lines}
+
+
+def test_the_worker_runs_unprivileged_and_limited(tmp_path: Path) -> None:
+    src = tmp_path / "LONG.AVI"
+    avi_with_sound(src, frames=600, size=(1920, 1080))
+    src.chmod(0o600)  # a stored file: root's alone; the worker gets a descriptor, not a path
+    tr = Transcoder(tmp_path / "cache")
+    job = tr.start(src, "9" * 64)
+    worker = _worker_of(psutil.Process())
+    try:
+        if os.geteuid() == 0:
+            assert worker.uids().effective == 65534 and worker.gids().effective == 65534
+        deadline = time.monotonic() + 60  # it limits itself first thing
+        while (limits := _soft_limits(worker.pid)) and limits["Max cpu time"] == "unlimited":
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        assert limits["Max address space"] == str(mediaworker.LIMITS[resource.RLIMIT_AS])
+        assert limits["Max cpu time"] == str(mediaworker.LIMITS[resource.RLIMIT_CPU])
+        assert worker.nice() >= 10
+    finally:
+        assert job.done.wait(300)
+    assert job.error is None and tr.cached("9" * 64) is not None
+
+
+def test_a_worker_that_dies_fails_the_job_and_nothing_else(tmp_path: Path) -> None:
+    """What a hostile file that crashes FFmpeg does: the daemon reports it and goes on."""
+    src = tmp_path / "LONG.AVI"
+    avi_with_sound(src, frames=600, size=(1920, 1080))
+    tr = Transcoder(tmp_path / "cache")
+    job = tr.start(src, "8" * 64)
+    _worker_of(psutil.Process()).kill()
+    assert job.done.wait(60)
+    assert job.error is not None and "stopped before it was done" in job.error
+    assert tr.cached("8" * 64) is None
+    assert not [p for p in (tmp_path / "cache").iterdir() if p.name.endswith(".tmp.mp4")]
+    # and the next file plays
+    ok = tmp_path / "OK.AVI"
+    avi_with_sound(ok, frames=5)
+    again = tr.start(ok, "7" * 64)
+    assert again.done.wait(120) and again.error is None

@@ -1,0 +1,252 @@
+"""Decoding untrusted recorder video out of the daemon: the media worker.
+
+A recorder's files are whatever its firmware (or whoever tampered with it) wrote, and
+FFmpeg's demuxers and decoders are a large attack surface. So the daemon never opens
+footage with PyAV itself: a worker process does, with nothing but the descriptors the
+daemon hands it, and the worst a hostile file can do is crash or take over that worker.
+
+On an installed station the worker is `station-media@.service`, started by systemd for
+each connection on `/run/station-media.sock` (socket activation, `Accept=yes`): a
+dynamic user with no capabilities, no network, no devices, no writable file system, a
+system-call filter and a memory limit (systemd/station-media@.service). Elsewhere (tests,
+the demo) the daemon starts `python -m station.mediaworker` itself, as `nobody` when it
+may, with the resource limits below set by the worker before it reads any input.
+
+The protocol, on a Unix stream socket (systemd's fd 3, or the daemon's socket pair): the daemon
+sends one JSON line `{"op": "transcode"}` with three descriptors (SCM_RIGHTS): the
+stored file (read), the fragmented MP4 to write (read-write, the file the browser
+follows while it grows) and the final MP4 (read-write). The worker answers with JSON
+lines: `{"frames_total": N}`, `{"frames_done": n}` now and then, and last `{"done": true}`
+or `{"error": "..."}`. A worker that dies says nothing more: the daemon reports it.
+"""
+
+from __future__ import annotations
+
+import array
+import contextlib
+import json
+import os
+import resource
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+SOCKET = Path("/run/station-media.sock")
+MAX_REQUEST = 4096
+# When the worker limits itself (no systemd unit around it)
+LIMITS = {
+    resource.RLIMIT_AS: 3 << 30,  # address space: FFmpeg's threads reserve a lot
+    resource.RLIMIT_CPU: 1800,  # seconds of CPU for one file
+    resource.RLIMIT_FSIZE: 16 << 30,  # bytes it may write
+    resource.RLIMIT_CORE: 0,
+}
+PROGRESS_EVERY = 25  # frames
+
+
+class WorkerError(Exception):
+    """The worker failed, refused, or died."""
+
+
+class _Progress:
+    """What transcode() updates, sent to the daemon as it changes."""
+
+    def __init__(self, conn: socket.socket) -> None:
+        self._conn = conn
+        self._frames_total = 0
+        self.frames_done_sent = 0
+        self._frames_done = 0
+
+    def send(self, **fields: Any) -> None:
+        self._conn.sendall(json.dumps(fields).encode() + b"\n")
+
+    @property
+    def frames_total(self) -> int:
+        return self._frames_total
+
+    @frames_total.setter
+    def frames_total(self, n: int) -> None:
+        self._frames_total = n
+        self.send(frames_total=n)
+
+    @property
+    def frames_done(self) -> int:
+        return self._frames_done
+
+    @frames_done.setter
+    def frames_done(self, n: int) -> None:
+        self._frames_done = n
+        if n - self.frames_done_sent >= PROGRESS_EVERY:
+            self.frames_done_sent = n
+            self.send(frames_done=n)
+
+
+def _receive(conn: socket.socket, count: int) -> tuple[dict[str, Any], list[int]]:
+    fds = array.array("i")
+    msg, ancdata, _flags, _addr = conn.recvmsg(MAX_REQUEST, socket.CMSG_SPACE(count * fds.itemsize))
+    for level, kind, data in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(data[: len(data) - (len(data) % fds.itemsize)])
+    request = json.loads(msg.split(b"\n", 1)[0] or b"null")
+    if not isinstance(request, dict) or len(fds) != count:
+        for fd in fds:
+            os.close(fd)
+        raise WorkerError(f"a request is one JSON object and {count} descriptors")
+    return request, list(fds)
+
+
+def serve(conn: socket.socket) -> None:
+    """Carry out the one request on `conn`."""
+    from station import playback  # PyAV is loaded here, in the worker only
+
+    progress = _Progress(conn)
+    try:
+        request, fds = _receive(conn, 3)
+        if request.get("op") != "transcode":
+            for fd in fds:
+                os.close(fd)
+            raise WorkerError(f"unknown operation {request.get('op')!r}")
+        with (
+            os.fdopen(fds[0], "rb") as source,
+            os.fdopen(fds[1], "w+b") as frag,
+            os.fdopen(fds[2], "w+b") as final,
+        ):
+            playback.transcode(source, frag, progress)
+            frag.flush()
+            frag.seek(0)
+            # faststart moves the index to the front by reopening its output by name:
+            # a file of the worker's own (its private /tmp), then copied to the daemon's
+            with tempfile.TemporaryDirectory(prefix="station-media-") as tmp:
+                own = Path(tmp) / "final.mp4"
+                playback.remux_faststart(frag, own)
+                with open(own, "rb") as f:
+                    shutil.copyfileobj(f, final, 1 << 20)
+        progress.send(frames_done=progress.frames_done, done=True)
+    except Exception as e:  # everything goes back to the daemon as words
+        with contextlib.suppress(OSError):
+            progress.send(error=str(e) or type(e).__name__)
+
+
+def limit_self() -> None:
+    for which, value in LIMITS.items():
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(which, (value, value))
+    with contextlib.suppress(OSError):
+        os.nice(10)  # collection first
+
+
+def main() -> int:
+    """systemd passes the connection as fd 3 (LISTEN_FDS=1); the daemon's own spawn
+    names it in STATION_MEDIA_FD and asks for the self-imposed limits."""
+    fd = os.environ.get("STATION_MEDIA_FD") or ("3" if os.environ.get("LISTEN_FDS") == "1" else "")
+    if not fd.isdigit():
+        print("station.mediaworker: started without its connection", file=sys.stderr)
+        return 2
+    if os.environ.get("STATION_MEDIA_LIMITS") == "1":
+        limit_self()
+    with socket.socket(fileno=int(fd)) as conn:
+        conn.settimeout(60)
+        serve(conn)
+    return 0
+
+
+# --- the daemon's side ------------------------------------------------------------------------
+
+
+def _may_setuid() -> bool:
+    with open("/proc/self/status", encoding="ascii") as f:
+        for line in f:
+            if line.startswith("CapEff:"):
+                return bool(int(line.split()[1], 16) & (1 << 7))  # CAP_SETUID
+    return False
+
+
+def _spawn() -> tuple[socket.socket, subprocess.Popen[bytes]]:
+    """A worker of our own, on a socket pair, as nobody when we may change user."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "STATION_MEDIA_FD": str(theirs.fileno()),
+        "STATION_MEDIA_LIMITS": "1",
+        "PYTHONDONTWRITEBYTECODE": "1",
+    }
+    user: dict[str, Any] = {}
+    if os.geteuid() == 0 and _may_setuid():
+        user = {"user": 65534, "group": 65534, "extra_groups": []}
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "station.mediaworker"],
+            pass_fds=(theirs.fileno(),),
+            env=env,
+            cwd="/",
+            stdin=subprocess.DEVNULL,
+            **user,
+        )
+    finally:
+        theirs.close()
+    return ours, proc
+
+
+def run_transcode(
+    source: Path, frag: Path, final: Path, job: Any, *, timeout_s: float = 120.0
+) -> None:
+    """Have a worker transcode `source` into `frag` (growing, for the browser) and
+    `final`; `job.frames_total` / `job.frames_done` follow its progress. Raises
+    WorkerError when the worker fails or dies."""
+    proc: subprocess.Popen[bytes] | None = None
+    if SOCKET.exists():
+        conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            conn.connect(str(SOCKET))
+        except OSError as e:
+            conn.close()
+            raise WorkerError(f"the media worker ({SOCKET}) did not answer: {e}") from None
+    else:
+        conn, proc = _spawn()
+    try:
+        with conn:
+            conn.settimeout(timeout_s)
+            fds = [
+                os.open(source, os.O_RDONLY | os.O_CLOEXEC),
+                os.open(frag, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600),
+                os.open(final, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600),
+            ]
+            try:
+                conn.sendmsg(
+                    [json.dumps({"op": "transcode"}).encode() + b"\n"],
+                    [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))],
+                )
+            finally:
+                for fd in fds:
+                    os.close(fd)
+            for line in conn.makefile("rb"):
+                answer = json.loads(line)
+                if "frames_total" in answer:
+                    job.frames_total = int(answer["frames_total"])
+                if "frames_done" in answer:
+                    job.frames_done = int(answer["frames_done"])
+                if answer.get("done"):
+                    return
+                if "error" in answer:
+                    raise WorkerError(str(answer["error"]))
+            if proc is not None:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(10)
+            status = f" (status {proc.returncode})" if proc is not None else ""
+            raise WorkerError(f"the media worker stopped before it was done{status}")
+    except (OSError, ValueError) as e:  # a reset connection: it died (or sent nonsense)
+        raise WorkerError(f"the media worker stopped before it was done: {e}") from None
+    finally:
+        if proc is not None:
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
