@@ -308,16 +308,17 @@ def _is_docs(route: Any) -> bool:
 def _add_browser_ui(app: FastAPI, station: Station) -> None:
     """Accounts, retrieval, playback, registration and settings for browsers (cookies + CSRF)."""
     from station.playback import Transcoder
-    from web import auth, media, ui
+    from web import audit, auth, media, ui
     from web.settings import SettingsStore
 
     app.state.ui = auth.UIContext(
         station, SettingsStore(station), Transcoder(auth.cache_dir_for(station))
     )
     # the browser's own routes (cookies and CSRF): not in the central server's API document
-    for router in (auth.router(), ui.pages(), ui.router(), media.router()):
+    for router in (auth.router(), audit.router(), ui.pages(), ui.router(), media.router()):
         app.include_router(router, include_in_schema=False)
 
+    app.add_middleware(audit.AuditTrail, station=station)
     app.add_middleware(SecurityHeaders)
 
 

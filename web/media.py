@@ -65,7 +65,7 @@ def _viewed(ctx: UIContext, user: Account, request: Request, ref: search.StoredR
         )
 
 
-def _attachment(name: str) -> dict[str, str]:
+def attachment(name: str) -> dict[str, str]:
     name = safe_component(name)  # no bidi or control characters from a recorder
     ascii_name = "".join(c if c.isascii() and c.isprintable() and c not in '"\\' else "_"
                          for c in name)  # fmt: skip
@@ -153,7 +153,7 @@ def router() -> APIRouter:
         return FileResponse(
             ref.path,
             media_type="application/octet-stream",
-            headers={**_attachment(ref.name), "X-Content-SHA256": ref.sha256},
+            headers={**attachment(ref.name), "X-Content-SHA256": ref.sha256},
         )
 
     @r.post("/zip")
@@ -194,7 +194,7 @@ def router() -> APIRouter:
         return StreamingResponse(
             zip_stream(ctx, user, refs, name),
             media_type="application/zip",
-            headers=_attachment(name),
+            headers=attachment(name),
         )
 
     return r

@@ -10,6 +10,7 @@ import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from station.catalog.models import Event, StationState, utcnow
 
 log = logging.getLogger(__name__)
+# Where the request being served comes from (its address): set by the web front door
+# (web/audit.py) for the events written while serving it; None for the daemon's own work.
+REQUEST_SOURCE: ContextVar[str | None] = ContextVar("request_source", default=None)
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 GENESIS = "0" * 64
@@ -215,7 +219,11 @@ def append_event(
     file_id: int | None = None,
     **data: Any,
 ) -> Event:
-    """Append one entry to the system log inside the caller's write transaction."""
+    """Append one entry to the system log inside the caller's write transaction. An event
+    written while serving a person's request says where it came from (`source`)."""
+    source = REQUEST_SOURCE.get()
+    if source is not None:
+        data.setdefault("source", source)
     last = session.scalars(select(Event).order_by(Event.id.desc()).limit(1)).first()
     prev = last.hash if last else GENESIS
     ev = Event(
