@@ -951,8 +951,8 @@ dev = BlockDevice(image, "vfat", str(marker))
 direct = Path("/run/station/cards/port-1.000000000000")
 direct.mkdir(parents=True, exist_ok=True, mode=0o700)
 try:
-    DirectMounter("fuse").mount(dev, direct)
-    print("DIRECT MOUNTED")
+    DirectMounter("fuse").mount(dev, direct)  # fusefat may say nothing when it fails
+    print("DIRECT MOUNTED" if direct.is_mount() else "DIRECT REFUSED (not mounted)")
 except MountError as e:
     print("DIRECT REFUSED", e)
 # the mount helper mounts it in this namespace
@@ -1060,7 +1060,7 @@ def test_a_card_is_mounted_by_the_helper_read_and_cleared_inside_the_sandbox(boo
         assert f"SHA256 {hashlib.sha256(data).hexdigest()}" in out
         assert "DELETED True" in out and "UNMOUNTED True" in out
         assert "is not a card folder below /run/station/cards" in out
-        assert "HELPER REFUSED /dev/null is not a block device" in out, out
+        assert re.search(r"HELPER REFUSED .*/dev/null is not a block device", out), out
         assert "HELPER MOUNTED" not in out, out
     finally:
         dropin.unlink(missing_ok=True)
