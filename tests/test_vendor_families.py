@@ -11,14 +11,13 @@ Falcon-style library with the canonical EYLOG_DLL.h calls plus
 from __future__ import annotations
 
 import datetime as dt
-import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from pydantic import ValidationError
+from vendor_emu import PACKED, PASSWORD, PASSWORDS, build, get, put
 
 from drivers import vendor_library as vl
 from drivers.base import (
@@ -31,56 +30,10 @@ from drivers.base import (
 )
 from drivers.vendor_library import LibraryBusy, VendorLibraryConfig, VendorLibraryDriver
 
-NATIVE = Path(__file__).resolve().parent / "native"
-PASSWORD = "654321"
-PASSWORDS = ["000000", "123456", PASSWORD]
-PACKED: dict[str, Any] = {
-    "layout": "89",
-    "return_type": "bool",
-    "status_type": "uint16",
-    "functions": {"UnInit_Device": "bool Uninit_Device(char *IDCode, unsigned short *iRet)"},
-}
-BUILDS = {
-    "packed": ("packed_bool.c", []),
-    "packed_in": ("packed_bool.c", ["-DINPUT_IDCODE", "-DPWD_CONNECT_FAILED"]),
-    "falcon": ("falcon.c", []),
-    "falcon_single": ("falcon.c", ["-DNO_INDEX"]),
-}
-
-
-def recorder(i: int) -> dict[str, Any]:
-    return {
-        "id_code": "ZFY01",
-        "serial": f"B10000{i}",
-        "officer_no": f"10000{i}",
-        "officer_name": "张三" if i % 2 else "李四",
-        "unit_no": "110101",
-        "unit_name": "城关派出所",
-        "password": PASSWORD,
-        "battery": 60 + i,
-        "clock_offset_s": -42,
-        "msdc": 0,
-    }
-
 
 @pytest.fixture(scope="session")
 def emu(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    cc = shutil.which("gcc") or shutil.which("cc")
-    if cc is None:
-        pytest.skip("no C compiler")
-    out = tmp_path_factory.mktemp("vendor-emu")
-    out.chmod(0o755)
-    built = {}
-    procs = []
-    for name, (source, flags) in BUILDS.items():
-        target = out / f"lib{name}.so"
-        cmd = [cc, "-shared", "-fPIC", "-O2", "-Wall", "-Werror", *flags, "-o", str(target)]
-        procs.append((cmd, subprocess.Popen([*cmd, str(NATIVE / source)], stderr=subprocess.PIPE)))
-        built[name] = target
-    for cmd, proc in procs:
-        _, err = proc.communicate(timeout=120)
-        assert proc.returncode == 0, f"{cmd}: {err.decode()}"
-    return built
+    return build(tmp_path_factory)
 
 
 @pytest.fixture
@@ -98,23 +51,6 @@ def _no_leaked_sessions() -> Iterator[None]:
     for s in leaked:
         s.close()
     assert not leaked, f"sessions left open: {leaked}"
-
-
-def put(root: Path, index: int = 0, **fields: Any) -> Path:
-    values = {**recorder(index), **fields}
-    folder = root / str(index)
-    folder.mkdir(parents=True, exist_ok=True)
-    lines = [f"{k}=".encode() + str(v).encode("gbk") + b"\n" for k, v in values.items()]
-    (folder / "device.txt").write_bytes(b"".join(lines))
-    return folder
-
-
-def get(root: Path, index: int = 0) -> dict[str, bytes]:
-    out = {}
-    for line in (root / str(index) / "device.txt").read_bytes().splitlines():
-        k, _, v = line.partition(b"=")
-        out[k.decode()] = v
-    return out
 
 
 def docked(port: int, serial: str | None, path: str | None = None) -> DockedDevice:
