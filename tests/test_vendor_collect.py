@@ -9,138 +9,19 @@ which recorder every port's session really read and switched.
 
 from __future__ import annotations
 
-import collections
-import contextlib
 import os
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from dock_harness import Dock, card_files
 from vendor_emu import PACKED, PASSWORD, build, get, put
 
 from drivers.base import DockedDevice, DriverRegistry
-from drivers.card import FolderCard
 from drivers.vendor_library import VendorLibraryConfig, VendorLibraryDriver
 from station import collector as collector_module
-from station.alarms import AlarmBook
-from station.catalog import Catalog
-from station.collector import Collector, Services, Slot
-from station.config import StationConfig
-from station.disks import DiskBook
-from station.ratelimit import PriorityGate
-from station.store import Store
-
-WAIT_S = 120.0  # generous: a slow, busy machine must not fail these tests
-DAY = "20261201083000"
-
-
-def card_files(card: Path, officer_no: str, serial: str, n: int = 2) -> dict[str, bytes]:
-    """Footage named as recorders name it, with content unique to the recorder."""
-    folder = card / "DCIM" / "100ANDRO"
-    folder.mkdir(parents=True, exist_ok=True)
-    out = {}
-    for k in range(1, n + 1):
-        name = f"{officer_no}_{serial}_{DAY}_{k:04d}.MP4"
-        data = f"{serial} clip {k} ".encode() * (2000 + 100 * k)
-        (folder / name).write_bytes(data)
-        out[name] = data
-    return out
-
-
-class Dock:
-    """A station's collectors over docked devices; port p's card is its own folder."""
-
-    def __init__(self, tmp: Path, registry: DriverRegistry) -> None:
-        self.disk = tmp / "disk1"
-        self.disk.mkdir()
-        self.cards: dict[int, Path] = {}
-        self.config = StationConfig(
-            store={"disks": [self.disk], "min_free_mb": 0, "folder_disks": True},
-            database={"url": f"sqlite:///{tmp / 'catalog.db'}"},
-            recorders={"passwords": ["000000", "123456", PASSWORD], "priority_others_mb_s": 1000},
-        )
-        self.catalog = Catalog(self.config.database_path)
-        self.catalog.migrate()
-        self.store = Store([self.disk], 0)
-        for d in self.store.disks:
-            assert DiskBook(self.catalog, "T1", folder_disks=True).identify(d) is None
-            d.prepare()
-        self.store.prepare()
-        locks: dict[str, threading.Lock] = collections.defaultdict(threading.Lock)
-        self.services = Services(
-            self.config,
-            self.catalog,
-            self.store,
-            registry,
-            AlarmBook(self.catalog),
-            None,
-            lambda **kw: None,
-            lambda: "auto",
-            lambda serial, port: None,
-            self.expect_card,
-            lambda: None,
-            lambda serial: locks[serial],
-            PriorityGate(1000.0),
-            lambda port, why: None,
-        )
-        self.stop = threading.Event()
-        self.slots: dict[int, Slot] = {}
-        self.results: dict[int, str] = {}
-        self.threads: list[threading.Thread] = []
-
-    @contextlib.contextmanager
-    def expect_card(self, device: DockedDevice) -> Iterator[Any]:
-        """After SetMSDC the port's own card appears, whichever recorder was switched."""
-
-        class Wait:
-            def card(_self, serial: str | None = None) -> FolderCard:
-                return FolderCard(self.cards[device.port])
-
-        yield Wait()
-
-    def dock(self, port: int, serial: str | None, card: Path, path: str | None = None) -> Slot:
-        self.cards[port] = card
-        device = DockedDevice(
-            port=port,
-            key=f"usb:{port}",
-            kind="usb",
-            path=path or f"/nonexistent/port-{port}",
-            vendor_id=0x1234,
-            product_id=0xABCD,
-            serial=serial,
-        )
-        slot = self.slots[port] = Slot(port)
-        slot.generation = 1
-        c = Collector(self.services, slot, device, self.stop)
-
-        def run() -> None:
-            self.results[port] = c.run()
-
-        t = threading.Thread(target=run, name=f"port{port}")
-        self.threads.append(t)
-        t.start()
-        return slot
-
-    def wait(self, what: str, cond: Callable[[], bool]) -> None:
-        deadline = time.monotonic() + WAIT_S
-        while not cond():
-            assert time.monotonic() < deadline, f"timed out waiting for {what}"
-            time.sleep(0.02)
-
-    def close(self) -> None:
-        self.stop.set()
-        for t in self.threads:
-            t.join(WAIT_S)
-        self.catalog.close()
-
-    def stored(self, officer_no: str, serial: str) -> dict[str, bytes]:
-        base = self.disk / officer_no / serial
-        if not base.is_dir():
-            return {}
-        return {f.name: f.read_bytes() for day in base.iterdir() for f in day.iterdir()}
 
 
 @pytest.fixture
@@ -148,7 +29,7 @@ def dock_factory(tmp_path: Path) -> Iterator[Callable[[DriverRegistry], Dock]]:
     docks: list[Dock] = []
 
     def make(registry: DriverRegistry) -> Dock:
-        d = Dock(tmp_path, registry)
+        d = Dock(tmp_path, registry, ["000000", "123456", PASSWORD])
         docks.append(d)
         return d
 
