@@ -280,7 +280,9 @@ class _Stream:
         try:
             obj = json.loads(line)
         except ValueError:
-            raise ProtocolError(f"{self.label}: an answer that is not JSON: {line[:80]!r}") from None
+            raise ProtocolError(
+                f"{self.label}: an answer that is not JSON: {line[:80]!r}"
+            ) from None
         if not isinstance(obj, dict):
             raise ProtocolError(f"{self.label}: an answer that is not a JSON object")
         return obj
@@ -332,8 +334,7 @@ class AndroidAdbSession(RecorderSession):
         stored = self._text(self._e12("admin_password"), "the password")
         if not self.password or stored != self.password:
             raise AuthFailed(
-                f"{self.label}: the recorder's password is not the station's "
-                "(compared on the host)"
+                f"{self.label}: the recorder's password is not the station's (compared on the host)"
             )
 
     # --- json ---------------------------------------------------------------------------

@@ -93,15 +93,22 @@ class Dock:
 
         yield Wait()
 
-    def dock(self, port: int, serial: str | None, card: Path, path: str | None = None) -> Slot:
+    def dock(
+        self,
+        port: int,
+        serial: str | None,
+        card: Path,
+        path: str | None = None,
+        usb_id: tuple[int, int] = (0x1234, 0xABCD),
+    ) -> Slot:
         self.cards[port] = card
         device = DockedDevice(
             port=port,
             key=f"usb:{port}",
             kind="usb",
             path=path or f"/nonexistent/port-{port}",
-            vendor_id=0x1234,
-            product_id=0xABCD,
+            vendor_id=usb_id[0],
+            product_id=usb_id[1],
             serial=serial,
         )
         slot = self.slots[port] = Slot(port)
