@@ -9,6 +9,9 @@ through the real Collector (tests/dock_harness.py).
 from __future__ import annotations
 
 import datetime as dt
+import shutil
+import socket
+import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -166,8 +169,6 @@ def test_unplugged_mid_session(adb: AdbServer, fmt: str) -> None:
 
 
 def test_no_adb_server(fmt: str) -> None:
-    import socket
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         free = s.getsockname()[1]
@@ -228,3 +229,33 @@ def test_eight_android_recorders_docked_at_once(
         assert dock.stored(f"20000{port}", f"A10000{port}") == footage[port]
         assert states[port].msdc
         assert states[port].clock is not None
+
+
+@pytest.mark.skipif(shutil.which("adb") is None, reason="Debian's adb is not installed")
+def test_real_debian_adb_server(tmp_path: Path, fmt: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The driver starts Debian's adb server and speaks the host protocol to it.
+
+    No recorder is attached to this machine, so the real server sees none: the
+    docked device is reported gone (not a protocol error), and the server is
+    stopped again at the end.
+    """
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    drv = AndroidAdbDriver(
+        AndroidAdbConfig(
+            usb_ids=["2207:0006"],
+            format=fmt,  # type: ignore[arg-type]
+            device_port=SERVICE_PORT,
+            adb_port=port,
+            start_server=True,
+            timeout_s=20,
+        )
+    )
+    monkeypatch.setenv("HOME", str(tmp_path))  # adb keeps its keys below $HOME
+    try:
+        with pytest.raises(DeviceGone, match="adb does not see device A100001"):
+            drv.open(docked(1, "A100001"), PASSWORDS)
+        assert drv.adb.devices() == {}
+    finally:
+        subprocess.run(["adb", "-P", str(port), "kill-server"], capture_output=True, check=False)
