@@ -233,11 +233,15 @@ class Collector:
         waiting_for: str | None = None
         while True:
             try:
-                return driver.open(self.device, self.sv.config.recorders.passwords)
+                rec = driver.open(self.device, self.sv.config.recorders.passwords)
             except DeviceBusy as e:
                 why, held = str(e), False
             except WrongRecorder as e:
                 why, held = str(e), True
+            else:
+                if waiting_for is not None:
+                    self._set(state="identifying", error=None)
+                return rec
             if why != waiting_for:
                 waiting_for = why
                 log.warning("port %s: %s (trying again)", self.slot.port, why)
