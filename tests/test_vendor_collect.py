@@ -107,6 +107,7 @@ def test_busy_library_port_is_retried_with_backoff(
     put(root, 0, **{**dict(serial="B100001", officer_no="100001", battery=61)})
     dock.wait("port 2's collection", lambda: 2 in dock.results)
     assert dock.results[2] == "complete", slot.error
+    assert slot.error is None
     assert dock.stored("100001", "B100001") == footage
 
 
