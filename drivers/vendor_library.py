@@ -955,15 +955,8 @@ class VendorLibraryDriver(RecorderDriver):
         if not lib.has("UnInit_Device", index):
             return
         try:
-            lib.call(
-                label,
-                "UnInit_Device",
-                index,
-                id_code=_buffer(
-                    id_code,
-                    "ascii",
-                ),
-            )
+            buf = _buffer(id_code, self.config.encoding)
+            lib.call(label, "UnInit_Device", index, id_code=buf)
         except (RecorderError, UnicodeEncodeError) as e:
             log.debug("%s: UnInit_Device: %s", label, e)
 
