@@ -849,3 +849,45 @@ def test_config_is_strict() -> None:
     with pytest.raises(ValidationError):
         ScsiDv16Config(pasword="x")
     assert ScsiDv16Config(usb_ids=[" 1B3F:3002 "]).usb_ids == ["1b3f:3002"]
+
+
+# --- eight recorders through the real collector ------------------------------------------------
+
+
+def test_eight_dv16_recorders_docked_at_once(tmp_path: Path) -> None:
+    """Eight DV16 recorders, each on its own sg node, collected at once by the real
+    Collector: each port reads, switches and stores its own recorder."""
+    from dock_harness import Dock, card_files
+
+    emus: dict[str, Dv16Emulator] = {}
+    nodes: dict[int, Path] = {}
+    for port in range(1, 9):
+        node = tmp_path / f"sg{port}"
+        node.write_bytes(b"")
+        info = OfficerInfo(f"B10000{port}", f"10000{port}", "张三", "110101", "城关派出所")
+        emus[str(node)] = Dv16Emulator(node=node, officer=encode_officer_block(info, "89"))
+        nodes[port] = node
+
+    def ioctl(fd: int, request: int, arg: Any) -> int:
+        return emus[os.readlink(f"/proc/self/fd/{fd}")](fd, request, arg)
+
+    driver = ScsiDv16Driver(
+        ScsiDv16Config(settle_ms=0), sg_nodes=lambda d: [str(nodes[d.port])], ioctl=ioctl
+    )
+    dock = Dock(tmp_path, DriverRegistry([driver]), ["123456", PASSWORD])
+    try:
+        footage = {}
+        for port in range(1, 9):
+            footage[port] = card_files(tmp_path / f"card{port}", f"10000{port}", f"B10000{port}")
+        for port in (4, 1, 7, 2, 8, 5, 3, 6):
+            dock.dock(port, None, tmp_path / f"card{port}")
+        dock.wait("8 collections", lambda: len(dock.results) == 8)
+        assert dock.results == {p: "complete" for p in range(1, 9)}, {
+            p: s.error for p, s in dock.slots.items()
+        }
+        for port in range(1, 9):
+            assert dock.stored(f"10000{port}", f"B10000{port}") == footage[port]
+            assert emus[str(nodes[port])].msdc
+            assert emus[str(nodes[port])].violations == []
+    finally:
+        dock.close()
