@@ -26,6 +26,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
+from dock_harness import Dock, card_files
 from pydantic import ValidationError
 
 from drivers.base import (
@@ -857,8 +858,6 @@ def test_config_is_strict() -> None:
 def test_eight_dv16_recorders_docked_at_once(tmp_path: Path) -> None:
     """Eight DV16 recorders, each on its own sg node, collected at once by the real
     Collector: each port reads, switches and stores its own recorder."""
-    from dock_harness import Dock, card_files
-
     emus: dict[str, Dv16Emulator] = {}
     nodes: dict[int, Path] = {}
     for port in range(1, 9):
