@@ -45,6 +45,25 @@ class AuthFailed(RecorderError):
     template = "recorder refused the password: {detail}"
 
 
+class DeviceBusy(ProtocolError):
+    """The way to the recorder is in use by another port's session: try again later.
+
+    Nothing was asked of the recorder; the station retries with a growing delay.
+    """
+
+    template = "recorder busy: {detail}"
+
+
+class WrongRecorder(ProtocolError):
+    """The driver reaches a recorder, but not the one docked on this port (by serial).
+
+    The station holds the port (collects, switches and deletes nothing) and asks
+    again later, rather than collect another port's recorder.
+    """
+
+    template = "another recorder answers: {detail}"
+
+
 class CardReadError(RecorderError):
     """One card file could not be read (bad sector, vanished file)."""
 

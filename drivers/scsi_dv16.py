@@ -15,13 +15,18 @@ Layers, bottom up:
   short transfer is `ProtocolError`.
 - `inquiry`: the standard INQUIRY, the only command ever sent to a device that has
   not identified itself as DV16.
-- `ScsiDv16Session`: the vendor commands, the password carried in the data phase of
-  every protected command, and the device's last status (command 14) turned into
-  `AuthFailed` / `ProtocolError`.
+- `ScsiDv16Session`: the vendor commands, exactly as the public vendor code sends
+  them (JieLi's USBJL.cpp): the same commands, directions and lengths (writes of
+  89, 7 and 0 bytes), the device's last status (command 14) where that code reads
+  it, turned into `AuthFailed` / `ProtocolError`.
 
-Security: the password read back from the device (command 13) is never used; the
-driver never sends it, nor the set-password and set-ID-code commands. A recorder's
-password is not proof of its identity (GAT947.md section 2, security note).
+The password: this family's firmware checks nothing. The host reads the
+recorder's password (command 13) and compares it itself, before every protected
+call, as the public code does; the station does the same. That proves only that
+the station holds the recorder's password, not that the recorder is legitimate:
+anything on the USB bus can read the password, and a recorder can answer any
+password it likes (GAT947.md section 2, security note). The set-password and
+set-ID-code commands are never sent.
 """
 
 from __future__ import annotations
@@ -450,15 +455,13 @@ class Dv16Command(enum.IntEnum):
     LAST_STATUS = 14
 
 
-# The station never changes a recorder's credentials, and never reads its password back.
-NEVER_SENT = frozenset(
-    {Dv16Command.SET_PASSWORD, Dv16Command.SET_ID_CODE, Dv16Command.READ_PASSWORD}
-)
+# The station never changes a recorder's credentials.
+NEVER_SENT = frozenset({Dv16Command.SET_PASSWORD, Dv16Command.SET_ID_CODE})
 
 HOST_WRITES = (0xFB, 0x82)  # CDB bytes 0-1 when the host sends data (or none)
 HOST_READS = (0xFD, 0x81)  # CDB bytes 0-1 when the host reads data
 CDB_LEN = 16
-PASSWORD_FIELD = 16  # NUL-padded password field in the data phase of protected commands
+PASSWORD_FIELD = 16  # the password as command 13 reads it: NUL-terminated in 16 bytes
 ID_CODE_LEN = 6  # 5 characters and a NUL
 STATUS_LEN = 4  # last status: byte 0 is the code, the rest is ignored
 SET_TIME = struct.Struct("<HBBBBB")  # u16 year; u8 month, day, hour, minute, second
@@ -536,7 +539,7 @@ class ScsiDv16Config(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    layout: zfy.Layout = "94"  # the officer block layout this vendor uses
+    layout: zfy.Layout = "89"  # the officer block layout (the public code's packed one)
     encoding: str = "gbk"  # text in the officer block and the password field
     usb_ids: list[str] = Field(default_factory=list)  # "vvvv:pppp"; if set, only these
     timeout_ms: int = Field(default=5000, ge=100, le=600_000)  # per SCSI command
@@ -606,19 +609,38 @@ def _is_mass_storage(device: DockedDevice) -> bool | None:
 
 
 class ScsiDv16Session(RecorderSession):
-    """An open DV16 recorder: GA/T 947.4 calls as vendor SCSI commands.
+    """An open DV16 recorder: GA/T 947.4 calls as the public vendor code sends them.
 
-    Built by `ScsiDv16Driver.open` after INQUIRY said DV16 and the init command
-    succeeded; `password` is the candidate every protected command carries. Calls
-    are serialised: a protected read is several SCSI commands that must not interleave.
+    Built by `ScsiDv16Driver.open` after INQUIRY said DV16, init succeeded and the
+    recorder's password (read back, compared on the host) was one of the station's.
+    Calls are serialised: one call is several SCSI commands that must not interleave.
+
+    Each call, as in USBJL.cpp (R: host reads, W: host writes; 14: last status):
+
+    | call | commands |
+    |---|---|
+    | init | W1 (0 bytes), R2 (6), R14 |
+    | ID code | R2 (6), R14 |
+    | officer block | R13 (16), R3 (89 or 94), R14 |
+    | write officer block | R13, W4 (89 or 94), R14, then read back as above |
+    | set time | R13, W5 (7), R14 |
+    | mass storage | R13, R12 (4), W6 (0) |
+    | resolution | R13, R7 (8) |
+    | battery | R13, R8 (4), R14 |
     """
 
-    def __init__(self, dev: SgDevice, config: ScsiDv16Config, password: str) -> None:
+    def __init__(self, dev: SgDevice, config: ScsiDv16Config, password: str | None = None) -> None:
         self.dev = dev
         self.config = config
-        self._password = password_field(password, config.encoding)
+        self._password = b""
+        if password is not None:
+            self.use_password(password)
         self._lock = threading.Lock()
         self._msdc = False
+
+    def use_password(self, password: str) -> None:
+        """The password this session checks the recorder's against; ValueError if none can be."""
+        self._password = password_field(password, self.config.encoding).rstrip(b"\x00")
 
     # --- one vendor command, with its status -----------------------------------------
 
@@ -646,13 +668,9 @@ class ScsiDv16Session(RecorderSession):
         *,
         data_out: bytes | None = None,
         read_len: int = 0,
-        may_leave: bool = False,
+        status: bool = True,
     ) -> bytes:
-        """One vendor command, then its last status; failures become typed errors.
-
-        With `may_leave`, the device leaving the bus right after the command (while
-        its status is read) counts as success: it is switching to mass storage.
-        """
+        """One vendor command, then (with `status`) its last status, as typed errors."""
         if command in NEVER_SENT:
             raise ValueError(f"the station never sends {command.name}")
         length = read_len or len(data_out or b"")
@@ -662,36 +680,48 @@ class ScsiDv16Session(RecorderSession):
         except ScsiCheckCondition as failed:
             # The sense data says little; the device's own status says why.
             try:
-                status = self._status(what)
+                last = self._status(what)
             except ProtocolError:
                 raise failed from None
-            self._judge(f"{what} ({describe_sense(failed.sense)})", status)
+            self._judge(f"{what} ({describe_sense(failed.sense)})", last)
             raise
-        try:
-            status = self._status(what)
-        except DeviceGone:
-            if not may_leave:
-                raise
-            log.info("%s: left the bus after %s", self.dev.path, what)
-            return data
-        self._judge(what, status)
+        if status:
+            self._judge(what, self._status(what))
         return data
 
-    def _read(self, command: Dv16Command, length: int, what: str) -> bytes:
-        """A protected read: the password goes in a host-writes phase, then the data is read."""
-        self._transfer(command, f"{what} (password)", data_out=self._password)
-        return self._transfer(command, what, read_len=length)
+    def read_password(self) -> bytes:
+        """Command 13: the recorder's password, up to its NUL (for the host to compare)."""
+        raw = self._transfer(
+            Dv16Command.READ_PASSWORD, "read password", read_len=PASSWORD_FIELD, status=False
+        )
+        return raw.split(b"\x00", 1)[0]
+
+    def _check_password(self, what: str) -> None:
+        """The recorder's password against this session's, compared here (the firmware
+        checks nothing): AuthFailed if they differ, e.g. changed since the docking."""
+        if not self._password or self.read_password() != self._password:
+            raise AuthFailed(
+                f"{self.dev.path}: {what}: the recorder's password is not the station's "
+                "(CHECK_PWD_FAILED, compared on the host)"
+            )
+
+    def _read(self, command: Dv16Command, length: int, what: str, *, status: bool = True) -> bytes:
+        """A protected read: the password checked, then the data read."""
+        self._check_password(what)
+        return self._transfer(command, what, read_len=length, status=status)
 
     def _write(self, command: Dv16Command, payload: bytes, what: str) -> None:
-        """A protected write: the payload, then the password field, in one data phase."""
-        self._transfer(command, what, data_out=payload + self._password)
+        """A protected write: the password checked, then the payload alone."""
+        self._check_password(what)
+        self._transfer(command, what, data_out=payload)
 
     # --- GA/T 947.4 calls ------------------------------------------------------------------
 
-    def init(self) -> None:
-        """Init_Device (command 1, no data)."""
+    def init(self) -> str:
+        """Init_Device: command 1 (no data, no status), then the ID code; returns it."""
         with self._lock:
-            self._transfer(Dv16Command.INIT, "init")
+            self._transfer(Dv16Command.INIT, "init", status=False)
+        return self.id_code()
 
     def id_code(self) -> str:
         with self._lock:
@@ -701,25 +731,33 @@ class ScsiDv16Session(RecorderSession):
             raise ProtocolError(f"{self.dev.path}: bad ID code {raw.hex()}")
         return text
 
-    def officer_info(self) -> OfficerInfo:
+    def _officer_block(self) -> OfficerInfo:
         size = zfy.block_size(self.config.layout)
-        with self._lock:
-            raw = self._read(Dv16Command.GET_OFFICER_INFO, size, "get officer block")
+        raw = self._read(Dv16Command.GET_OFFICER_INFO, size, "get officer block")
         return decode_officer_block(raw, self.config.layout, self.config.encoding)
 
+    def officer_info(self) -> OfficerInfo:
+        with self._lock:
+            return self._officer_block()
+
     def write_officer_info(self, info: OfficerInfo) -> None:
-        block = encode_officer_block(info, self.config.layout, self.config.encoding)
+        """WriteZFYInfo, then the block read back: done only when it reads back."""
+        layout, encoding = self.config.layout, self.config.encoding
+        block = encode_officer_block(info, layout, encoding)
+        expected = decode_officer_block(block, layout, encoding)
         with self._lock:
             self._write(Dv16Command.WRITE_OFFICER_INFO, block, "write officer block")
+            back = self._officer_block()
+        if back != expected:
+            raise ProtocolError(
+                f"{self.dev.path}: write officer block answered success, but the recorder "
+                f"holds serial {back.serial}, officer {back.officer_no}: not written"
+            )
 
     def check_password(self) -> None:
-        """Raise AuthFailed unless the recorder accepts this session's password.
-
-        A protected read (battery) whose value is not looked at: the answer to the
-        command is the only proof, never the password the device would read back.
-        """
+        """Raise AuthFailed unless the recorder's password is this session's."""
         with self._lock:
-            self._read(Dv16Command.BATTERY, BATTERY.size, "password check")
+            self._check_password("password check")
 
     def battery_percent(self) -> int:
         with self._lock:
@@ -732,7 +770,7 @@ class ScsiDv16Session(RecorderSession):
     def resolution(self) -> tuple[int, int]:
         """ReadDeviceResolution (command 7): recording width and height."""
         with self._lock:
-            raw = self._read(Dv16Command.RESOLUTION, RESOLUTION.size, "resolution")
+            raw = self._read(Dv16Command.RESOLUTION, RESOLUTION.size, "resolution", status=False)
         width, height = RESOLUTION.unpack(raw)
         if not (0 < width <= 16384 and 0 < height <= 16384):
             raise ProtocolError(f"{self.dev.path}: resolution {width}x{height} out of range")
@@ -741,7 +779,7 @@ class ScsiDv16Session(RecorderSession):
     def card_present(self) -> bool:
         """Card status (command 12): whether the recorder has its card."""
         with self._lock:
-            raw = self._read(Dv16Command.CARD_STATUS, STATUS_LEN, "card status")
+            raw = self._read(Dv16Command.CARD_STATUS, STATUS_LEN, "card status", status=False)
         return raw[0] != 0
 
     def set_clock(self, now: dt.datetime) -> float | None:
@@ -758,20 +796,15 @@ class ScsiDv16Session(RecorderSession):
     def enter_mass_storage(self) -> None:
         """SetMSDC: refuse without a card (MSDC_FAILED), else switch. Idempotent.
 
-        The recorder may leave the bus as soon as it has switched, so the device
-        going away while its status is read after the switch counts as success.
+        As the public code: password, card status, then command 6 with no data and
+        no status read (the recorder leaves the bus to come back as a disk).
         """
         if self._msdc:
             return
         if not self.card_present():
             raise ProtocolError(f"{self.dev.path}: no card in the recorder (MSDC_FAILED)")
         with self._lock:
-            self._transfer(
-                Dv16Command.ENTER_MSDC,
-                "enter mass storage",
-                data_out=self._password,
-                may_leave=True,
-            )
+            self._transfer(Dv16Command.ENTER_MSDC, "enter mass storage", status=False)
         self._msdc = True
 
     def alive(self) -> bool:
@@ -881,10 +914,11 @@ class ScsiDv16Driver(RecorderDriver):
         return LISTED_SCORE if listed else MATCH_SCORE
 
     def open(self, device: DockedDevice, passwords: list[str]) -> ScsiDv16Session:
-        """Confirm DV16 by INQUIRY, init, then find the password the recorder accepts.
+        """Confirm DV16 by INQUIRY, init, then find the recorder's password among ours.
 
-        Each candidate is tried with a protected read (battery); CHECK_PWD_FAILED
-        moves to the next. The password read back from the device is never asked for.
+        The recorder's password is read once (command 13) and compared on the host
+        with each configured one, as the public vendor code does: this family's
+        firmware checks no password itself.
         """
         if device.kind != "usb":
             raise ProtocolError(f"{device.kind} device is not a SCSI recorder")
@@ -895,23 +929,19 @@ class ScsiDv16Driver(RecorderDriver):
             raise ProtocolError(f"port {device.port}: no sg node answers INQUIRY as DV16")
         dev, _ = found
         try:
-            tried = 0
+            session = ScsiDv16Session(dev, self.config)
+            session.init()
+            stored = session.read_password() if passwords else None
             for pw in passwords:
                 try:
-                    session = ScsiDv16Session(dev, self.config, pw)
+                    session.use_password(pw)
                 except (ValueError, UnicodeEncodeError):
                     log.warning("port %s: skipping a password that cannot be sent", device.port)
                     continue
-                if not tried:
-                    session.init()
-                tried += 1
-                try:
-                    session.check_password()
-                except AuthFailed:
-                    continue
-                return session
+                if session._password == stored:
+                    return session
         except BaseException:
             dev.close()
             raise
         dev.close()
-        raise AuthFailed(f"none of {len(passwords)} configured passwords accepted")
+        raise AuthFailed(f"none of {len(passwords)} configured passwords is the recorder's")

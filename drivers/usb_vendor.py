@@ -1,5 +1,8 @@
 """Recorders with a vendor-specific USB interface that switch to mass storage.
 
+The ZFYV protocol is the project's own invention (no recorder is known to speak
+it); it is kept as the reference for makers who adopt it.
+
 Such a recorder first enumerates with a vendor interface (class 0xFF) and
 answers the GA/T 947.4 calls as vendor control requests on EP0, in the ZFYV
 wire format (drivers/usb_vendor_proto.py, docs/usb-vendor-protocol.md). On

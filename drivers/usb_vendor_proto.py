@@ -1,5 +1,8 @@
 """The ZFYV wire format: GA/T 947.4 calls as vendor control requests on EP0.
 
+ZFYV is the project's own invention: no recorder is known to speak it. It is kept
+as the reference for makers who adopt it (docs/usb-vendor-protocol.md).
+
 This module is the protocol, as code: request codes, status and reason codes,
 payload layouts with their pack/unpack functions, and a reference device side
 (`ReferenceRecorder`) that answers SETUP packets the way a recorder must. It is

@@ -1,19 +1,24 @@
 """Recorders driven through their maker's GA/T 947.4 shared library, loaded with ctypes.
 
 Every maker ships a library with the same C functions (shared/GAT947.md section
-1): each returns 1 on success, 0 on failure, and writes a status code into
-`*iRet`. This driver declares their C signatures, maps every status code to a
-typed error, and decodes the officer block (ZFY_INFO, codec in drivers/zfy.py) in
-either layout: the common 94-byte one with NUL-terminated fields, or the older
-packed 89-byte one.
+1): each returns success or failure and writes a status code into `*iRet`. The
+makers differ in the details, so each library is described by its configuration:
+the exported names, the C prototypes (`int` or `bool` returns, an `int` or
+`unsigned short` status, an ID code that Init_Device fills in or takes as input,
+an optional or differently named release call), and the officer block layout
+(ZFY_INFO, codec in drivers/zfy.py): the common 94-byte one or the packed 89-byte
+one. Status codes map to typed errors; a success that did not happen (a write
+that returns TRUE with status 0) is caught by reading every write back.
 
 Vendor libraries are rarely thread-safe and usually address "the" recorder, so
 every call into one library file goes through one lock, shared by all drivers
-configured with that file. A library that also exports `GetDeviceCount` and the
-`_ByIndex` variants drives several recorders: a session finds its recorder's
-index by the USB serial number and follows the recorder if the index moves. A
-library without them drives one recorder at a time; opening a second one while
-a session is open raises `LibraryBusy`. See docs/vendor-library.md.
+configured with that file. A library with indexed calls drives several
+recorders: Falcon-style (`Init_Device_UsbTotal` for the count, then `_ByIndex`
+calls) or the reference library's (`GetDeviceCount` and `_ByIndex`). Every
+session is matched to the docked USB device by serial (by default), and follows
+its recorder if the index moves. A library without indexed calls drives one
+recorder at a time; opening a second one while a session is open raises
+`LibraryBusy` (the station retries). See docs/vendor-library.md.
 
 Loading a vendor library runs the vendor's code inside the station: the file
 and its folder must not be writable by group or others.
@@ -29,16 +34,16 @@ import os
 import re
 import stat
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, field_validator
 
 from drivers import zfy
 from drivers.base import (
     AuthFailed,
+    DeviceBusy,
     DeviceGone,
     DockedDevice,
     OfficerInfo,
@@ -46,6 +51,7 @@ from drivers.base import (
     RecorderDriver,
     RecorderError,
     RecorderSession,
+    WrongRecorder,
 )
 
 log = logging.getLogger(__name__)
@@ -82,7 +88,7 @@ class VendorLibraryError(RecorderError):
     template = "vendor library error: {detail}"
 
 
-class LibraryBusy(ProtocolError):
+class LibraryBusy(DeviceBusy):
     """A single-device library is already driving a recorder on another port."""
 
 
@@ -156,9 +162,21 @@ class VendorLibraryConfig(BaseModel):
     encoding: str = "gbk"
     # None: the station's [recorders] passwords, as passed to open()
     passwords: list[str] | None = None
-    # refuse a recorder whose USB serial is neither its officer-block serial nor its
-    # ID code (for makers known to report one of them as the USB serial)
-    require_serial_match: bool = False
+    # hold a recorder whose officer-block serial and ID code are both not the docked
+    # USB device's serial number: a library must never reach another port's recorder.
+    # Off only for a maker whose USB serial is something else (then the recorder not
+    # yet open elsewhere is taken, and only when it is the one candidate).
+    require_serial_match: bool = True
+    # the C prototypes: what the non-void calls return, and what *iRet points to
+    return_type: Literal["int", "bool"] = "int"
+    status_type: Literal["int", "uint16"] = "int"
+    # per standard function (or its _ByIndex variant): the exported name, a whole C
+    # prototype (its parameter names give their roles), or "" for "not exported"
+    functions: dict[str, str] = {}
+    # Init_Device takes this ID code as input (None: the library writes the ID code out)
+    init_id_code: str | None = None
+    # which calls reach several recorders: "auto" finds them in the library
+    multi_device: Literal["auto", "usbtotal", "count", "none"] = "auto"
 
     @field_validator("name")
     @classmethod
@@ -209,6 +227,27 @@ class VendorLibraryConfig(BaseModel):
             raise ValueError("leave passwords out to use the station's list")
         return v
 
+    @field_validator("functions")
+    @classmethod
+    def _functions(cls, v: dict[str, str]) -> dict[str, str]:
+        for name, spec in v.items():
+            base = name.removesuffix("_ByIndex")
+            if base not in STANDARD:
+                known = ", ".join(STANDARD)
+                raise ValueError(f"{name!r} is not one of the library calls ({known})")
+            if spec.strip():
+                parse_prototype(name, spec, "int", "int")  # ValueError says what is wrong
+            elif base in REQUIRED and base == name:
+                raise ValueError(f"{name} cannot be left out: the station needs it")
+        return v
+
+    @field_validator("init_id_code")
+    @classmethod
+    def _init_id_code(cls, v: str | None) -> str | None:
+        if v is not None and (not v.strip() or "\0" in v or len(v.encode()) >= IDCODE_BUFFER):
+            raise ValueError("an ID code is 1 to 255 bytes without NUL")
+        return v
+
     def usb_id_pairs(self) -> frozenset[tuple[int, int]]:
         """The configured USB ids as (vendor id, product id) integers."""
         return frozenset(
@@ -218,97 +257,328 @@ class VendorLibraryConfig(BaseModel):
         )
 
 
-# --- the loaded library -----------------------------------------------------------------
+# --- C prototypes -----------------------------------------------------------------------
 
 _CHAR_P = ctypes.POINTER(ctypes.c_char)
 _INT_P = ctypes.POINTER(ctypes.c_int)
+_U16_P = ctypes.POINTER(ctypes.c_uint16)
 
-# name: (argument types before iRet, result type); the _ByIndex variants add a trailing int.
-SIGNATURES: dict[str, tuple[list[Any], Any]] = {
-    "Init_Device": ([_CHAR_P], ctypes.c_int),
-    "UnInit_Device": ([], None),
-    "GetIDCode": ([_CHAR_P], ctypes.c_int),
-    "GetZFYInfo": ([ctypes.c_void_p, _CHAR_P], ctypes.c_int),
-    "WriteZFYInfo": ([ctypes.c_void_p, _CHAR_P], ctypes.c_int),
-    "SyncDevTime": ([_CHAR_P], ctypes.c_int),
-    "SetMSDC": ([_CHAR_P], ctypes.c_int),
-    "ReadDeviceResolution": ([_INT_P, _INT_P, _CHAR_P], ctypes.c_int),
-    "ReadDeviceBatteryDumpEnergy": ([_INT_P, _CHAR_P], ctypes.c_int),
+# The standard calls as the canonical header (EYLOG_DLL.h) declares them. A `_ByIndex`
+# variant takes `int index` last. `Init_Device_UsbTotal` (Falcon) opens every recorder
+# and says how many there are; `GetDeviceCount` is the reference library's own.
+STANDARD: dict[str, str] = {
+    "Init_Device": "int Init_Device(char *IDCode, int *iRet)",
+    "UnInit_Device": "void UnInit_Device(int *iRet)",
+    "GetIDCode": "int GetIDCode(char *IDCode, int *iRet)",
+    "GetZFYInfo": "int GetZFYInfo(ZFY_INFO *info, char *sPwd, int *iRet)",
+    "WriteZFYInfo": "int WriteZFYInfo(ZFY_INFO *info, char *sPwd, int *iRet)",
+    "SyncDevTime": "int SyncDevTime(char *sPwd, int *iRet)",
+    "SetMSDC": "int SetMSDC(char *sPwd, int *iRet)",
+    "ReadDeviceResolution": (
+        "int ReadDeviceResolution(int *Width, int *Height, char *sPwd, int *iRet)"
+    ),
+    "ReadDeviceBatteryDumpEnergy": (
+        "int ReadDeviceBatteryDumpEnergy(int *Battery, char *sPwd, int *iRet)"
+    ),
+    "Init_Device_UsbTotal": "int Init_Device_UsbTotal(char *IDCode, int *iRet, int *Usb_TotalNum)",
+    "GetDeviceCount": "int GetDeviceCount(int *iRet)",
 }
-OPTIONAL = frozenset({"ReadDeviceResolution"})
+# What a single-device library must export; the rest is optional.
+REQUIRED = frozenset(
+    {"Init_Device", "GetIDCode", "GetZFYInfo", "WriteZFYInfo", "SyncDevTime", "SetMSDC",
+     "ReadDeviceBatteryDumpEnergy"}
+)  # fmt: skip
+# Indexed calls a multi-device library must have, per kind of count.
+INDEXED_REQUIRED = {
+    "usbtotal": ("GetZFYInfo", "WriteZFYInfo", "SetMSDC", "ReadDeviceBatteryDumpEnergy"),
+    "count": ("Init_Device", "GetIDCode", "GetZFYInfo", "WriteZFYInfo", "SyncDevTime",
+              "SetMSDC", "ReadDeviceBatteryDumpEnergy"),
+}  # fmt: skip
+COUNT_CALL = {"usbtotal": "Init_Device_UsbTotal", "count": "GetDeviceCount"}
+
 # Room for an ID code: the standard's is 5 characters; a careless library may write more.
 IDCODE_BUFFER = 256
 # Room for an officer block of either layout, and then some.
 _BLOCK_BUFFER = 128
 
+_TYPES: dict[str, Any] = {
+    "char*": _CHAR_P, "unsignedchar*": _CHAR_P, "BYTE*": _CHAR_P, "LPSTR": _CHAR_P,
+    "int*": _INT_P, "INT*": _INT_P, "int32_t*": _INT_P,
+    "unsignedshort*": _U16_P, "u16*": _U16_P, "uint16_t*": _U16_P, "WORD*": _U16_P,
+    "USHORT*": _U16_P, "short*": _U16_P,
+    "ZFY_INFO*": ctypes.c_void_p, "void*": ctypes.c_void_p,
+    "int": ctypes.c_int, "INT": ctypes.c_int,
+}  # fmt: skip
+_RETURNS: dict[str, Any] = {
+    "int": ctypes.c_int, "BOOL": ctypes.c_int, "INT": ctypes.c_int, "bool": ctypes.c_bool,
+    "_Bool": ctypes.c_bool, "void": None, "VOID": None,
+}  # fmt: skip
+# A parameter's role, from its name; and the C types it may have.
+_ROLES: dict[str, str] = {
+    "idcode": "id_code", "iret": "status", "spwd": "password", "pwd": "password",
+    "password": "password", "info": "info", "zfyinfo": "info", "pinfo": "info",
+    "battery": "battery", "width": "width", "height": "height", "index": "index",
+    "usb_index": "index", "nindex": "index", "usb_totalnum": "total", "total": "total",
+}  # fmt: skip
+_ROLE_TYPES: dict[str, tuple[Any, ...]] = {
+    "id_code": (_CHAR_P,), "password": (_CHAR_P,), "info": (ctypes.c_void_p,),
+    "status": (_INT_P, _U16_P), "battery": (_INT_P,), "width": (_INT_P,),
+    "height": (_INT_P,), "index": (ctypes.c_int,), "total": (_INT_P,),
+}  # fmt: skip
+_DECORATION = re.compile(
+    r'extern\s+"C"|_{1,2}declspec\s*\([^)]*\)|__cdecl|\b[A-Z_]+_(?:API|DLLIMPORT|EXPORT)\b'
+)
+
+
+@dataclass(frozen=True)
+class Prototype:
+    """One C function as the library exports it: its symbol, result and parameter roles."""
+
+    symbol: str
+    restype: Any  # ctypes type, or None for void
+    params: tuple[tuple[str, Any], ...]  # (role, ctypes type)
+
+    @property
+    def roles(self) -> tuple[str, ...]:
+        return tuple(r for r, _ in self.params)
+
+
+def parse_prototype(name: str, spec: str, return_type: str, status_type: str) -> Prototype:
+    """A standard call's prototype from configuration: a symbol name, or a C prototype.
+
+    `spec` is either an exported name (the standard prototype is kept, with
+    `return_type` and `status_type` applied) or a declaration such as
+    ``bool Uninit_Device(char *IDCode, unsigned short *iRet)``, whose parameter
+    names say what each one is (IDCode, iRet, sPwd, info, Battery, Width, Height,
+    index, Usb_TotalNum). ValueError says what is wrong.
+    """
+    base = name.removesuffix("_ByIndex")
+    indexed = name != base
+    spec = spec.strip()
+    if "(" not in spec:
+        if not re.fullmatch(r"[A-Za-z_]\w*", spec):
+            raise ValueError(f"{name}: {spec!r} is neither a C name nor a C prototype")
+        std = _parse_c(base, STANDARD[base])
+        restype = std.restype
+        if restype is ctypes.c_int and return_type == "bool":
+            restype = ctypes.c_bool
+        params = [
+            (r, _U16_P if r == "status" and status_type == "uint16" else t) for r, t in std.params
+        ]
+        if indexed:
+            params.append(("index", ctypes.c_int))
+        return Prototype(spec, restype, tuple(params))
+    proto = _parse_c(name, spec)
+    roles = set(proto.roles)
+    if "status" not in roles:
+        raise ValueError(f"{name}: no *iRet status parameter")
+    if indexed and "index" not in roles:
+        raise ValueError(f"{name}: an indexed call needs an int index parameter")
+    needed = set(_parse_c(base, STANDARD[base]).roles)
+    if not needed <= roles:
+        raise ValueError(f"{name}: the prototype lacks {', '.join(sorted(needed - roles))}")
+    return proto
+
+
+def _parse_c(name: str, spec: str) -> Prototype:
+    """Read one C declaration; the symbol defaults to `name`."""
+    m = re.fullmatch(r"(?s)(?P<head>[^()]*)\((?P<params>.*)\)\s*;?\s*", _DECORATION.sub(" ", spec))
+    if not m:
+        raise ValueError(f"{name}: cannot read the C prototype {spec!r}")
+    head = m.group("head").replace("*", " * ").split()
+    if not head:
+        raise ValueError(f"{name}: the prototype {spec!r} has no return type")
+    symbol = name if len(head) == 1 else head[-1]
+    ret_words = head if len(head) == 1 else head[:-1]
+    ret = "".join(ret_words)
+    if ret not in _RETURNS:
+        raise ValueError(
+            f"{name}: return type {' '.join(ret_words)!r} is not one of int, BOOL, bool, void"
+        )
+    params: list[tuple[str, Any]] = []
+    text = m.group("params").strip()
+    for raw in [] if text in ("", "void") else text.split(","):
+        words = raw.replace("*", " * ").split()
+        if len(words) < 2 or words[-1] == "*":
+            raise ValueError(f"{name}: parameter {raw.strip()!r} needs a type and a name")
+        pname, ptype = words[-1], "".join(words[:-1])
+        role = _ROLES.get(pname.lower())
+        if role is None:
+            raise ValueError(
+                f"{name}: the parameter name {pname!r} says nothing the station knows "
+                "(IDCode, iRet, sPwd, info, Battery, Width, Height, index, Usb_TotalNum)"
+            )
+        ctype = _TYPES.get(ptype)
+        if ctype is None or ctype not in _ROLE_TYPES[role]:
+            raise ValueError(f"{name}: parameter {pname} cannot be {' '.join(words[:-1])!r}")
+        if role in (r for r, _ in params):
+            raise ValueError(f"{name}: two parameters are {role}")
+        params.append((role, ctype))
+    return Prototype(symbol, _RETURNS[ret], tuple(params))
+
+
+class _Binding:
+    """One library function, declared with its prototype; `call` checks its status."""
+
+    def __init__(self, name: str, proto: Prototype, fn: Any) -> None:
+        self.name = name
+        self.proto = proto
+        fn.argtypes = [t for _, t in proto.params]
+        fn.restype = proto.restype
+        self.fn = fn
+
+    def call(self, lib: _Library, label: str, **values: Any) -> int:
+        """Call with the values by role (status and index filled in); returns the result."""
+        ret, status = self.call_raw(lib, label, **values)
+        check_status(self.describe(label), ret, status)
+        return ret
+
+    def describe(self, label: str) -> str:
+        what = f"{label}: {self.name}"
+        if self.proto.symbol != self.name:
+            what += f" ({self.proto.symbol})"
+        return what
+
+    def call_raw(self, lib: _Library, label: str, **values: Any) -> tuple[int, int]:
+        """Call; the result (1 for a void call) and the status, not judged."""
+        status_type = ctypes.c_int
+        args: list[Any] = []
+        status: Any = None
+        for role, ctype in self.proto.params:
+            if role == "status":
+                status_type = ctypes.c_uint16 if ctype is _U16_P else ctypes.c_int
+                status = status_type(0)
+                args.append(ctypes.byref(status))
+            elif role in values:
+                args.append(values[role])
+            else:
+                raise ProtocolError(f"{label}: {self.name} needs a {role} the station cannot give")
+        with lib.lock:
+            ret = self.fn(*args)
+        if ret is None:  # a void call: only the status tells
+            ret = 1
+        return int(ret), int(status.value)
+
 
 class _Library:
-    """One loaded library file, shared by every driver naming it; calls hold `lock`."""
+    """One loaded library file: its lock and its open sessions, shared by every driver."""
 
     def __init__(self, path: str, cdll: ctypes.CDLL) -> None:
         self.path = path
+        self.cdll = cdll
         self.lock = threading.RLock()
-        self.functions: dict[str, Callable[..., Any]] = {}
         self.sessions: list[VendorLibrarySession] = []
-        missing = []
-        for name, (args, restype) in SIGNATURES.items():
-            fn = self._declare(cdll, name, [*args, _INT_P], restype)
-            if fn is None and name not in OPTIONAL:
-                missing.append(name)
-            self._declare(cdll, f"{name}_ByIndex", [*args, _INT_P, ctypes.c_int], restype)
+
+
+class _Api:
+    """A library as one driver's configuration describes it: its calls and their kind."""
+
+    def __init__(self, lib: _Library, config: VendorLibraryConfig) -> None:
+        self.lib = lib
+        self.path = lib.path
+        self.lock = lib.lock
+        self.calls: dict[str, _Binding] = {}
+        for base in STANDARD:
+            for name in (base, f"{base}_ByIndex"):
+                if name.startswith(("Init_Device_UsbTotal_", "GetDeviceCount_")):
+                    continue
+                spec = config.functions.get(name, name)
+                if not spec.strip():
+                    continue
+                try:
+                    proto = parse_prototype(name, spec, config.return_type, config.status_type)
+                except ValueError as e:
+                    raise VendorLibraryError(f"{lib.path}: {e}") from None
+                try:
+                    fn = lib.cdll[proto.symbol]  # a fresh function object: its own prototype
+                except AttributeError:
+                    continue
+                self.calls[name] = _Binding(name, proto, fn)
+        missing = [n for n in sorted(REQUIRED) if n not in self.calls]
         if missing:
-            raise VendorLibraryError(f"{path} does not export {', '.join(missing)}")
-        self._declare(cdll, "GetDeviceCount", [_INT_P], ctypes.c_int)
-        indexed = [n for n in SIGNATURES if n not in OPTIONAL]
-        absent = [f"{n}_ByIndex" for n in indexed if f"{n}_ByIndex" not in self.functions]
-        self.multi = "GetDeviceCount" in self.functions and not absent
-        if "GetDeviceCount" in self.functions and absent:
-            log.warning(
-                "%s exports GetDeviceCount but not %s: driving one recorder at a time",
-                path,
-                ", ".join(absent),
-            )
+            raise VendorLibraryError(f"{lib.path} does not export {', '.join(missing)}")
+        self.mode = self._mode(config.multi_device)
+        self.id_code_in = config.init_id_code
+        self.encoding = config.encoding
+        self._total_id_code = ""
 
-    def _declare(
-        self, cdll: ctypes.CDLL, name: str, argtypes: list[Any], restype: Any
-    ) -> Callable[..., Any] | None:
-        if not hasattr(cdll, name):
-            return None
-        fn = getattr(cdll, name)
-        fn.argtypes = argtypes
-        fn.restype = restype
-        self.functions[name] = fn
-        return fn
+    def _mode(self, wanted: str) -> str:
+        def complete(kind: str) -> list[str]:
+            need = [COUNT_CALL[kind], *(f"{n}_ByIndex" for n in INDEXED_REQUIRED[kind])]
+            return [n for n in need if n not in self.calls]
 
-    def call(self, label: str, function: str, *args: Any, index: int | None = None) -> int:
-        """Call `function` (or its _ByIndex variant) and check its status; returns its result."""
+        if wanted in ("usbtotal", "count"):
+            absent = complete(wanted)
+            if absent:
+                raise VendorLibraryError(
+                    f"{self.path}: multi_device = {wanted!r} but it does not export "
+                    + ", ".join(absent)
+                )
+            return wanted
+        if wanted == "none":
+            return "none"
+        for kind in ("usbtotal", "count"):
+            absent = complete(kind)
+            if not absent:
+                return kind
+            if COUNT_CALL[kind] in self.calls:
+                log.warning(
+                    "%s exports %s but not %s: driving one recorder at a time",
+                    self.path, COUNT_CALL[kind], ", ".join(absent),
+                )  # fmt: skip
+        return "none"
+
+    @property
+    def multi(self) -> bool:
+        return self.mode != "none"
+
+    def has(self, function: str, index: int | None) -> bool:
+        return (function if index is None else f"{function}_ByIndex") in self.calls
+
+    def call(self, label: str, function: str, index: int | None = None, **values: Any) -> int:
+        """Call `function` (its _ByIndex variant with an index) by argument roles."""
         name = function if index is None else f"{function}_ByIndex"
-        fn = self.functions.get(name)
-        if fn is None:
+        binding = self.calls.get(name)
+        if binding is None:
             raise ProtocolError(f"{label}: {self.path} does not export {name}")
-        status = ctypes.c_int(0)
-        tail: tuple[Any, ...] = (ctypes.byref(status),)
         if index is not None:
-            tail += (index,)
-        with self.lock:
-            ret = fn(*args, *tail)
-        if ret is None:  # UnInit_Device: void, only the status tells
-            ret = 1
-        check_status(f"{label}: {name}", ret, status.value)
-        return int(ret)
+            values["index"] = index
+        return binding.call(self.lib, label, **values)
+
+    def id_code_buffer(self) -> ctypes.Array[ctypes.c_char]:
+        """The IDCode argument: the configured input code, or room for the library's."""
+        if self.id_code_in is not None:
+            return ctypes.create_string_buffer(self.id_code_in.encode(self.encoding), IDCODE_BUFFER)
+        return ctypes.create_string_buffer(IDCODE_BUFFER)
 
     def device_count(self, label: str) -> int:
-        """GetDeviceCount: how many recorders the library sees (0 if it sees none)."""
-        status = ctypes.c_int(0)
-        with self.lock:
-            count = self.functions["GetDeviceCount"](ctypes.byref(status))
-        if status.value == CONNECT_FAILED:
+        """How many recorders the library sees (0 if it sees none)."""
+        total = ctypes.c_int(0)
+        buf = self.id_code_buffer()
+        try:
+            if self.mode == "usbtotal":
+                self.call(label, "Init_Device_UsbTotal", id_code=buf, total=ctypes.byref(total))
+                count = total.value
+                self._total_id_code = (
+                    buf.raw.partition(b"\0")[0].decode(self.encoding, "replace").strip()
+                )
+            else:  # returns the count, not 1/0: only a failure status is judged
+                binding = self.calls["GetDeviceCount"]
+                count, status = binding.call_raw(self.lib, label)
+                if status == CONNECT_FAILED:
+                    return 0
+                if status not in SUCCESS_CODES and status != 0:
+                    check_status(binding.describe(label), 0, status)
+        except DeviceGone:
             return 0
-        if status.value not in SUCCESS_CODES and status.value != 0:
-            check_status(f"{label}: GetDeviceCount", 0, status.value)
         if count < 0:
-            raise ProtocolError(f"{label}: GetDeviceCount returned {count}")
+            raise ProtocolError(f"{label}: the library counts {count} recorders")
         return int(count)
+
+    @property
+    def family_id_code(self) -> str:
+        """The ID code Init_Device_UsbTotal gave (one for the family), if any."""
+        return self._total_id_code
 
 
 _LIBRARIES: dict[str, _Library] = {}
@@ -353,6 +623,13 @@ def _buffer(text: str, encoding: str) -> ctypes.Array[ctypes.c_char]:
     return ctypes.create_string_buffer(text.encode(encoding))
 
 
+def _present(device: DockedDevice) -> bool | None:
+    """Whether the docked USB device is still in sysfs; None when that cannot be told."""
+    if device.kind == "usb" and device.path.startswith("/sys/"):
+        return os.path.isdir(device.path)
+    return None
+
+
 @dataclass
 class _Probe:
     """What one library index answered while looking for the docked recorder."""
@@ -376,18 +653,20 @@ class VendorLibrarySession(RecorderSession):
     def __init__(
         self,
         driver: VendorLibraryDriver,
-        lib: _Library,
+        api: _Api,
         device: DockedDevice,
         password: str,
         index: int | None,
         info: OfficerInfo,
+        id_code: str,
     ) -> None:
         self.driver = driver
-        self.lib = lib
+        self.lib = api
         self.device = device
         self.password = password
         self.index = index
         self.serial = info.serial
+        self._id_code = id_code
         self._closed = False
         self._msdc = False
 
@@ -397,8 +676,11 @@ class VendorLibrarySession(RecorderSession):
     def _label(self) -> str:
         return f"{self.driver.name} (port {self.device.port})"
 
-    def _call(self, function: str, *args: Any) -> int:
-        return self.lib.call(self._label, function, *args, index=self.index)
+    def _call(self, function: str, **values: Any) -> int:
+        try:
+            return self.lib.call(self._label, function, self.index, **values)
+        except DeviceGone as e:
+            raise self.driver.connect_failed(self.device, e) from None
 
     def _current(self) -> OfficerInfo:
         """The officer block of this session's recorder, following it if its index moved."""
@@ -409,7 +691,7 @@ class VendorLibrarySession(RecorderSession):
             info = self.driver.read_block(self.lib, self.index, self.password, self._label)
         except RecorderError as e:
             if self.index is None:
-                raise
+                raise self.driver.connect_failed(self.device, e) from None
             first_error = e
         else:
             if info.serial == self.serial:
@@ -433,39 +715,58 @@ class VendorLibrarySession(RecorderSession):
                 return found
         if first_error is not None and not isinstance(first_error, DeviceGone):
             raise first_error  # e.g. its password changed: say so, not "gone"
-        raise DeviceGone(f"{self._label}: recorder {self.serial} no longer answers the library")
-
-    def _usb_present(self) -> bool | None:
-        """Whether the docked USB device is still in sysfs; None when that cannot be told."""
-        if self.device.kind == "usb" and self.device.path.startswith("/sys/"):
-            return os.path.isdir(self.device.path)
-        return None
+        raise self.driver.connect_failed(
+            self.device,
+            DeviceGone(f"{self._label}: recorder {self.serial} no longer answers the library"),
+        )
 
     # --- GA/T 947.4 calls ------------------------------------------------------------
 
     def id_code(self) -> str:
         with self.lib.lock:
             self._current()
-            return self.driver.get_id_code(self.lib, self.index, self._label)
+            if self.lib.has("GetIDCode", self.index):
+                return self.driver.get_id_code(self.lib, self.index, self._label)
+            return self._id_code
 
     def officer_info(self) -> OfficerInfo:
         with self.lib.lock:
             return self._current()
 
     def write_officer_info(self, info: OfficerInfo) -> None:
-        raw = encode_officer_block(info, self.driver.config.layout, self.driver.config.encoding)
+        """WriteZFYInfo, then the block read back: a write is done only when it reads back.
+
+        Some libraries answer TRUE with status 0 for a write the recorder never made.
+        """
+        layout, encoding = self.driver.config.layout, self.driver.config.encoding
+        raw = encode_officer_block(info, layout, encoding)
+        expected = decode_officer_block(raw, layout, encoding)
         # padded: a library with the other layout must not read past our buffer
         block = ctypes.create_string_buffer(raw, _BLOCK_BUFFER)
         with self.lib.lock:
             self._current()
-            self._call("WriteZFYInfo", block, self._pwd())
-            self.serial = info.serial.strip()
+            self._call("WriteZFYInfo", info=block, password=self._pwd())
+            try:
+                back = self.driver.read_block(self.lib, self.index, self.password, self._label)
+            except RecorderError as e:
+                raise ProtocolError(
+                    f"{self._label}: WriteZFYInfo answered success, but the block cannot be "
+                    f"read back: {e}"
+                ) from None
+            if back != expected:
+                raise ProtocolError(
+                    f"{self._label}: WriteZFYInfo answered success, but the recorder holds "
+                    f"{back} (serial {back.serial}, officer {back.officer_no}): not written"
+                )
+            self.serial = expected.serial
 
     def battery_percent(self) -> int:
         with self.lib.lock:
             self._current()
             battery = ctypes.c_int(-1)
-            self._call("ReadDeviceBatteryDumpEnergy", ctypes.byref(battery), self._pwd())
+            self._call(
+                "ReadDeviceBatteryDumpEnergy", battery=ctypes.byref(battery), password=self._pwd()
+            )
         if not 0 <= battery.value <= 100:
             raise ProtocolError(f"{self._label}: battery level {battery.value} is not 0-100")
         return battery.value
@@ -476,7 +777,10 @@ class VendorLibrarySession(RecorderSession):
         with self.lib.lock:
             self._current()
             self._call(
-                "ReadDeviceResolution", ctypes.byref(width), ctypes.byref(height), self._pwd()
+                "ReadDeviceResolution",
+                width=ctypes.byref(width),
+                height=ctypes.byref(height),
+                password=self._pwd(),
             )
         if width.value <= 0 or height.value <= 0:
             raise ProtocolError(f"{self._label}: resolution {width.value}x{height.value}")
@@ -486,7 +790,9 @@ class VendorLibrarySession(RecorderSession):
         """SyncDevTime: the library sets the recorder to the host's own local time.
 
         The library cannot read the recorder clock, so the drift is unknown (None);
-        `now` is only checked against the host's time zone.
+        `now` is only checked against the host's time zone. A multi-device library
+        without SyncDevTime_ByIndex sets the clock only while it sees one recorder
+        (the plain call would reach any of them).
         """
         if now.utcoffset() is not None and now.utcoffset() != now.astimezone().utcoffset():
             log.warning(
@@ -497,7 +803,18 @@ class VendorLibrarySession(RecorderSession):
             )
         with self.lib.lock:
             self._current()
-            self._call("SyncDevTime", self._pwd())
+            if self.index is not None and not self.lib.has("SyncDevTime", self.index):
+                if self.lib.device_count(self._label) != 1:
+                    log.warning(
+                        "%s: no SyncDevTime_ByIndex and several recorders docked: "
+                        "the clock of %s is not set",
+                        self._label,
+                        self.serial,
+                    )
+                    return None
+                self.lib.call(self._label, "SyncDevTime", None, password=self._pwd())
+                return None
+            self._call("SyncDevTime", password=self._pwd())
         return None
 
     def enter_mass_storage(self) -> None:
@@ -505,7 +822,7 @@ class VendorLibrarySession(RecorderSession):
             if self._msdc:
                 return
             self._current()
-            self._call("SetMSDC", self._pwd())
+            self._call("SetMSDC", password=self._pwd())
             self._msdc = True
 
     def card(self) -> None:
@@ -520,7 +837,7 @@ class VendorLibrarySession(RecorderSession):
         """
         if self._closed:
             return False
-        present = self._usb_present()
+        present = _present(self.device)
         if present is False:
             return False
         try:
@@ -535,14 +852,11 @@ class VendorLibrarySession(RecorderSession):
             if self._closed:
                 return
             self._closed = True
-            if self in self.lib.sessions:
-                self.lib.sessions.remove(self)
-            if any(s.serial == self.serial for s in self.lib.sessions):
+            if self in self.lib.lib.sessions:
+                self.lib.lib.sessions.remove(self)
+            if any(s.serial == self.serial for s in self.lib.lib.sessions):
                 return  # another session (a quick re-dock) still uses this recorder
-            try:
-                self._call("UnInit_Device")
-            except RecorderError as e:
-                log.debug("%s: UnInit_Device: %s", self._label, e)
+            self.driver.release(self.lib, self.index, self._label, self._id_code)
 
     def _pwd(self) -> ctypes.Array[ctypes.c_char]:
         return _buffer(self.password, self.driver.config.encoding)
@@ -558,12 +872,12 @@ class VendorLibraryDriver(RecorderDriver):
         self.config = config
         self.name = config.name
         self._ids = config.usb_id_pairs()
-        self._lib: _Library | None = None
+        self._lib: _Api | None = None
 
-    def load(self) -> _Library:
+    def load(self) -> _Api:
         """Load the library now (it is otherwise loaded at the first open)."""
         if self._lib is None:
-            self._lib = load_library(self.config.library)
+            self._lib = _Api(load_library(self.config.library), self.config)
         return self._lib
 
     @property
@@ -576,19 +890,43 @@ class VendorLibraryDriver(RecorderDriver):
             return 0
         return 100 if (device.vendor_id, device.product_id) in self._ids else 0
 
+    @staticmethod
+    def connect_failed(device: DockedDevice, error: RecorderError) -> RecorderError:
+        """CONNECT_FAILED (or a recorder gone from the library) means "unplugged" only
+        when the USB device is gone too: with the device still docked it is an error
+        of its own, so that the station does not take it for a new docking."""
+        if isinstance(error, DeviceGone) and _present(device) is True:
+            return ProtocolError(
+                f"{error.detail} although the recorder is still docked on port {device.port}"
+            )
+        return error
+
     # --- calls shared with the sessions ----------------------------------------------
 
-    def init(self, lib: _Library, index: int | None, label: str | None = None) -> str:
-        """Init_Device: open the recorder; returns its ID code."""
-        return self._id_code(lib, "Init_Device", index, label or self.name)
+    def init(self, lib: _Api, index: int | None, label: str | None = None) -> str:
+        """Init_Device: open the recorder; returns its ID code (with an input ID code,
+        or an indexed library without Init_Device_ByIndex, as GetIDCode tells it)."""
+        label = label or self.name
+        if index is not None and not lib.has("Init_Device", index):
+            if lib.has("GetIDCode", index):
+                return self.get_id_code(lib, index, label)
+            if lib.family_id_code:
+                return lib.family_id_code
+            raise ProtocolError(f"{label}: the library gives no ID code for index {index}")
+        buf = lib.id_code_buffer()
+        lib.call(label, "Init_Device", index, id_code=buf)
+        if self.config.init_id_code is not None:
+            return self.get_id_code(lib, index, label)
+        return self._decode_id_code(buf, label)
 
-    def get_id_code(self, lib: _Library, index: int | None, label: str | None = None) -> str:
+    def get_id_code(self, lib: _Api, index: int | None, label: str | None = None) -> str:
         """GetIDCode: the recorder's ID code."""
-        return self._id_code(lib, "GetIDCode", index, label or self.name)
-
-    def _id_code(self, lib: _Library, function: str, index: int | None, label: str) -> str:
+        label = label or self.name
         buf = ctypes.create_string_buffer(IDCODE_BUFFER)
-        lib.call(label, function, buf, index=index)
+        lib.call(label, "GetIDCode", index, id_code=buf)
+        return self._decode_id_code(buf, label)
+
+    def _decode_id_code(self, buf: ctypes.Array[ctypes.c_char], label: str) -> str:
         raw = buf.raw.partition(b"\0")[0]
         try:
             code = raw.decode(self.config.encoding).strip()
@@ -599,29 +937,61 @@ class VendorLibraryDriver(RecorderDriver):
         return code
 
     def read_block(
-        self, lib: _Library, index: int | None, password: str, label: str | None = None
+        self, lib: _Api, index: int | None, password: str, label: str | None = None
     ) -> OfficerInfo:
         """GetZFYInfo: read and decode the officer block."""
         label = label or self.name
         layout, encoding = self.config.layout, self.config.encoding
         # padded: a library with the other layout must not write past our buffer
         block = ctypes.create_string_buffer(_BLOCK_BUFFER)
-        lib.call(label, "GetZFYInfo", block, _buffer(password, encoding), index=index)
+        lib.call(label, "GetZFYInfo", index, info=block, password=_buffer(password, encoding))
         try:
             return decode_officer_block(block.raw[: zfy.block_size(layout)], layout, encoding)
         except ProtocolError as e:
             raise ProtocolError(f"{label}: {e.detail}") from None
 
+    def release(self, lib: _Api, index: int | None, label: str, id_code: str = "") -> None:
+        """UnInit_Device, when the library has one (many do not, or name it otherwise)."""
+        if not lib.has("UnInit_Device", index):
+            return
+        try:
+            buf = _buffer(id_code, self.config.encoding)
+            lib.call(label, "UnInit_Device", index, id_code=buf)
+        except (RecorderError, UnicodeEncodeError) as e:
+            log.debug("%s: UnInit_Device: %s", label, e)
+
     def _authenticate(
-        self, lib: _Library, index: int | None, passwords: list[str], label: str
+        self,
+        lib: _Api,
+        index: int | None,
+        passwords: list[str],
+        label: str,
+        device: DockedDevice,
     ) -> tuple[str, OfficerInfo]:
-        """Try each password with GetZFYInfo; AuthFailed if none is accepted."""
+        """Try each password with GetZFYInfo; AuthFailed if none is accepted.
+
+        A library may report a wrong password as CONNECT_FAILED: while the USB device
+        is still docked, that moves to the next password too, and if every password
+        got it, the recorder is reported as refusing them (not as unplugged).
+        """
+        connect_failed: DeviceGone | None = None
         for pw in passwords:
             try:
                 return pw, self.read_block(lib, index, pw, label)
             except AuthFailed:
                 continue
+            except DeviceGone as e:
+                if _present(device) is not True:
+                    raise
+                connect_failed = e
         where = "" if index is None else f" at index {index}"
+        if connect_failed is not None:
+            raise AuthFailed(
+                f"{label}: the library answered CONNECT_FAILED to the passwords{where} "
+                "although the recorder is docked (a library that reports a wrong password "
+                "so): none of "
+                f"{len(passwords)} configured passwords accepted"
+            )
         raise AuthFailed(f"{label}: none of {len(passwords)} configured passwords accepted{where}")
 
     def _usable_passwords(self, passwords: list[str]) -> list[str]:
@@ -655,11 +1025,14 @@ class VendorLibraryDriver(RecorderDriver):
         pws = self._usable_passwords(passwords)
         label = f"{self.name} (port {device.port})"
         with lib.lock:
-            if lib.multi:
-                session = self._open_indexed(lib, device, pws, label)
-            else:
-                session = self._open_single(lib, device, pws, label)
-            lib.sessions.append(session)
+            try:
+                if lib.multi:
+                    session = self._open_indexed(lib, device, pws, label)
+                else:
+                    session = self._open_single(lib, device, pws, label)
+            except DeviceGone as e:
+                raise self.connect_failed(device, e) from None
+            lib.lib.sessions.append(session)
         log.info(
             "%s: port %d is recorder %s (library index %s)",
             self.name,
@@ -670,27 +1043,29 @@ class VendorLibraryDriver(RecorderDriver):
         return session
 
     def _open_single(
-        self, lib: _Library, device: DockedDevice, passwords: list[str], label: str
+        self, lib: _Api, device: DockedDevice, passwords: list[str], label: str
     ) -> VendorLibrarySession:
-        if lib.sessions:
+        if lib.lib.sessions:
             raise LibraryBusy(
                 f"{label}: {lib.path} drives one recorder at a time and is in use "
-                f"for port {lib.sessions[0].device.port}; port {device.port} must wait"
+                f"for port {lib.lib.sessions[0].device.port}; port {device.port} must wait"
             )
         id_code = self.init(lib, None, label)
         try:
-            pw, info = self._authenticate(lib, None, passwords, label)
+            pw, info = self._authenticate(lib, None, passwords, label, device)
             if self.config.require_serial_match and not self._serial_matches(device, info, id_code):
-                raise ProtocolError(
-                    f"{label}: the USB serial is {device.serial!r} but the "
+                raise WrongRecorder(
+                    f"{label}: the docked recorder's USB serial is {device.serial!r} but the "
                     f"library answers for recorder {info.serial} (ID code {id_code})"
                 )
         except BaseException:
-            self._uninit(lib, None, label)
+            self.release(lib, None, label, id_code)
             raise
-        return VendorLibrarySession(self, lib, device, pw, None, info)
+        return VendorLibrarySession(self, lib, device, pw, None, info, id_code)
 
-    def _probe(self, lib: _Library, passwords: list[str], label: str) -> list[_Probe]:
+    def _probe(
+        self, lib: _Api, device: DockedDevice, passwords: list[str], label: str
+    ) -> list[_Probe]:
         probes = []
         for i in range(lib.device_count(label)):
             try:
@@ -701,32 +1076,32 @@ class VendorLibraryDriver(RecorderDriver):
                 probes.append(_Probe(i, "", error=e))
                 continue
             try:
-                probe.password, probe.info = self._authenticate(lib, i, passwords, label)
+                probe.password, probe.info = self._authenticate(lib, i, passwords, label, device)
             except RecorderError as e:
                 probe.error = e
             probes.append(probe)
         return probes
 
     def _open_indexed(
-        self, lib: _Library, device: DockedDevice, passwords: list[str], label: str
+        self, lib: _Api, device: DockedDevice, passwords: list[str], label: str
     ) -> VendorLibrarySession:
-        probes = self._probe(lib, passwords, label)
+        probes = self._probe(lib, device, passwords, label)
         if not probes:
             raise DeviceGone(f"{label}: {lib.path} sees no recorder")
         chosen = None
         try:
             chosen = self._choose(lib, device, probes, label)
         finally:
-            held = {s.serial for s in lib.sessions}
+            held = {s.serial for s in lib.lib.sessions}
             for p in probes:
                 if p is not chosen and (p.info is None or p.info.serial not in held):
-                    self._uninit(lib, p.index, label)
+                    self.release(lib, p.index, label, p.id_code)
         assert chosen.info is not None and chosen.password is not None
-        return VendorLibrarySession(self, lib, device, chosen.password, chosen.index, chosen.info)
+        return VendorLibrarySession(
+            self, lib, device, chosen.password, chosen.index, chosen.info, chosen.id_code
+        )
 
-    def _choose(
-        self, lib: _Library, device: DockedDevice, probes: list[_Probe], label: str
-    ) -> _Probe:
+    def _choose(self, lib: _Api, device: DockedDevice, probes: list[_Probe], label: str) -> _Probe:
         """The probe that is the docked device: by USB serial, else the only one left."""
         known = [p for p in probes if p.info is not None]
         unknown = [p for p in probes if p.info is None]
@@ -742,12 +1117,12 @@ class VendorLibraryDriver(RecorderDriver):
         if self.config.require_serial_match:
             if len(unknown) == 1 and unknown[0].error is not None:
                 raise unknown[0].error
-            raise ProtocolError(
+            raise WrongRecorder(
                 f"{label}: none of the {len(probes)} recorders the library sees has "
                 f"serial or ID code {serial!r}"
             )
         # The USB serial says nothing: the recorder not yet open on another port is ours.
-        held = {s.serial for s in lib.sessions}
+        held = {s.serial for s in lib.lib.sessions}
         pool = [p for p in known if p.info and p.info.serial not in held] + unknown
         if len(pool) == 1:
             if pool[0].error is not None:
@@ -762,9 +1137,3 @@ class VendorLibraryDriver(RecorderDriver):
             f"{label}: cannot tell which of {len(pool)} recorders is docked here "
             f"(USB serial {serial or 'none'} matches no officer-block serial or ID code)"
         )
-
-    def _uninit(self, lib: _Library, index: int | None, label: str) -> None:
-        try:
-            lib.call(label, "UnInit_Device", index=index)
-        except RecorderError as e:
-            log.debug("%s: UnInit_Device: %s", label, e)

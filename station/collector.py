@@ -26,12 +26,15 @@ from drivers.base import (
     AuthFailed,
     CardFile,
     CardReadError,
+    DeviceBusy,
     DeviceGone,
     DockedDevice,
     DriverRegistry,
     OfficerInfo,
+    RecorderDriver,
     RecorderError,
     RecorderSession,
+    WrongRecorder,
 )
 from drivers.card import Card
 from station.alarms import AlarmBook
@@ -61,6 +64,9 @@ HOLD_POLL_S = 1.0
 STORAGE_RETRY_S = 5.0
 GROWING_WAIT_S = 2.0
 MAX_FINISHING = 8  # copied files waiting to be read back and cleared, per port
+# opening again after DeviceBusy or WrongRecorder: the first delay, doubled up to the last
+OPEN_RETRY_FIRST_S = 1.0
+OPEN_RETRY_MAX_S = 30.0
 
 
 @dataclass
@@ -195,7 +201,7 @@ class Collector:
             self._set(state="error", error="not a recorder: ignored")
             return "error"
         try:
-            with driver.open(self.device, self.sv.config.recorders.passwords) as rec:
+            with self._open(driver) as rec:
                 return self._collect(rec)
         except AuthFailed as e:
             self._event("recorder_auth_failed", str(e))
@@ -217,6 +223,39 @@ class Collector:
             self._ended("failed", f"internal error: {e}")
             self._set(state="error", error=f"internal error: {e}")
             return "error"
+
+    def _open(self, driver: RecorderDriver) -> RecorderSession:
+        """Open the recorder, waiting out with a growing delay (while it stays docked) a
+        way to it that another port's session uses (DeviceBusy), and a driver that reaches
+        another recorder than the one docked here (WrongRecorder: the port is held, and
+        nothing is collected, switched or deleted)."""
+        delay = OPEN_RETRY_FIRST_S
+        waiting_for: str | None = None
+        while True:
+            try:
+                rec = driver.open(self.device, self.sv.config.recorders.passwords)
+            except DeviceBusy as e:
+                why, held = str(e), False
+            except WrongRecorder as e:
+                why, held = str(e), True
+            else:
+                if waiting_for is not None:
+                    self._set(state="identifying", error=None)
+                return rec
+            if why != waiting_for:
+                waiting_for = why
+                log.warning("port %s: %s (trying again)", self.slot.port, why)
+                if held:
+                    self._event("recorder_held", why)
+                    self._set(state="unregistered", error=why)
+                else:
+                    self._set(state="identifying", error=f"waiting: {why}")
+            self.beat = time.monotonic()
+            if self.stop.wait(delay):
+                raise Interrupted()
+            if not self._current():
+                raise DeviceGone("undocked while waiting to be opened")
+            delay = min(delay * 2, OPEN_RETRY_MAX_S)
 
     def _collect(self, rec: RecorderSession) -> str:
         id_code = rec.id_code()

@@ -1,7 +1,11 @@
 """The DV16 SCSI driver against an emulated recorder plugged in below the SG_IO ioctl.
 
 The emulator is handed exactly what the kernel would get: the request number and
-the driver's ``struct sg_io_hdr``. It parses the header with its own layout (from
+the driver's ``struct sg_io_hdr``. As firmware, it is written from the public
+vendor code (JieLi's USBJL.h / USBJL.cpp): the commands, directions and lengths
+that code sends are the only ones a strict recorder takes (anything else is
+ILLEGAL REQUEST), and it checks no password: it hands its password to command 13
+and the host compares. It parses the header with its own layout (from
 <scsi/sg.h>, independent of the driver's ctypes class), reads the CDB at ``cmdp``
 and the data at ``dxferp``, and writes data, sense and status back the way the sg
 driver does. Everything above the ioctl is the driver's real code.
@@ -22,6 +26,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
+from dock_harness import Dock, card_files
 from pydantic import ValidationError
 
 from drivers.base import (
@@ -116,9 +121,16 @@ class Header:
 
 # --- the emulated recorder --------------------------------------------------------------------
 
-PROTECTED_READS = {3, 7, 8, 12}
-PROTECTED_WRITES = {4, 5, 6}
-CHECK_PWD_FAILED = 4
+R, W = "read", "write"
+ILLEGAL = (0x05, 0x24, 0x00)  # ILLEGAL REQUEST, invalid field in CDB
+
+
+def public_commands(block: int) -> dict[tuple[int, str], int]:
+    """(command, direction) -> data length, as the public vendor code sends them."""
+    return {
+        (1, W): 0, (2, R): 6, (3, R): block, (4, W): block, (5, W): 7, (6, W): 0,
+        (7, R): 8, (8, R): 4, (12, R): 4, (13, R): 16, (14, R): 4,
+    }  # fmt: skip
 
 
 def fixed_sense(key: int, asc: int, ascq: int) -> bytes:
@@ -154,10 +166,10 @@ class Dv16Emulator:
     product: bytes = b"DEVICE V1.00    "
     revision: bytes = b"1.00"
     qualifier: int = 0
-    password: str = PASSWORD
-    readback_password: str | None = None  # what command 13 would answer
-    reject_style: str = "check"  # "check": CHECK CONDITION; "status": GOOD, status 4
-    layout: str = "94"
+    password: str = PASSWORD  # what command 13 answers; the firmware compares nothing
+    strict: bool = True  # only the public commands; False: any length, its own answers
+    write_ignored: bool = False  # command 4 ends GOOD, status 0, and changes nothing
+    layout: str = "89"
     officer: bytes = b""
     id_code: bytes = b"ZFY01\x00"
     battery: int = 67
@@ -176,7 +188,6 @@ class Dv16Emulator:
     violations: list[str] = field(default_factory=list)
     gone: bool = False
     last_status: int = 0
-    armed: set[int] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         if not self.officer:
@@ -277,68 +288,42 @@ class Dv16Emulator:
         if s.cdb[6] << 8 | s.cdb[7] != s.length:
             self.violations.append(f"CDB length {s.cdb[7]} but {s.length} bytes moved")
         cmd = s.cdb[5]
+        direction = R if reads else W
+        expected = public_commands(len(self.officer)).get((cmd, direction))
+        if expected is None or (self.strict and s.length != expected):
+            what = f"command {cmd} ({direction}, {s.length} bytes)"
+            self.violations.append(f"not in the public command set: {what}")
+            return b"", fixed_sense(*ILLEGAL)
         if cmd == 14:
             return bytes([self.last_status, 0, 0, 0]), None
-        if cmd in (10, 11):
-            self.violations.append(f"the station sent command {cmd}")
         self.last_status = 0
-        answer, sense = self._command(cmd, reads, s.data)
+        answer = self._command(cmd, s.data)
         if cmd in self.status_on:
             self.last_status = self.status_on[cmd]
-        return answer, sense
+        return answer, None
 
-    def _reject(self) -> tuple[bytes, bytes | None]:
-        self.last_status = CHECK_PWD_FAILED
-        if self.reject_style == "check":
-            return b"", fixed_sense(0x07, 0x74, 0x71)  # DATA PROTECT, access not authorised
-        return b"", None
-
-    def _command(self, cmd: int, reads: bool, data: bytes) -> tuple[bytes, bytes | None]:
-        if cmd == 1 and not reads:
-            return b"", None
-        if cmd == 2 and reads:
-            return self.id_code, None
-        if cmd == 13 and reads:
-            pw = self.readback_password if self.readback_password is not None else self.password
-            return pw_field(pw), None
-        if cmd in PROTECTED_READS and not reads:  # the password for the read that follows
-            if data != pw_field(self.password):
-                return self._reject()
-            self.armed.add(cmd)
-            return b"", None
-        if cmd in PROTECTED_READS:
-            if cmd not in self.armed:
-                return self._reject()
-            self.armed.discard(cmd)
-            if cmd == 3:
-                return self.officer, None
-            if cmd == 7:
-                return struct.pack("<ii", *self.width_height), None
-            if cmd == 8:
-                return struct.pack("<i", self.battery), None
-            return bytes([int(self.card), 0, 0, 0]), None
-        if cmd in PROTECTED_WRITES and not reads:
-            payload, pw = data[:-16], data[-16:]
-            if pw != pw_field(self.password):
-                return self._reject()
-            if cmd == 4:
-                if len(payload) != len(self.officer):
-                    self.violations.append(f"officer block of {len(payload)} bytes")
-                self.officer = payload
-            elif cmd == 5:
-                self.clock_payload = payload
-            elif cmd == 6:
-                if payload:
-                    self.violations.append("enter mass storage with a payload")
-                if not self.card:
-                    self.last_status = 8
-                    return b"", None
-                self.msdc = True
-                if self.leave_on_msdc:
-                    self.unplug()
-            return b"", None
-        self.violations.append(f"unknown command {cmd} (reads={reads})")
-        return b"", fixed_sense(0x05, 0x20, 0x00)
+    def _command(self, cmd: int, data: bytes) -> bytes:
+        if cmd == 2:
+            return self.id_code
+        if cmd == 13:
+            return pw_field(self.password)
+        if cmd == 3:
+            return self.officer
+        if cmd == 7:
+            return struct.pack("<ii", *self.width_height)
+        if cmd == 8:
+            return struct.pack("<i", self.battery)
+        if cmd == 12:
+            return bytes([int(self.card), 0, 0, 0])
+        if cmd == 4 and not self.write_ignored:
+            self.officer = data[: len(self.officer)]
+        elif cmd == 5:
+            self.clock_payload = data
+        elif cmd == 6:
+            self.msdc = True
+            if self.leave_on_msdc:
+                self.unplug()
+        return b""
 
 
 # --- fixtures ---------------------------------------------------------------------------------
@@ -557,12 +542,12 @@ def test_open_tries_passwords_in_turn(emu: Dv16Emulator, node: Path) -> None:
     assert emu.commands().count(1) == 1
 
 
-@pytest.mark.parametrize("style", ["check", "status"])
-def test_wrong_password_is_auth_failed(node: Path, style: str) -> None:
-    emu = Dv16Emulator(node=node, password="654321", reject_style=style)
-    with pytest.raises(AuthFailed):
+def test_wrong_password_is_auth_failed(node: Path) -> None:
+    emu = Dv16Emulator(node=node, password="654321")
+    with pytest.raises(AuthFailed, match="none of 2 configured passwords"):
         make_driver(emu, node).open(usb_device(), ["000000", "123456"])
     assert emu.violations == []
+    assert emu.commands() == [1, 2, 14, 13]  # init, ID code, status, the password once
     assert open_on(node) == 0  # the node was closed again
 
 
@@ -580,38 +565,87 @@ def test_no_passwords_is_auth_failed(emu: Dv16Emulator, node: Path) -> None:
         make_driver(emu, node).open(usb_device(), [])
 
 
-def test_password_read_back_is_never_trusted(node: Path) -> None:
-    """The device reads back the very password we try, yet refuses it: AuthFailed."""
-    emu = Dv16Emulator(node=node, password="master", readback_password=PASSWORD)
-    with pytest.raises(AuthFailed):
-        make_driver(emu, node).open(usb_device(), [PASSWORD])
-    assert 13 not in emu.commands()
-    # and the driver refuses to send it, or to change credentials, even if asked
-    ok = Dv16Emulator(node=node)
-    with make_driver(ok, node).open(usb_device(), [PASSWORD]) as rec:
-        for cmd in (Dv16Command.READ_PASSWORD, Dv16Command.SET_PASSWORD, Dv16Command.SET_ID_CODE):
+def test_password_is_checked_on_the_host(node: Path) -> None:
+    """The firmware compares nothing: the host reads the password back and compares it,
+    before every protected call, and never sends a password or changes credentials."""
+    emu = Dv16Emulator(node=node, password="123456")
+    with make_driver(emu, node).open(usb_device(), ["000000", "123456"]) as rec:
+        assert rec.battery_percent() == 67
+        for cmd in (Dv16Command.SET_PASSWORD, Dv16Command.SET_ID_CODE):
             with pytest.raises(ValueError):
                 rec._transfer(cmd, "forbidden", read_len=16)
-    assert not {10, 11, 13} & set(ok.commands())
+    assert not {10, 11} & set(emu.commands())
+    # no password goes to the recorder in any data phase
+    assert all(b"123456" not in sent.data for sent in emu.log)
 
 
 def test_password_changed_mid_session(emu: Dv16Emulator, session: ScsiDv16Session) -> None:
     emu.password = "999999"
-    with pytest.raises(AuthFailed, match="CHECK_PWD_FAILED"):
+    with pytest.raises(AuthFailed, match="compared on the host"):
         session.officer_info()
     with pytest.raises(AuthFailed):
         session.set_clock(dt.datetime(2026, 1, 1))
     assert emu.clock_payload is None
 
 
-def test_password_travels_in_the_data_phase(emu: Dv16Emulator, session: ScsiDv16Session) -> None:
-    emu.log.clear()
-    session.battery_percent()
-    arm, arm_status, read, status = emu.log
-    assert (arm.cdb[:2], arm.cdb[5], arm.data) == (b"\xfb\x82", 8, pw_field(PASSWORD))
-    assert (read.cdb[:2], read.cdb[5], read.length) == (b"\xfd\x81", 8, 4)
-    for s in (arm_status, status):
-        assert (s.cdb[:2], s.cdb[5], s.length) == (b"\xfd\x81", 14, 4)
+def test_exactly_the_public_command_set(emu: Dv16Emulator, node: Path) -> None:
+    """Each call sends the public code's commands, directions and lengths, in order."""
+
+    def sent() -> list[tuple[int, str, int]]:
+        out = [
+            (x.cdb[5], R if x.cdb[:2] == b"\xfd\x81" else W, x.length)
+            for x in emu.log
+            if x.cdb[0] != 0x12  # INQUIRY
+        ]
+        emu.log.clear()
+        return out
+
+    pw, status = (13, R, 16), (14, R, 4)
+    rec = make_driver(emu, node).open(usb_device(), ["123456", PASSWORD])
+    try:
+        assert sent() == [(1, W, 0), (2, R, 6), status, pw]
+        rec.id_code()
+        assert sent() == [(2, R, 6), status]
+        rec.officer_info()
+        assert sent() == [pw, (3, R, 89), status]
+        rec.write_officer_info(OFFICER)
+        assert sent() == [pw, (4, W, 89), status, pw, (3, R, 89), status]
+        rec.set_clock(dt.datetime(2026, 11, 21, 8, 30, 5))
+        assert sent() == [pw, (5, W, 7), status]
+        rec.battery_percent()
+        assert sent() == [pw, (8, R, 4), status]
+        rec.resolution()
+        assert sent() == [pw, (7, R, 8)]
+        rec.enter_mass_storage()
+        assert sent() == [pw, (12, R, 4), (6, W, 0)]
+    finally:
+        rec.close()
+    assert emu.violations == []
+
+
+def test_strict_firmware_refuses_anything_else(emu: Dv16Emulator, session: ScsiDv16Session) -> None:
+    """What a strict recorder does with a command outside the public set."""
+    with pytest.raises(ScsiCheckCondition, match="ILLEGAL REQUEST"):
+        session._transfer(Dv16Command.BATTERY, "arming write", data_out=b"\x00" * 16)
+    emu.violations.clear()
+
+
+def test_write_that_did_not_happen_is_caught(emu: Dv16Emulator, session: ScsiDv16Session) -> None:
+    """GOOD and status 0, but the block is unchanged: read back, it is not written."""
+    emu.write_ignored = True
+    with pytest.raises(ProtocolError, match="not written"):
+        session.write_officer_info(OfficerInfo("B100002", "200002", "李四"))
+    assert session.officer_info() == OFFICER
+
+
+def test_lenient_firmware_with_the_94_layout_configured(node: Path) -> None:
+    """Firmware with the public 89-byte block, the station set to 94: refused, not misread."""
+    emu = Dv16Emulator(node=node, strict=False)
+    with (
+        make_driver(emu, node, layout="94").open(usb_device(), [PASSWORD]) as rec,
+        pytest.raises(ProtocolError, match="short transfer, 89 of 94"),
+    ):
+        rec.officer_info()
 
 
 # --- the officer block ------------------------------------------------------------------------
@@ -634,8 +668,8 @@ def test_officer_block_layouts_gbk(node: Path, layout: str) -> None:
         assert emu.officer == encode_officer_block(new, layout)
         assert rec.officer_info() == new
         write = next(s for s in emu.log if s.command == 4)
-        assert write.data == encode_officer_block(new, layout) + pw_field(PASSWORD)
-        assert write.cdb[7] == int(layout) + 16
+        assert write.data == encode_officer_block(new, layout)
+        assert write.cdb[7] == int(layout)
     assert emu.violations == []
 
 
@@ -651,10 +685,10 @@ def test_officer_block_too_long_or_unencodable(emu: Dv16Emulator, session: ScsiD
 
 
 def test_officer_block_from_a_lying_device(emu: Dv16Emulator, session: ScsiDv16Session) -> None:
-    emu.officer = b"\x00" * 94
+    emu.officer = b"\x00" * 89
     with pytest.raises(ProtocolError, match="cSerial is empty"):
         session.officer_info()
-    emu.officer = b"B100001\x00" + b"\xff\xfe\x00" + b"\x00" * 83
+    emu.officer = b"B100001" + b"\xff\xfe\x00" + b"\x00" * 79
     with pytest.raises(ProtocolError, match="userNo is not valid gbk: ff fe"):
         session.officer_info()
     with pytest.raises(ProtocolError):
@@ -669,8 +703,8 @@ def test_set_time_payload(emu: Dv16Emulator, session: ScsiDv16Session) -> None:
     assert session.set_clock(now) is None
     assert emu.clock_payload == b"\xea\x07\x0b\x15\x08\x1e\x05"  # 2026-11-21 08:30:05 local
     sent = next(s for s in emu.log if s.command == 5)
-    assert sent.cdb[:2] == b"\xfb\x82" and sent.cdb[7] == 7 + 16
-    assert sent.data == b"\xea\x07\x0b\x15\x08\x1e\x05" + pw_field(PASSWORD)
+    assert sent.cdb[:2] == b"\xfb\x82" and sent.cdb[7] == 7
+    assert sent.data == b"\xea\x07\x0b\x15\x08\x1e\x05"
 
 
 def test_set_time_failure_status(emu: Dv16Emulator, session: ScsiDv16Session) -> None:
@@ -744,7 +778,7 @@ def test_failure_status_after_check_condition(emu: Dv16Emulator, session: ScsiDv
 
 def test_short_transfer_is_protocol_error(emu: Dv16Emulator, session: ScsiDv16Session) -> None:
     emu.short_on[3] = 50
-    with pytest.raises(ProtocolError, match="short transfer, 50 of 94"):
+    with pytest.raises(ProtocolError, match="short transfer, 50 of 89"):
         session.officer_info()
     emu.short_on = {4: 10}
     with pytest.raises(ProtocolError, match="short transfer"):
@@ -816,3 +850,43 @@ def test_config_is_strict() -> None:
     with pytest.raises(ValidationError):
         ScsiDv16Config(pasword="x")
     assert ScsiDv16Config(usb_ids=[" 1B3F:3002 "]).usb_ids == ["1b3f:3002"]
+
+
+# --- eight recorders through the real collector ------------------------------------------------
+
+
+def test_eight_dv16_recorders_docked_at_once(tmp_path: Path) -> None:
+    """Eight DV16 recorders, each on its own sg node, collected at once by the real
+    Collector: each port reads, switches and stores its own recorder."""
+    emus: dict[str, Dv16Emulator] = {}
+    nodes: dict[int, Path] = {}
+    for port in range(1, 9):
+        node = tmp_path / f"sg{port}"
+        node.write_bytes(b"")
+        info = OfficerInfo(f"B10000{port}", f"10000{port}", "张三", "110101", "城关派出所")
+        emus[str(node)] = Dv16Emulator(node=node, officer=encode_officer_block(info, "89"))
+        nodes[port] = node
+
+    def ioctl(fd: int, request: int, arg: Any) -> int:
+        return emus[os.readlink(f"/proc/self/fd/{fd}")](fd, request, arg)
+
+    driver = ScsiDv16Driver(
+        ScsiDv16Config(settle_ms=0), sg_nodes=lambda d: [str(nodes[d.port])], ioctl=ioctl
+    )
+    dock = Dock(tmp_path, DriverRegistry([driver]), ["123456", PASSWORD])
+    try:
+        footage = {}
+        for port in range(1, 9):
+            footage[port] = card_files(tmp_path / f"card{port}", f"10000{port}", f"B10000{port}")
+        for port in (4, 1, 7, 2, 8, 5, 3, 6):
+            dock.dock(port, None, tmp_path / f"card{port}")
+        dock.wait("8 collections", lambda: len(dock.results) == 8)
+        assert dock.results == {p: "complete" for p in range(1, 9)}, {
+            p: s.error for p, s in dock.slots.items()
+        }
+        for port in range(1, 9):
+            assert dock.stored(f"10000{port}", f"B10000{port}") == footage[port]
+            assert emus[str(nodes[port])].msdc
+            assert emus[str(nodes[port])].violations == []
+    finally:
+        dock.close()

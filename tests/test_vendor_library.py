@@ -138,7 +138,7 @@ def get_recorder(root: Path, index: int = 0) -> dict[str, bytes]:
     return out
 
 
-def docked(port: int = 1, serial: str | None = None, **kw: Any) -> DockedDevice:
+def docked(port: int = 1, serial: str | None = "B100001", **kw: Any) -> DockedDevice:
     return DockedDevice(
         port=port,
         key=f"usb:{port}:{serial}",
@@ -198,7 +198,7 @@ def test_officer_block_round_trip_gbk(root: Path, drv: VendorLibraryDriver) -> N
     assert stored["officer_name"] == "李四".encode("gbk")
     assert stored["unit_name"] == "城关派出所".encode("gbk")
     assert stored["serial"] == b"B100002"
-    with drv.open(docked(), STATION_PASSWORDS) as rec:
+    with drv.open(docked(serial="B100002"), STATION_PASSWORDS) as rec:
         assert rec.officer_info() == new
 
 
@@ -383,24 +383,29 @@ def test_by_index_matches_usb_serial_to_id_code(root: Path, drv: VendorLibraryDr
 
 
 def test_by_index_without_usb_serial_takes_the_one_left(
-    root: Path, drv: VendorLibraryDriver
+    root: Path, libs: dict[str, Path], layout: str
 ) -> None:
+    """With require_serial_match off (a maker whose USB serial is something else)."""
+    drv = driver(libs[layout], layout=layout, require_serial_match=False)
     put_recorder(root, 0)
     put_recorder(root, 1, serial="B200002")
     with pytest.raises(
         ProtocolError, match=r"port 1\): cannot tell which of 2 recorders is docked here"
     ):
-        drv.open(docked(1), STATION_PASSWORDS)
+        drv.open(docked(1, serial=None), STATION_PASSWORDS)
     with (
         drv.open(docked(1, serial="B200002"), STATION_PASSWORDS) as first,
         drv.open(docked(2, serial="not-the-serial"), STATION_PASSWORDS) as second,
     ):
         assert (first.index, second.index) == (1, 0)
         with pytest.raises(ProtocolError, match="all open on other ports"):
-            drv.open(docked(3), STATION_PASSWORDS)
+            drv.open(docked(3, serial=None), STATION_PASSWORDS)
 
 
-def test_by_index_wrong_password_for_the_docked_one(root: Path, drv: VendorLibraryDriver) -> None:
+def test_by_index_wrong_password_for_the_docked_one(
+    root: Path, libs: dict[str, Path], layout: str
+) -> None:
+    drv = driver(libs[layout], layout=layout, require_serial_match=False)
     put_recorder(root, 0)
     put_recorder(root, 1, id_code="ZFY02", serial="B200002", password="777777")
     with pytest.raises(AuthFailed):
@@ -408,7 +413,7 @@ def test_by_index_wrong_password_for_the_docked_one(root: Path, drv: VendorLibra
     with drv.open(docked(1, serial="B100001"), STATION_PASSWORDS) as rec:
         # the only other recorder refuses every password: that is the docked one
         with pytest.raises(AuthFailed):
-            drv.open(docked(2), STATION_PASSWORDS)
+            drv.open(docked(2, serial=None), STATION_PASSWORDS)
         assert rec.index == 0
 
 
@@ -606,7 +611,7 @@ def test_library_that_cannot_be_loaded(tmp_path: Path, compiler: str) -> None:
     src.write_text("int Init_Device(char *c, int *r) { (void)c; *r = 1; return 1; }\n")
     partial = tmp_path / "libpartial.so"
     _compile(compiler, src, {partial: []})
-    with pytest.raises(VendorLibraryError, match=r"does not export UnInit_Device, GetIDCode"):
+    with pytest.raises(VendorLibraryError, match=r"does not export GetIDCode, GetZFYInfo"):
         driver(partial).load()
     writable = tmp_path / "shared"
     writable.mkdir()

@@ -2,7 +2,8 @@
  * gat947_ref.c - a reference GA/T 947.4 recorder library, backed by folders.
  *
  * It implements the library interface of shared/GAT947.md section 1 (plus
- * GetDeviceCount and the _ByIndex variants) the way a vendor's library does,
+ * GetDeviceCount and the _ByIndex variants, the project's own multi-device
+ * API) the way a vendor's library does,
  * so that the station's vendor-library driver can be exercised through the
  * real C ABI. A recorder is a folder:
  *

@@ -2,10 +2,12 @@
  * gat947_ref.h - a reference GA/T 947.4 recorder library, backed by folders.
  *
  * The functions and status codes are those every vendor library ships
- * (shared/GAT947.md section 1), plus a device count and "_ByIndex" variants
- * taking the device index as their last argument, as multi-device vendor
- * libraries do. Every call returns 1 on success and 0 on failure and writes a
- * status code into *iRet.
+ * (shared/GAT947.md section 1, the canonical EYLOG_DLL.h), plus a device count
+ * and "_ByIndex" variants taking the device index as their last argument. That
+ * multi-device API is this project's own: no vendor's public code has
+ * GetDeviceCount (Falcon-style libraries use Init_Device_UsbTotal instead, see
+ * docs/vendor-library.md). Every call returns 1 on success and 0 on failure
+ * and writes a status code into *iRet.
  *
  * Device i is the folder $GAT947_REF_ROOT/<i>/ holding device.txt; calls
  * without an index address device 0. See docs/vendor-library.md.
