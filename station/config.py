@@ -23,6 +23,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from drivers.android_adb import AndroidAdbConfig
 from drivers.mass_storage import MassStorageConfig
 from drivers.scsi_dv16 import ScsiDv16Config
 from drivers.usb_vendor import UsbVendorConfig
@@ -123,6 +124,7 @@ class DriversSection(_Section):
     vendor_library: list[VendorLibraryConfig] = Field(default_factory=list)
     usb_vendor: list[UsbVendorConfig] = Field(default_factory=list)
     scsi_dv16: ScsiDv16Config | None = None
+    android_adb: list[AndroidAdbConfig] = Field(default_factory=list)
     mass_storage: MassStorageConfig = Field(default_factory=MassStorageConfig)
 
     @field_validator("vendor_library")

@@ -26,6 +26,7 @@ from zoneinfo import ZoneInfo
 import uvicorn
 from sqlalchemy import func, select
 
+from drivers.android_adb import AndroidAdbDriver
 from drivers.base import DockedDevice, DriverRegistry, RecorderDriver, RecorderError
 from drivers.card import Card
 from drivers.mass_storage import MassStorageDriver
@@ -83,6 +84,7 @@ def build_drivers(config: StationConfig, mount: Callable[[DockedDevice], Card]) 
     drivers += [UsbVendorDriver(c) for c in d.usb_vendor]
     if d.scsi_dv16 is not None:
         drivers.append(ScsiDv16Driver(d.scsi_dv16))
+    drivers += [AndroidAdbDriver(c) for c in d.android_adb]
     if d.mass_storage.allow:
         drivers.append(MassStorageDriver(d.mass_storage, mount))
     return DriverRegistry(drivers)

@@ -313,3 +313,28 @@ def test_run_without_any_config_exits_2() -> None:
     r = _station("run")
     assert r.returncode == 2, (r.stdout, r.stderr)
     assert "STATION_CONFIG" in r.stderr
+
+
+def test_android_recorders_are_a_configured_family(tmp_path: Path) -> None:
+    from drivers.android_adb import AndroidAdbDriver
+    from station.daemon import build_drivers
+
+    path = tmp_path / "station.toml"
+    path.write_text(
+        '[[drivers.android_adb]]\nname = "h6"\nusb_ids = ["2D95:6003"]\nformat = "e12"\n'
+        "device_port = 8800\n"
+    )
+    config = load_config(path)
+    (family,) = config.drivers.android_adb
+    assert (family.usb_ids, family.format, family.require_serial_match) == (
+        ["2d95:6003"],
+        "e12",
+        True,
+    )
+    registry = build_drivers(config, lambda device: None)  # type: ignore[arg-type,return-value]
+    assert any(isinstance(d, AndroidAdbDriver) for d in registry.drivers)
+    path.write_text(
+        '[[drivers.android_adb]]\nusb_ids = ["nope"]\nformat = "e12"\ndevice_port = 1\n'
+    )
+    with pytest.raises(ConfigError, match="is not a USB id"):
+        load_config(path)
