@@ -42,6 +42,7 @@ REQUIRED = {
 HOST_TOOLS = {
     "apt-cache": "apt",
     "apt-get": "apt",
+    "adb": "adb",
     "blkid": "util-linux",
     "cc": "gcc",
     "chattr": "e2fsprogs",
@@ -68,6 +69,7 @@ HOST_TOOLS = {
     "mcopy": "mtools",
     "mdir": "mtools",
     "mkfs.exfat": "exfatprogs",
+    "mkfs.ext4": "e2fsprogs",
     "mkfs.vfat": "dosfstools",
     "mount": "mount",
     "mount.exfat-fuse": "exfat-fuse",
