@@ -511,3 +511,148 @@ def test_zip_manifest_is_checkable(tmp_path: Path) -> None:
         )
     zipfile.ZipFile(io.BytesIO(buf.getvalue())).extractall(tmp_path)
     subprocess.run(["sha256sum", "-c", "MANIFEST.sha256"], cwd=tmp_path, check=True)
+
+
+# --- what the windows say, in every state, fitted to their boxes -----------------------------
+
+LONG_NAME = "阿卜杜热合曼·买买提艾力·艾合买提"  # a long Uyghur name, in Chinese characters
+LONG_UNIT = "新疆维吾尔自治区乌鲁木齐市公安局天山分局交通警察大队"
+
+
+def _slot(port: int, state: str, **over: Any) -> dict[str, Any]:
+    name = "欧阳娜娜" if port % 2 else LONG_NAME
+    rec = {"serial": f"GX9A2B7C{port:02d}", "officer_no": f"65010{port}",
+           "officer_name": name, "unit_name": LONG_UNIT}  # fmt: skip
+    s: dict[str, Any] = {
+        "port": port, "state": state, "recorder": None if state == "empty" else rec,
+        "battery_percent": 15 if port % 3 == 0 else 87, "files_total": 128, "files_done": 127,
+        "bytes_total": 31_900_000_000, "bytes_done": 31_899_000_000, "bytes_per_s": 38_400_000,
+        "error": None, "priority": False, "reason": None, "reason_params": {},
+        "removed_early": None,
+    }  # fmt: skip
+    s.update(over)
+    return s
+
+
+# every state and every reason the screen words (web/app.py slot_reason)
+EARLY = {"serial": "GX9A2B7C01", "officer_no": "650101", "officer_name": LONG_NAME,
+         "state": "collecting"}  # fmt: skip
+VARIANTS: list[tuple[str, dict[str, Any]]] = [
+    ("empty", {}),
+    ("empty", {"removed_early": EARLY}),
+    ("identifying", {"files_total": 0, "bytes_total": 0}),
+    ("collecting", {"priority": True}),
+    ("collecting", {}),
+    ("complete", {}),
+    ("unregistered", {"reason": "waiting_approval"}),
+    ("unregistered", {"reason": "possible_clone", "reason_params": {"other_port": "7"}}),
+    (
+        "unregistered",
+        {
+            "reason": "officer_changed",
+            "reason_params": {"reported": "650199", "registered": "650101"},
+        },
+    ),
+    (
+        "unregistered",
+        {
+            "reason": "officer_has_recorder",
+            "reason_params": {"officer": "650101", "other": "GX9A2B7C99"},
+        },
+    ),
+    ("unregistered", {"reason": "block_changed"}),
+    ("unregistered", {"reason": "held"}),
+    ("error", {"reason": "not_a_recorder", "recorder": None}),
+    ("error", {"reason": "wrong_password"}),
+    ("error", {"reason": "storage_full"}),
+    ("error", {"reason": "files_kept", "reason_params": {"n": "12"}}),
+    ("error", {"reason": "internal_error"}),
+    ("error", {"reason": "recorder_error"}),
+]
+
+
+def _status(slots: list[dict[str, Any]], alarms: list[dict[str, Any]] | None = None) -> str:
+    return json.dumps({
+        "station": {"id": "PG-0001", "name": "平谷采集站 1", "version": "1",
+                    "time": "2026-12-03T10:00:00+08:00", "mode": "manual"},
+        "network": {"online": True},
+        "disks": [{"total_bytes": 7_681_000_000_000, "free_bytes": 6_120_000_000_000,
+                   "active": True, "health": "healthy"},
+                  {"total_bytes": 15_362_000_000_000, "free_bytes": 15_360_000_000_000,
+                   "active": False, "health": "healthy"}],
+        "alarms": alarms or [],
+        "slots": slots,
+    }, ensure_ascii=False)  # fmt: skip
+
+
+class ScreenFeed:
+    """The screen's two data routes answered by the test: the page's own code renders
+    whatever status it is given (the stream reconnects every 0.2 s and fetches it)."""
+
+    def __init__(self, page: Any) -> None:
+        self.body = _status([_slot(p, "empty") for p in range(1, 9)])
+        page.route("**/ui/state", lambda route: route.fulfill(
+            status=200, content_type="application/json", body=self.body))  # fmt: skip
+        page.route("**/ui/stream", lambda route: route.fulfill(
+            status=200, content_type="text/event-stream",
+            body=f"retry: 200\nevent: status\ndata: {self.body}\n\n"))  # fmt: skip
+
+    def show(self, page: Any, slots: list[dict[str, Any]], **kw: Any) -> None:
+        self.body = _status(slots, **kw)
+        want = [s.get("reason") or ("removed_early" if s.get("removed_early") else "")
+                for s in slots]  # fmt: skip
+        page.wait_for_function(
+            "w => { const s = [...document.querySelectorAll('.slot')]"
+            ".sort((a, b) => a.dataset.port - b.dataset.port);"
+            " return s.length === w.length && s.every((e, i) => e.dataset.reason === w[i]); }",
+            arg=want,
+        )
+        page.evaluate("() => new Promise(r => requestAnimationFrame(() => setTimeout(r, 50)))")
+
+
+OVERFLOWS = """() => {
+  const bad = [];
+  const where = (e) => `${e.closest('.slot') ? 'port ' + e.closest('.slot').dataset.port : ''}`
+    + ` ${e.className || e.tagName}: "${e.textContent.trim().slice(0, 40)}"`;
+  for (const box of document.querySelectorAll('.slot, #topbar, #alarm-banner')) {
+    if (box.hidden) continue;
+    const b = box.getBoundingClientRect();
+    for (const e of [box, ...box.querySelectorAll('*')]) {
+      const cs = getComputedStyle(e);
+      if (cs.visibility === 'hidden' || !e.getClientRects().length) continue; // not shown
+      const text = [...e.childNodes].some((n) => n.nodeType === 3 && n.textContent.trim());
+      const r = e.getBoundingClientRect();
+      if (text && (r.left < b.left - 1 || r.right > b.right + 1 || r.top < b.top - 1
+                   || r.bottom > b.bottom + 1)) bad.push('outside its window: ' + where(e));
+      if (cs.display === 'inline' || !(text || e.classList.contains('slot-body'))) continue;
+      const wide = e.scrollWidth - e.clientWidth;
+      if (wide > 1) bad.push(`${wide} px too wide: ` + where(e));
+      // text taller than a box that shows it anyway (a glyph above its line) hides nothing
+      const tall = e.scrollHeight - e.clientHeight;
+      if (cs.overflowY !== 'visible' && tall > 1) bad.push(`${tall} px too tall: ` + where(e));
+    }
+  }
+  return bad;
+}"""
+
+
+@pytest.mark.parametrize("lang", ["zh-CN", "en"])
+def test_no_text_of_a_port_window_overflows_its_box(
+    st: StationProc, page: Any, tmp_path: Path, lang: str
+) -> None:
+    """Every state and reason, with long names and units, in both languages: every text
+    element fits its box (scrollWidth against clientWidth, scrollHeight against
+    clientHeight) and stays inside its window; nothing is cut off with an ellipsis."""
+    feed = ScreenFeed(page)
+    page.goto(st.url(f"/?lang={lang}"))
+    page.wait_for_selector(".slot[data-port='8']")
+    problems: list[str] = []
+    for i in range(0, len(VARIANTS), 8):
+        chunk = VARIANTS[i : i + 8]
+        slots = [_slot(n + 1, state, **over) for n, (state, over) in enumerate(chunk)]
+        slots += [_slot(p, "empty") for p in range(len(slots) + 1, 9)]
+        feed.show(page, slots)
+        problems += [f"{lang} {[v[1].get('reason') for v in chunk]}: {p}"
+                     for p in page.evaluate(OVERFLOWS)]  # fmt: skip
+        shot(page, f"station-states-{i // 8 + 1}{'' if lang == 'zh-CN' else '-en'}", tmp_path)
+    assert not problems, "\n".join(problems)

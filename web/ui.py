@@ -45,6 +45,12 @@ class ApproveBody(BaseModel):
     code: str | None = Field(default=None, max_length=8)  # TOTP, where the policy asks
 
 
+class AckBody(BaseModel):
+    admin_no: str = Field(min_length=1, max_length=32)
+    secret: str = Field(min_length=1, max_length=256)
+    code: str | None = Field(default=None, max_length=8)  # TOTP, where the policy asks
+
+
 class AnnotateBody(BaseModel):
     level: Literal["normal", "important", "evidence"] | None = None
     note: str | None = Field(default=None, max_length=2000)
@@ -122,6 +128,23 @@ def router() -> APIRouter:
             raise HTTPException(409, N_("This recorder cannot be registered")) from e
         ctx.station.notify()
         return {"serial": r.serial, "status": r.status}
+
+    # --- alarms ----------------------------------------------------------------------------
+
+    @r.post("/alarms/{alarm_id}/ack")
+    def acknowledge_alarm(alarm_id: Id, body: AckBody, ctx: UI) -> dict[str, Any]:
+        """An administrator at the screen has seen an alarm (their PIN typed on the keypad);
+        it stays raised until its cause is gone."""
+        result = accounts.authenticate(
+            ctx.station.catalog, body.admin_no, body.secret, code=body.code
+        )
+        if result.account is None:
+            raise login_refusal(result.reason)
+        if not result.account.is_admin:
+            raise HTTPException(403, N_("Only an administrator may do this"))
+        if not ctx.station.acknowledge_alarm(alarm_id, result.account.officer_no):
+            raise HTTPException(404, N_("This alarm is no longer raised"))
+        return {"acknowledged": alarm_id}
 
     # --- priority (S30) -----------------------------------------------------------------
 
