@@ -21,7 +21,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import StationProc, free_port, sha256_file, wait_for, write_config
+from conftest import (
+    StationProc,
+    free_port,
+    needs_root,
+    sha256_file,
+    tmpfs_disks,
+    wait_for,
+    write_config,
+)
 
 from station import accounts
 from station.catalog import Catalog
@@ -656,3 +664,53 @@ def test_no_text_of_a_port_window_overflows_its_box(
                      for p in page.evaluate(OVERFLOWS)]  # fmt: skip
         shot(page, f"station-states-{i // 8 + 1}{'' if lang == 'zh-CN' else '-en'}", tmp_path)
     assert not problems, "\n".join(problems)
+
+
+# --- alarms ----------------------------------------------------------------------------------
+
+
+def _screen(browser: Any, url: str, lang: str = "zh-CN") -> Any:
+    ctx = browser.new_context(viewport={"width": 1024, "height": 600}, has_touch=True,
+                              locale="zh-CN", bypass_csp=True)  # fmt: skip
+    pg = ctx.new_page()
+    pg.goto(f"{url}?lang={lang}")
+    pg.wait_for_function("document.body.dataset.conn === 'live'")
+    return pg
+
+
+@needs_root
+def test_storage_full_stays_alarmed_while_a_recorder_is_blocked(
+    make_station: Any, browser: Any, tmp_path: Path
+) -> None:
+    """Two 12 MB disks fill up with a recorder docked: its port waits for space, and the
+    alarm stays raised (and first in the banner) for as long as it waits, though a 0-byte
+    file would still fit; it ends when the recorder leaves."""
+    from station.daemon import DISK_CHECK_S
+
+    st2 = make_station(start=False, store={"min_free_mb": 2})
+    st2.wrapper = tmpfs_disks((st2.disks[0], "12m"), (st2.disks[1], "12m"))
+    st2.start()
+    st2.dock(4, st2.build(RecorderSpec(serial="H000004", officer_no="700004", files=12, imp=1,
+                                       size_mb=3.0), seed=4))  # fmt: skip
+    slot = st2.wait_state(4, "error", timeout=240)
+    assert "storage full" in slot["error"]
+    pg = _screen(browser, st2.url("/"))
+    try:
+        # several disk checks later (each used to clear it: a 0-byte file fits)
+        for _ in range(3):
+            time.sleep(DISK_CHECK_S)
+            codes = [a["code"] for a in st2.api("/api/v1/status")["alarms"]]
+            assert "storage_full" in codes, codes
+            assert st2.slot(4)["state"] == "error"
+        pg.wait_for_selector("#alarm-banner:not([hidden])")
+        assert "存储硬盘已满" in pg.inner_text("#alarm-text")
+        assert pg.get_attribute(".slot[data-port='4']", "data-reason") == "storage_full"
+        assert "有空间后自动继续" in pg.inner_text(".slot[data-port='4'] .advice")
+        st2.undock(4)
+        wait_for(
+            lambda: "storage_full" not in [a["code"] for a in st2.api("/api/v1/status")["alarms"]],
+            30,
+            "storage_full cleared once nothing waits for space",
+        )
+    finally:
+        pg.context.close()
