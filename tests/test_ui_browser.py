@@ -714,3 +714,75 @@ def test_storage_full_stays_alarmed_while_a_recorder_is_blocked(
         )
     finally:
         pg.context.close()
+
+
+# Machado, Oliveira and Fernandes (2009): deuteranopia, severity 1, as an SVG colour matrix
+DEUTERANOPIA = (
+    "0.367322 0.860646 -0.227968 0 0  0.280085 0.672501 0.047413 0 0  "
+    "-0.011820 0.042940 0.968881 0 0  0 0 0 1 0"
+)
+
+
+def _head_colour(png: bytes, box: dict[str, float]) -> tuple[float, float, float]:
+    """The most common colour of a window's head (its background, not its text)."""
+    from PIL import Image
+
+    img = Image.open(io.BytesIO(png)).convert("RGB")
+    crop = img.crop((int(box["x"]), int(box["y"]), int(box["x"] + box["width"]),
+                     int(box["y"] + box["height"])))  # fmt: skip
+    counts = sorted(crop.getcolors(maxcolors=1 << 20) or [], reverse=True)
+    return tuple(float(c) for c in counts[0][1])  # type: ignore[return-value]
+
+
+def _luminance(rgb: tuple[float, float, float]) -> float:
+    def lin(c: float) -> float:
+        c /= 255
+        return c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4
+
+    r, g, b = (lin(c) for c in rgb)
+    return 0.2126 * r + 0.7152 * g + 0.0722 * b
+
+
+def test_complete_and_error_differ_for_colour_blind_eyes(
+    st: StationProc, page: Any, tmp_path: Path
+) -> None:
+    """Under a simulated deuteranopia (the page seen through a colour matrix) the heads of a
+    complete and a failed window still differ clearly in lightness, and each carries its
+    own large shape (a tick, a cross) and a state word large enough for 1.5 m."""
+    feed = ScreenFeed(page)
+    page.goto(st.url("/"))
+    page.wait_for_selector(".slot[data-port='8']")
+    slots = [_slot(1, "complete"), _slot(2, "error", reason="files_kept",
+                                         reason_params={"n": "3"})]  # fmt: skip
+    feed.show(page, slots + [_slot(p, "empty") for p in range(3, 9)])
+    page.evaluate(
+        """m => {
+        const ns = 'http://www.w3.org/2000/svg';
+        const svg = document.createElementNS(ns, 'svg');
+        svg.setAttribute('width', '0'); svg.setAttribute('height', '0');
+        svg.style.position = 'absolute';
+        svg.innerHTML = `<filter id="deut"><feColorMatrix type="matrix" values="${m}"/></filter>`;
+        document.body.appendChild(svg);
+        document.documentElement.style.filter = 'url(#deut)';
+      }""",
+        DEUTERANOPIA,
+    )
+    page.evaluate("() => new Promise(r => requestAnimationFrame(() => setTimeout(r, 100)))")
+    png = page.screenshot()
+    shot(page, "station-deuteranopia", tmp_path)
+    heads = [page.locator(f".slot[data-port='{p}'] .slot-head").bounding_box() for p in (1, 2)]
+    ok, bad = (_head_colour(png, h) for h in heads)  # type: ignore[arg-type]
+    light, dark = sorted((_luminance(ok), _luminance(bad)), reverse=True)
+    contrast = (light + 0.05) / (dark + 0.05)
+    assert contrast >= 3.0, (ok, bad, contrast)  # WCAG's ratio for large text and shapes
+    for port, mark in ((1, "✓"), (2, "✕")):
+        m = page.locator(f".slot[data-port='{port}'] .slot-mark")
+        assert m.inner_text() == mark
+        box = m.bounding_box()
+        assert box and box["width"] >= 40 and box["height"] >= 40
+        size = page.evaluate(
+            "p => parseFloat(getComputedStyle(document.querySelector("
+            "`.slot[data-port='${p}'] .slot-state`)).fontSize)",
+            port,
+        )
+        assert size >= 26, size  # about 7 mm on this 7-inch screen: legible at 1.5 m
