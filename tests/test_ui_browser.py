@@ -786,3 +786,57 @@ def test_complete_and_error_differ_for_colour_blind_eyes(
             port,
         )
         assert size >= 26, size  # about 7 mm on this 7-inch screen: legible at 1.5 m
+
+
+def test_the_banner_shows_the_most_severe_alarm_first_and_the_list_acknowledges(
+    st: StationProc, page: Any, tmp_path: Path
+) -> None:
+    """A warning raised first and a critical alarm after it: the banner shows the critical
+    one, in words, with the count; the alarm list orders by severity and an administrator
+    acknowledges one there with their number and PIN (it stays raised)."""
+    from station.alarms import AlarmBook
+
+    catalog = Catalog(st.db)
+    book = AlarmBook(catalog)
+    book.raise_("forward_failing", "upload to central storage failing: timeout", "test-fwd")
+    book.raise_("store_corrupt", "/srv/disk1/800001/K1/x.AVI: hash differs", "test-corrupt")
+    try:
+        page.goto(st.url("/"))
+        page.wait_for_function(
+            "(document.querySelector('#alarm-text') || {}).textContent === '发现损坏的存储文件'",
+            timeout=30000,
+        )
+        n = len(st.api("/api/v1/status")["alarms"])
+        assert page.inner_text("#alarm-count") == str(n)
+        shot(page, "station-alarm-banner", tmp_path)
+        page.click("#alarm-banner")
+        page.wait_for_selector(".al-row[data-code='store_corrupt']")
+        rows = page.eval_on_selector_all(
+            ".al-row", "rs => rs.map(r => [r.dataset.code, r.className])"
+        )
+        sev = ["critical" if "sev-critical" in cls else "warning" for _, cls in rows]
+        assert sev == sorted(sev, key=lambda s: s != "critical"), rows
+        codes = [c for c, _ in rows]
+        assert codes.index("store_corrupt") < codes.index("forward_failing")
+        assert "上传到中心存储失败" in page.inner_text(".al-row[data-code='forward_failing']")
+        shot(page, "station-alarm-list", tmp_path)
+
+        page.click(".al-row[data-code='store_corrupt'] .al-ack")
+        page.click(".kp-input[name='admin_no']")
+        tap(page, ADMIN[0])
+        page.click(".kp-input[name='secret']")
+        tap(page, ADMIN[1])
+        page.click(".kp-ok")
+        page.wait_for_selector(".kp-panel", state="detached")
+        page.wait_for_selector(".al-row.acked[data-code='store_corrupt']", timeout=30000)
+        assert "已确认" in page.inner_text(".al-row[data-code='store_corrupt']")
+        row = st.query(
+            "SELECT acked_by, cleared_at FROM alarms WHERE code = 'store_corrupt'"
+            " AND subject = 'test-corrupt'"
+        )[0]
+        assert row == (ADMIN[0], None)  # acknowledged, still raised
+        page.click(".al-close")
+    finally:
+        book.clear("forward_failing", "test-fwd")
+        book.clear("store_corrupt", "test-corrupt")
+        catalog.close()
