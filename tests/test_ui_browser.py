@@ -490,11 +490,22 @@ def test_an_administrator_with_a_second_factor_logs_in_with_its_code(
     page.wait_for_function("document.querySelector('#who-name').textContent.includes('900007')")
 
 
-def test_screen_recovers_when_the_daemon_restarts(st: StationProc, page: Any) -> None:
+def test_screen_recovers_when_the_daemon_restarts(
+    st: StationProc, page: Any, tmp_path: Path
+) -> None:
     page.goto(st.url("/"))
     page.wait_for_function("document.body.dataset.conn === 'live'")
     st.stop()
     page.wait_for_function("document.body.dataset.conn === 'reconnecting'", timeout=20000)
+    # not a screen that looks current: every window greyed, the clock and network blank,
+    # and in plain words that nothing is collected
+    page.wait_for_function("document.body.dataset.down === '1'", timeout=20000)
+    assert page.is_visible("#down")
+    assert "采集站未在采集" in page.inner_text("#down")
+    assert page.inner_text("#clock-time") == "--:--:--"
+    filters = page.eval_on_selector_all(".slot", "s => s.map(e => getComputedStyle(e).filter)")
+    assert filters and all("grayscale(1)" in f for f in filters), filters
+    shot(page, "station-daemon-down", tmp_path)
     st.start()
     page.wait_for_function("document.body.dataset.conn === 'live'", timeout=30000)
     # and it is live: a dock shows up without reloading the page
@@ -504,6 +515,7 @@ def test_screen_recovers_when_the_daemon_restarts(st: StationProc, page: Any) ->
         timeout=10000,
     )
     assert page.evaluate("performance.getEntriesByType('navigation').length") == 1
+    assert page.is_hidden("#down")
 
 
 def test_zip_manifest_is_checkable(tmp_path: Path) -> None:
@@ -840,3 +852,29 @@ def test_the_banner_shows_the_most_severe_alarm_first_and_the_list_acknowledges(
         book.clear("forward_failing", "test-fwd")
         book.clear("store_corrupt", "test-corrupt")
         catalog.close()
+
+
+def test_a_recorder_pulled_out_early_is_shown_said_and_logged(st: StationProc, page: Any) -> None:
+    """Unplugged while collecting: its window says the collection did not finish, with
+    the recorder's identity, instead of going quietly back to empty; the log has it."""
+    page.goto(st.url("/"))
+    page.wait_for_function("document.body.dataset.conn === 'live'")
+    dock(st, 7, 77, serial="K000077", officer_no=OFFICER[0], officer_name="王五",
+         files=6, imp=0, size_mb=6, read_mb_s=1)  # fmt: skip
+    st.wait_state(7, "unregistered")
+    st.cli("recorders", "approve", "K000077")
+    st.wait_state(7, "collecting", timeout=60)
+    st.undock(7)
+    win = ".slot[data-port='7']"
+    page.wait_for_selector(f"{win}[data-reason='removed_early']", timeout=20000)
+    assert page.get_attribute(win, "data-state") == "empty"
+    text = page.inner_text(win)
+    assert "未完成" in text and "K000077" in text and "采集未完成就被拔出" in text
+    kinds = [e["kind"] for e in st.api("/api/v1/events", serial="K000077")["items"]]
+    assert "recorder_removed_early" in kinds
+    # docked again: the notice gives way to the new collection
+    dock(st, 7, 77, serial="K000077", officer_no=OFFICER[0], officer_name="王五",
+         files=1, imp=0, size_mb=0.3)  # fmt: skip
+    page.wait_for_selector(f"{win}:not([data-reason='removed_early'])", timeout=20000)
+    st.wait_state(7, "complete", timeout=120)
+    st.undock(7)
