@@ -878,3 +878,52 @@ def test_a_recorder_pulled_out_early_is_shown_said_and_logged(st: StationProc, p
     page.wait_for_selector(f"{win}:not([data-reason='removed_early'])", timeout=20000)
     st.wait_state(7, "complete", timeout=120)
     st.undock(7)
+
+
+def _logged_out(page: Any) -> bool:
+    return page.evaluate(
+        "fetch('/ui/api/session', {credentials: 'same-origin'}).then(r => r.json())"
+        ".then(s => !s.user)"
+    )
+
+
+def test_the_kiosk_returns_to_the_port_windows(st: StationProc, page: Any, tmp_path: Path) -> None:
+    """The console opened from the station screen gives the screen back to the port
+    windows (ending the session) when a recorder docks, on logout and when idle, and
+    shows a strip of the ports meanwhile."""
+    page.goto(st.url("/"))
+    page.wait_for_function("document.body.dataset.conn === 'live'")
+    page.click("#files-btn")
+    page.wait_for_url("**/ui/console?kiosk=1")
+    keypad_login(page, *ADMIN)
+    page.wait_for_selector("#view-files:not([hidden])")
+    page.wait_for_selector("#port-strip .chip[data-port='8']")
+    shot(page, "console-kiosk-strip", tmp_path)
+
+    # a recorder docks: back to the windows, where it shows
+    dock(st, 2, 22, serial="K000022", officer_no=OFFICER[0], files=1, imp=0, size_mb=0.3)
+    page.wait_for_url(st.url("/"), timeout=20000)
+    page.wait_for_function(
+        "(document.querySelector('.slot[data-port=\"2\"]') || {dataset: {}}).dataset.state"
+        " && document.querySelector('.slot[data-port=\"2\"]').dataset.state !== 'empty'",
+        timeout=20000,
+    )
+    assert _logged_out(page)
+
+    # logout
+    page.click("#files-btn")
+    keypad_login(page, *ADMIN)
+    page.wait_for_selector("#view-files:not([hidden])")
+    page.click("#logout-btn")
+    page.wait_for_url(st.url("/"), timeout=20000)
+    assert _logged_out(page)
+
+    # idle (here after 2 s without a touch)
+    page.goto(st.url("/ui/console?kiosk=1&idle_s=2"))
+    keypad_login(page, *ADMIN)
+    page.wait_for_selector("#view-files:not([hidden])")
+    page.wait_for_url(st.url("/"), timeout=30000)
+    assert _logged_out(page)
+    st.cli("recorders", "approve", "K000022")
+    st.wait_state(2, "complete", timeout=120)
+    st.undock(2)

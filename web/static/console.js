@@ -26,6 +26,13 @@
     if (v === 'files') search();
   }
 
+  // In the cabinet's kiosk (opened from the station screen with ?kiosk=1) the console
+  // gives the screen back to the port windows: on logout, after IDLE_S without a touch,
+  // and as soon as a recorder docks; a strip in the header shows the ports meanwhile.
+  const URLQ = new URLSearchParams(window.location.search);
+  const KIOSK = URLQ.get('kiosk') === '1';
+  const IDLE_S = Number(URLQ.get('idle_s')) > 0 ? Number(URLQ.get('idle_s')) : 180;
+
   let user = null;
   let view = 'files';
   let query = {};
@@ -178,7 +185,7 @@
     try {
       return await p;
     } catch (e) {
-      if (e.status === 401) { showLogin(); return null; }
+      if (e.status === 401) { if (KIOSK) toStation(); else showLogin(); return null; }
       toast(e.message, true);
       return null;
     }
@@ -572,11 +579,71 @@
     }
   }
 
+  // ------------------------------------------------------------ the kiosk
+  let leaving = false;
+  /** Back to the port windows; in the kiosk the session ends first (nobody stays logged in). */
+  async function toStation() {
+    if (leaving) return;
+    leaving = true;
+    if (KIOSK && user) {
+      try { await Api.post('/ui/api/logout'); } catch (_e) { /* it ends by itself when idle */ }
+    }
+    window.location.href = '/';
+  }
+
+  const STRIP_STATES = ['empty', 'identifying', 'unregistered', 'collecting', 'complete', 'error'];
+  function renderStrip(slots) {
+    const strip = $('port-strip');
+    if (strip.childElementCount !== slots.length) {
+      strip.textContent = '';
+      for (const s of slots) {
+        const c = el('span', 'chip', String(s.port));
+        c.dataset.port = String(s.port);
+        strip.appendChild(c);
+      }
+    }
+    slots.forEach((s, i) => {
+      const c = strip.children[i];
+      const state = STRIP_STATES.includes(s.state) ? s.state : 'empty';
+      c.className = `chip st-${state}`;
+      c.dataset.state = state;
+    });
+  }
+
+  function watchPorts() {
+    if (typeof EventSource !== 'function') return;
+    const es = new EventSource('/ui/stream');
+    let seen = null;
+    es.addEventListener('status', (ev) => {
+      let st;
+      try { st = JSON.parse(ev.data); } catch (_e) { return; }
+      const slots = Array.isArray(st.slots) ? st.slots : [];
+      renderStrip(slots);
+      const now = new Map(slots.map((s) => [s.port, s.state]));
+      // a recorder docked: whoever docked it wants to see its window
+      if (KIOSK && seen && slots.some((s) => s.state !== 'empty' && seen.get(s.port) === 'empty')) {
+        es.close();
+        toStation();
+        return;
+      }
+      seen = now;
+    });
+  }
+
+  function watchIdle() {
+    if (!KIOSK) return;
+    let timer = null;
+    const poke = () => { clearTimeout(timer); timer = setTimeout(toStation, IDLE_S * 1000); };
+    for (const ev of ['pointerdown', 'keydown', 'input', 'wheel']) document.addEventListener(ev, poke, true);
+    poke();
+  }
+
   // ------------------------------------------------------------ start
   function wire() {
-    $('to-station').addEventListener('click', () => { window.location.href = '/'; });
+    $('to-station').addEventListener('click', toStation);
     $('lang-btn').addEventListener('click', () => I18n.toggle());
     $('logout-btn').addEventListener('click', async () => {
+      if (KIOSK) { toStation(); return; }
       await Api.post('/ui/api/logout');
       selected.clear();
       showLogin();
@@ -602,6 +669,8 @@
     $('clock-resume').addEventListener('click', resumeRetention);
     $('new-user').addEventListener('submit', addUser);
     attachKeypads();
+    watchPorts();
+    watchIdle();
   }
 
   I18n.onChange(() => {
