@@ -927,3 +927,72 @@ def test_the_kiosk_returns_to_the_port_windows(st: StationProc, page: Any, tmp_p
     st.cli("recorders", "approve", "K000022")
     st.wait_state(2, "complete", timeout=120)
     st.undock(2)
+
+
+def osk_type(page: Any, keys: str) -> None:
+    """Tap keys of the on-screen keyboard (a space is its space bar)."""
+    for k in keys:
+        page.click(f".osk .hg-button[data-skbtn='{'{space}' if k == ' ' else k}']")
+
+
+def osk_pinyin(page: Any, pinyin: str, char: str) -> None:
+    """Type a syllable in pinyin on the on-screen keyboard and tap its character."""
+    osk_type(page, pinyin)
+    page.click(f".hg-candidate-box-list-item:text-is('{char}')")
+
+
+def test_a_delete_with_its_reason_typed_on_the_on_screen_keyboard(
+    st: StationProc, page: Any, tmp_path: Path
+) -> None:
+    """In the kiosk an administrator finds a recorder's files by its serial (letters and
+    digits) and deletes one with a reason typed in pinyin and letters, all on the
+    on-screen keyboard; the station's own message replaces the browser's bubble."""
+    dock(st, 5, 55, serial="KX55A", officer_no=OFFICER[0], officer_name="王五",
+         files=2, imp=0, size_mb=0.3)  # fmt: skip
+    st.wait_state(5, "unregistered")
+    st.cli("recorders", "approve", "KX55A")
+    st.wait_state(5, "complete", timeout=120)
+    st.undock(5)
+    page.goto(st.url("/ui/console?kiosk=1"))
+    keypad_login(page, *ADMIN)
+    page.wait_for_selector("#view-files:not([hidden])")
+
+    page.click("#search input[name='serial']")
+    page.wait_for_selector(".osk")
+    osk_type(page, "kx55")
+    page.click(".osk .hg-button[data-skbtn='{shift}']")
+    osk_type(page, "A")
+    assert page.input_value("#search input[name='serial']") == "kx55A"
+    page.fill("#search input[name='serial']", "KX55A")  # the search is exact: upper case
+    page.click(".osk .hg-button[data-skbtn='{done}']")
+    page.wait_for_selector(".osk", state="detached")
+    page.click("#search button[type='submit']")
+    page.wait_for_function(
+        "document.querySelectorAll('#results .row').length > 0"
+        " && [...document.querySelectorAll('#results .row-sub')]"
+        ".every(r => r.textContent.includes('KX55A'))"
+    )
+    fid = int(page.get_attribute("#results .row", "data-id"))
+    page.locator("#results .row").first.click()
+    page.wait_for_selector("#delete-one:not([hidden])")
+    page.click("#delete-one")
+    page.wait_for_selector(".dialog textarea[name='reason']")
+    page.click(".dialog .btn.danger")  # no reason: the station says so, in Chinese
+    page.wait_for_selector(".dialog-error:not([hidden])")
+    assert "请填写" in page.inner_text(".dialog-error")
+
+    page.click(".dialog textarea[name='reason']")
+    page.wait_for_selector(".osk[data-mode='pinyin']")
+    osk_pinyin(page, "chong", "重")
+    osk_pinyin(page, "fu", "复")
+    osk_pinyin(page, "lu", "录")
+    page.click(".osk .hg-button[data-skbtn='{mode}']")  # to ABC
+    page.wait_for_selector(".osk[data-mode='letters']")
+    osk_type(page, " test 1")
+    shot(page, "console-keyboard", tmp_path)
+    assert page.input_value(".dialog textarea[name='reason']") == "重复录 test 1"
+    page.click(".dialog .btn.danger")
+    page.wait_for_selector("#toast:not([hidden])")
+    assert "已删除" in page.inner_text("#toast")
+    ev = [e for e in st.api("/api/v1/events", file_id=fid)["items"] if e["kind"] == "file_deleted"]
+    assert ev and "重复录 test 1" in ev[-1]["message"], ev

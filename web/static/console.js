@@ -89,6 +89,13 @@
         form.appendChild(lab);
         inputs.push(inp);
       }
+      // the station's own messages, in its language (no browser validation bubbles)
+      form.noValidate = true;
+      const err = el('div', 'dialog-error');
+      err.setAttribute('role', 'alert');
+      err.hidden = true;
+      form.appendChild(err);
+      form.addEventListener('input', () => { err.hidden = true; });
       const row = el('div', 'dialog-buttons');
       const cancel = el('button', 'btn', _('Cancel'));
       cancel.type = 'button';
@@ -102,7 +109,13 @@
       cancel.addEventListener('click', () => done(null));
       form.addEventListener('submit', (ev) => {
         ev.preventDefault();
-        if (!form.reportValidity()) return;
+        const why = invalid(fields || [], inputs);
+        if (why) {
+          err.textContent = I18n.visible(why.text);
+          err.hidden = false;
+          why.input.focus();
+          return;
+        }
         const v = {};
         for (const i of inputs) v[i.name] = i.value.trim();
         done(v);
@@ -110,6 +123,21 @@
       (inputs[0] || okb).focus();
     });
   }
+
+  /** What is wrong with a form's fields ({text, input}), in the station's words, or null. */
+  function invalid(fields, inputs) {
+    for (let i = 0; i < fields.length; i += 1) {
+      const f = fields[i];
+      const v = inputs[i].value.trim();
+      if (f.required && !v) return { text: _('Please fill in: {field}', { field: f.label }), input: inputs[i] };
+      if (v && f.minLength && v.length < f.minLength) {
+        return { text: _('{field}: at least {n} characters', { field: f.label, n: f.minLength }), input: inputs[i] };
+      }
+    }
+    return null;
+  }
+
+  const DATE = /^\d{4}-\d{2}-\d{2}$/;
 
   // ------------------------------------------------------------ session
   function applyRoles() {
@@ -211,6 +239,12 @@
     const f = new FormData($('search'));
     const q = {};
     for (const [k, v] of f.entries()) if (String(v).trim()) q[k] = String(v).trim();
+    for (const k of ['date_from', 'date_to']) {
+      if (q[k] && (!DATE.test(q[k]) || Number.isNaN(Date.parse(q[k])))) {
+        toast(_('Write dates as YYYY-MM-DD, e.g. 2026-12-03'), true);
+        return null;
+      }
+    }
     if (q.grade === 'imp') q.important = 'true';
     else if (q.grade) q.level = q.grade;
     delete q.grade;
@@ -552,6 +586,10 @@
   async function addUser(ev) {
     ev.preventDefault();
     const form = $('new-user');
+    const label = (n) => form[n].closest('label').querySelector('span').textContent;
+    const why = invalid([{ label: label('officer_no'), required: true }, { label: label('secret'), required: true }],
+      [form.officer_no, form.secret]);
+    if (why) { toast(why.text, true); why.input.focus(); return; }
     const body = {
       officer_no: form.officer_no.value.trim(), name: form.name.value.trim(),
       role: form.role.value, secret: form.secret.value,
@@ -572,7 +610,7 @@
         const label = input.closest('label').querySelector('span').textContent;
         Keypad.open({
           title: label,
-          fields: [{ name: 'v', label, value: input.value, optional: true }],
+          fields: [{ name: 'v', label: '', value: input.value, optional: true }],
           onSubmit: async (v) => { input.value = v.v; },
         });
       });
@@ -649,7 +687,11 @@
       showLogin();
     });
     for (const t of document.querySelectorAll('.tab')) t.addEventListener('click', () => show(t.dataset.view));
-    $('search').addEventListener('submit', (ev) => { ev.preventDefault(); query = readQuery(); search(); });
+    $('search').addEventListener('submit', (ev) => {
+      ev.preventDefault();
+      const q = readQuery();
+      if (q) { query = q; search(); }
+    });
     $('search').addEventListener('reset', () => { setTimeout(() => { query = {}; search(); }, 0); });
     $('prev-page').addEventListener('click', () => { offset = Math.max(0, offset - PAGE); search(true); });
     $('next-page').addEventListener('click', () => { offset += PAGE; search(true); });
@@ -669,6 +711,8 @@
     $('clock-resume').addEventListener('click', resumeRetention);
     $('new-user').addEventListener('submit', addUser);
     attachKeypads();
+    // free text on the touchscreen: the on-screen keyboard (pinyin, letters, digits)
+    Osk.attach(document, { when: () => KIOSK || window.matchMedia('(pointer: coarse)').matches });
     watchPorts();
     watchIdle();
   }
