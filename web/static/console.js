@@ -280,7 +280,9 @@
         updateZip();
       });
       row.appendChild(check);
-      row.appendChild(el('span', 'kind', _(KIND_TEXT[f.kind] || f.kind)));
+      const thumb = el('span', 'thumb');
+      thumb.appendChild(el('span', 'kind', _(KIND_TEXT[f.kind] || f.kind)));
+      row.appendChild(thumb);
       const mid = el('div', 'row-main');
       mid.appendChild(el('div', 'row-name', f.name));
       mid.appendChild(el('div', 'row-sub',
@@ -292,10 +294,13 @@
       if (f.case_no) tags.appendChild(el('span', 'tag case', f.case_no));
       if (f.legal_hold) tags.appendChild(el('span', 'tag hold', _('Legal hold')));
       row.appendChild(tags);
-      row.appendChild(el('span', 'row-size', fmtBytes(f.size)));
+      const size = el('span', 'row-size');
+      size.append(el('span', 'row-duration'), el('span', '', fmtBytes(f.size)));
+      row.appendChild(size);
       row.addEventListener('click', () => openFile(f.id));
       box.appendChild(row);
     }
+    loadMediaInfo(page.items.map((f) => f.id));
     const pages = Math.max(1, Math.ceil(page.total / PAGE));
     $('page-info').textContent = _('Page {page} of {pages}', {
       page: Math.floor(offset / PAGE) + 1, pages: page.total_capped ? String(pages) + '+' : pages,
@@ -303,6 +308,40 @@
     $('prev-page').disabled = offset === 0;
     $('next-page').disabled = offset + PAGE >= page.total && !page.total_capped;
     updateZip();
+  }
+
+  /** Thumbnails and lengths, made once in the background: asked again while some are pending. */
+  let mediaTimer = null;
+  async function loadMediaInfo(ids, tries = 0) {
+    clearTimeout(mediaTimer);
+    if (!ids.length) return;
+    let r;
+    try { r = await Api.get(`/ui/api/files/media?ids=${ids.join(',')}`); } catch (_e) { return; }
+    const pending = [];
+    for (const id of ids) {
+      const info = r.items[String(id)];
+      const row = document.querySelector(`#results .row[data-id='${id}']`);
+      if (!info || !row) continue;
+      if (info.pending) { pending.push(id); continue; }
+      if (info.duration_s) row.querySelector('.row-duration').textContent = fmtClock(info.duration_s);
+      const thumb = row.querySelector('.thumb');
+      if (info.thumbnail && !thumb.querySelector('img')) {
+        const img = el('img');
+        img.alt = '';
+        img.loading = 'lazy';
+        img.src = `/ui/api/files/${id}/thumbnail`;
+        thumb.prepend(img);
+        thumb.classList.add('has-img');
+      }
+    }
+    if (pending.length && tries < 60) mediaTimer = setTimeout(() => loadMediaInfo(pending, tries + 1), 1000);
+  }
+  function fmtClock(s) {
+    const n = Math.round(s);
+    const h = Math.floor(n / 3600);
+    const m = Math.floor((n % 3600) / 60);
+    const pad = (x) => String(x).padStart(2, '0');
+    return h ? `${h}:${pad(m)}:${pad(n % 60)}` : `${m}:${pad(n % 60)}`;
   }
 
   function updateZip() {
@@ -367,7 +406,7 @@
     if (!items.length) return;
     box.appendChild(el('h3', '', _('History')));
     for (const e of items.slice(0, 20)) {
-      box.appendChild(el('div', 'hist', `${fmtTime(e.at)} ${e.kind} · ${e.actor}`));
+      box.appendChild(el('div', 'hist', `${fmtTime(e.at)} ${kindWords(e.kind)} · ${e.actor}`));
     }
   }
 
@@ -475,6 +514,70 @@
   }
 
   // ------------------------------------------------------------ system log
+  // The system log's kinds in words, grouped for the picker (the log keeps the kind ids).
+  const KIND_GROUPS = [
+    [N_('Collection'), {
+      device_docked: N_('Device docked'), recorder_undocked: N_('Recorder unplugged'),
+      recorder_removed_early: N_('Recorder pulled out before collection finished'),
+      device_ignored: N_('Device ignored (not a recorder)'), recorder_seen: N_('New recorder seen'),
+      recorder_identified: N_('Recorder identified'), recorder_auth_failed: N_('Wrong device password'),
+      recorder_held: N_('Recorder held for an administrator'), recorder_registered: N_('Recorder registered'),
+      clock_set: N_('Recorder clock set'), file_stored: N_('File stored'), file_failed: N_('File failed'),
+      file_held: N_('File kept on the recorder'), card_file_kept: N_('File left on the recorder card'),
+      card_file_deleted: N_('File cleared from the recorder'), card_delete_failed: N_('Clearing the recorder failed'),
+      collection_paused: N_('Collection paused'), collection_failed: N_('Collection failed'),
+      verify_failed: N_('Verification failed'), priority_set: N_('Collect first: set'),
+      priority_cleared: N_('Collect first: ended'), transfer_abandoned: N_('Transfer abandoned'),
+      transfer_moved: N_('Transfer moved'), resume_rejected: N_('Resume refused'),
+    }],
+    [N_('Footage and access'), {
+      file_viewed: N_('Footage viewed'), file_downloaded: N_('File downloaded'),
+      files_downloaded: N_('Files downloaded (zip)'), file_annotated: N_('File annotated'),
+      file_deleted: N_('File deleted'), file_hash_mismatch: N_('Hash mismatch on download'),
+      file_forwarded: N_('File uploaded to central storage'), forward_refused: N_('Upload refused'),
+      file_protection_restored: N_('File protection restored'), file_replaced: N_('File replaced'),
+      file_adopted: N_('File adopted'),
+    }],
+    [N_('Accounts'), {
+      login: N_('Login'), logout: N_('Logout'), login_failed: N_('Login failed'),
+      login_refused: N_('Login refused'), account_locked: N_('Account locked'),
+      session_ended: N_('Session ended'), user_created: N_('User added'), user_changed: N_('User changed'),
+    }],
+    [N_('Alarms'), {
+      alarm_raised: N_('Alarm raised'), alarm_cleared: N_('Alarm cleared'),
+      alarm_acknowledged: N_('Alarm acknowledged'),
+    }],
+    [N_('Disks and store'), {
+      disk_identified: N_('Disk identified'), disk_moved: N_('Disk moved'), disk_replaced: N_('Disk replaced'),
+      disk_retired: N_('Disk retired'), store_recovered: N_('Store recovered'), scrub_failed: N_('Integrity scan failed'),
+      catalog_rebuilt: N_('Catalogue rebuilt'), catalog_rebuild_completed: N_('Catalogue rebuild completed'),
+    }],
+    [N_('Station'), {
+      station_started: N_('Station started'), settings_changed: N_('Settings changed'),
+      settings_reloaded: N_('Configuration reloaded'), settings_imported: N_('Settings imported'),
+      settings_import_failed: N_('Settings import failed'), clock_stepped: N_('Station clock stepped'),
+      clock_confirmed: N_('Station clock confirmed'), integrity_mismatch: N_('Installed software changed'),
+      integrity_recorded: N_('Installation recorded'),
+    }],
+  ];
+  const EVENT_TEXT = Object.assign({}, ...KIND_GROUPS.map(([, kinds]) => kinds));
+  const kindWords = (k) => (EVENT_TEXT[k] ? _(EVENT_TEXT[k]) : k);
+
+  function fillKindPicker() {
+    const sel = $('log-kind');
+    const was = sel.value;
+    sel.textContent = '';
+    sel.appendChild(new Option(_('All kinds'), ''));
+    for (const [group, kinds] of KIND_GROUPS) {
+      const og = document.createElement('optgroup');
+      og.label = _(group);
+      og.appendChild(new Option(_('All: {group}', { group: _(group) }), Object.keys(kinds).join(',')));
+      for (const [k, words] of Object.entries(kinds)) og.appendChild(new Option(_(words), k));
+      sel.appendChild(og);
+    }
+    sel.value = was;
+  }
+
   async function loadLog(fresh) {
     if (fresh) { logBefore = null; $('log-list').textContent = ''; }
     const f = new FormData($('log-search'));
@@ -487,7 +590,9 @@
     for (const e of r.items) {
       const row = el('div', 'log-row');
       row.appendChild(el('span', 'log-at', fmtTime(e.at)));
-      row.appendChild(el('span', 'log-kind', e.kind));
+      const kind = el('span', 'log-kind', kindWords(e.kind));
+      kind.dataset.kind = e.kind;
+      row.appendChild(kind);
       row.appendChild(el('span', 'log-actor', e.actor));
       row.appendChild(el('span', 'log-msg', [e.officer_no, e.serial, e.file_id ? `#${e.file_id}` : '', e.message].filter(Boolean).join(' · ')));
       box.appendChild(row);
@@ -721,6 +826,7 @@
     document.title = _('Footage and administration');
     applyRoles();
     if (lastPage && view === 'files') renderResults(lastPage);
+    fillKindPicker();
   });
 
   I18n.load(I18n.lang).then(async () => {
