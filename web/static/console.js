@@ -816,8 +816,9 @@
     $('clock-resume').addEventListener('click', resumeRetention);
     $('new-user').addEventListener('submit', addUser);
     attachKeypads();
-    // free text on the touchscreen: the on-screen keyboard (pinyin, letters, digits)
-    Osk.attach(document, { when: () => KIOSK || window.matchMedia('(pointer: coarse)').matches });
+    // free text on the station's touchscreen: the on-screen keyboard (pinyin, letters,
+    // digits); a tablet or a PC on the network has its own keyboard
+    Osk.attach(document, { when: () => KIOSK });
     watchPorts();
     watchIdle();
   }
