@@ -338,6 +338,22 @@ def test_login_search_play_and_download(st: StationProc, page: Any, tmp_path: Pa
     assert page.evaluate("document.querySelector('video.player').videoWidth") == 640
     shot(page, "console-player", tmp_path)
 
+    # the station's own controls: pause, one frame forward, a bookmark into the note
+    # (once the seekable copy has replaced the stream)
+    page.wait_for_selector("#viewer-status", state="hidden", timeout=60000)
+    page.click(".pc-play")
+    page.wait_for_function("document.querySelector('video.player').paused")
+    before = page.evaluate("document.querySelector('video.player').currentTime")
+    page.click(".pc-frame-fwd")
+    page.wait_for_function(
+        "t => { const v = document.querySelector('video.player');"
+        " return v.paused && v.currentTime > t && v.currentTime < t + 0.1; }",
+        arg=before,
+    )
+    page.click(".pc-mark")
+    assert page.input_value("#annotate textarea[name='note']").startswith("[0:0")
+    page.fill("#annotate textarea[name='note']", "")
+
     # annotate: level, case number, note
     page.select_option("#annotate select[name='level']", "evidence")
     page.fill("#annotate input[name='case_no']", "PG2026-0042")

@@ -419,6 +419,7 @@
   async function renderViewer(f) {
     const box = $('viewer');
     box.textContent = '';
+    document.querySelectorAll('.player-controls').forEach((c) => c.remove());
     viewerStatus('');
     if (f.kind === 'photo') {
       const img = el('img', 'photo');
@@ -435,12 +436,13 @@
       if (r) box.appendChild(el('pre', 'logtext', r.text));
     } else if (f.kind === 'video') {
       const v = el('video', 'player');
-      v.controls = true;
+      v.controls = false; // the station's own large controls (playerControls)
       v.playsInline = true;
       v.preload = 'auto';
       v.addEventListener('playing', () => { v.dataset.playing = '1'; });
       v.addEventListener('error', () => viewerStatus(_('This video cannot be played: download it')));
       box.appendChild(v);
+      $('viewer').after(playerControls(v));
       const st = await guard(Api.get(`/ui/media/${f.id}/status`));
       if (!st) return;
       if (st.state === 'failed') { viewerStatus(_('This video cannot be played: download it')); return; }
@@ -458,8 +460,11 @@
             const t = v.currentTime;
             const playing = !v.paused;
             v.src = `/ui/media/${f.id}/play`;
-            v.currentTime = t;
-            if (playing) v.play().catch(() => {});
+            // the position can be set once the new copy's length is known
+            v.addEventListener('loadedmetadata', () => {
+              v.currentTime = t;
+              if (playing) v.play().catch(() => {});
+            }, { once: true });
           }
         }, 1000);
       }
@@ -467,6 +472,56 @@
     } else {
       box.appendChild(el('div', 'empty', _('This file cannot be shown in the browser: download it')));
     }
+  }
+
+  /**
+   * Touch controls under the video: play/pause, 10 s back and forward, one frame back and
+   * forward (paused; the browser copy has 25 frames a second at most), a position bar,
+   * and a bookmark that writes the position into the note ("[01:23] ").
+   */
+  const FRAME_S = 1 / 25;
+  function playerControls(v) {
+    document.querySelectorAll('.player-controls').forEach((c) => c.remove());
+    const bar = el('div', 'player-controls');
+    const btn = (cls, label, aria, fn) => {
+      const b = el('button', `pc-btn ${cls}`, label);
+      b.type = 'button';
+      b.setAttribute('aria-label', aria);
+      b.addEventListener('click', fn);
+      bar.appendChild(b);
+      return b;
+    };
+    // (while the browser copy is still being made the length is not known yet)
+    const end = () => (isFinite(v.duration) ? v.duration : Infinity);
+    const step = (s) => { v.pause(); v.currentTime = Math.max(0, Math.min(end(), v.currentTime + s)); };
+    btn('pc-back10', '⏪ 10', _('10 seconds back'), () => { v.currentTime = Math.max(0, v.currentTime - 10); });
+    btn('pc-frame-back', '◀|', _('One frame back'), () => step(-FRAME_S));
+    const play = btn('pc-play', '▶', _('Play or pause'), () => { if (v.paused) v.play().catch(() => {}); else v.pause(); });
+    btn('pc-frame-fwd', '|▶', _('One frame forward'), () => step(FRAME_S));
+    btn('pc-fwd10', '10 ⏩', _('10 seconds forward'), () => { v.currentTime = Math.min(end(), v.currentTime + 10); });
+    const pos = el('input', 'pc-pos');
+    pos.type = 'range';
+    pos.min = '0';
+    pos.max = '1000';
+    pos.value = '0';
+    pos.setAttribute('aria-label', _('Position'));
+    pos.addEventListener('input', () => { if (v.duration) v.currentTime = (pos.value / 1000) * v.duration; });
+    bar.appendChild(pos);
+    const time = el('span', 'pc-time', '0:00');
+    bar.appendChild(time);
+    btn('pc-mark', _('Bookmark'), _('Bookmark this moment in the note'), () => {
+      const note = $('annotate').note;
+      const mark = `[${fmtClock(v.currentTime)}] `;
+      note.value = note.value ? `${note.value.replace(/\s*$/, '')}\n${mark}` : mark;
+      toast(_('Bookmark {time} added to the note: save to keep it', { time: fmtClock(v.currentTime) }));
+    });
+    const update = () => {
+      play.textContent = v.paused ? '▶' : '❚❚';
+      if (v.duration && isFinite(v.duration)) pos.value = String(Math.round((v.currentTime / v.duration) * 1000));
+      time.textContent = `${fmtClock(v.currentTime)} / ${v.duration && isFinite(v.duration) ? fmtClock(v.duration) : '–'}`;
+    };
+    for (const e of ['play', 'pause', 'timeupdate', 'durationchange', 'seeked']) v.addEventListener(e, update);
+    return bar;
   }
 
   async function saveAnnotation(ev) {
