@@ -1012,3 +1012,35 @@ def test_a_delete_with_its_reason_typed_on_the_on_screen_keyboard(
     assert "已删除" in page.inner_text("#toast")
     ev = [e for e in st.api("/api/v1/events", file_id=fid)["items"] if e["kind"] == "file_deleted"]
     assert ev and "重复录 test 1" in ev[-1]["message"], ev
+
+
+def test_the_administrator_has_an_alarm_page_and_a_recorder_list(
+    st: StationProc, page: Any, tmp_path: Path
+) -> None:
+    from station.alarms import AlarmBook
+
+    dock(st, 1, 11, serial="K000011", officer_no="800011", files=1, imp=0, size_mb=0.3)
+    st.wait_state(1, "unregistered")  # manual mode: pending
+    catalog = Catalog(st.db)
+    book = AlarmBook(catalog)
+    book.raise_("disk_degraded", "disk 2 reallocated sectors rising", "test-page")
+    try:
+        page.goto(st.url("/ui/console"))
+        keypad_login(page, *ADMIN)
+        page.wait_for_selector("#view-files:not([hidden])")
+        page.click(".tab[data-view='recorders']")
+        row = page.wait_for_selector(".rec-row[data-serial='K000011']")
+        assert "等待注册" in row.inner_text() and "800011" in row.inner_text()
+        shot(page, "console-recorders", tmp_path)
+        page.click(".tab[data-view='alarms']")
+        row = page.wait_for_selector(".alarm-row[data-code='disk_degraded']")
+        assert "存储硬盘老化" in row.inner_text() and "未确认" in row.inner_text()
+        shot(page, "console-alarms", tmp_path)
+        row.query_selector("button").click()
+        page.wait_for_selector(".alarm-row[data-code='disk_degraded'] >> text=已由 900001 确认")
+        acked = st.query("SELECT acked_by FROM alarms WHERE subject = 'test-page'")[0][0]
+        assert acked == ADMIN[0]
+    finally:
+        book.clear("disk_degraded", "test-page")
+        catalog.close()
+        st.undock(1)

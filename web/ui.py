@@ -149,6 +149,25 @@ def router() -> APIRouter:
             raise HTTPException(404, N_("This alarm is no longer raised"))
         return {"acknowledged": alarm_id}
 
+    @r.get("/alarms")
+    def alarm_page(user: AdminUser, ctx: UI, active: bool = False) -> dict[str, Any]:
+        """The alarms for the console's alarm page: raised ones, or the history too."""
+        return {"items": ctx.station.alarm_list(active_only=active)}
+
+    @r.post("/alarms/{alarm_id}/seen")
+    def alarm_seen(alarm_id: Id, user: AdminUser, ctx: UI) -> dict[str, Any]:
+        """The logged-in administrator acknowledges an alarm from the console."""
+        if not ctx.station.acknowledge_alarm(alarm_id, user.officer_no):
+            raise HTTPException(404, N_("This alarm is no longer raised"))
+        return {"acknowledged": alarm_id}
+
+    # --- recorders --------------------------------------------------------------------------
+
+    @r.get("/recorders")
+    def recorder_list(user: AdminUser, ctx: UI) -> dict[str, Any]:
+        """Every recorder seen: registered or pending, to whom, when and where last seen."""
+        return {"items": ctx.station.recorders()}
+
     # --- priority (S30) -----------------------------------------------------------------
 
     @r.post("/ports/{port}/priority")

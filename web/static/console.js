@@ -231,6 +231,8 @@
     if (name !== 'file' && media) media.pause();
     if (name === 'log') loadLog(true);
     if (name === 'settings') loadSettings();
+    if (name === 'alarms') loadAlarms();
+    if (name === 'recorders') loadRecorders();
     if (name === 'users') loadUsers();
   }
 
@@ -656,6 +658,62 @@
     $('log-more').disabled = !r.before;
   }
 
+  // ------------------------------------------------------------ alarms and recorders
+  const SEVERITY_TEXT = { critical: N_('Critical'), warning: N_('Warning'), info: N_('Notice') };
+  async function loadAlarms() {
+    const all = $('alarms-history').checked;
+    const r = await guard(Api.get(`/ui/api/alarms?active=${all ? 'false' : 'true'}`));
+    if (!r) return;
+    const box = $('alarm-page');
+    box.textContent = '';
+    if (!r.items.length) box.appendChild(el('div', 'empty', _('No alarms')));
+    const rank = { critical: 0, warning: 1, info: 2 };
+    const items = r.items.slice().sort((a, b) => (!!a.cleared_at - !!b.cleared_at)
+      || ((rank[a.severity] ?? 1) - (rank[b.severity] ?? 1)) || String(b.since).localeCompare(String(a.since)));
+    for (const a of items) {
+      const row = el('div', `log-row alarm-row sev-${a.severity}${a.cleared_at ? ' cleared' : ''}`);
+      row.dataset.code = a.code;
+      row.appendChild(el('span', 'log-at', fmtTime(a.since)));
+      row.appendChild(el('span', 'log-kind', _(SEVERITY_TEXT[a.severity] || a.severity)));
+      const words = Alarms.text({ code: a.code, port: null });
+      const state = a.cleared_at ? _('Cleared {time}', { time: fmtTime(a.cleared_at) })
+        : a.acked_at ? _('Acknowledged by {who}', { who: a.acked_by }) : _('Not acknowledged');
+      row.appendChild(el('span', 'log-actor', state));
+      row.appendChild(el('span', 'log-msg', `${words} · ${a.message}${a.count > 1 ? ` (×${a.count})` : ''}`));
+      if (!a.cleared_at && !a.acked_at) {
+        const b = el('button', 'btn', _('Acknowledge'));
+        b.type = 'button';
+        b.addEventListener('click', async () => {
+          if (await guard(Api.post(`/ui/api/alarms/${a.id}/seen`))) { toast(_('Saved')); loadAlarms(); }
+        });
+        row.appendChild(b);
+      }
+      box.appendChild(row);
+    }
+  }
+
+  const STATUS_TEXT = { registered: N_('Registered'), pending: N_('Waiting for registration') };
+  async function loadRecorders() {
+    const r = await guard(Api.get('/ui/api/recorders'));
+    if (!r) return;
+    const box = $('recorder-list');
+    box.textContent = '';
+    if (!r.items.length) box.appendChild(el('div', 'empty', _('No recorder seen yet')));
+    for (const rec of r.items) {
+      const row = el('div', `log-row rec-row status-${rec.status}`);
+      row.dataset.serial = rec.serial;
+      row.appendChild(el('span', 'log-at', rec.serial));
+      row.appendChild(el('span', 'log-kind', _(STATUS_TEXT[rec.status] || rec.status)));
+      const who = rec.officer_no ? `${rec.officer_no} ${rec.officer_name || ''}`.trim()
+        : _('reports {officer}', { officer: (rec.reported && rec.reported.officer_no) || '—' });
+      row.appendChild(el('span', 'log-actor', who));
+      const seen = _('Last seen {time} on port {port}', { time: fmtTime(rec.last_seen_at), port: rec.last_port || '—' });
+      const batt = rec.battery_percent != null ? ` · ${_('battery {n}%', { n: rec.battery_percent })}` : '';
+      row.appendChild(el('span', 'log-msg', seen + batt));
+      box.appendChild(row);
+    }
+  }
+
   // ------------------------------------------------------------ settings
   async function loadSettings() {
     const r = await guard(Api.get('/ui/api/settings'));
@@ -868,6 +926,7 @@
     $('log-search').addEventListener('submit', (ev) => { ev.preventDefault(); loadLog(true); });
     $('log-more').addEventListener('click', () => loadLog(false));
     $('settings').addEventListener('submit', saveSettings);
+    $('alarms-history').addEventListener('change', loadAlarms);
     $('clock-resume').addEventListener('click', resumeRetention);
     $('new-user').addEventListener('submit', addUser);
     attachKeypads();
