@@ -315,6 +315,16 @@ def test_login_search_play_and_download(st: StationProc, page: Any, tmp_path: Pa
     assert page.inner_text("#who-name").endswith(OFFICER[0])
     rows = page.locator("#results .row").count()
     assert rows == len(files)
+    # thumbnails and lengths come in as they are made, in the background
+    page.wait_for_selector("#results .row.kind-video .thumb img", timeout=60000)
+    page.wait_for_function(
+        "document.querySelector('#results .row.kind-video .row-duration').textContent"
+        ".match(/^\\d+:\\d\\d$/)",
+        timeout=60000,
+    )
+    page.wait_for_function(
+        "[...document.querySelectorAll('#results .thumb img')].every(i => i.complete)"
+    )
     shot(page, "console-files", tmp_path)
 
     # search: videos only
@@ -359,7 +369,7 @@ def test_login_search_play_and_download(st: StationProc, page: Any, tmp_path: Pa
     page.fill("#annotate input[name='case_no']", "PG2026-0042")
     page.fill("#annotate textarea[name='note']", "路口纠纷 现场录像")
     page.click("#annotate button[type='submit']")
-    page.wait_for_selector("#toast:not([hidden])")
+    page.wait_for_function("document.querySelector('#toast').textContent === '已保存'")
     fid = int(page.get_attribute("#download-one", "href").split("/")[3])
     row = st.query("SELECT level, case_no, note FROM files WHERE id = ?", fid)[0]
     assert row == ("evidence", "PG2026-0042", "路口纠纷 现场录像")

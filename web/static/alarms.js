@@ -32,6 +32,7 @@ const Alarms = (() => {
   const RANK = { critical: 0, warning: 1, info: 2 };
 
   let current = [];
+  let shown = '';
   let box = null;
 
   /** Most severe first; not yet acknowledged before acknowledged; then the oldest first. */
@@ -134,8 +135,15 @@ const Alarms = (() => {
     text,
     openList,
     closeList,
-    update(list) { current = list; renderList(); },
-    refresh: renderList,
+    update(list) {
+      // rebuilt only when something changed: a button must not be replaced under a finger
+      const key = JSON.stringify(list);
+      if (key === shown) return;
+      shown = key;
+      current = list;
+      renderList();
+    },
+    refresh() { renderList(); },
     get open() { return !!box; },
   };
 })();

@@ -616,6 +616,7 @@
     updateConn();
     if (lastState) render(lastState);
     tickClock();
+    Alarms.refresh(); // the open list, in the new language
   });
 
   // ---------------------------------------------------------------- data
