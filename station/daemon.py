@@ -62,11 +62,14 @@ from station.retention import DiskFacts, Plan, RetentionSweeper, days_until_full
 from station.scrubber import Scrubber
 from station.smart import Health, HealthHistory, check_disk
 from station.store import Store, StoreDisk
-from station.voice import Announcer
+from station.voice import Announcer, reason_code
 
 log = logging.getLogger(__name__)
 
 DISK_CHECK_S = 5.0
+REMOVED_EARLY_SHOWN_S = 120.0  # how long a port says a recorder was pulled out too soon
+# alarms about one recorder (subject: its serial): they end when it leaves the station
+RECORDER_ALARMS = ("battery_critical", "recorder_clock_drift", "collection_failed")
 STATUS_MAX_AGE_S = 0.5  # the central API's status: rendered at most twice a second
 
 
@@ -201,6 +204,8 @@ class Station:
         self.announcer = Announcer(config.voice, clock=self.now)
         self.alarms = AlarmBook(self.catalog, self.notify, self._alarm_raised)
         self._spoken: dict[int, tuple[int, str]] = {}  # port -> (generation, state) last seen
+        # port -> (when, the recorder, its state): unplugged before its collection ended
+        self._removed_early: dict[int, tuple[float, dict[str, str], str]] = {}
         self.retention = RetentionSweeper(self.catalog, retention_rules(config))
         self.disk_book = DiskBook(
             self.catalog, config.station.id, folder_disks=config.store.folder_disks
@@ -768,11 +773,21 @@ class Station:
                 self.alarms.raise_(
                     "disk_missing", f"store disk {d.path} is not usable: {why}", str(d.path)
                 )
-        if self.store.pick(0) is not None:
+        if self.store.pick(0) is not None and not self.waiting_for_space():
+            # a 0-byte file fitting is not enough while a recorder waits for room for its
+            # next file: that collector clears the alarm itself once the file fits
             self.alarms.clear("storage_full")
         saved = self.catalog.get_state("active_disk")
         if saved != str(self.store.active):
             self.catalog.set_state("active_disk", str(self.store.active))
+
+    def waiting_for_space(self) -> list[int]:
+        """The ports whose collection is paused because no store disk has room."""
+        return [
+            p
+            for p, slot in self.slots.items()
+            if slot.state == "error" and reason_code(slot.error) == "storage_full"
+        ]
 
     # --- ports ----------------------------------------------------------------------------
 
@@ -794,11 +809,13 @@ class Station:
             return
         if change.old is not None:
             log.info("port %s: undocked", change.port)
+            self._undocked(slot)
             slot.reset()
             self._log_queued("recorder_undocked", port=change.port)
             self._end_priority(change.port, "recorder undocked")
         if change.new is not None:
             log.info("port %s: docked %s", change.port, change.new.key)
+            self._removed_early.pop(change.port, None)
             slot.reset()
             docked = self._log_queued(
                 "device_docked", change.new.kind, port=change.port, key=change.new.key
@@ -815,6 +832,44 @@ class Station:
             self._workers[change.port] = fut
             fut.add_done_callback(lambda f, p=change.port, d=change.new: self._worker_done(p, d, f))
         self.notify()
+
+    def _undocked(self, slot: Slot) -> None:
+        """A recorder left `slot`: its own alarms end, and if its collection had not ended
+        the port says so for a while (and the log and the speaker too)."""
+        rec = dict(slot.recorder or {})
+        serial = rec.get("serial", "")
+        if serial:
+
+            def clear(serial: str = serial) -> None:
+                for code in RECORDER_ALARMS:
+                    self.alarms.clear(code, subject=serial)
+
+            # on the log's writer: before the next docking's events, so a recorder docked
+            # again at once cannot have its new alarm cleared by this
+            self._loop_log.submit(clear)
+        if slot.state in ("empty", "complete"):
+            return
+        shown = {k: rec.get(k, "") for k in ("serial", "officer_no", "officer_name")}
+        self._removed_early[slot.port] = (time.monotonic(), shown, slot.state)
+        self._log_queued(
+            "recorder_removed_early",
+            f"unplugged while {slot.state}: collection not finished",
+            port=slot.port,
+            serial=serial or None,
+            officer_no=rec.get("officer_no") or None,
+            state=slot.state,
+            files_done=slot.files_done,
+            files_total=slot.files_total,
+        )
+        self.announcer.say("collection_failed", port=slot.port, reason="removed_early")
+
+    def removed_early(self, port: int) -> dict[str, str] | None:
+        """The recorder pulled out of `port` before its collection ended, while that is
+        still shown (REMOVED_EARLY_SHOWN_S), with the state it was in."""
+        seen = self._removed_early.get(port)
+        if seen is None or time.monotonic() - seen[0] > REMOVED_EARLY_SHOWN_S:
+            return None
+        return {**seen[1], "state": seen[2]}
 
     def _worker_done(self, port: int, device: DockedDevice, fut: asyncio.Future[str]) -> None:
         if self._workers.get(port) is fut:  # not when a newer docking has the port
@@ -883,15 +938,23 @@ class Station:
                     "bytes_per_s": round(slot.bytes_per_s()),
                     "error": slot.error,
                     "priority": slot.port == self.priority.port,
+                    "removed_early": self.removed_early(slot.port)
+                    if slot.state == "empty"
+                    else None,
                 }
             )
+        # a recorder's alarm names the port it is docked on (the screen shows where)
+        port_of = {s.recorder.get("serial"): s.port for s in self.slots.values() if s.recorder}
         alarms = [
             {
+                "id": a.id,
                 "code": a.code,
                 "severity": a.severity,
                 "message": a.message,
                 "since": a.since,
                 "subject": a.subject,
+                "port": port_of.get(a.subject) or _port_subject(a.subject),
+                "acked": a.acked_at is not None,
             }
             for a in self.alarms.active()
         ]
@@ -954,6 +1017,12 @@ class Station:
     def files(self, **filters: Any) -> dict[str, Any]:
         """The data of `GET /api/v1/files`."""
         return list_files(self.catalog, self.tz, **filters)
+
+
+def _port_subject(subject: str) -> int | None:
+    """The port an alarm about a port ("port3") is about."""
+    rest = subject.removeprefix("port")
+    return int(rest) if rest != subject and rest.isdigit() else None
 
 
 def list_recorders(catalog: Catalog) -> list[dict[str, Any]]:

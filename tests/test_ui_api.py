@@ -481,3 +481,65 @@ def test_ids_past_64_bits_are_refused_not_a_server_error(st: StationProc) -> Non
     assert admin.post(f"/ui/api/files/{huge}/annotate", {"note": "x"}).status_code == 422
     assert admin.post("/ui/media/zip", {"ids": [huge]}).status_code == 422
     assert admin.get(f"/ui/api/files/{huge - 1}").status_code == 404  # the largest id: none
+
+
+# --- thumbnails and lengths, the screen's alarm acknowledgement -------------------------------
+
+
+def test_thumbnails_and_lengths_are_made_once_in_the_background_for_the_viewer_only(
+    st: StationProc,
+) -> None:
+    a = as_user(st, OFFICER_A)
+    files = a.get("/ui/api/files", limit=100).json()["items"]
+    video = next(f for f in files if f["kind"] == "video")
+    ids = ",".join(str(f["id"]) for f in files)
+
+    def ready() -> dict[str, Any] | None:
+        items = a.get("/ui/api/files/media", ids=ids).json()["items"]
+        return None if any(i.get("pending") for i in items.values()) else items
+
+    items = wait_for(ready, 60, "thumbnails made")
+    assert set(items) == {str(f["id"]) for f in files}
+    assert items[str(video["id"])]["thumbnail"] is True
+    assert items[str(video["id"])]["duration_s"] > 0
+    log = next(f for f in files if f["kind"] == "log")
+    assert items[str(log["id"])] == {"thumbnail": False, "duration_s": None}
+    r = a.get(f"/ui/api/files/{video['id']}/thumbnail")
+    assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg"
+    assert r.content[:2] == b"\xff\xd8"  # a JPEG
+    seen = [e for e in events(st, kind="file_viewed", file_id=video["id"], actor=OFFICER_A[0])]
+    assert any("thumbnail" in e["message"] for e in seen)
+    # another officer's file: not there, as for a missing one
+    b = as_user(st, OFFICER_B)
+    assert b.get(f"/ui/api/files/{video['id']}/thumbnail").status_code == 404
+    assert b.get("/ui/api/files/media", ids=str(video["id"])).json()["items"] == {}
+
+
+def test_an_alarm_is_acknowledged_on_the_screen_with_an_administrators_pin(
+    st: StationProc,
+) -> None:
+    from station.alarms import AlarmBook
+
+    catalog = Catalog(st.db)
+    book = AlarmBook(catalog)
+    book.raise_("forward_failing", "test alarm", "ack-test")
+    try:
+        alarm = wait_for(
+            lambda: next((a for a in st.api("/ui/state")["alarms"] if a["message"] == "test alarm"),
+                         None), 30, "the alarm on the screen")  # fmt: skip
+        assert alarm["acked"] is False and alarm["severity"] == "warning"
+        kiosk = Browser(st)  # no login: the screen
+        path = f"/ui/api/alarms/{alarm['id']}/ack"
+        assert (
+            kiosk.post(path, {"admin_no": OFFICER_A[0], "secret": OFFICER_A[1]}).status_code == 403
+        )
+        assert kiosk.post(path, {"admin_no": ADMIN[0], "secret": "000000"}).status_code == 401
+        r = kiosk.post(path, {"admin_no": ADMIN[0], "secret": ADMIN[1]})
+        assert r.status_code == 200, r.text
+        row = st.query("SELECT acked_by, cleared_at FROM alarms WHERE id = ?", alarm["id"])[0]
+        assert row == (ADMIN[0], None)  # seen, and still raised until its cause is gone
+        assert any(e["kind"] == "alarm_acknowledged" for e in events(st, actor=ADMIN[0]))
+    finally:
+        book.clear("forward_failing", "ack-test")
+        catalog.close()
+    assert kiosk.post(path, {"admin_no": ADMIN[0], "secret": ADMIN[1]}).status_code == 404

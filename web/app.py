@@ -10,6 +10,7 @@ import asyncio
 import datetime as dt
 import hmac
 import json
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
@@ -258,10 +259,10 @@ SCREEN_FIELDS = {  # what the touchscreen shows, and all an anonymous viewer is 
     "station": ("id", "name", "version", "time", "mode"),
     "network": ("online",),
     "disks": ("total_bytes", "free_bytes", "active", "health"),
-    "alarms": ("code", "severity", "message"),
+    "alarms": ("id", "code", "severity", "message", "since", "port", "acked"),
     "slots": (
         "port", "state", "recorder", "battery_percent", "files_total", "files_done",
-        "bytes_total", "bytes_done", "bytes_per_s", "error", "priority",
+        "bytes_total", "bytes_done", "bytes_per_s", "error", "priority", "removed_early",
     ),
     "recorder": ("serial", "officer_no", "officer_name", "unit_name"),
 }  # fmt: skip
@@ -280,6 +281,7 @@ def screen_view(status: dict[str, Any]) -> dict[str, Any]:
         view = pick(slot, "slots")
         assert view is not None
         view["recorder"] = pick(slot.get("recorder"), "recorder")
+        view["reason"], view["reason_params"] = slot_reason(slot.get("state"), slot.get("error"))
         slots.append(view)
     return {
         "station": pick(status["station"], "station"),
@@ -288,6 +290,41 @@ def screen_view(status: dict[str, Any]) -> dict[str, Any]:
         "alarms": [pick(a, "alarms") for a in status["alarms"]],
         "slots": slots,
     }
+
+
+_FILES_KEPT = re.compile(r"^(\d+) file\(s\) kept on the recorder")
+_CLONE = re.compile(r"also docked on port (\d+)")
+_REPORTS = re.compile(r"^recorder reports officer (\S+), but it was registered reporting (\S+)")
+_CLAIMED = re.compile(r"^recorder reports officer (\S+), who already has recorder (\S+):")
+
+
+def slot_reason(state: str | None, error: str | None) -> tuple[str | None, dict[str, str]]:
+    """Why a port is in error or held, as a kind the screen words in its own language (with
+    what to do), from the collector's English `error` text; (None, {}) when nothing is wrong.
+
+    The texts come from station.collector and station.voice.reason_code; a text this does
+    not know is "recorder_error" (a failure) or "held" (a hold), shown as such, never blank.
+    """
+    from station.voice import reason_code
+
+    if state == "unregistered":
+        if not error:
+            return "waiting_approval", {}
+        if m := _CLONE.search(error):
+            return "possible_clone", {"other_port": m[1]}
+        if m := _REPORTS.match(error):
+            return "officer_changed", {"reported": m[1], "registered": m[2]}
+        if m := _CLAIMED.match(error):
+            return "officer_has_recorder", {"officer": m[1], "other": m[2]}
+        if error.startswith("officer block changed"):
+            return "block_changed", {}
+        return "held", {}
+    if state != "error":
+        return None, {}
+    code = reason_code(error)
+    if code == "files_kept" and (m := _FILES_KEPT.match(error or "")):
+        return "files_kept", {"n": m[1]}
+    return code or "recorder_error", {}
 
 
 def _is_api(route: Any) -> bool:

@@ -34,6 +34,7 @@ LANGUAGES = {"zh-CN": "zh_CN", "en": "en"}  # web name -> gettext locale folder
 DEFAULT_LANGUAGE = "zh-CN"
 KEYWORDS = {"_": None, "N_": None}
 METHOD_MAP = [
+    ("static/vendor/**", "ignore"),  # third-party builds carry no station messages
     ("static/**.js", "javascript"),
     ("static/**.html", "web.i18n:extract_html"),
     ("**.py", "python"),

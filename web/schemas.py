@@ -94,6 +94,13 @@ class SlotRecorder(BaseModel):
     unit_name: str
 
 
+class RemovedEarly(BaseModel):
+    serial: str
+    officer_no: str
+    officer_name: str
+    state: SlotState = Field(description="the state it was in when it was unplugged")
+
+
 class SlotStatus(BaseModel):
     port: int
     state: SlotState = Field(
@@ -110,6 +117,10 @@ class SlotStatus(BaseModel):
     priority: bool = Field(
         description='"collect first" (S30): this port\'s recorder has the bandwidth'
     )
+    removed_early: RemovedEarly | None = Field(
+        description="an empty port's last recorder, unplugged before its collection ended "
+        "(shown for two minutes), or null"
+    )
 
 
 class StatusAlarm(BaseModel):
@@ -118,6 +129,9 @@ class StatusAlarm(BaseModel):
     message: str
     since: Timestamp
     subject: str = Field(description="what the alarm is about (a disk, a port...), or ''")
+    id: int = Field(description="the alarm's id (acknowledge it with this)")
+    port: int | None = Field(description="the port it is about (a recorder's alarm), or null")
+    acked: bool = Field(description="someone on duty has acknowledged it")
 
 
 class ForwardCurrent(BaseModel):

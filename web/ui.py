@@ -10,7 +10,7 @@ import datetime as dt
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Query
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel, Field
@@ -20,6 +20,7 @@ from station.annotations import AnnotationError, ProtectionError, annotate
 from station.protection import LEVELS
 from station.registration import RegistrationError, approve
 from station.retention import DeletionRefused
+from station.thumbnails import ThumbnailCache
 from web.auth import (
     UI,
     AdminUser,
@@ -27,6 +28,8 @@ from web.auth import (
     LogUser,
     OptionalUser,
     SecurityUser,
+    UIContext,
+    cache_dir_for,
     csrf_protect,
     login_refusal,
     secret_refusal,
@@ -42,6 +45,12 @@ class ApproveBody(BaseModel):
     admin_no: str = Field(min_length=1, max_length=32)
     secret: str = Field(min_length=1, max_length=256)
     officer_no: str | None = Field(default=None, max_length=32)
+    code: str | None = Field(default=None, max_length=8)  # TOTP, where the policy asks
+
+
+class AckBody(BaseModel):
+    admin_no: str = Field(min_length=1, max_length=32)
+    secret: str = Field(min_length=1, max_length=256)
     code: str | None = Field(default=None, max_length=8)  # TOTP, where the policy asks
 
 
@@ -123,6 +132,42 @@ def router() -> APIRouter:
         ctx.station.notify()
         return {"serial": r.serial, "status": r.status}
 
+    # --- alarms ----------------------------------------------------------------------------
+
+    @r.post("/alarms/{alarm_id}/ack")
+    def acknowledge_alarm(alarm_id: Id, body: AckBody, ctx: UI) -> dict[str, Any]:
+        """An administrator at the screen has seen an alarm (their PIN typed on the keypad);
+        it stays raised until its cause is gone."""
+        result = accounts.authenticate(
+            ctx.station.catalog, body.admin_no, body.secret, code=body.code
+        )
+        if result.account is None:
+            raise login_refusal(result.reason)
+        if not result.account.is_admin:
+            raise HTTPException(403, N_("Only an administrator may do this"))
+        if not ctx.station.acknowledge_alarm(alarm_id, result.account.officer_no):
+            raise HTTPException(404, N_("This alarm is no longer raised"))
+        return {"acknowledged": alarm_id}
+
+    @r.get("/alarms")
+    def alarm_page(user: AdminUser, ctx: UI, active: bool = False) -> dict[str, Any]:
+        """The alarms for the console's alarm page: raised ones, or the history too."""
+        return {"items": ctx.station.alarm_list(active_only=active)}
+
+    @r.post("/alarms/{alarm_id}/seen")
+    def alarm_seen(alarm_id: Id, user: AdminUser, ctx: UI) -> dict[str, Any]:
+        """The logged-in administrator acknowledges an alarm from the console."""
+        if not ctx.station.acknowledge_alarm(alarm_id, user.officer_no):
+            raise HTTPException(404, N_("This alarm is no longer raised"))
+        return {"acknowledged": alarm_id}
+
+    # --- recorders --------------------------------------------------------------------------
+
+    @r.get("/recorders")
+    def recorder_list(user: AdminUser, ctx: UI) -> dict[str, Any]:
+        """Every recorder seen: registered or pending, to whom, when and where last seen."""
+        return {"items": ctx.station.recorders()}
+
     # --- priority (S30) -----------------------------------------------------------------
 
     @r.post("/ports/{port}/priority")
@@ -146,6 +191,56 @@ def router() -> APIRouter:
         return {"priority_port": ctx.station.priority.port}
 
     # --- files (S31, S34) ---------------------------------------------------------------
+
+    thumbs: list[ThumbnailCache] = []  # made at the first use: the catalog folder's
+
+    def thumbnails(ctx: UIContext) -> ThumbnailCache:
+        with ctx.lock:
+            if not thumbs:
+                thumbs.append(ThumbnailCache(cache_dir_for(ctx.station).parent / "thumbnails"))
+            return thumbs[0]
+
+    @r.get("/files/media")
+    def media_info(
+        user: FootageUser,
+        ctx: UI,
+        ids: Annotated[str, Query(max_length=2000, pattern=r"^\d+(,\d+)*$")],
+    ) -> dict[str, Any]:
+        """Thumbnail and length of a page of files, as far as made (the rest is asked for,
+        in the background: `pending`)."""
+        wanted = [int(i) for i in ids.split(",")][:200]
+        refs = search.stored_refs(ctx.station.catalog, wanted, scope_officer_no=scope_of(user))
+        cache = thumbnails(ctx)
+        items: dict[str, Any] = {}
+        for ref in refs:
+            info = cache.info(ref.sha256, ref.path, ref.kind) if ref.path.is_file() else None
+            items[str(ref.id)] = (
+                {"pending": True}
+                if info is None
+                else {"thumbnail": info.thumbnail, "duration_s": info.duration_s}
+            )
+        return {"items": items}
+
+    @r.get("/files/{file_id}/thumbnail")
+    def file_thumbnail(file_id: Id, user: FootageUser, ctx: UI, request: Request) -> FileResponse:
+        """A small still of a video or photo (a view of the footage: logged as one)."""
+        refs = search.stored_refs(ctx.station.catalog, [file_id], scope_officer_no=scope_of(user))
+        jpeg = thumbnails(ctx).jpeg(refs[0].sha256) if refs else None
+        if jpeg is None or not jpeg.is_file():
+            raise HTTPException(404, N_("No such file"))
+        who = request.cookies.get("station_session", user.officer_no)
+        if ctx.first_access(who, file_id, "thumbnail"):
+            accounts.audit(
+                ctx.station.catalog,
+                "file_viewed",
+                f"{refs[0].name} (thumbnail)",
+                actor=user.officer_no,
+                file_id=file_id,
+                officer_no=refs[0].officer_no,
+                serial=refs[0].serial,
+                how="thumbnail",
+            )
+        return FileResponse(jpeg, media_type="image/jpeg", headers={"Cache-Control": "private"})
 
     @r.get("/files")
     def files(

@@ -37,22 +37,39 @@
   const STATE_MSG = {
     empty: N_('Dock a recorder'),
     identifying: N_('Reading the recorder…'),
-    unregistered: N_('Waiting for approval by an administrator'),
-    complete: N_('Complete: you may unplug'),
-    error: N_('Collection failed'),
+    complete: N_('You may unplug'),
   };
-  const ALARM_TEXT = {
-    storage_full: N_('Storage disks full'),
-    storage_low: N_('Storage disks almost full'),
-    network_down: N_('Network connection lost'),
-    disk_missing: N_('A storage disk is missing'),
-    disk_unhealthy: N_('A storage disk has failed'),
-    store_inconsistent: N_('Stored files need checking'),
-    clock_unsynced: N_('Station clock not synchronised'),
-    clock_jump: N_('Station clock jumped: deletion by age paused'),
-    recorder_clock_drift: N_('A recorder clock was far off'),
-    battery_critical: N_('A recorder battery is critically low'),
-    integrity: N_('Station software or settings changed: call the administrator'),
+  // Why a window is in error or held (`reason` of /ui/state, web/app.py slot_reason): what
+  // happened, and what the officer at the cabinet should do. Each in both languages.
+  const REASON = {
+    waiting_approval: [N_('Not registered: waiting for an administrator'),
+      N_('Leave it docked and call the administrator')],
+    possible_clone: [N_('The same serial is docked on port {other_port}: possible clone'),
+      N_('Nothing is collected. Call the administrator')],
+    officer_changed: [N_('The recorder now reports officer {reported}, registered as {registered}'),
+      N_('Nothing is collected until an administrator confirms')],
+    officer_has_recorder: [N_('Officer {officer} already has recorder {other}'),
+      N_('Nothing is collected until an administrator registers it')],
+    block_changed: [N_('The officer details on the recorder changed since registration'),
+      N_('Nothing is collected until an administrator confirms')],
+    held: [N_('Held: an administrator must check this recorder'),
+      N_('Leave it docked and call the administrator')],
+    not_a_recorder: [N_('This device is not a recorder'), N_('Unplug it')],
+    wrong_password: [N_('Wrong device password: nothing was collected'),
+      N_('Unplug it and call the administrator')],
+    storage_full: [N_('Storage is full: collection paused, files stay on the recorder'),
+      N_('Leave it docked: it goes on when there is room. Call the administrator')],
+    files_kept: [N_('{n} files could not be collected and stay on the recorder'),
+      N_('You may unplug. Tell the administrator')],
+    internal_error: [N_('The station failed on this recorder: files stay on it'),
+      N_('Unplug it and call the administrator')],
+    recorder_error: [N_('The recorder did not answer properly: files stay on it'),
+      N_('Unplug it and dock it again; if it fails again call the administrator')],
+  };
+  // the state word, by reason, where the plain state word would mislead
+  const REASON_STATE = {
+    storage_full: N_('Paused'), possible_clone: N_('Held'), officer_changed: N_('Held'),
+    officer_has_recorder: N_('Held'), block_changed: N_('Held'), held: N_('Held'),
   };
   const WEEKDAYS = [N_('Sunday'), N_('Monday'), N_('Tuesday'), N_('Wednesday'),
     N_('Thursday'), N_('Friday'), N_('Saturday')];
@@ -179,6 +196,10 @@
         root,
         port: q('.slot-port'),
         state: q('.slot-state'),
+        mark: q('.slot-mark'),
+        head: q('.slot-head'),
+        body: q('.slot-body'),
+        advice: q('.advice'),
         battery: q('.battery'),
         batteryFill: q('.battery-fill'),
         batteryText: q('.battery-text'),
@@ -202,6 +223,10 @@
         first: q('.first-btn'),
       };
       root.dataset.port = String(port);
+      // the text fitSlot keeps inside its box
+      for (const e of root.querySelectorAll('.slot-state, .rec-name, .rec-row, .msg, .advice, .slot-foot, .files, .bytes, .speed, .eta')) {
+        e.classList.add('fit');
+      }
       setText(parts.port, port);
       I18n.apply(root);
       parts.register.addEventListener('click', () => openRegister(port));
@@ -214,23 +239,33 @@
   const STATES = ['empty', 'identifying', 'unregistered', 'collecting', 'complete', 'error'];
   const slotData = new Map(); // port -> the last slot status
 
-  function errorText(err) {
-    if (err == null || err === '') return '';
-    if (typeof err === 'string') return err;
-    if (typeof err === 'object') return err.message || err.reason || err.code || JSON.stringify(err);
-    return String(err);
+  /** "Collection not finished": shown on an empty port after its recorder was pulled out. */
+  function removedEarly(s) {
+    const r = s.state === 'empty' ? s.removed_early : null;
+    return r && typeof r === 'object' ? r : null;
   }
+
+  // a big shape in the head, so a state reads without its colour (colour-blind eyes, 1.5 m)
+  // (a held window has its amber colour and the big Register button)
+  const MARK = { complete: '✓', error: '✕', early: '!' };
 
   function renderSlot(s) {
     const el = slotEls.get(s.port);
     if (!el) return;
     slotData.set(s.port, s);
     const state = STATES.includes(s.state) ? s.state : 'unknown';
-    const rec = s.recorder || null;
+    const early = removedEarly(s);
+    const rec = s.recorder || (early ? { serial: early.serial, officer_no: early.officer_no, officer_name: early.officer_name } : null);
+    const look = early ? 'early' : state;
 
-    setClass(el.root, `slot st-${state}${rec ? '' : ' no-rec'}`);
+    setClass(el.root, `slot st-${look}${rec ? '' : ' no-rec'}`);
     el.root.dataset.state = state;
-    setText(el.state, _(STATE_TEXT[state]));
+    el.root.dataset.reason = early ? 'removed_early' : (s.reason || '');
+    const reason = s.reason && REASON[s.reason] ? s.reason : null;
+    const stateWord = early ? N_('Not finished') : (REASON_STATE[reason] || STATE_TEXT[state]);
+    setText(el.state, _(stateWord));
+    setText(el.mark, MARK[look] || '');
+    setHidden(el.mark, !MARK[look]);
 
     const batt = s.battery_percent;
     const hasBatt = state !== 'empty' && typeof batt === 'number' && isFinite(batt);
@@ -246,8 +281,11 @@
     if (rec) {
       setText(el.name, rec.officer_name || _('(unknown officer)'));
       setText(el.officer, rec.officer_no || '—');
-      setText(el.unit, rec.unit_name || '—');
+      setText(el.unit, rec.unit_name || '');
+      setHidden(el.unit, !rec.unit_name);
       setText(el.serial, rec.serial || '—');
+      const long = (rec.officer_name || '').length;
+      el.name.dataset.len = long > 8 ? 'long' : long > 4 ? 'mid' : '';
     }
 
     const total = num(s.bytes_total);
@@ -260,8 +298,9 @@
       let pct = 0;
       if (total > 0) pct = (100 * done) / total;
       else if (filesTotal > 0) pct = (100 * filesDone) / filesTotal;
-      pct = Math.max(0, Math.min(100, pct));
-      // Floor, so that 100% is never shown before the last byte.
+      // Never 100 % while collecting: the bytes are counted before the last files are
+      // verified and cleared from the recorder; 100 is for "complete" only.
+      pct = Math.max(0, Math.min(99, pct));
       setText(el.pct, `${Math.floor(pct)}%`);
       setWidth(el.barFill, pct);
       const bps = num(s.bytes_per_s);
@@ -272,24 +311,37 @@
       setText(el.bytes, fmtPair(done, total));
     }
     let msg = '';
-    if (state === 'error') msg = errorText(s.error) || _(STATE_MSG.error);
-    else if (state === 'unknown') msg = String(s.state || '');
-    else if (state === 'unregistered' && s.error) msg = errorText(s.error);
-    else if (!collecting) msg = _(STATE_MSG[state]);
+    let advice = '';
+    const params = { ...(s.reason_params || {}), port: s.port };
+    if (early) {
+      msg = _('Removed before collection finished');
+      advice = _('Files may still be on it: dock it again');
+    } else if (reason) {
+      msg = _(REASON[reason][0], params);
+      advice = _(REASON[reason][1], params);
+    } else if (state === 'error') {
+      msg = _('Collection failed');
+      advice = _('Unplug it and call the administrator');
+    } else if (state === 'unknown') {
+      msg = String(s.state || '');
+    } else if (!collecting) {
+      msg = STATE_MSG[state] ? _(STATE_MSG[state]) : '';
+    }
     setText(el.msg, msg);
-    setHidden(el.msg, collecting);
-    el.msg.title = state === 'error' || state === 'unregistered' ? I18n.visible(msg) : '';
+    setHidden(el.msg, collecting || !msg);
+    setText(el.advice, advice);
+    setHidden(el.advice, !advice);
 
     // "Collect first" (S30) on a collecting port; pressed while it is the one first
     const first = collecting && s.priority === true;
     setHidden(el.first, !collecting);
     setText(el.first, _('First'));
-    el.first.title = _('Collect first');
+    el.first.setAttribute('aria-label', _('Collect first'));
     el.first.setAttribute('aria-pressed', String(first));
     el.root.classList.toggle('is-first', first);
 
     // "Register" whenever a recorder is held for an administrator
-    setHidden(el.register, !(state === 'unregistered' && rec && rec.serial));
+    setHidden(el.register, !(state === 'unregistered' && s.recorder && s.recorder.serial));
 
     const showSize = state !== 'empty' && !collecting && (total > 0 || filesTotal > 0);
     setHidden(el.foot, !showSize);
@@ -297,7 +349,46 @@
       setText(el.size, fmtBytes(total));
       setText(el.files2, filesTotal > 0 ? _('{n} files', { n: filesTotal }) : '');
     }
+    fitSlot(el);
   }
+
+  /**
+   * Fit a window's text into its box: no ellipsis, no clipped sentence (touch has no
+   * hover, so a tooltip is no answer). The text sizes scale down together (--fs) until
+   * nothing overflows; measured again only when the text or the window's size changed.
+   */
+  function overflows(box, itself = true) {
+    if (itself && box.scrollHeight > box.clientHeight + 1) return true;
+    for (const e of box.querySelectorAll('.fit')) {
+      // too wide (a word longer than its line); too tall shows as the box's own overflow
+      if (e.offsetParent !== null && e.scrollWidth > e.clientWidth + 1) return true;
+    }
+    return false;
+  }
+  function fitSlot(el) {
+    const key = `${el.root.className}|${el.root.textContent}|${grid.dataset.shape}|${el.root.clientWidth}x${el.root.clientHeight}`;
+    if (el.fitKey === key) return;
+    el.fitKey = key;
+    let fs = 1;
+    el.head.style.setProperty('--fs', '1');
+    while (overflows(el.head, false) && fs > 0.5) {
+      fs = Math.round((fs - 0.05) * 100) / 100;
+      el.head.style.setProperty('--fs', String(fs));
+    }
+    // the body: smaller text first, then the unit and the data size give their room to
+    // the sentence that says what happened and what to do
+    for (const [compact, rec, msg] of FIT_STEPS) {
+      el.body.dataset.compact = String(compact);
+      el.body.style.setProperty('--fs', String(rec));
+      el.body.style.setProperty('--fm', String(msg));
+      if (!overflows(el.body)) break;
+    }
+  }
+  // [what is left out, the recorder lines' scale, the message's scale]: the recorder's
+  // lines give way before the message does
+  const FIT_STEPS = [[0, 1, 1], [0, 0.9, 1], [0, 0.8, 1], [1, 0.8, 1], [2, 0.8, 1],
+    [2, 0.7, 1], [2, 0.7, 0.9], [2, 0.7, 0.8], [2, 0.65, 0.72], [2, 0.6, 0.64],
+    [2, 0.55, 0.56], [2, 0.5, 0.5]];
 
   // ---------------------------------------------------------------- registration
   function openRegister(port) {
@@ -358,14 +449,12 @@
   function renderDisks(disks) {
     const box = $('disks');
     const list = Array.isArray(disks) ? disks : [];
-    if (box.childElementCount !== Math.max(1, list.length) || box.dataset.n !== String(list.length)) {
+    if (box.dataset.n !== String(list.length)) {
       box.textContent = '';
       box.dataset.n = String(list.length);
-      if (!list.length) {
-        const none = document.createElement('div');
-        none.className = 'disk disk-none';
-        box.appendChild(none);
-      }
+      const sum = document.createElement('div');
+      sum.className = 'disk-total';
+      box.appendChild(sum);
       for (let i = 0; i < list.length; i += 1) {
         const d = document.createElement('div');
         d.className = 'disk';
@@ -382,16 +471,21 @@
         box.appendChild(d);
       }
     }
+    const sum = box.firstElementChild;
     if (!list.length) {
-      setText(box.firstElementChild, _('No storage disk'));
+      setText(sum, _('No storage disk'));
       return;
     }
+    // the station's room, all disks together: what decides whether collection goes on
+    let allFree = 0;
+    let allTotal = 0;
     list.forEach((disk, i) => {
-      const d = box.children[i];
+      const d = box.children[i + 1];
       const total = num(disk.total_bytes);
       const free = num(disk.free_bytes);
-      const usedPct = total > 0 ? (100 * (total - free)) / total : 0;
       const healthy = !disk.health || disk.health === 'healthy';
+      if (healthy) { allFree += free; allTotal += total; }
+      const usedPct = total > 0 ? (100 * (total - free)) / total : 0;
       const lowSpace = total > 0 && free / total < 0.05;
       let cls = 'disk';
       if (disk.active) cls += ' active';
@@ -404,21 +498,22 @@
       setText(tag, tagText);
       setHidden(tag, !tagText);
       setWidth(d.querySelector('.disk-used'), usedPct);
-      setText(d.querySelector('.disk-text'),
-        _('free {free} of {total}', { free: fmtBytes(free), total: fmtBytes(total) }));
+      setText(d.querySelector('.disk-text'), _('{free} free', { free: fmtBytes(free) }));
     });
+    setText(sum, _('Free {free} of {total}', { free: fmtBytes(allFree), total: fmtBytes(allTotal) }));
   }
 
   function renderAlarms(alarms) {
-    const list = Array.isArray(alarms) ? alarms : [];
+    const list = Alarms.sorted(alarms);
     const banner = $('alarm-banner');
     setHidden(banner, !list.length);
+    Alarms.update(list);
     if (!list.length) return;
-    const texts = [...new Set(list.map((a) => (ALARM_TEXT[a.code] ? _(ALARM_TEXT[a.code]) : (a.message || a.code || ''))))];
-    let s = texts.join('  ·  ');
-    if (list.length > 1) s += '  ' + _('({n} alarms)', { n: list.length });
-    setText($('alarm-text'), s);
-    banner.title = I18n.visible(list.map((a) => a.message || a.code).join('\n'));
+    // the most severe first; the count says how many more there are behind it
+    setText($('alarm-count'), String(list.length));
+    setHidden($('alarm-count'), list.length < 2);
+    setText($('alarm-text'), Alarms.text(list[0]));
+    setClass(banner, `alarm-banner sev-${list[0].severity}`);
   }
 
   function renderHeader(st) {
@@ -461,6 +556,11 @@
 
   const pad = (n) => String(n).padStart(2, '0');
   function tickClock() {
+    if (document.body.dataset.down === '1') {
+      setText($('clock-time'), '--:--:--');
+      setText($('clock-date'), _('Station time unknown'));
+      return;
+    }
     const ms = Date.now() + clock.offsetMs;
     let y, mo, d, h, mi, s, wd;
     if (clock.tzMin !== null) {
@@ -516,18 +616,45 @@
     updateConn();
     if (lastState) render(lastState);
     tickClock();
+    Alarms.refresh(); // the open list, in the new language
   });
 
   // ---------------------------------------------------------------- data
   let conn = 'connecting'; // connecting | live | reconnecting
+  let downTimer = null;
+  let connTimer = null;
   function updateConn() {
     const box = $('conn');
-    setHidden(box, conn === 'live');
+    // shown after a second: the stream starting again after a blip is no news
+    clearTimeout(connTimer);
+    if (conn === 'live') setHidden(box, true);
+    else connTimer = setTimeout(() => setHidden(box, conn === 'live'), 1000);
     setClass(box, `conn ${conn}`);
     setText($('conn-text'), conn === 'reconnecting' ? _('Reconnecting…') : _('Connecting…'));
     document.body.dataset.conn = conn;
   }
-  function setConn(c) { conn = c; updateConn(); }
+  /**
+   * The daemon does not answer: after a short grace (a restart of the stream is not an
+   * outage) every window greys out and the screen says plainly that nothing is collected;
+   * the clock and the network pill stop showing what they cannot know.
+   */
+  function setDown(down) {
+    if (down === (document.body.dataset.down === '1')) return;
+    document.body.dataset.down = down ? '1' : '';
+    setHidden($('down'), !down);
+    tickClock();
+  }
+  function setConn(c) {
+    conn = c;
+    updateConn();
+    if (c === 'live') {
+      clearTimeout(downTimer);
+      downTimer = null;
+      setDown(false);
+    } else if (!downTimer && document.body.dataset.down !== '1') {
+      downTimer = setTimeout(() => { downTimer = null; if (conn !== 'live') setDown(true); }, 3000);
+    }
+  }
 
   let streamMsgs = 0; // messages received from the stream so far
 
@@ -583,7 +710,9 @@
 
   // ---------------------------------------------------------------- start
   $('lang-btn').addEventListener('click', () => I18n.toggle());
-  $('files-btn').addEventListener('click', () => { window.location.href = '/ui/console'; });
+  // the console in kiosk mode: it gives the screen back on logout, when idle and on a dock
+  $('files-btn').addEventListener('click', () => { window.location.href = '/ui/console?kiosk=1'; });
+  $('alarm-banner').addEventListener('click', () => Alarms.openList());
   I18n.load(I18n.lang).then(() => {
     startClock();
     fetchLayout().then(fetchState);

@@ -26,6 +26,13 @@
     if (v === 'files') search();
   }
 
+  // In the cabinet's kiosk (opened from the station screen with ?kiosk=1) the console
+  // gives the screen back to the port windows: on logout, after IDLE_S without a touch,
+  // and as soon as a recorder docks; a strip in the header shows the ports meanwhile.
+  const URLQ = new URLSearchParams(window.location.search);
+  const KIOSK = URLQ.get('kiosk') === '1';
+  const IDLE_S = Number(URLQ.get('idle_s')) > 0 ? Number(URLQ.get('idle_s')) : 180;
+
   let user = null;
   let view = 'files';
   let query = {};
@@ -82,6 +89,13 @@
         form.appendChild(lab);
         inputs.push(inp);
       }
+      // the station's own messages, in its language (no browser validation bubbles)
+      form.noValidate = true;
+      const err = el('div', 'dialog-error');
+      err.setAttribute('role', 'alert');
+      err.hidden = true;
+      form.appendChild(err);
+      form.addEventListener('input', () => { err.hidden = true; });
       const row = el('div', 'dialog-buttons');
       const cancel = el('button', 'btn', _('Cancel'));
       cancel.type = 'button';
@@ -95,7 +109,13 @@
       cancel.addEventListener('click', () => done(null));
       form.addEventListener('submit', (ev) => {
         ev.preventDefault();
-        if (!form.reportValidity()) return;
+        const why = invalid(fields || [], inputs);
+        if (why) {
+          err.textContent = I18n.visible(why.text);
+          err.hidden = false;
+          why.input.focus();
+          return;
+        }
         const v = {};
         for (const i of inputs) v[i.name] = i.value.trim();
         done(v);
@@ -103,6 +123,21 @@
       (inputs[0] || okb).focus();
     });
   }
+
+  /** What is wrong with a form's fields ({text, input}), in the station's words, or null. */
+  function invalid(fields, inputs) {
+    for (let i = 0; i < fields.length; i += 1) {
+      const f = fields[i];
+      const v = inputs[i].value.trim();
+      if (f.required && !v) return { text: _('Please fill in: {field}', { field: f.label }), input: inputs[i] };
+      if (v && f.minLength && v.length < f.minLength) {
+        return { text: _('{field}: at least {n} characters', { field: f.label, n: f.minLength }), input: inputs[i] };
+      }
+    }
+    return null;
+  }
+
+  const DATE = /^\d{4}-\d{2}-\d{2}$/;
 
   // ------------------------------------------------------------ session
   function applyRoles() {
@@ -178,7 +213,7 @@
     try {
       return await p;
     } catch (e) {
-      if (e.status === 401) { showLogin(); return null; }
+      if (e.status === 401) { if (KIOSK) toStation(); else showLogin(); return null; }
       toast(e.message, true);
       return null;
     }
@@ -196,6 +231,8 @@
     if (name !== 'file' && media) media.pause();
     if (name === 'log') loadLog(true);
     if (name === 'settings') loadSettings();
+    if (name === 'alarms') loadAlarms();
+    if (name === 'recorders') loadRecorders();
     if (name === 'users') loadUsers();
   }
 
@@ -204,6 +241,12 @@
     const f = new FormData($('search'));
     const q = {};
     for (const [k, v] of f.entries()) if (String(v).trim()) q[k] = String(v).trim();
+    for (const k of ['date_from', 'date_to']) {
+      if (q[k] && (!DATE.test(q[k]) || Number.isNaN(Date.parse(q[k])))) {
+        toast(_('Write dates as YYYY-MM-DD, e.g. 2026-12-03'), true);
+        return null;
+      }
+    }
     if (q.grade === 'imp') q.important = 'true';
     else if (q.grade) q.level = q.grade;
     delete q.grade;
@@ -239,7 +282,9 @@
         updateZip();
       });
       row.appendChild(check);
-      row.appendChild(el('span', 'kind', _(KIND_TEXT[f.kind] || f.kind)));
+      const thumb = el('span', 'thumb');
+      thumb.appendChild(el('span', 'kind', _(KIND_TEXT[f.kind] || f.kind)));
+      row.appendChild(thumb);
       const mid = el('div', 'row-main');
       mid.appendChild(el('div', 'row-name', f.name));
       mid.appendChild(el('div', 'row-sub',
@@ -251,10 +296,13 @@
       if (f.case_no) tags.appendChild(el('span', 'tag case', f.case_no));
       if (f.legal_hold) tags.appendChild(el('span', 'tag hold', _('Legal hold')));
       row.appendChild(tags);
-      row.appendChild(el('span', 'row-size', fmtBytes(f.size)));
+      const size = el('span', 'row-size');
+      size.append(el('span', 'row-duration'), el('span', '', fmtBytes(f.size)));
+      row.appendChild(size);
       row.addEventListener('click', () => openFile(f.id));
       box.appendChild(row);
     }
+    loadMediaInfo(page.items.map((f) => f.id));
     const pages = Math.max(1, Math.ceil(page.total / PAGE));
     $('page-info').textContent = _('Page {page} of {pages}', {
       page: Math.floor(offset / PAGE) + 1, pages: page.total_capped ? String(pages) + '+' : pages,
@@ -262,6 +310,40 @@
     $('prev-page').disabled = offset === 0;
     $('next-page').disabled = offset + PAGE >= page.total && !page.total_capped;
     updateZip();
+  }
+
+  /** Thumbnails and lengths, made once in the background: asked again while some are pending. */
+  let mediaTimer = null;
+  async function loadMediaInfo(ids, tries = 0) {
+    clearTimeout(mediaTimer);
+    if (!ids.length) return;
+    let r;
+    try { r = await Api.get(`/ui/api/files/media?ids=${ids.join(',')}`); } catch (_e) { return; }
+    const pending = [];
+    for (const id of ids) {
+      const info = r.items[String(id)];
+      const row = document.querySelector(`#results .row[data-id='${id}']`);
+      if (!info || !row) continue;
+      if (info.pending) { pending.push(id); continue; }
+      if (info.duration_s) row.querySelector('.row-duration').textContent = fmtClock(info.duration_s);
+      const thumb = row.querySelector('.thumb');
+      if (info.thumbnail && !thumb.querySelector('img')) {
+        const img = el('img');
+        img.alt = '';
+        img.loading = 'lazy';
+        img.src = `/ui/api/files/${id}/thumbnail`;
+        thumb.prepend(img);
+        thumb.classList.add('has-img');
+      }
+    }
+    if (pending.length && tries < 60) mediaTimer = setTimeout(() => loadMediaInfo(pending, tries + 1), 1000);
+  }
+  function fmtClock(s) {
+    const n = Math.round(s);
+    const h = Math.floor(n / 3600);
+    const m = Math.floor((n % 3600) / 60);
+    const pad = (x) => String(x).padStart(2, '0');
+    return h ? `${h}:${pad(m)}:${pad(n % 60)}` : `${m}:${pad(n % 60)}`;
   }
 
   function updateZip() {
@@ -326,7 +408,7 @@
     if (!items.length) return;
     box.appendChild(el('h3', '', _('History')));
     for (const e of items.slice(0, 20)) {
-      box.appendChild(el('div', 'hist', `${fmtTime(e.at)} ${e.kind} · ${e.actor}`));
+      box.appendChild(el('div', 'hist', `${fmtTime(e.at)} ${kindWords(e.kind)} · ${e.actor}`));
     }
   }
 
@@ -339,6 +421,7 @@
   async function renderViewer(f) {
     const box = $('viewer');
     box.textContent = '';
+    document.querySelectorAll('.player-controls').forEach((c) => c.remove());
     viewerStatus('');
     if (f.kind === 'photo') {
       const img = el('img', 'photo');
@@ -355,12 +438,13 @@
       if (r) box.appendChild(el('pre', 'logtext', r.text));
     } else if (f.kind === 'video') {
       const v = el('video', 'player');
-      v.controls = true;
+      v.controls = false; // the station's own large controls (playerControls)
       v.playsInline = true;
       v.preload = 'auto';
       v.addEventListener('playing', () => { v.dataset.playing = '1'; });
       v.addEventListener('error', () => viewerStatus(_('This video cannot be played: download it')));
       box.appendChild(v);
+      $('viewer').after(playerControls(v));
       const st = await guard(Api.get(`/ui/media/${f.id}/status`));
       if (!st) return;
       if (st.state === 'failed') { viewerStatus(_('This video cannot be played: download it')); return; }
@@ -378,8 +462,11 @@
             const t = v.currentTime;
             const playing = !v.paused;
             v.src = `/ui/media/${f.id}/play`;
-            v.currentTime = t;
-            if (playing) v.play().catch(() => {});
+            // the position can be set once the new copy's length is known
+            v.addEventListener('loadedmetadata', () => {
+              v.currentTime = t;
+              if (playing) v.play().catch(() => {});
+            }, { once: true });
           }
         }, 1000);
       }
@@ -387,6 +474,56 @@
     } else {
       box.appendChild(el('div', 'empty', _('This file cannot be shown in the browser: download it')));
     }
+  }
+
+  /**
+   * Touch controls under the video: play/pause, 10 s back and forward, one frame back and
+   * forward (paused; the browser copy has 25 frames a second at most), a position bar,
+   * and a bookmark that writes the position into the note ("[01:23] ").
+   */
+  const FRAME_S = 1 / 25;
+  function playerControls(v) {
+    document.querySelectorAll('.player-controls').forEach((c) => c.remove());
+    const bar = el('div', 'player-controls');
+    const btn = (cls, label, aria, fn) => {
+      const b = el('button', `pc-btn ${cls}`, label);
+      b.type = 'button';
+      b.setAttribute('aria-label', aria);
+      b.addEventListener('click', fn);
+      bar.appendChild(b);
+      return b;
+    };
+    // (while the browser copy is still being made the length is not known yet)
+    const end = () => (isFinite(v.duration) ? v.duration : Infinity);
+    const step = (s) => { v.pause(); v.currentTime = Math.max(0, Math.min(end(), v.currentTime + s)); };
+    btn('pc-back10', '⏪ 10', _('10 seconds back'), () => { v.currentTime = Math.max(0, v.currentTime - 10); });
+    btn('pc-frame-back', '◀|', _('One frame back'), () => step(-FRAME_S));
+    const play = btn('pc-play', '▶', _('Play or pause'), () => { if (v.paused) v.play().catch(() => {}); else v.pause(); });
+    btn('pc-frame-fwd', '|▶', _('One frame forward'), () => step(FRAME_S));
+    btn('pc-fwd10', '10 ⏩', _('10 seconds forward'), () => { v.currentTime = Math.min(end(), v.currentTime + 10); });
+    const pos = el('input', 'pc-pos');
+    pos.type = 'range';
+    pos.min = '0';
+    pos.max = '1000';
+    pos.value = '0';
+    pos.setAttribute('aria-label', _('Position'));
+    pos.addEventListener('input', () => { if (v.duration) v.currentTime = (pos.value / 1000) * v.duration; });
+    bar.appendChild(pos);
+    const time = el('span', 'pc-time', '0:00');
+    bar.appendChild(time);
+    btn('pc-mark', _('Bookmark'), _('Bookmark this moment in the note'), () => {
+      const note = $('annotate').note;
+      const mark = `[${fmtClock(v.currentTime)}] `;
+      note.value = note.value ? `${note.value.replace(/\s*$/, '')}\n${mark}` : mark;
+      toast(_('Bookmark {time} added to the note: save to keep it', { time: fmtClock(v.currentTime) }));
+    });
+    const update = () => {
+      play.textContent = v.paused ? '▶' : '❚❚';
+      if (v.duration && isFinite(v.duration)) pos.value = String(Math.round((v.currentTime / v.duration) * 1000));
+      time.textContent = `${fmtClock(v.currentTime)} / ${v.duration && isFinite(v.duration) ? fmtClock(v.duration) : '–'}`;
+    };
+    for (const e of ['play', 'pause', 'timeupdate', 'durationchange', 'seeked']) v.addEventListener(e, update);
+    return bar;
   }
 
   async function saveAnnotation(ev) {
@@ -434,6 +571,70 @@
   }
 
   // ------------------------------------------------------------ system log
+  // The system log's kinds in words, grouped for the picker (the log keeps the kind ids).
+  const KIND_GROUPS = [
+    [N_('Collection'), {
+      device_docked: N_('Device docked'), recorder_undocked: N_('Recorder unplugged'),
+      recorder_removed_early: N_('Recorder pulled out before collection finished'),
+      device_ignored: N_('Device ignored (not a recorder)'), recorder_seen: N_('New recorder seen'),
+      recorder_identified: N_('Recorder identified'), recorder_auth_failed: N_('Wrong device password'),
+      recorder_held: N_('Recorder held for an administrator'), recorder_registered: N_('Recorder registered'),
+      clock_set: N_('Recorder clock set'), file_stored: N_('File stored'), file_failed: N_('File failed'),
+      file_held: N_('File kept on the recorder'), card_file_kept: N_('File left on the recorder card'),
+      card_file_deleted: N_('File cleared from the recorder'), card_delete_failed: N_('Clearing the recorder failed'),
+      collection_paused: N_('Collection paused'), collection_failed: N_('Collection failed'),
+      verify_failed: N_('Verification failed'), priority_set: N_('Collect first: set'),
+      priority_cleared: N_('Collect first: ended'), transfer_abandoned: N_('Transfer abandoned'),
+      transfer_moved: N_('Transfer moved'), resume_rejected: N_('Resume refused'),
+    }],
+    [N_('Footage and access'), {
+      file_viewed: N_('Footage viewed'), file_downloaded: N_('File downloaded'),
+      files_downloaded: N_('Files downloaded (zip)'), file_annotated: N_('File annotated'),
+      file_deleted: N_('File deleted'), file_hash_mismatch: N_('Hash mismatch on download'),
+      file_forwarded: N_('File uploaded to central storage'), forward_refused: N_('Upload refused'),
+      file_protection_restored: N_('File protection restored'), file_replaced: N_('File replaced'),
+      file_adopted: N_('File adopted'),
+    }],
+    [N_('Accounts'), {
+      login: N_('Login'), logout: N_('Logout'), login_failed: N_('Login failed'),
+      login_refused: N_('Login refused'), account_locked: N_('Account locked'),
+      session_ended: N_('Session ended'), user_created: N_('User added'), user_changed: N_('User changed'),
+    }],
+    [N_('Alarms'), {
+      alarm_raised: N_('Alarm raised'), alarm_cleared: N_('Alarm cleared'),
+      alarm_acknowledged: N_('Alarm acknowledged'),
+    }],
+    [N_('Disks and store'), {
+      disk_identified: N_('Disk identified'), disk_moved: N_('Disk moved'), disk_replaced: N_('Disk replaced'),
+      disk_retired: N_('Disk retired'), store_recovered: N_('Store recovered'), scrub_failed: N_('Integrity scan failed'),
+      catalog_rebuilt: N_('Catalogue rebuilt'), catalog_rebuild_completed: N_('Catalogue rebuild completed'),
+    }],
+    [N_('Station'), {
+      station_started: N_('Station started'), settings_changed: N_('Settings changed'),
+      settings_reloaded: N_('Configuration reloaded'), settings_imported: N_('Settings imported'),
+      settings_import_failed: N_('Settings import failed'), clock_stepped: N_('Station clock stepped'),
+      clock_confirmed: N_('Station clock confirmed'), integrity_mismatch: N_('Installed software changed'),
+      integrity_recorded: N_('Installation recorded'),
+    }],
+  ];
+  const EVENT_TEXT = Object.assign({}, ...KIND_GROUPS.map(([, kinds]) => kinds));
+  const kindWords = (k) => (EVENT_TEXT[k] ? _(EVENT_TEXT[k]) : k);
+
+  function fillKindPicker() {
+    const sel = $('log-kind');
+    const was = sel.value;
+    sel.textContent = '';
+    sel.appendChild(new Option(_('All kinds'), ''));
+    for (const [group, kinds] of KIND_GROUPS) {
+      const og = document.createElement('optgroup');
+      og.label = _(group);
+      og.appendChild(new Option(_('All: {group}', { group: _(group) }), Object.keys(kinds).join(',')));
+      for (const [k, words] of Object.entries(kinds)) og.appendChild(new Option(_(words), k));
+      sel.appendChild(og);
+    }
+    sel.value = was;
+  }
+
   async function loadLog(fresh) {
     if (fresh) { logBefore = null; $('log-list').textContent = ''; }
     const f = new FormData($('log-search'));
@@ -446,13 +647,71 @@
     for (const e of r.items) {
       const row = el('div', 'log-row');
       row.appendChild(el('span', 'log-at', fmtTime(e.at)));
-      row.appendChild(el('span', 'log-kind', e.kind));
+      const kind = el('span', 'log-kind', kindWords(e.kind));
+      kind.dataset.kind = e.kind;
+      row.appendChild(kind);
       row.appendChild(el('span', 'log-actor', e.actor));
       row.appendChild(el('span', 'log-msg', [e.officer_no, e.serial, e.file_id ? `#${e.file_id}` : '', e.message].filter(Boolean).join(' · ')));
       box.appendChild(row);
     }
     logBefore = r.before;
     $('log-more').disabled = !r.before;
+  }
+
+  // ------------------------------------------------------------ alarms and recorders
+  const SEVERITY_TEXT = { critical: N_('Critical'), warning: N_('Warning'), info: N_('Notice') };
+  async function loadAlarms() {
+    const all = $('alarms-history').checked;
+    const r = await guard(Api.get(`/ui/api/alarms?active=${all ? 'false' : 'true'}`));
+    if (!r) return;
+    const box = $('alarm-page');
+    box.textContent = '';
+    if (!r.items.length) box.appendChild(el('div', 'empty', _('No alarms')));
+    const rank = { critical: 0, warning: 1, info: 2 };
+    const items = r.items.slice().sort((a, b) => (!!a.cleared_at - !!b.cleared_at)
+      || ((rank[a.severity] ?? 1) - (rank[b.severity] ?? 1)) || String(b.since).localeCompare(String(a.since)));
+    for (const a of items) {
+      const row = el('div', `log-row alarm-row sev-${a.severity}${a.cleared_at ? ' cleared' : ''}`);
+      row.dataset.code = a.code;
+      row.appendChild(el('span', 'log-at', fmtTime(a.since)));
+      row.appendChild(el('span', 'log-kind', _(SEVERITY_TEXT[a.severity] || a.severity)));
+      const words = Alarms.text({ code: a.code, port: null });
+      const state = a.cleared_at ? _('Cleared {time}', { time: fmtTime(a.cleared_at) })
+        : a.acked_at ? _('Acknowledged by {who}', { who: a.acked_by }) : _('Not acknowledged');
+      row.appendChild(el('span', 'log-actor', state));
+      row.appendChild(el('span', 'log-msg', `${words} · ${a.message}${a.count > 1 ? ` (×${a.count})` : ''}`));
+      if (!a.cleared_at && !a.acked_at) {
+        const b = el('button', 'btn', _('Acknowledge'));
+        b.type = 'button';
+        b.addEventListener('click', async () => {
+          if (await guard(Api.post(`/ui/api/alarms/${a.id}/seen`))) { toast(_('Saved')); loadAlarms(); }
+        });
+        row.appendChild(b);
+      }
+      box.appendChild(row);
+    }
+  }
+
+  const STATUS_TEXT = { registered: N_('Registered'), pending: N_('Waiting for registration') };
+  async function loadRecorders() {
+    const r = await guard(Api.get('/ui/api/recorders'));
+    if (!r) return;
+    const box = $('recorder-list');
+    box.textContent = '';
+    if (!r.items.length) box.appendChild(el('div', 'empty', _('No recorder seen yet')));
+    for (const rec of r.items) {
+      const row = el('div', `log-row rec-row status-${rec.status}`);
+      row.dataset.serial = rec.serial;
+      row.appendChild(el('span', 'log-at', rec.serial));
+      row.appendChild(el('span', 'log-kind', _(STATUS_TEXT[rec.status] || rec.status)));
+      const who = rec.officer_no ? `${rec.officer_no} ${rec.officer_name || ''}`.trim()
+        : _('reports {officer}', { officer: (rec.reported && rec.reported.officer_no) || '—' });
+      row.appendChild(el('span', 'log-actor', who));
+      const seen = _('Last seen {time} on port {port}', { time: fmtTime(rec.last_seen_at), port: rec.last_port || '—' });
+      const batt = rec.battery_percent != null ? ` · ${_('battery {n}%', { n: rec.battery_percent })}` : '';
+      row.appendChild(el('span', 'log-msg', seen + batt));
+      box.appendChild(row);
+    }
   }
 
   // ------------------------------------------------------------ settings
@@ -545,6 +804,10 @@
   async function addUser(ev) {
     ev.preventDefault();
     const form = $('new-user');
+    const label = (n) => form[n].closest('label').querySelector('span').textContent;
+    const why = invalid([{ label: label('officer_no'), required: true }, { label: label('secret'), required: true }],
+      [form.officer_no, form.secret]);
+    if (why) { toast(why.text, true); why.input.focus(); return; }
     const body = {
       officer_no: form.officer_no.value.trim(), name: form.name.value.trim(),
       role: form.role.value, secret: form.secret.value,
@@ -565,24 +828,88 @@
         const label = input.closest('label').querySelector('span').textContent;
         Keypad.open({
           title: label,
-          fields: [{ name: 'v', label, value: input.value, optional: true }],
+          fields: [{ name: 'v', label: '', value: input.value, optional: true }],
           onSubmit: async (v) => { input.value = v.v; },
         });
       });
     }
   }
 
+  // ------------------------------------------------------------ the kiosk
+  let leaving = false;
+  /** Back to the port windows; in the kiosk the session ends first (nobody stays logged in). */
+  async function toStation() {
+    if (leaving) return;
+    leaving = true;
+    if (KIOSK && user) {
+      try { await Api.post('/ui/api/logout'); } catch (_e) { /* it ends by itself when idle */ }
+    }
+    window.location.href = '/';
+  }
+
+  const STRIP_STATES = ['empty', 'identifying', 'unregistered', 'collecting', 'complete', 'error'];
+  function renderStrip(slots) {
+    const strip = $('port-strip');
+    if (strip.childElementCount !== slots.length) {
+      strip.textContent = '';
+      for (const s of slots) {
+        const c = el('span', 'chip', String(s.port));
+        c.dataset.port = String(s.port);
+        strip.appendChild(c);
+      }
+    }
+    slots.forEach((s, i) => {
+      const c = strip.children[i];
+      const state = STRIP_STATES.includes(s.state) ? s.state : 'empty';
+      c.className = `chip st-${state}`;
+      c.dataset.state = state;
+    });
+  }
+
+  function watchPorts() {
+    if (typeof EventSource !== 'function') return;
+    const es = new EventSource('/ui/stream');
+    let seen = null;
+    es.addEventListener('status', (ev) => {
+      let st;
+      try { st = JSON.parse(ev.data); } catch (_e) { return; }
+      const slots = Array.isArray(st.slots) ? st.slots : [];
+      renderStrip(slots);
+      const now = new Map(slots.map((s) => [s.port, s.state]));
+      // a recorder docked: whoever docked it wants to see its window
+      if (KIOSK && seen && slots.some((s) => s.state !== 'empty' && seen.get(s.port) === 'empty')) {
+        es.close();
+        toStation();
+        return;
+      }
+      seen = now;
+    });
+  }
+
+  function watchIdle() {
+    if (!KIOSK) return;
+    let timer = null;
+    const poke = () => { clearTimeout(timer); timer = setTimeout(toStation, IDLE_S * 1000); };
+    for (const ev of ['pointerdown', 'keydown', 'input', 'wheel']) document.addEventListener(ev, poke, true);
+    poke();
+  }
+
   // ------------------------------------------------------------ start
   function wire() {
-    $('to-station').addEventListener('click', () => { window.location.href = '/'; });
+    $('to-station').addEventListener('click', toStation);
     $('lang-btn').addEventListener('click', () => I18n.toggle());
     $('logout-btn').addEventListener('click', async () => {
+      if (KIOSK) { toStation(); return; }
       await Api.post('/ui/api/logout');
       selected.clear();
       showLogin();
     });
     for (const t of document.querySelectorAll('.tab')) t.addEventListener('click', () => show(t.dataset.view));
-    $('search').addEventListener('submit', (ev) => { ev.preventDefault(); query = readQuery(); search(); });
+    $('search').addEventListener('submit', (ev) => {
+      ev.preventDefault();
+      const q = readQuery();
+      if (q) { query = q; search(); }
+    });
     $('search').addEventListener('reset', () => { setTimeout(() => { query = {}; search(); }, 0); });
     $('prev-page').addEventListener('click', () => { offset = Math.max(0, offset - PAGE); search(true); });
     $('next-page').addEventListener('click', () => { offset += PAGE; search(true); });
@@ -599,15 +926,22 @@
     $('log-search').addEventListener('submit', (ev) => { ev.preventDefault(); loadLog(true); });
     $('log-more').addEventListener('click', () => loadLog(false));
     $('settings').addEventListener('submit', saveSettings);
+    $('alarms-history').addEventListener('change', loadAlarms);
     $('clock-resume').addEventListener('click', resumeRetention);
     $('new-user').addEventListener('submit', addUser);
     attachKeypads();
+    // free text on the station's touchscreen: the on-screen keyboard (pinyin, letters,
+    // digits); a tablet or a PC on the network has its own keyboard
+    Osk.attach(document, { when: () => KIOSK });
+    watchPorts();
+    watchIdle();
   }
 
   I18n.onChange(() => {
     document.title = _('Footage and administration');
     applyRoles();
     if (lastPage && view === 'files') renderResults(lastPage);
+    fillKindPicker();
   });
 
   I18n.load(I18n.lang).then(async () => {

@@ -53,7 +53,7 @@ const Keypad = (() => {
     let active = null;
     for (const f of opts.fields) {
       const row = el('label', 'kp-field');
-      row.appendChild(el('span', 'kp-label', f.label));
+      if (f.label) row.appendChild(el('span', 'kp-label', f.label)); // not the title again
       const inp = el('input', 'kp-input');
       inp.name = f.name;
       inp.type = f.secret ? 'password' : 'text';
