@@ -13,16 +13,21 @@ the demo) the daemon starts `python -m station.mediaworker` itself, as `nobody` 
 may, with the resource limits below set by the worker before it reads any input.
 
 The protocol, on a Unix stream socket (systemd's fd 3, or the daemon's socket pair): the daemon
-sends one JSON line `{"op": "transcode"}` with three descriptors (SCM_RIGHTS): the
-stored file (read), the fragmented MP4 to write (read-write, the file the browser
-follows while it grows) and the final MP4 (read-write). The worker answers with JSON
-lines: `{"frames_total": N}`, `{"frames_done": n}` now and then, and last `{"done": true}`
-or `{"error": "..."}`. A worker that dies says nothing more: the daemon reports it.
+sends one JSON line with descriptors (SCM_RIGHTS), and the worker answers with JSON lines,
+the last one `{"done": true, ...}` or `{"error": "..."}`; a worker that dies says nothing
+more, and the daemon reports it:
+
+- `{"op": "transcode"}` with three: the stored file (read), the fragmented MP4 to write
+  (the file the browser follows while it grows) and the final MP4; answers
+  `{"frames_total": N}`, `{"frames_done": n}` now and then;
+- `{"op": "probe", "kind": "video"}` with one, the stored file: answers the file list's
+  thumbnail (a base64 JPEG, or null) and length (`duration_s`, or null).
 """
 
 from __future__ import annotations
 
 import array
+import base64
 import contextlib
 import json
 import os
@@ -37,6 +42,7 @@ from typing import Any
 
 SOCKET = Path("/run/station-media.sock")
 MAX_REQUEST = 4096
+MAX_ANSWER = 1 << 20  # a line: a thumbnail in base64 at most
 # When the worker limits itself (no systemd unit around it)
 LIMITS = {
     resource.RLIMIT_AS: 3 << 30,  # address space: FFmpeg's threads reserve a lot
@@ -84,47 +90,72 @@ class _Progress:
             self.send(frames_done=n)
 
 
-def _receive(conn: socket.socket, count: int) -> tuple[dict[str, Any], list[int]]:
+OPERATIONS = {"transcode": 3, "probe": 1}  # operation: descriptors it comes with
+
+
+def _receive(conn: socket.socket) -> tuple[dict[str, Any], list[int]]:
     fds = array.array("i")
-    msg, ancdata, _flags, _addr = conn.recvmsg(MAX_REQUEST, socket.CMSG_SPACE(count * fds.itemsize))
+    msg, ancdata, _flags, _addr = conn.recvmsg(MAX_REQUEST, socket.CMSG_SPACE(3 * fds.itemsize))
     for level, kind, data in ancdata:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
             fds.frombytes(data[: len(data) - (len(data) % fds.itemsize)])
-    request = json.loads(msg.split(b"\n", 1)[0] or b"null")
-    if not isinstance(request, dict) or len(fds) != count:
+    try:
+        request = json.loads(msg.split(b"\n", 1)[0] or b"null")
+    except ValueError:
+        request = None
+    if not isinstance(request, dict) or OPERATIONS.get(request.get("op")) != len(fds):
         for fd in fds:
             os.close(fd)
-        raise WorkerError(f"a request is one JSON object and {count} descriptors")
+        raise WorkerError("a request is one known operation with its descriptors")
     return request, list(fds)
+
+
+def _transcode(fds: list[int], progress: _Progress) -> None:
+    from station import playback  # PyAV is loaded here, in the worker only
+
+    with (
+        os.fdopen(fds[0], "rb") as source,
+        os.fdopen(fds[1], "w+b") as frag,
+        os.fdopen(fds[2], "w+b") as final,
+    ):
+        playback.transcode(source, frag, progress)
+        frag.flush()
+        frag.seek(0)
+        # faststart moves the index to the front by reopening its output by name:
+        # a file of the worker's own (its private /tmp), then copied to the daemon's
+        with tempfile.TemporaryDirectory(prefix="station-media-") as tmp:
+            own = Path(tmp) / "final.mp4"
+            playback.remux_faststart(frag, own)
+            with open(own, "rb") as f:
+                shutil.copyfileobj(f, final, 1 << 20)
+    progress.send(frames_done=progress.frames_done, done=True)
+
+
+def _probe(fds: list[int], kind: str, progress: _Progress) -> None:
+    """A thumbnail (base64 JPEG) and the length of a stored file, for the file list."""
+    from station import thumbnails
+
+    answer: dict[str, Any] = {"done": True, "thumbnail": None, "duration_s": None}
+    with os.fdopen(fds[0], "rb") as source:
+        if kind in ("video", "photo"):
+            with contextlib.suppress(Exception):  # no picture: no thumbnail
+                answer["thumbnail"] = base64.b64encode(thumbnails.thumbnail(source)).decode()
+        if kind in ("video", "audio"):
+            source.seek(0)
+            with contextlib.suppress(Exception):
+                answer["duration_s"] = thumbnails.duration_s(source)
+    progress.send(**answer)
 
 
 def serve(conn: socket.socket) -> None:
     """Carry out the one request on `conn`."""
-    from station import playback  # PyAV is loaded here, in the worker only
-
     progress = _Progress(conn)
     try:
-        request, fds = _receive(conn, 3)
-        if request.get("op") != "transcode":
-            for fd in fds:
-                os.close(fd)
-            raise WorkerError(f"unknown operation {request.get('op')!r}")
-        with (
-            os.fdopen(fds[0], "rb") as source,
-            os.fdopen(fds[1], "w+b") as frag,
-            os.fdopen(fds[2], "w+b") as final,
-        ):
-            playback.transcode(source, frag, progress)
-            frag.flush()
-            frag.seek(0)
-            # faststart moves the index to the front by reopening its output by name:
-            # a file of the worker's own (its private /tmp), then copied to the daemon's
-            with tempfile.TemporaryDirectory(prefix="station-media-") as tmp:
-                own = Path(tmp) / "final.mp4"
-                playback.remux_faststart(frag, own)
-                with open(own, "rb") as f:
-                    shutil.copyfileobj(f, final, 1 << 20)
-        progress.send(frames_done=progress.frames_done, done=True)
+        request, fds = _receive(conn)
+        if request["op"] == "transcode":
+            _transcode(fds, progress)
+        else:
+            _probe(fds, str(request.get("kind", "")), progress)
     except Exception as e:  # everything goes back to the daemon as words
         with contextlib.suppress(OSError):
             progress.send(error=str(e) or type(e).__name__)
@@ -190,48 +221,39 @@ def _spawn() -> tuple[socket.socket, subprocess.Popen[bytes]]:
     return ours, proc
 
 
-def run_transcode(
-    source: Path, frag: Path, final: Path, job: Any, *, timeout_s: float = 120.0
-) -> None:
-    """Have a worker transcode `source` into `frag` (growing, for the browser) and
-    `final`; `job.frames_total` / `job.frames_done` follow its progress. Raises
-    WorkerError when the worker fails or dies."""
+def _ask(
+    op: str, fds: list[int], on_answer: Any, *, extra: dict[str, Any], timeout_s: float
+) -> dict[str, Any]:
+    """Send one request (closing `fds` here), feed each answer line to `on_answer`, and
+    return the last one (`done`). Raises WorkerError when the worker fails or dies."""
     proc: subprocess.Popen[bytes] | None = None
-    if SOCKET.exists():
-        conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            conn.connect(str(SOCKET))
-        except OSError as e:
-            conn.close()
-            raise WorkerError(f"the media worker ({SOCKET}) did not answer: {e}") from None
-    else:
-        conn, proc = _spawn()
     try:
+        if SOCKET.exists():
+            conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                conn.connect(str(SOCKET))
+            except OSError as e:
+                conn.close()
+                raise WorkerError(f"the media worker ({SOCKET}) did not answer: {e}") from None
+        else:
+            conn, proc = _spawn()
         with conn:
             conn.settimeout(timeout_s)
-            fds = [
-                os.open(source, os.O_RDONLY | os.O_CLOEXEC),
-                os.open(frag, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600),
-                os.open(final, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600),
-            ]
-            try:
-                conn.sendmsg(
-                    [json.dumps({"op": "transcode"}).encode() + b"\n"],
-                    [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))],
-                )
-            finally:
-                for fd in fds:
-                    os.close(fd)
-            for line in conn.makefile("rb"):
+            conn.sendmsg(
+                [json.dumps({"op": op, **extra}).encode() + b"\n"],
+                [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))],
+            )
+            for fd in fds:
+                os.close(fd)
+            fds = []
+            reader = conn.makefile("rb")
+            while line := reader.readline(MAX_ANSWER):
                 answer = json.loads(line)
-                if "frames_total" in answer:
-                    job.frames_total = int(answer["frames_total"])
-                if "frames_done" in answer:
-                    job.frames_done = int(answer["frames_done"])
-                if answer.get("done"):
-                    return
                 if "error" in answer:
                     raise WorkerError(str(answer["error"]))
+                on_answer(answer)
+                if answer.get("done"):
+                    return dict(answer)
             if proc is not None:
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     proc.wait(10)
@@ -240,12 +262,51 @@ def run_transcode(
     except (OSError, ValueError) as e:  # a reset connection: it died (or sent nonsense)
         raise WorkerError(f"the media worker stopped before it was done: {e}") from None
     finally:
+        for fd in fds:
+            os.close(fd)
         if proc is not None:
             try:
                 proc.wait(10)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+def run_transcode(
+    source: Path, frag: Path, final: Path, job: Any, *, timeout_s: float = 120.0
+) -> None:
+    """Have a worker transcode `source` into `frag` (growing, for the browser) and
+    `final`; `job.frames_total` / `job.frames_done` follow its progress."""
+
+    def progress(answer: dict[str, Any]) -> None:
+        if "frames_total" in answer:
+            job.frames_total = int(answer["frames_total"])
+        if "frames_done" in answer:
+            job.frames_done = int(answer["frames_done"])
+
+    fds = [os.open(source, os.O_RDONLY | os.O_CLOEXEC)]
+    try:
+        for out in (frag, final):
+            fds.append(os.open(out, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600))
+    except OSError:
+        for fd in fds:
+            os.close(fd)
+        raise
+    _ask("transcode", fds, progress, extra={}, timeout_s=timeout_s)
+
+
+def run_probe(
+    source: Path, kind: str, *, timeout_s: float = 60.0
+) -> tuple[bytes | None, float | None]:
+    """Have a worker make the thumbnail (JPEG) and find the length of `source`."""
+    fds = [os.open(source, os.O_RDONLY | os.O_CLOEXEC)]
+    answer = _ask("probe", fds, lambda _: None, extra={"kind": kind}, timeout_s=timeout_s)
+    thumb = answer.get("thumbnail")
+    length = answer.get("duration_s")
+    return (
+        base64.b64decode(thumb) if isinstance(thumb, str) else None,
+        float(length) if isinstance(length, (int, float)) else None,
+    )
 
 
 if __name__ == "__main__":

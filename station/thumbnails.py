@@ -1,10 +1,12 @@
 """Thumbnails of stored footage for the console's file list, made once, in the background.
 
-`thumbnail(path)` decodes one picture of a video (about a second in, so not the black
-first frame) or a photo with PyAV and returns a small JPEG; `ThumbnailCache` keeps them
-as files named by the content hash (the catalog is not touched), with the video's
-length beside them, and makes missing ones one at a time on a worker thread so a page
-of results never waits for the decoder. The evidence files are only read.
+`thumbnail(file)` decodes one picture of a video (about a second in, so not the black
+first frame) or a photo with PyAV and returns a small JPEG; both it and `duration_s`
+run in the media worker (station/mediaworker.py), never in the daemon, which only hands
+it the stored file's descriptor. `ThumbnailCache` keeps the results as files named by
+the content hash (the catalog is not touched), and asks for missing ones one at a time
+on a thread of its own so a page of results never waits for the decoder. The evidence
+files are only read.
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
-import av
+from station import mediaworker
 
 log = logging.getLogger(__name__)
 
@@ -34,15 +37,15 @@ class MediaInfo:
     duration_s: float | None
 
 
-def thumbnail(path: Path, *, width: int = WIDTH) -> bytes:
-    """A JPEG of one picture of the video or photo at `path`, `width` pixels wide.
+def thumbnail(source: BinaryIO, *, width: int = WIDTH) -> bytes:
+    """A JPEG of one picture of the video or photo in `source`, `width` pixels wide (in
+    the media worker). Raises ValueError when the file has no picture PyAV can decode."""
+    import av
 
-    Raises ValueError when the file has no picture PyAV can decode.
-    """
     image = None
-    with av.open(str(path)) as container:
+    with av.open(source) as container:
         if not container.streams.video:
-            raise ValueError(f"{path.name}: no picture")
+            raise ValueError("no picture")
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         if stream.duration and stream.time_base and stream.frames != 1:
@@ -53,16 +56,19 @@ def thumbnail(path: Path, *, width: int = WIDTH) -> bytes:
             image = frame.to_image()
             break
     if image is None:
-        raise ValueError(f"{path.name}: no decodable picture")
+        raise ValueError("no decodable picture")
     height = max(1, round(image.height * width / image.width))
     out = io.BytesIO()
     image.convert("RGB").resize((width, height)).save(out, "JPEG", quality=80)
     return out.getvalue()
 
 
-def duration_s(path: Path) -> float | None:
-    """The length of a video or sound file in seconds, or None when it does not say."""
-    with av.open(str(path)) as container:
+def duration_s(source: BinaryIO) -> float | None:
+    """The length of a video or sound file in seconds, or None when it does not say (in
+    the media worker)."""
+    import av
+
+    with av.open(source) as container:
         if container.duration:
             return container.duration / av.time_base
         for s in container.streams:
@@ -101,17 +107,14 @@ class ThumbnailCache:
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
             data: dict[str, object] = {"thumbnail": False, "duration_s": None}
-            if kind in ("video", "photo"):
+            if kind in ("video", "photo", "audio"):
                 try:
-                    _write(self.jpeg(sha256), thumbnail(path))
-                    data["thumbnail"] = True
-                except (ValueError, av.FFmpegError, OSError) as e:
-                    log.info("no thumbnail for %s: %s", path.name, e)
-            if kind in ("video", "audio"):
-                try:
-                    data["duration_s"] = duration_s(path)
-                except (av.FFmpegError, OSError) as e:
-                    log.info("no length for %s: %s", path.name, e)
+                    jpeg, data["duration_s"] = mediaworker.run_probe(path, kind)
+                    if jpeg is not None:
+                        _write(self.jpeg(sha256), jpeg)
+                        data["thumbnail"] = True
+                except mediaworker.WorkerError as e:
+                    log.info("no thumbnail or length for %s: %s", path.name, e)
             _write(self.folder / f"{sha256}.json", json.dumps(data).encode())
         except OSError as e:
             log.warning("thumbnail cache: %s", e)

@@ -160,10 +160,15 @@ def test_the_daemon_process_never_loads_ffmpeg(tmp_path: Path) -> None:
         "from station.playback import Transcoder\n"
         f"job = Transcoder(Path({str(tmp_path / 'cache')!r})).start(Path({str(src)!r}), 'f' * 64)\n"
         "job.done.wait(120)\n"
-        "print(job.error, 'av' in sys.modules)\n"
+        "from station.thumbnails import ThumbnailCache\n"
+        f"cache = ThumbnailCache(Path({str(tmp_path / 'thumbs')!r}))\n"
+        "import time\n"
+        f"while (info := cache.info('f' * 64, Path({str(src)!r}), 'video')) is None:\n"
+        "    time.sleep(0.1)\n"
+        "print(job.error, 'av' in sys.modules, info.thumbnail, round(info.duration_s, 1))\n"
     )
     r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180)
-    assert r.stdout.split()[:2] == ["None", "False"], r.stdout + r.stderr
+    assert r.stdout.split() == ["None", "False", "True", "0.3"], r.stdout + r.stderr
 
 
 def _worker_of(parent: psutil.Process, timeout: float = 60) -> psutil.Process:
