@@ -166,6 +166,10 @@ REASONS: dict[str, dict[Language, str]] = {
         "en": ", some files were kept on the recorder",
     },
     "internal_error": {"zh": "，系统内部错误", "en": ", internal error"},
+    "removed_early": {
+        "zh": "，记录仪在采集完成前被拔出，请重新插入",
+        "en": ", the recorder was pulled out before collection finished, plug it back in",
+    },
 }
 
 #: one sentence per alarm code (station.alarms); unknown codes get "_other"

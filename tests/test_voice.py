@@ -712,3 +712,10 @@ def test_the_station_speaks_when_a_port_starts_and_completes(make_station, tmp_p
     for w in wavs:
         with wave.open(str(w)) as f:
             assert f.getnframes() / f.getframerate() > 0.8  # speech, not a click
+
+
+def test_a_recorder_pulled_out_early_is_said_with_what_to_do() -> None:
+    assert message("collection_failed", "zh", port=4, reason="removed_early").endswith(
+        "记录仪在采集完成前被拔出，请重新插入"
+    )
+    assert "plug it back in" in message("collection_failed", "en", port=4, reason="removed_early")
