@@ -28,6 +28,7 @@ from drivers.scsi_dv16 import ScsiDv16Config
 from drivers.usb_vendor import UsbVendorConfig
 from drivers.vendor_library import VendorLibraryConfig
 from station.forward import ForwardConfig
+from station.platform.config import IntegrityConfig, PlatformConfig
 from station.voice import VoiceConfig
 
 
@@ -149,6 +150,11 @@ class RetentionSection(_Section):
     # age-based sweeps pause when the clock moved further ahead than this since the last
     # believed time, until NTP syncs or `station retention resume` (station/clockguard.py)
     max_clock_jump_days: Annotated[float, Field(gt=0)] = 2.0
+    # with forwarding or the platform link on, a file not deleted before its central copy
+    # is verified; one still unverified this long after collection raises central_unverified
+    central_stuck_hours: Annotated[float, Field(gt=0)] = 24.0
+    # upcoming deletions are listed for administrators this many days ahead
+    warn_days: Annotated[int, Field(strict=True, ge=0, le=365)] = 14
 
     @model_validator(mode="after")
     def _marks(self) -> RetentionSection:
@@ -261,6 +267,8 @@ class StationConfig(BaseSettings):
     drivers: DriversSection = Field(default_factory=DriversSection)
     forward: ForwardConfig = Field(default_factory=ForwardConfig)
     accounts: AccountsSection = Field(default_factory=AccountsSection)
+    platform: PlatformConfig = Field(default_factory=PlatformConfig)
+    integrity: IntegrityConfig = Field(default_factory=IntegrityConfig)
 
     @classmethod
     def settings_customise_sources(
