@@ -318,4 +318,10 @@ def load_config(path: str | os.PathLike[str] | None) -> StationConfig:
         raise ConfigError(f"{p}: configuration file not found") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{p}: not valid TOML: {e}") from None
+    from station.platform.secrets import SecretsError, reveal
+
+    try:
+        data = reveal(data, p)  # "enc:v1:" secrets, with a key kept outside this file
+    except SecretsError as e:
+        raise ConfigError(f"{p}: {e}") from None
     return parse_config(data, str(p))

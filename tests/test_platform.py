@@ -20,7 +20,7 @@ import httpx
 import pytest
 from conftest import StationProc, free_port, wait_for
 
-from station.platform import signing
+from station.platform import secrets, signing
 from station.platform.protocol import Command
 from station.sim.recorder import RecorderSpec
 
@@ -264,7 +264,13 @@ def test_platform_restart_in_the_middle_of_a_push(
 def test_signed_command_runs_once_and_unsigned_or_replayed_ones_are_refused(
     make_station: Callable[..., StationProc], platform: PlatformProc, tmp_path: Path
 ) -> None:
-    st = make_station(platform=link_config(platform))
+    # the platform token is stored encrypted, its key outside the configuration file
+    secrets.new_key(tmp_path / "secrets.key")
+    sealed = secrets.encrypt(secrets.load_key(tmp_path / "secrets.key"), "platform.token", PTOKEN)
+    st = make_station(start=False, platform=link_config(platform, token=sealed))
+    assert PTOKEN not in st.config_path.read_text()
+    st.env = {"STATION_SECRETS_KEY": str(tmp_path / "secrets.key")}
+    st.start()
     wait_for(lambda: platform_status(st)["registered"], 60, "registration")
     cmd = platform.post("/admin/stations/TEST-0001/commands", {"kind": "self_check"})
 

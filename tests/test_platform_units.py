@@ -239,3 +239,45 @@ def test_platform_section_is_strict() -> None:
     with pytest.raises(ConfigError, match=r"platform\.heartbeat: unknown key"):
         parse_config({"platform": {"heartbeat": 3}})
     assert parse_config({"integrity": {"sm3": True}}).integrity.sm3
+
+
+def test_stored_secrets_are_encrypted_with_a_key_outside_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tomli_w
+
+    from station.config import load_config
+    from station.platform import secrets
+
+    monkeypatch.delenv("STATION_SECRETS_KEY", raising=False)
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    conf = tmp_path / "station.toml"
+    secrets.new_key(tmp_path / "secrets.key")
+    key = secrets.load_key(tmp_path / "secrets.key")
+    token = secrets.encrypt(key, "platform.token", "the-platform-secret")
+    s3 = secrets.encrypt(key, "forward.secret_access_key", "the-s3-secret")
+    assert "the-platform-secret" not in token
+    conf.write_text(tomli_w.dumps({
+        "platform": {"enabled": True, "url": "https://p.example", "token": token},
+        "forward": {"secret_access_key": s3},
+    }))  # fmt: skip
+    cfg = load_config(conf)
+    assert cfg.platform.token.get_secret_value() == "the-platform-secret"
+    assert cfg.forward.secret_access_key.get_secret_value() == "the-s3-secret"
+    # a value moved to another key does not decrypt
+    conf.write_text(tomli_w.dumps({"platform": {"token": s3}}))
+    with pytest.raises(ConfigError, match=r"platform\.token: cannot be decrypted"):
+        load_config(conf)
+    # without the key, or with another station's
+    conf.write_text(tomli_w.dumps({"platform": {"token": token}}))
+    (tmp_path / "secrets.key").unlink()
+    with pytest.raises(ConfigError, match=r"secrets key .* does not exist"):
+        load_config(conf)
+    secrets.new_key(tmp_path / "secrets.key")
+    with pytest.raises(ConfigError, match="cannot be decrypted"):
+        load_config(conf)
+    # the key may come from elsewhere (systemd's LoadCredential, or STATION_SECRETS_KEY)
+    other = tmp_path / "elsewhere.key"
+    other.write_text(key.hex())
+    monkeypatch.setenv("STATION_SECRETS_KEY", str(other))
+    assert load_config(conf).platform.token.get_secret_value() == "the-platform-secret"
