@@ -281,3 +281,12 @@ def test_stored_secrets_are_encrypted_with_a_key_outside_the_file(
     other.write_text(key.hex())
     monkeypatch.setenv("STATION_SECRETS_KEY", str(other))
     assert load_config(conf).platform.token.get_secret_value() == "the-platform-secret"
+
+
+def test_the_protocol_document_is_the_reference_platforms() -> None:
+    from station.platform.reference import openapi_document
+
+    committed = (Path(__file__).parent.parent / "docs" / "platform-openapi.json").read_text()
+    assert committed == openapi_document(), (
+        "docs/platform-openapi.json is stale: python -m station.platform.reference --openapi"
+    )

@@ -21,6 +21,7 @@ import html
 import json
 import os
 import sqlite3
+import sys
 import threading
 import time
 import uuid
@@ -75,6 +76,14 @@ CREATE TABLE IF NOT EXISTS commands (
     receipt TEXT, seq INTEGER PRIMARY KEY AUTOINCREMENT
 );
 """
+
+
+_BINARY_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+    }
+}
 
 
 def _now() -> str:
@@ -270,6 +279,8 @@ def create_app(
         f"{PREFIX}/stations/{{station_id}}/files/{{file_id}}/content",
         dependencies=[Auth],
         response_model=CentralFile,
+        openapi_extra=_BINARY_BODY,
+        responses={409: {"description": "the file's metadata was not pushed first"}},
     )
     async def put_content(station_id: str, file_id: int, request: Request) -> CentralFile:
         """The footage itself (the request body); the answer carries the platform's hashes."""
@@ -329,7 +340,11 @@ def create_app(
         station_row(station_id)
         return Commands(commands=waiting(station_id))
 
-    @app.put(f"{PREFIX}/stations/{{station_id}}/bundles/{{command_id}}", dependencies=[Auth])
+    @app.put(
+        f"{PREFIX}/stations/{{station_id}}/bundles/{{command_id}}",
+        dependencies=[Auth],
+        openapi_extra=_BINARY_BODY,
+    )
     async def put_bundle(station_id: str, command_id: str, request: Request) -> dict[str, Any]:
         """A support bundle a `support_bundle` command asked for."""
         body = await request.body()
@@ -486,21 +501,40 @@ def create_app(
     return app
 
 
+def openapi_document() -> str:
+    """The protocol's OpenAPI document (docs/platform-openapi.json), the stations' routes only."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        doc = create_app(Path(tmp), "x").openapi()
+    doc["paths"] = {k: v for k, v in doc["paths"].items() if k.startswith(PREFIX)}
+    doc["servers"] = [{"url": "https://platform.example.police"}]
+    doc["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+    doc["security"] = [{"bearer": []}]
+    return json.dumps(doc, indent=2, ensure_ascii=False, sort_keys=True) + "\n"
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m station.platform.reference", description=__doc__)
-    p.add_argument("--data", type=Path, required=True, help="folder for platform.db and files")
+    p.add_argument("--data", type=Path, help="folder for platform.db and files")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=9000)
-    p.add_argument("--token", required=True, help="the bearer token stations present")
+    p.add_argument("--token", help="the bearer token stations present")
     p.add_argument("--signing-key", type=Path, help="Ed25519 private key (PEM) for commands")
     p.add_argument("--new-key", type=Path, metavar="PREFIX",
                    help="write PREFIX.key and PREFIX.pub (a fresh key pair) and exit")  # fmt: skip
     p.add_argument("--ingest-mb-s", type=float, help="slow uploads down to this rate")
+    p.add_argument("--openapi", action="store_true", help="print the protocol's OpenAPI document")
     p.add_argument("--workers-log", default="warning")
     args = p.parse_args(argv)
     if args.new_key:
         signing.new_key(args.new_key.with_suffix(".key"), args.new_key.with_suffix(".pub"))
         return
+    if args.openapi:
+        sys.stdout.write(openapi_document())
+        return
+    if args.data is None or not args.token:
+        p.error("--data and --token are needed to serve")
     app = create_app(args.data, args.token, args.signing_key, ingest_mb_s=args.ingest_mb_s)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.workers_log, access_log=False)
 
