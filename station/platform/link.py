@@ -200,7 +200,15 @@ class PlatformLink:
 
     def _call(self, method: str, path: str, **kw: Any) -> httpx.Response:
         try:
-            r = self.http.request(method, f"{PREFIX}{path}", **kw)
+            try:
+                r = self.http.request(method, f"{PREFIX}{path}", **kw)
+            except httpx.RemoteProtocolError:
+                # a kept-alive connection the server closed meanwhile: once more on a new one
+                # (every request is idempotent at the platform; a streamed body cannot be
+                # sent again and goes back to the breaker instead)
+                if not isinstance(kw.get("content", b""), bytes | str):
+                    raise
+                r = self.http.request(method, f"{PREFIX}{path}", **kw)
         except httpx.HTTPError as e:
             raise LinkDown(f"{type(e).__name__}: {e}") from None
         if (
