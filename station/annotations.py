@@ -1,4 +1,7 @@
-"""Annotating stored files (S34): level, note, case number, legal hold.
+"""Annotating stored files (S34): level, note, case number, legal hold, retention category.
+
+A retention category (station/retention.py CATEGORIES, the 2016 rules' permanent
+ones) is an administrator's choice, to set and to clear.
 
 Every change is written to the file's sidecar too, so a rebuilt catalog keeps
 it, and is an event in the system log.
@@ -34,6 +37,7 @@ def annotate(
     note: str | None = None,
     case_no: str | None = None,
     legal_hold: str | None = None,
+    category: str | None = None,
     admin: bool = False,
 ) -> StoredFile:
     """Change what is given (None leaves a field alone, "" clears a text field).
@@ -44,6 +48,15 @@ def annotate(
     """
     if level is not None and level not in LEVELS:
         raise AnnotationError(f"unknown level {level!r}: one of {', '.join(LEVELS)}")
+    if category is not None:
+        from station.retention import CATEGORIES
+
+        if category and category not in CATEGORIES:
+            raise AnnotationError(
+                f"unknown retention category {category!r}: one of {', '.join(CATEGORIES)}"
+            )
+        if not admin:
+            raise ProtectionError("only an administrator may set or clear a retention category")
     if started := catalog.get_state(REBUILDING):
         raise AnnotationError(
             f"the catalog is being rebuilt from the disks (since {started}): file ids are not "
@@ -68,6 +81,7 @@ def annotate(
             ("note", note),
             ("case_no", case_no),
             ("legal_hold", legal_hold),
+            ("retention_category", category),
         ):
             if value is None:
                 continue

@@ -29,6 +29,7 @@ from drivers.scsi_dv16 import ScsiDv16Config
 from drivers.usb_vendor import UsbVendorConfig
 from drivers.vendor_library import VendorLibraryConfig
 from station.forward import ForwardConfig
+from station.platform.config import IntegrityConfig, PlatformConfig
 from station.voice import VoiceConfig
 
 
@@ -154,6 +155,11 @@ class RetentionSection(_Section):
     # age-based sweeps pause when the clock moved further ahead than this since the last
     # believed time, until NTP syncs or `station retention resume` (station/clockguard.py)
     max_clock_jump_days: Annotated[float, Field(gt=0)] = 2.0
+    # with forwarding or the platform link on, a file not deleted before its central copy
+    # is verified; one still unverified this long after collection raises central_unverified
+    central_stuck_hours: Annotated[float, Field(gt=0)] = 24.0
+    # upcoming deletions are listed for administrators this many days ahead
+    warn_days: Annotated[int, Field(strict=True, ge=0, le=365)] = 14
 
     @model_validator(mode="after")
     def _marks(self) -> RetentionSection:
@@ -266,6 +272,8 @@ class StationConfig(BaseSettings):
     drivers: DriversSection = Field(default_factory=DriversSection)
     forward: ForwardConfig = Field(default_factory=ForwardConfig)
     accounts: AccountsSection = Field(default_factory=AccountsSection)
+    platform: PlatformConfig = Field(default_factory=PlatformConfig)
+    integrity: IntegrityConfig = Field(default_factory=IntegrityConfig)
 
     @classmethod
     def settings_customise_sources(
@@ -315,4 +323,10 @@ def load_config(path: str | os.PathLike[str] | None) -> StationConfig:
         raise ConfigError(f"{p}: configuration file not found") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{p}: not valid TOML: {e}") from None
+    from station.platform.secrets import SecretsError, reveal
+
+    try:
+        data = reveal(data, p)  # "enc:v1:" secrets, with a key kept outside this file
+    except SecretsError as e:
+        raise ConfigError(f"{p}: {e}") from None
     return parse_config(data, str(p))

@@ -58,7 +58,14 @@ from station.names import parse_card_path
 from station.network import check_network
 from station.ratelimit import PriorityGate
 from station.recovery import recover
-from station.retention import DiskFacts, Plan, RetentionSweeper, days_until_full, retention_rules
+from station.retention import (
+    CentralCheck,
+    DiskFacts,
+    Plan,
+    RetentionSweeper,
+    days_until_full,
+    retention_rules,
+)
 from station.scrubber import Scrubber
 from station.smart import Health, HealthHistory, check_disk
 from station.store import Store, StoreDisk
@@ -186,6 +193,9 @@ class Station:
         self._scrub_thread: threading.Thread | None = None
         self.forwarder: Forwarder | None = None
         self._forward_thread: threading.Thread | None = None
+        self.platform: Any = None  # station.platform.link.PlatformLink when [platform] is on
+        self.sm3: Any = None  # station.platform.sm3.Sm3Digester when integrity.sm3 is on
+        self._platform_threads: list[threading.Thread] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._changed = asyncio.Event()
         self._stop_workers = threading.Event()
@@ -206,7 +216,14 @@ class Station:
         self._spoken: dict[int, tuple[int, str]] = {}  # port -> (generation, state) last seen
         # port -> (when, the recorder, its state): unplugged before its collection ended
         self._removed_early: dict[int, tuple[float, dict[str, str], str]] = {}
-        self.retention = RetentionSweeper(self.catalog, retention_rules(config))
+        self.retention = RetentionSweeper(
+            self.catalog,
+            retention_rules(config),
+            CentralCheck(
+                platform=config.platform.enabled and config.platform.upload_content,
+                forward=config.forward.enabled,
+            ),
+        )
         self.disk_book = DiskBook(
             self.catalog, config.station.id, folder_disks=config.store.folder_disks
         )
@@ -402,6 +419,7 @@ class Station:
         ]
         self._start_scrubber()
         self._start_forwarder()
+        self._start_platform()
         interval = sdnotify.watchdog_interval()
         if interval is not None:  # only under systemd with WatchdogSec=
             tasks.append(asyncio.create_task(self._watchdog(stop, interval), name="watchdog"))
@@ -549,11 +567,17 @@ class Station:
         )
         self._forward_thread = threading.Thread(target=self.forwarder.run, name="forwarder")
         self._forward_thread.start()
+        self.retention.central.forwarded = self.forwarder.forwarded
+
+    def _start_platform(self) -> None:
+        from station.platform.link import start_workers
+
+        self._platform_threads = start_workers(self, self._stop_workers)
 
     async def shutdown(self) -> None:
         self._stop_workers.set()
         self.announcer.stop()
-        for t in (self._scrub_thread, self._forward_thread):
+        for t in (self._scrub_thread, self._forward_thread, *self._platform_threads):
             if t is not None:
                 await asyncio.get_running_loop().run_in_executor(None, t.join)
         self.watcher.stop()
@@ -580,10 +604,24 @@ class Station:
         with self._sweep_lock:
             paused = self._retention_paused()
             plan = self.retention.sweep(self.disk_facts(), paused=paused)
+            self._check_central()
         if plan.delete:
             log.info("retention: deleted %s file(s), %s bytes", len(plan.delete), plan.freed_bytes)
             self.notify()
         return plan
+
+    def _check_central(self) -> None:
+        """`central_unverified` while files wait too long for their central copy's check."""
+        hours = self.config.retention.central_stuck_hours
+        stuck = self.retention.stuck_unverified(dt.timedelta(hours=hours))
+        if stuck:
+            self.alarms.raise_(
+                "central_unverified",
+                f"{len(stuck)} file(s) collected more than {hours:g} h ago have no verified "
+                "central copy yet: they are kept until they have",
+            )
+        else:
+            self.alarms.clear("central_unverified")
 
     def _retention_paused(self) -> str | None:
         """Why deletion by age must wait (the station clock), with its alarm, or None."""
@@ -607,6 +645,10 @@ class Station:
         self.clock.confirm(utcnow(), by=by)
         self._retention_paused()
         self.notify()
+
+    def upcoming_deletions(self, days_ahead: int) -> list[dict[str, Any]]:
+        """What deletion by age removes in the next `days_ahead` days (shown beforehand)."""
+        return self.retention.upcoming(days_ahead)
 
     def make_room(self) -> None:
         """Collection is blocked for space: sweep now rather than at the next interval."""
@@ -973,6 +1015,8 @@ class Station:
             "slots": slots,
             "alarms": alarms,
             "forward": self.forwarder.status() if self.forwarder else {"enabled": False},
+            "platform": self.platform.status() if self.platform else {"enabled": False},
+            "integrity": self.sm3.status() if self.sm3 else {"sm3": False},
         }
 
     def status_json(self, max_age_s: float = STATUS_MAX_AGE_S) -> bytes:
@@ -1015,8 +1059,21 @@ class Station:
         return self.status()["disks"]
 
     def files(self, **filters: Any) -> dict[str, Any]:
-        """The data of `GET /api/v1/files`."""
-        return list_files(self.catalog, self.tz, **filters)
+        """The data of `GET /api/v1/files`; `central` is pending, verified or failed (None:
+        no central copy is configured)."""
+        out = list_files(self.catalog, self.tz, **filters)
+        central = self.retention.central
+        for item in out["items"]:
+            if not central.required:
+                item["central"] = None
+            elif (
+                item["central"] != "verified"
+                and central.forward
+                and central.forwarded is not None
+                and central.forwarded(item["id"])
+            ):
+                item["central"] = "verified"
+        return out
 
 
 def _port_subject(subject: str) -> int | None:
@@ -1106,4 +1163,7 @@ def _file_item(f: StoredFile, tz: ZoneInfo | None) -> dict[str, Any]:
         "collected_at": f.collected_at.astimezone(tz).isoformat(),
         "important": f.important,
         "level": f.level,
+        "sm3": f.sm3,
+        "central": f.central_state or "pending",
+        "retention_category": f.retention_category,
     }

@@ -101,6 +101,35 @@ class StationCollector(Collector):
         yield GaugeMetricFamily(
             "station_voice_queue", "Announcements waiting", value=len(st.announcer.pending())
         )
+        link = getattr(st, "platform", None)
+        if link is not None:
+            depth = GaugeMetricFamily(
+                "station_outbox_depth", "Outbox entries the platform has not acknowledged",
+                labels=["kind"],
+            )  # fmt: skip
+            for kind, n in link.depth().items():
+                depth.add_metric([kind], n)
+            yield depth
+            yield GaugeMetricFamily(
+                "station_platform_connected",
+                "1 when the last exchange with the platform succeeded",
+                value=1 if link.last_error is None and link.registered else 0,
+            )
+        with st.catalog.read() as s:
+            central = dict(
+                s.execute(
+                    select(StoredFile.central_state, func.count())
+                    .where(StoredFile.deleted_at.is_(None))
+                    .group_by(StoredFile.central_state)
+                ).all()
+            )
+        files_central = GaugeMetricFamily(
+            "station_files_central", "Stored files by central copy state", labels=["state"]
+        )
+        for state in ("pending", "verified", "failed"):
+            n = central.get(state, 0) + (central.get(None, 0) if state == "pending" else 0)
+            files_central.add_metric([state], n)
+        yield files_central
         online = st.network_online
         yield GaugeMetricFamily(
             "station_network_online", "1 when the network check passes", value=1 if online else 0

@@ -11,7 +11,15 @@ preview`) before anything is deleted:
 - when every disk is past its high-water mark, the oldest unprotected files
   are deleted (overwrite) until each disk is back under its low-water mark; if
   only protected files remain, nothing is deleted and the station reports it
-  cannot make room (collection then stops and `storage_full` is raised).
+  cannot make room (collection then stops and `storage_full` is raised);
+- a file in one of the 2016 rules' permanent categories (`CATEGORIES`: evidence in
+  an administrative or criminal case, obstruction of duty, a major emergency or mass
+  incident, another major or complex case) is never deleted, by age or to make room;
+- when forwarding or the platform link is configured (`CentralCheck.required`), a
+  file is never deleted, by age or to make room, before its central copy is
+  verified (the central side's hash matched ours): it waits (`Plan.waiting_central`),
+  and one waiting longer than `retention.central_stuck_hours` raises
+  `central_unverified`.
 
 The `RetentionSweeper` carries a plan out crash-safely: the sidecar is marked
 deleted first, then the catalog row is tombstoned, then the file removed. A
@@ -23,7 +31,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -62,6 +70,20 @@ def clearing(file_id: int, active: bool) -> None:
             _clearing_now.discard(file_id)
 
 
+# The Ministry of Public Security's 2016 rules (article 13): footage kept permanently
+CATEGORIES = {
+    "case_evidence": "evidence in an administrative or criminal case",
+    "obstruction": "obstruction of duty",
+    "major_incident": "a major emergency or mass incident",
+    "major_case": "another major or complex case",
+}
+PERMANENT_CATEGORIES = frozenset(CATEGORIES)
+
+
+def is_permanent(category: str | None) -> bool:
+    return category in PERMANENT_CATEGORIES
+
+
 @dataclass(frozen=True)
 class FileFacts:
     id: int
@@ -72,10 +94,39 @@ class FileFacts:
     important: bool
     legal_hold: str | None = None
     clock_untrusted: bool = False  # collected under a clock that could not be believed
+    category: str | None = None  # a 2016 retention category (CATEGORIES)
+    central_state: str | None = None  # the platform's copy: None/pending | verified | failed
 
     @property
     def protected(self) -> bool:
         return is_protected(self.important, self.level, self.legal_hold)
+
+    @property
+    def permanent(self) -> bool:
+        return is_permanent(self.category)
+
+
+@dataclass
+class CentralCheck:
+    """Whether a file's central copy is verified, when the station has a central copy at all.
+
+    `platform`: the platform link uploads footage (its verified copy is
+    `files.central_state == "verified"`); `forwarded`: the S3 forwarder's check (its
+    HEAD after upload matched size, metadata and checksum), None until it runs. Either
+    verified copy lets retention delete the local one."""
+
+    platform: bool = False
+    forward: bool = False
+    forwarded: Callable[[int], bool] | None = None
+
+    @property
+    def required(self) -> bool:
+        return self.platform or self.forward
+
+    def verified(self, f: FileFacts) -> bool:
+        if self.platform and f.central_state == "verified":
+            return True
+        return bool(self.forward and self.forwarded is not None and self.forwarded(f.id))
 
 
 @dataclass(frozen=True)
@@ -102,6 +153,8 @@ class Plan:
     freed: dict[str, int] = field(default_factory=dict)  # bytes per disk
     cannot_make_room: list[str] = field(default_factory=list)  # disks full of protected files
     paused: str | None = None  # why nothing was deleted by age (the clock cannot be believed)
+    waiting_central: list[int] = field(default_factory=list)  # due, central copy unverified
+    permanent: list[int] = field(default_factory=list)  # due, but in a permanent category
 
     @property
     def delete(self) -> list[int]:
@@ -128,26 +181,42 @@ def plan_sweep(
     now: dt.datetime,
     *,
     paused: str | None = None,
+    central_ok: Callable[[FileFacts], bool] | None = None,
 ) -> Plan:
     """What the next sweep deletes, and why. Pure: no I/O, no clock.
 
     `paused`: the station clock cannot be believed now, so nothing is deleted by age
     (overwrite when full goes on). A file collected under an untrusted clock is never
     deleted by age, and is overwritten only after every other unprotected file.
+    `central_ok`: when given, a file it says False for (its central copy is not
+    verified) is not deleted at all; it is asked only about files about to go.
     """
     plan = Plan(paused=paused)
     files = list(files)
     disks = {d.path: d for d in disks}
     gone: set[int] = set()
+    held: set[int] = set()  # not deletable now whatever the disks' state
+
+    def may_go(f: FileFacts) -> bool:
+        if f.permanent or f.protected or f.id in held:
+            return False
+        if central_ok is not None and not central_ok(f):
+            held.add(f.id)
+            plan.waiting_central.append(f.id)
+            return False
+        return True
+
     for f in files if paused is None else ():
         if f.disk not in disks:
             continue  # its disk is not here: a hold placed meanwhile could not reach it
         days = rules.days.get(f.level, rules.days.get("normal"))
         if days is None or f.collected_at + dt.timedelta(days=days) > now:
             continue
-        if f.protected or f.clock_untrusted:
+        if f.permanent:
+            plan.permanent.append(f.id)
+        elif f.protected or f.clock_untrusted:
             plan.review.append(f.id)
-        else:
+        elif may_go(f):
             plan.expired.append(f.id)
             gone.add(f.id)
             plan.freed[f.disk] = plan.freed.get(f.disk, 0) + f.size
@@ -159,18 +228,41 @@ def plan_sweep(
     if present and all(used(d) > rules.high_water for d in present):
         for d in present:
             candidates = sorted(
-                (f for f in files if f.disk == d.path and f.id not in gone and not f.protected),
+                (
+                    f
+                    for f in files
+                    if f.disk == d.path and f.id not in gone and not f.protected and not f.permanent
+                ),
                 key=lambda f: (f.clock_untrusted, f.collected_at, f.id),
             )
             for f in candidates:
                 if used(d) <= rules.low_water:
                     break
+                if not may_go(f):
+                    continue
                 plan.overwrite.append(f.id)
                 gone.add(f.id)
                 plan.freed[d.path] = plan.freed.get(d.path, 0) + f.size
             if used(d) > rules.high_water:
                 plan.cannot_make_room.append(d.path)
     return plan
+
+
+def upcoming_deletions(
+    files: Iterable[FileFacts], rules: Rules, now: dt.datetime, days_ahead: int
+) -> list[tuple[FileFacts, dt.datetime]]:
+    """Files whose retention period runs out within `days_ahead` days (and would then be
+    deleted by age), soonest first, with the time each is due. Pure."""
+    until = now + dt.timedelta(days=days_ahead)
+    out = []
+    for f in files:
+        days = rules.days.get(f.level, rules.days.get("normal"))
+        if days is None or f.protected or f.permanent or f.clock_untrusted:
+            continue
+        due = f.collected_at + dt.timedelta(days=days)
+        if due <= until:
+            out.append((f, due))
+    return sorted(out, key=lambda x: (x[1], x[0].id))
 
 
 def days_until_full(free_bytes: int, collected_bytes: int, window_days: float) -> float | None:
@@ -192,9 +284,10 @@ class DeletionRefused(Exception):
 class RetentionSweeper:
     """Plans and carries out retention sweeps against the catalog and the disks."""
 
-    def __init__(self, catalog: Catalog, rules: Rules) -> None:
+    def __init__(self, catalog: Catalog, rules: Rules, central: CentralCheck | None = None) -> None:
         self.catalog = catalog
         self.rules = rules
+        self.central = central or CentralCheck()
 
     def facts(self) -> list[FileFacts]:
         with self.catalog.read() as s:
@@ -208,6 +301,8 @@ class RetentionSweeper:
                     StoredFile.important,
                     StoredFile.legal_hold,
                     StoredFile.clock_untrusted,
+                    StoredFile.retention_category,
+                    StoredFile.central_state,
                 ).where(StoredFile.deleted_at.is_(None))
             ).all()
         return [FileFacts(*r) for r in rows]
@@ -215,7 +310,49 @@ class RetentionSweeper:
     def plan(
         self, disks: list[DiskFacts], now: dt.datetime | None = None, paused: str | None = None
     ) -> Plan:
-        return plan_sweep(self.facts(), disks, self.rules, now or utcnow(), paused=paused)
+        check = self.central.verified if self.central.required else None
+        return plan_sweep(
+            self.facts(), disks, self.rules, now or utcnow(), paused=paused, central_ok=check
+        )
+
+    def upcoming(self, days_ahead: int, now: dt.datetime | None = None) -> list[dict[str, object]]:
+        """What deletion by age will remove in the next `days_ahead` days (administrators
+        are shown it beforehand), with whether each still waits for its central copy."""
+        due = upcoming_deletions(self.facts(), self.rules, now or utcnow(), days_ahead)
+        if not due:
+            return []
+        ids = [f.id for f, _ in due]
+        with self.catalog.read() as s:
+            rows = {
+                r.id: r for r in s.scalars(select(StoredFile).where(StoredFile.id.in_(ids))).all()
+            }
+        out: list[dict[str, object]] = []
+        for f, when in due:
+            r = rows[f.id]
+            out.append(
+                {
+                    "id": f.id,
+                    "name": r.name,
+                    "officer_no": r.officer.officer_no,
+                    "serial": r.recorder.serial,
+                    "level": f.level,
+                    "collected_at": f.collected_at.isoformat(),
+                    "delete_on": when.isoformat(),
+                    "waiting_central": self.central.required and not self.central.verified(f),
+                }
+            )
+        return out
+
+    def stuck_unverified(
+        self, older_than: dt.timedelta, now: dt.datetime | None = None
+    ) -> list[int]:
+        """Files whose central copy is still not verified `older_than` after collection."""
+        if not self.central.required:
+            return []
+        before = (now or utcnow()) - older_than
+        return [
+            f.id for f in self.facts() if f.collected_at < before and not self.central.verified(f)
+        ]
 
     def sweep(
         self, disks: list[DiskFacts], now: dt.datetime | None = None, paused: str | None = None
@@ -257,6 +394,16 @@ class RetentionSweeper:
                         return False
                     raise DeletionRefused(
                         f"file {file_id} is under legal hold {row.legal_hold!r}: release it first",
+                        held=True,
+                    )
+                if is_permanent(row.retention_category):
+                    if by == "retention":
+                        log.error("retention refused to delete permanent file %s", file_id)
+                        return False
+                    raise DeletionRefused(
+                        f"file {file_id} is kept permanently "
+                        f"({CATEGORIES[row.retention_category or '']}): an administrator "
+                        "must take it out of that category first",
                         held=True,
                     )
                 mark = row.card_clearing_at

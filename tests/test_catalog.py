@@ -28,6 +28,8 @@ TABLES = {
     "ingest_jobs",
     "login_throttle",
     "officers",
+    "outbox",
+    "platform_commands",
     "recorders",
     "station_state",
     "user_sessions",

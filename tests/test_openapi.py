@@ -45,6 +45,7 @@ API_OPERATIONS = [
     ("POST", "/api/v1/alarms/{alarm_id}/ack"),
     ("GET", "/api/v1/recorders"),
     ("GET", "/api/v1/disks"),
+    ("GET", "/api/v1/retention/upcoming"),
 ]
 AUTHENTICATED = [op for op in API_OPERATIONS if op[1] != "/api/v1/health"]
 ACK = ("POST", "/api/v1/alarms/{alarm_id}/ack")

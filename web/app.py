@@ -123,6 +123,19 @@ def create_app(station: Station, *, api: bool = True, ui: bool = True) -> FastAP
         )
 
     @app.get(
+        "/api/v1/retention/upcoming",
+        dependencies=[Authorized],
+        response_model=m.UpcomingDeletions,
+        responses=unauthorized,
+        summary="Files deletion by age will remove in the next days (for administrators)",
+    )
+    def upcoming(
+        days: Annotated[int | None, Query(ge=0, le=365)] = None,
+    ) -> dict[str, Any]:
+        ahead = station.config.retention.warn_days if days is None else days
+        return {"days": ahead, "items": station.upcoming_deletions(ahead)}
+
+    @app.get(
         "/api/v1/events",
         dependencies=[Authorized],
         response_model=m.EventPage,

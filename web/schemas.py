@@ -172,6 +172,35 @@ class ForwardStatus(BaseModel):
     last_forwarded_at: Timestamp | None = None
 
 
+class PlatformStatus(BaseModel):
+    """The link to the central platform (docs/platform-protocol.md): only `enabled` when off."""
+
+    enabled: bool
+    url: str | None = None
+    registered: bool | None = None
+    platform_id: str | None = Field(None, description="the platform's id for this station")
+    state: Literal["connected", "offline"] | None = None
+    breaker: Literal["closed", "backing_off", "open"] | None = None
+    failures: int | None = Field(None, description="failed attempts in a row")
+    last_error: str | None = None
+    last_contact_at: Timestamp | None = None
+    outbox_depth: dict[str, int] | None = Field(
+        None, description="undelivered outbox entries per kind (file, alarm, log, receipt, report)"
+    )
+    outbox_pending: int | None = Field(None, description="undelivered outbox entries in all")
+    delivered: int | None = Field(None, description="entries delivered since start")
+    config_version: int | None = Field(None, description="the platform configuration applied")
+
+
+class IntegrityStatus(BaseModel):
+    """SM3 digests (`[integrity] sm3`), computed in the background: only `sm3` when off."""
+
+    sm3: bool
+    computed: int | None = Field(None, description="files digested since start")
+    waiting: int | None = Field(None, description="stored files still without SM3 (up to 1000)")
+    mb_s: float | None = Field(None, description="measured SM3 rate of this station")
+
+
 class LogHead(BaseModel):
     """Keep it: a later head that does not extend it means entries were deleted."""
 
@@ -194,6 +223,8 @@ class Status(BaseModel):
     slots: list[SlotStatus] = Field(description="one per configured port")
     alarms: list[StatusAlarm] = Field(description="the alarms still raised")
     forward: ForwardStatus
+    platform: PlatformStatus
+    integrity: IntegrityStatus
     log: LogHead = Field(description="the system log's newest entry, as anchored on the disks")
     clock: ClockStatus
 
@@ -214,11 +245,34 @@ class FileItem(BaseModel):
     collected_at: Timestamp
     important: bool
     level: Literal["normal", "important", "evidence"]
+    sm3: str | None = Field(description="SM3 (GB/T 32905), when `[integrity] sm3` computed it")
+    central: Literal["pending", "verified", "failed"] | None = Field(
+        description="the central copy (platform or object store): null when none is configured"
+    )
+    retention_category: str | None = Field(
+        description="a 2016 permanent-retention category, or null"
+    )
 
 
 class FileList(BaseModel):
     total: int = Field(description="files matching the filters")
     items: list[FileItem] = Field(description="newest first, `limit` from `offset`")
+
+
+class UpcomingDeletion(BaseModel):
+    id: int
+    name: str
+    officer_no: str
+    serial: str
+    level: str
+    collected_at: Timestamp
+    delete_on: Timestamp = Field(description="when its retention period runs out")
+    waiting_central: bool = Field(description="kept past that until its central copy verifies")
+
+
+class UpcomingDeletions(BaseModel):
+    days: int = Field(description="how far ahead (retention.warn_days unless given)")
+    items: list[UpcomingDeletion] = Field(description="soonest first")
 
 
 class EventItem(BaseModel):

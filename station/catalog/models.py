@@ -16,6 +16,7 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    UniqueConstraint,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -177,6 +178,15 @@ class StoredFile(Base):
     deleted_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     deleted_by: Mapped[str | None] = mapped_column(String(64))
     delete_reason: Mapped[str | None] = mapped_column(Text)
+    # SM3 (GB/T 32905) of the stored bytes, computed in the background (station/platform/sm3.py)
+    sm3: Mapped[str | None] = mapped_column(String(64))
+    sm3_error: Mapped[str | None] = mapped_column(Text)
+    # the platform's copy: None/pending | verified (its hash matched ours) | failed
+    central_state: Mapped[str | None] = mapped_column(String(16))
+    central_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    central_error: Mapped[str | None] = mapped_column(Text)
+    # a 2016 permanent-retention category (station/retention.py CATEGORIES), or None
+    retention_category: Mapped[str | None] = mapped_column(String(32))
 
     officer: Mapped[Officer] = relationship(lazy="joined")
     recorder: Mapped[Recorder] = relationship(lazy="joined")
@@ -238,3 +248,42 @@ class StationState(Base):
 
     key: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[str] = mapped_column(Text)
+
+
+class OutboxEntry(Base):
+    """One message for the central platform, kept until the platform acknowledged it.
+
+    `(kind, key)` is unique: the key is the idempotency key the platform deduplicates on
+    (station id + file id for files). Delivered rows are kept with the platform's answer.
+    """
+
+    __tablename__ = "outbox"
+    __table_args__ = (
+        Index("ix_outbox_pending", "kind", "delivered_at", "id"),
+        UniqueConstraint("kind", "key", name="uq_outbox_kind_key"),
+        {"sqlite_autoincrement": True},
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))  # file | alarm | log | receipt | report
+    key: Mapped[str] = mapped_column(String(128))
+    file_id: Mapped[int | None] = mapped_column(index=True)
+    body: Mapped[str] = mapped_column(Text)  # JSON
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    attempts: Mapped[int] = mapped_column(default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    delivered_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    answer: Mapped[str | None] = mapped_column(String(16))  # accepted | duplicate | rejected
+
+
+class PlatformCommand(Base):
+    """A command the platform sent, by its id: a second one with the same id is a replay."""
+
+    __tablename__ = "platform_commands"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    issued_at: Mapped[str | None] = mapped_column(String(40))
+    received_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    status: Mapped[str] = mapped_column(String(16))  # done | failed | refused
+    detail: Mapped[str | None] = mapped_column(Text)
