@@ -261,7 +261,8 @@ SCREEN_FIELDS = {  # what the touchscreen shows, and all an anonymous viewer is 
     "alarms": ("code", "severity", "message"),
     "slots": (
         "port", "state", "recorder", "battery_percent", "files_total", "files_done",
-        "bytes_total", "bytes_done", "bytes_per_s", "error", "priority",
+        "bytes_total", "bytes_done", "bytes_per_s", "error", "priority", "expected_finish",
+        "expected_s",
     ),
     "recorder": ("serial", "officer_no", "officer_name", "unit_name"),
 }  # fmt: skip

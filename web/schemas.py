@@ -110,6 +110,13 @@ class SlotStatus(BaseModel):
     priority: bool = Field(
         description='"collect first" (S30): this port\'s recorder has the bandwidth'
     )
+    expected_finish: Timestamp | None = Field(
+        None,
+        description="when this collecting window is expected to be done (ISO 8601, station "
+        "time), from the measured rate of its USB link: on a link shared with other ports "
+        "the ones ahead of it go first; null when not collecting or no rate yet",
+    )
+    expected_s: int | None = Field(None, description="the same, in seconds from now")
 
 
 class StatusAlarm(BaseModel):
