@@ -72,6 +72,7 @@ if str(BENCH) not in sys.path:
     sys.path.insert(0, str(BENCH))
 
 import ingest as ing  # noqa: E402  bench/ingest.py: the daemon, the cards, the checks
+from cabinet import CabinetCpu  # noqa: E402
 
 ROOT = ing.ROOT
 OUT = ing.OUT / "fleet"
@@ -488,7 +489,9 @@ def run_once(
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True)
     n = len(cards)
-    daemon = ing.Daemon(root, ports=max(8, n), source=args.source, nice=args.nice)
+    daemon = ing.Daemon(
+        root, ports=max(8, n), source=args.source, nice=args.nice, cabinet=args.cabinet
+    )
     staged = root / "bus" / ".building"
     files = size = 0
     for i, c in enumerate(cards):
@@ -881,6 +884,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--write-doc", action="store_true", help="put the figures in docs/fleet.md")
     p.add_argument("--keep", action="store_true", help="keep run folders")
     p.add_argument("--source", type=Path, default=ROOT, help="run the daemon from this checkout")
+    p.add_argument(
+        "--cabinet-cpu",
+        action="store_true",
+        help="the daemon on the emulated cabinet CPU (bench/cabinet.py: 0.84 CPU, SHA "
+        "extensions masked; the pollers stay outside, as the central server is)",
+    )
     args = p.parse_args(argv)
     if not 1 <= args.recorders <= 32 or args.size_mb <= 0 or args.read_mb_s <= 0:
         p.error("need 1 <= --recorders <= 32, --size-mb > 0, --read-mb-s > 0")
@@ -905,6 +914,10 @@ def main(argv: list[str] | None = None) -> int:
         notes.append(f"daemon and load generator run at nice {args.nice}")
     size_gib = args.size_mb / 1024
     OUT.mkdir(parents=True, exist_ok=True)
+    stack = contextlib.ExitStack()
+    args.cabinet = stack.enter_context(CabinetCpu(0.84)) if args.cabinet_cpu else None
+    if args.cabinet is not None:
+        notes.append(f"daemon on the emulated cabinet CPU: {args.cabinet.describe()}")
     started = time.monotonic()
     cards = ing.ensure_cards(size_gib, args.recorders, args.seed)
     work = OUT / "runs" / dt.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -944,6 +957,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"BENCHMARK FAILED: {e}")
         return 2
     finally:
+        stack.close()
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
     if any(not r.caches_dropped for r in results):
@@ -958,7 +972,11 @@ def main(argv: list[str] | None = None) -> int:
     saved.write_text(
         json.dumps(
             {
-                "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+                "args": {
+                    k: str(v) if isinstance(v, Path) else v
+                    for k, v in vars(args).items()
+                    if k != "cabinet"
+                },
                 "notes": notes,
                 "runs": [{**dataclasses.asdict(r), "mb_s": r.mb_s} for r in results],
                 "profile": profiles,

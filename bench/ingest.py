@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
 import dataclasses
 import datetime as dt
 import json
@@ -49,11 +50,12 @@ import secrets
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +68,9 @@ if str(ROOT) not in sys.path:  # running from a checkout without `pip install -e
     sys.path.insert(0, str(ROOT))
 
 from station.config import StoreSection  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "bench"))
+from cabinet import CabinetCpu, CabinetError  # noqa: E402, I001
 from station.sim import media  # noqa: E402
 from station.sim.recorder import RecorderSpec, build_recorder, dock  # noqa: E402
 
@@ -83,6 +88,13 @@ TARGET_LIMITED_MB_S = 150.0
 TARGET_RATIO = 2.0
 TARGET_CPU_S_PER_GIB = 3.0
 TARGET_RSS_MB = 200.0
+# Issue #15, on the emulated cabinet: share of the ceiling, status p99, peak RSS.
+TARGET_SHARE = 0.95
+TARGET_STATUS_P99_MS = 100.0
+TARGET_CABINET_RSS_MB = 150.0
+TARGET_MEAN_GAIN = 0.30  # scheduled per link vs equal shares: mean time to complete
+TARGET_MASKED_CPU_S_PER_GIB = 4.5  # SHA extensions masked, no quota
+CHROMIUM = "/usr/bin/chromium"
 # Cores used by other processes (and kernel threads) during a case above which its figures
 # are flagged: the station's own writeback alone stays below this.
 BUSY_CORES = 0.5
@@ -362,11 +374,24 @@ def free_port() -> int:
 class Daemon:
     """A `station run` in a subprocess, with a sampler for its CPU time and memory."""
 
-    def __init__(self, root: Path, ports: int, source: Path, nice: int = 0) -> None:
+    def __init__(
+        self,
+        root: Path,
+        ports: int,
+        source: Path,
+        nice: int = 0,
+        *,
+        cabinet: CabinetCpu | None = None,
+        links: list[dict[str, Any]] | None = None,
+        chunk_kb: int | None = None,
+        link_scheduling: bool | None = None,
+        bus: Path | None = None,
+    ) -> None:
         self.root = root
         self.source = source
         self.nice = nice
-        self.bus = root / "bus"
+        self.cabinet = cabinet
+        self.bus = bus or root / "bus"
         self.disks = [root / "disk1", root / "disk2"]
         self.port = free_port()
         self.config = root / "station.toml"
@@ -374,13 +399,23 @@ class Daemon:
             d.mkdir(parents=True, exist_ok=True)
         cfg = {
             "station": {"id": "BENCH-0001", "name": "Benchmark station"},
-            "store": {"disks": [str(d) for d in self.disks], "min_free_mb": 64},
+            "store": {
+                "disks": [str(d) for d in self.disks],
+                "min_free_mb": 64,
+                "folder_disks": True,  # plain folders of the bench, not mounted disks
+            },
             "database": {"url": f"sqlite:///{root / 'catalog.db'}"},
             "bus": {"kind": "simulated", "path": str(self.bus), "ports": ports},
             "registration": {"mode": "auto"},
             "web": {"host": "127.0.0.1", "port": self.port},
             "api": {"tokens": [TOKEN]},
         }
+        if chunk_kb:
+            cfg["store"]["chunk_kb"] = chunk_kb
+        if link_scheduling is not None:  # left out: the code under test may predate the key
+            cfg["bus"]["link_scheduling"] = link_scheduling
+        if links:  # the simulated bus's shared USB links (drivers/simulated.py)
+            (self.bus / "links.json").write_text(json.dumps({"links": links}))
         self.config.write_text(tomli_w.dumps(cfg))
         self.proc: subprocess.Popen[bytes] | None = None
         self.ps: psutil.Process | None = None
@@ -394,11 +429,20 @@ class Daemon:
 
     def start(self) -> None:
         logf = open(self.root / "daemon.log", "ab")  # noqa: SIM115 - lives with the process
+        cab, nice = self.cabinet, niceness(self.nice)
+
+        def preexec() -> None:
+            if nice is not None:
+                nice()
+            if cab is not None:
+                cab.enter()
+
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "station", "run", "--config", str(self.config)],
             stdout=logf,
             stderr=subprocess.STDOUT,
-            preexec_fn=niceness(self.nice),
+            preexec_fn=preexec,
+            env=cab.env(os.environ) if cab is not None else None,
             cwd=self.source,  # `python -m` puts the working folder first on sys.path
         )
         self.ps = psutil.Process(self.proc.pid)
@@ -468,6 +512,82 @@ class Daemon:
                 self.proc.wait()
 
 
+class Kiosk:
+    """The touchscreen's page (`/`) open in Debian's Chromium, headless at 1024x600, as
+    the cabinet's kiosk runs it beside the daemon; in its own cgroup of the cabinet's
+    quota when the cabinet CPU is emulated (the cabinet's second core)."""
+
+    def __init__(self, url: str, root: Path, cabinet: CabinetCpu | None) -> None:
+        self.url, self.root, self.cabinet = url, root, cabinet
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.ps: psutil.Process | None = None
+
+    def start(self) -> None:
+        cab = self.cabinet
+        self.proc = subprocess.Popen(
+            [
+                CHROMIUM,
+                "--headless=new",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--window-size=1024,600",
+                f"--user-data-dir={self.root / 'chromium'}",
+                "--remote-debugging-port=0",
+                "--no-first-run",
+                self.url,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            preexec_fn=cab.enter if cab is not None else None,
+            env=cab.env(os.environ) if cab is not None else None,
+        )
+        self.ps = psutil.Process(self.proc.pid)
+
+    def cpu_s(self) -> float:
+        """CPU seconds of Chromium and all its processes so far (the live ones)."""
+        if self.ps is None:
+            return 0.0
+        total = 0.0
+        for p in [self.ps, *self.ps.children(recursive=True)]:
+            try:
+                t = p.cpu_times()
+                total += t.user + t.system
+            except psutil.Error:
+                pass
+        return total
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def hub_links(hubs: list[tuple[int, float]]) -> list[dict[str, Any]]:
+    """links.json entries for `--hub N:MBPS` (repeated): ports 1..N behind hub-1, etc."""
+    links, port = [], 1
+    for i, (n, mb_s) in enumerate(hubs):
+        links.append({"name": f"hub-{i + 1}", "ports": list(range(port, port + n)), "mb_s": mb_s})
+        port += n
+    return links
+
+
+def ceiling_mb_s(recorders: int, read_mb_s: float | None, links: list[dict[str, Any]]) -> float:
+    """The bus's ceiling: each link's rate (or what its recorders can read, if less), plus
+    the recorders on no link at their own limit (inf when a recorder has none)."""
+    per = read_mb_s or math.inf
+    on_link: set[int] = set()
+    total = 0.0
+    for link in links:
+        ports = [p for p in link["ports"] if p <= recorders]
+        on_link |= set(ports)
+        total += min(float(link["mb_s"]), per * len(ports)) if ports else 0.0
+    return total + per * (recorders - len(on_link))
+
+
 # --- one case -----------------------------------------------------------------------------
 
 
@@ -489,6 +609,25 @@ class CaseResult:
     caches_dropped: bool
     others_cpu_s: float  # CPU time of everything but the daemon meanwhile (incl. writeback)
     run_dir: str
+    ceiling_mb_s: float = math.inf
+    status_ms: list[float] = dataclasses.field(default_factory=list)
+    kiosk_cpu_s: float | None = None
+    throttled_s: float = 0.0  # time the cabinet's quota held the daemon back
+    card_bytes_read: int = 0  # all the card reads (the second look included), from the catalog
+
+    @property
+    def share(self) -> float:
+        return self.mb_s / self.ceiling_mb_s if math.isfinite(self.ceiling_mb_s) else math.nan
+
+    @property
+    def mean_done_s(self) -> float:
+        return sum(self.done_s) / len(self.done_s)
+
+    def status_pct(self, p: float) -> float:
+        xs = sorted(self.status_ms)
+        if not xs:
+            return math.nan
+        return xs[min(len(xs) - 1, max(0, math.ceil(p / 100 * len(xs)) - 1))]
 
     @property
     def mb_s(self) -> float:
@@ -503,12 +642,28 @@ def store_stats(disks: list[Path]) -> tuple[int, int]:
     files = size = 0
     for d in disks:
         for dirpath, dirs, names in os.walk(d):
-            if Path(dirpath) == d:  # .staging, .meta and the like are the station's own
+            if Path(dirpath) == d:  # .staging, .meta, the disk's marker: the station's own
                 dirs[:] = [x for x in dirs if not x.startswith(".")]
+                names = [x for x in names if not x.startswith(".")]
             for n in names:
                 files += 1
                 size += os.lstat(os.path.join(dirpath, n)).st_size
     return files, size
+
+
+@dataclasses.dataclass
+class Setup:
+    """How a case runs: where the cards live, the CPU, the bus's links, the kiosk."""
+
+    source: Path
+    quiet_s: float = 0.0
+    nice: int = 0
+    cabinet: CabinetCpu | None = None
+    kiosk_cabinet: CabinetCpu | None = None
+    kiosk: bool = False
+    links: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    chunk_kb: int | None = None
+    card_root: Path | None = None  # the cards' own filesystem (tmpfs), None: the store's
 
 
 def run_case(
@@ -516,17 +671,26 @@ def run_case(
     cards: list[Path],
     read_mb_s: float | None,
     keep_dir: Path,
-    source: Path,
-    quiet_s: float,
-    nice: int,
+    setup: Setup,
+    link_scheduling: bool | None = None,
 ) -> tuple[CaseResult, Daemon]:
     """Collect fresh copies of `cards` with a fresh daemon; the daemon is returned stopped."""
+    source, quiet_s, nice = setup.source, setup.quiet_s, setup.nice
     root = keep_dir / name
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True)
     n = len(cards)
-    daemon = Daemon(root, ports=max(8, n), source=source, nice=nice)
-    staged = root / "bus" / ".building"
+    # With a card tmpfs the whole bus lives there (cards are docked by a rename, within
+    # one filesystem): the cards are another device than the store, as real cards are.
+    bus = None
+    if setup.card_root is not None:
+        bus = setup.card_root / "bus" / name
+        shutil.rmtree(bus, ignore_errors=True)
+    daemon = Daemon(
+        root, ports=max(8, n), source=source, nice=nice, cabinet=setup.cabinet,
+        links=setup.links, chunk_kb=setup.chunk_kb, link_scheduling=link_scheduling, bus=bus,
+    )  # fmt: skip
+    staged = daemon.bus / ".building"
     files = size = 0
     for i, c in enumerate(cards):
         fresh_copy(c, staged / f"rec-{i + 1:02d}", read_mb_s)
@@ -541,11 +705,20 @@ def run_case(
             log(f"waiting up to {quiet_s:g} s for the machine to be quiet")
             busy = wait_quiet(quiet_s)
             log(f"  {busy:.2f} core(s) busy")
+        kiosk = None
+        if setup.kiosk:
+            kiosk = Kiosk(f"http://127.0.0.1:{daemon.port}/", root, setup.kiosk_cabinet)
+            kiosk.start()
+            time.sleep(5)  # the page loaded and its live stream open
         dropped = drop_caches()
         if not dropped:
             log("WARNING: could not drop the page cache (not root?): reads may come from RAM")
-        expected = size / MB / (read_mb_s * n if read_mb_s else 50)
+        ceiling = ceiling_mb_s(n, read_mb_s, setup.links)
+        expected = size / MB / (ceiling if math.isfinite(ceiling) else 50)
         timeout = max(180.0, 3 * expected)
+        status_ms: list[float] = []
+        kiosk0 = kiosk.cpu_s() if kiosk else 0.0
+        throttled0 = setup.cabinet.throttled_s() if setup.cabinet else 0.0
         cpu0 = daemon.cpu_s()
         busy0 = busy_cpu_s()
         t0 = time.monotonic()
@@ -556,7 +729,9 @@ def run_case(
         last_report = t0
         while True:
             time.sleep(0.2)
+            q0 = time.perf_counter()
             st = daemon.status()
+            status_ms.append((time.perf_counter() - q0) * 1000)
             now = time.monotonic()
             slots = st["slots"][:n]
             for s in slots:
@@ -581,14 +756,23 @@ def run_case(
         wall = max(done.values())
         cpu1 = daemon.cpu_s()
         busy1 = busy_cpu_s()
+        kiosk_cpu = kiosk.cpu_s() - kiosk0 if kiosk else None
+        throttled = (setup.cabinet.throttled_s() if setup.cabinet else 0.0) - throttled0
+        if kiosk is not None:
+            kiosk.stop()
         hwm = daemon.vm_hwm()
         collected = daemon.files_total()
         slots = daemon.status()["slots"][:n]
     except BaseException:
         print(daemon.log_tail(), file=sys.stderr)
+        if kiosk is not None:
+            kiosk.stop()
         daemon.stop()
         raise
     daemon.stop()
+    with contextlib.closing(sqlite3.connect(root / "catalog.db")) as db:
+        row = db.execute("SELECT sum(bytes_read) FROM collection_sessions").fetchone()
+        bytes_read = int(row[0] or 0)
 
     # Honest numbers: everything on the cards reached the catalog and the store.
     left = sum(card_stats(daemon.bus / f"port-{i + 1}")[0] for i in range(n))
@@ -625,8 +809,13 @@ def run_case(
         all_collecting_s=all_collecting,
         done_s=[done[p] for p in sorted(done)],
         caches_dropped=dropped,
-        others_cpu_s=max(0.0, busy1 - busy0 - (sum(cpu1) - sum(cpu0))),
+        others_cpu_s=max(0.0, busy1 - busy0 - (sum(cpu1) - sum(cpu0)) - (kiosk_cpu or 0.0)),
         run_dir=str(root),
+        ceiling_mb_s=ceiling,
+        status_ms=status_ms,
+        kiosk_cpu_s=kiosk_cpu,
+        throttled_s=throttled,
+        card_bytes_read=bytes_read,
     )
     return result, daemon
 
@@ -698,6 +887,10 @@ def report(
         "SHA-256 while streaming + uncached read-back"
     )
     print(f"daemon: {args.source} ({source_version(args.source)})")
+    print(f"CPU: {args.cpu_desc}; cards on {args.cards}; store on the disk of {OUT}")
+    if args.hub:
+        print(f"links: {json.dumps(hub_links(args.hub))}")
+    print(f"command: {args.command}")
     for n in notes:
         print(f"note: {n}")
     print("-" * 78)
@@ -711,18 +904,35 @@ def report(
             f"{r.cpu_s:>5.1f} {r.cpu_sys_s:>5.1f} {r.cpu_per_gib:>9.2f} "
             f"{r.rss_peak / MB:>8.1f} {r.rss_sampled / MB:>6.1f}"
         )
+    print(
+        f"{'case':<14} {'ceiling':>7} {'share':>6} {'mean done s':>11} {'worst s':>7} "
+        f"{'status p50/p99/max ms':>21} {'kiosk CPU-s':>11} {'throttled s':>11}"
+    )
+    for r in results:
+        kiosk = f"{r.kiosk_cpu_s:.1f}" if r.kiosk_cpu_s is not None else "-"
+        print(
+            f"{r.name:<14} {r.ceiling_mb_s:>7.0f} {r.share:>6.1%} {r.mean_done_s:>11.1f} "
+            f"{max(r.done_s):>7.1f} {r.status_pct(50):>7.1f}/{r.status_pct(99):>5.1f}/"
+            f"{max(r.status_ms, default=math.nan):>6.1f} {kiosk:>11} {r.throttled_s:>11.1f}"
+        )
     for r in results:
         first, last = min(r.done_s), max(r.done_s)
         print(
             f"  {r.name}: all slots collecting after {r.all_collecting_s:.1f} s; recorders "
             f"complete between {first:.1f} and {last:.1f} s"
             + (
-                f"; ceiling {r.recorders} x {r.read_mb_s:g} = {r.recorders * r.read_mb_s:g} "
-                f"MB/s, reached {r.mb_s / (r.recorders * r.read_mb_s):.0%}"
+                f"; ceiling {r.ceiling_mb_s:g} MB/s ({r.read_mb_s:g} MB/s per recorder"
+                f"{', on the links above' if args.hub else ''}), reached {r.share:.0%}"
                 if r.read_mb_s
                 else ""
             )
         )
+        if r.card_bytes_read:
+            print(
+                f"  {r.name}: {r.card_bytes_read / MB:.0f} MB read from the cards for "
+                f"{r.bytes / MB:.0f} MB of files ({r.card_bytes_read / r.bytes - 1:+.0%}: the "
+                f"second look); all reads {r.card_bytes_read / MB / r.wall_s:.1f} MB/s"
+            )
         if r.cpu_children_s > 0.05:
             print(
                 f"  {r.name}: {r.cpu_children_s:.1f} of the daemon's CPU-s were its child "
@@ -744,7 +954,7 @@ def report(
         )
     print("-" * 78)
     checks: list[tuple[str, str, bool]] = []
-    limited = next((r for r in results if r.read_mb_s), None)
+    limited = next((r for r in results if r.name == "limited"), None)
     if limited is not None:
         # 150 MB/s is 93.75 % of the 8 x 20 MB/s ceiling; other shapes keep that share.
         assert limited.read_mb_s is not None
@@ -766,20 +976,52 @@ def report(
                 ratio <= TARGET_RATIO,
             )
         )
+    cpu_target = TARGET_CPU_S_PER_GIB if not args.mask_sha else TARGET_MASKED_CPU_S_PER_GIB
+    rss_target = TARGET_RSS_MB if not args.cabinet_cpu else TARGET_CABINET_RSS_MB
     for r in results:
+        if args.cabinet_cpu:
+            continue  # under the quota CPU-s are capped, not a cost: see the --mask-sha run
         checks.append(
             (
-                f"{r.name}: CPU <= {TARGET_CPU_S_PER_GIB:g} s per GiB",
+                f"{r.name}: CPU <= {cpu_target:g} s per GiB",
                 f"{r.cpu_per_gib:.2f} s/GiB",
-                r.cpu_per_gib <= TARGET_CPU_S_PER_GIB,
+                r.cpu_per_gib <= cpu_target,
             )
         )
     for r in results:
         checks.append(
             (
-                f"{r.name}: peak RSS <= {TARGET_RSS_MB:g} MB",
+                f"{r.name}: peak RSS <= {rss_target:g} MB",
                 f"{r.rss_peak / MB:.1f} MB",
-                r.rss_peak / MB <= TARGET_RSS_MB,
+                r.rss_peak / MB <= rss_target,
+            )
+        )
+    for r in results:
+        if r.read_mb_s and (args.cabinet_cpu or args.hub):
+            checks.append(
+                (
+                    f"{r.name}: >= {TARGET_SHARE:.0%} of the {r.ceiling_mb_s:g} MB/s ceiling",
+                    f"{r.share:.1%}",
+                    r.share >= TARGET_SHARE or r.name == "hub-equal",
+                )
+            )
+        if args.kiosk and r.read_mb_s:
+            checks.append(
+                (
+                    f"{r.name}: status p99 < {TARGET_STATUS_P99_MS:g} ms (kiosk open)",
+                    f"{r.status_pct(99):.1f} ms",
+                    r.status_pct(99) < TARGET_STATUS_P99_MS,
+                )
+            )
+    sched = next((r for r in results if r.name == "hub-scheduled"), None)
+    equal = next((r for r in results if r.name == "hub-equal"), None)
+    if sched is not None and equal is not None:
+        gain = 1 - sched.mean_done_s / equal.mean_done_s
+        checks.append(
+            (
+                f"mean time to complete >= {TARGET_MEAN_GAIN:.0%} below equal shares",
+                f"{gain:.1%} ({sched.mean_done_s:.1f} s vs {equal.mean_done_s:.1f} s)",
+                gain >= TARGET_MEAN_GAIN,
             )
         )
     for what, got, ok in checks:
@@ -806,6 +1048,32 @@ def save_json(
 
 
 # --- main ---------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def card_tmpfs(path: Path, args: argparse.Namespace) -> Iterator[Path]:
+    """A tmpfs for the cards (the cached cards copied in, and the bus), unmounted after."""
+    path.mkdir(parents=True, exist_ok=True)
+    size = int(args.recorders * args.size_gib * GIB * 1.1) + GIB
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "station-bench-cards", str(path)],
+        check=True,
+    )
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", str(path)], check=False)
+
+
+def tmpfs_cards(cards: list[Path], root: Path) -> list[Path]:
+    """The cached cards copied into the card tmpfs once (each case links to them there)."""
+    log(f"copying the cards into the tmpfs at {root}")
+    out = []
+    for c in cards:
+        dest = root / "cards" / c.name
+        shutil.copytree(c, dest)
+        out.append(dest)
+    return out
 
 
 def fit_to_disk(args: argparse.Namespace, notes: list[str]) -> None:
@@ -863,7 +1131,46 @@ def main(argv: list[str] | None = None) -> int:
         help="run the daemon from this git revision of this repository (exported with "
         "git archive), not from the working tree: figures for a known commit",
     )
+    p.add_argument(
+        "--cabinet-cpu",
+        action="store_true",
+        help="emulate the cabinet's CPU: the daemon in a cgroup of 0.84 CPU, SHA extensions "
+        "masked for OpenSSL (bench/cabinet.py; root)",
+    )
+    p.add_argument(
+        "--mask-sha", action="store_true", help="mask the SHA extensions (implied by --cabinet-cpu)"
+    )
+    p.add_argument(
+        "--hub",
+        action="append",
+        default=[],
+        metavar="N:MBPS",
+        help="N ports sharing one USB link of MBPS MB/s, enforced by the simulated bus for "
+        "every recorder on it (repeat: the next N ports on the next link); runs the cases "
+        "'hub-scheduled' (the station's per-link scheduling) and 'hub-equal' (all at once)",
+    )
+    p.add_argument(
+        "--cards",
+        choices=("tmpfs", "disk"),
+        default="tmpfs",
+        help="where the cards live: a tmpfs (another device than the store, as a real card "
+        "is; default) or the store's disk (hard links into bench/out/cards, as before)",
+    )
+    p.add_argument("--chunk-kb", type=int, help="store.chunk_kb of the daemon (default: its own)")
+    p.add_argument(
+        "--kiosk", action="store_true", help="the touchscreen page open in Chromium meanwhile"
+    )
     args = p.parse_args(argv)
+    args.command = " ".join(
+        ["python", "bench/ingest.py", *(argv if argv is not None else sys.argv[1:])]
+    )
+    try:
+        args.hub = [(int(n), float(r)) for n, r in (h.split(":", 1) for h in args.hub)]
+    except ValueError:
+        p.error("--hub takes N:MBPS, like 4:40")
+    args.mask_sha = args.mask_sha or args.cabinet_cpu
+    if args.kiosk and not Path(CHROMIUM).exists():
+        p.error(f"--kiosk needs {CHROMIUM} (Debian's chromium)")
     if not 1 <= args.recorders <= 32 or args.size_gib <= 0 or args.limited_mb_s <= 0:
         p.error("need 1 <= --recorders <= 32, --size-gib > 0, --limited-mb-s > 0")
     if args.cp_runs < 1:
@@ -898,18 +1205,38 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True)
     results: list[CaseResult] = []
     cp: CpResult | None = None
+    stack = contextlib.ExitStack()
     try:
+        setup = Setup(
+            source=args.source, quiet_s=args.wait_quiet, nice=args.nice, kiosk=args.kiosk,
+            links=hub_links(args.hub), chunk_kb=args.chunk_kb,
+        )  # fmt: skip
+        try:
+            if args.mask_sha:
+                quota = 0.84 if args.cabinet_cpu else None
+                setup.cabinet = stack.enter_context(CabinetCpu(quota))
+                if args.kiosk and args.cabinet_cpu:
+                    setup.kiosk_cabinet = stack.enter_context(CabinetCpu(quota, mask_sha=False))
+        except (OSError, CabinetError) as e:
+            raise BenchError(f"cannot emulate the cabinet CPU: {e}") from e
+        args.cpu_desc = setup.cabinet.describe() if setup.cabinet else "the machine as it is"
+        if args.cards == "tmpfs":
+            setup.card_root = stack.enter_context(card_tmpfs(work / "cards-tmpfs", args))
+            cards = tmpfs_cards(cards, setup.card_root)
+        if args.hub:
+            for case, scheduling in (("hub-scheduled", True), ("hub-equal", False)):
+                r, _ = run_case(case, cards, args.limited_mb_s, work, setup, scheduling)
+                results.append(r)
+                if not args.keep:
+                    shutil.rmtree(r.run_dir)
+            args.skip_limited = args.skip_unlimited = True
         if not args.skip_limited:
-            r, _ = run_case(
-                "limited", cards, args.limited_mb_s, work, args.source, args.wait_quiet, args.nice
-            )
+            r, _ = run_case("limited", cards, args.limited_mb_s, work, setup)
             results.append(r)
             if not args.keep:
                 shutil.rmtree(r.run_dir)
         if not args.skip_unlimited:
-            r, daemon = run_case(
-                "unlimited", cards, None, work, args.source, args.wait_quiet, args.nice
-            )
+            r, daemon = run_case("unlimited", cards, None, work, setup)
             results.append(r)
             if not args.skip_cp:
                 log("baseline: cp -r + sync of the same cards into the same store folder")
@@ -924,6 +1251,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"BENCHMARK FAILED: {e}")
         return 2
     finally:
+        stack.close()
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
             subprocess.run(["sync"], check=False)

@@ -8,6 +8,14 @@ bit in every chunk read from those files, as a failing card does;
 `{"bad_sectors": {"DCIM/x.AVI": 1048576}}` fails any read covering that byte
 with an I/O error.
 
+Shared links: `links.json` at the top of the bus folder,
+`{"links": [{"name": "hub-1", "ports": [1, 2, 3, 4], "mb_s": 40}]}`, puts those
+ports behind one USB link of that many MB/s (a USB 2.0 hub's upstream port, about
+35-40 MB/s in all): every card read on its ports, whatever recorder, draws on the one
+budget, work-conserving (an idle port leaves its share to the others) and in the order
+the reads arrive, as a hub's round-robin does. A recorder's own `read_mb_s` applies
+as well. The station reads the same file to know its topology (`station ports show`).
+
 It follows GA/T 947.4 semantics (password check on every call, `SyncDevTime`
 zeroes the clock offset, `WriteZFYInfo` rewrites the officer fields) and walks
 the card the way a careful mass-storage reader must: no symlink or device node
@@ -22,8 +30,10 @@ import datetime as dt
 import json
 import os
 import random
+import re
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +51,67 @@ from drivers.card import ALIGN, FolderCard, FolderStream
 
 RECORDER_JSON = "recorder.json"
 CARD = "card"
+LINKS_JSON = "links.json"
+BURST_S = 0.05  # how far an idle link's unused time may be spent at once
+
+
+@dataclass(frozen=True)
+class SimLink:
+    """Ports of the simulated bus that share one USB link of `mb_s` MB/s."""
+
+    name: str
+    ports: tuple[int, ...]
+    mb_s: float
+
+
+def read_links(bus: Path) -> list[SimLink]:
+    """The shared links of the simulated bus in folder `bus` (none if no links.json)."""
+    try:
+        data = json.loads((bus / LINKS_JSON).read_text("utf-8"))
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError) as e:
+        raise ProtocolError(f"{bus / LINKS_JSON}: {e}") from None
+    links = []
+    for item in data.get("links", []) if isinstance(data, dict) else []:
+        try:
+            links.append(
+                SimLink(str(item["name"]), tuple(int(p) for p in item["ports"]),
+                        float(item["mb_s"]))
+            )  # fmt: skip
+        except (KeyError, TypeError, ValueError) as e:
+            raise ProtocolError(f"{bus / LINKS_JSON}: bad link {item!r}: {e}") from None
+    return links
+
+
+class _LinkClock:
+    """One shared link's budget: a virtual clock that every read on the link advances by
+    its bytes / rate; a read may go on once the clock has caught up with it."""
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+        self.t = time.monotonic()
+        self.lock = threading.Lock()
+
+    def reserve(self, n: int) -> float:
+        """Account `n` bytes; return the monotonic time they have passed the link."""
+        with self.lock:
+            self.t = max(self.t, time.monotonic() - BURST_S) + n / self.rate
+            return self.t
+
+
+_clocks: dict[tuple[str, str, float], _LinkClock] = {}
+_clocks_lock = threading.Lock()
+
+
+def link_clock(bus: Path, port: int) -> _LinkClock | None:
+    """The budget of the shared link that `port` of the simulated bus `bus` is behind."""
+    for link in read_links(bus):
+        if port in link.ports and link.mb_s > 0:
+            key = (str(bus.resolve()), link.name, link.mb_s)
+            with _clocks_lock:
+                return _clocks.setdefault(key, _LinkClock(link.mb_s * 1e6))
+    return None
 
 
 class SimulatedSession(RecorderSession):
@@ -180,10 +251,13 @@ class SimulatedCard(FolderCard):
         os.lseek(fd, offset, os.SEEK_SET)
         faults = data.get("faults") or {}
         name = os.fsdecode(path)
+        port_dir = self.session.port_dir
+        m = re.fullmatch(r"port-(\d+)", port_dir.name)
         return SimulatedStream(
             self,
             fd,
             float(rate) * 1e6 if rate else None,
+            link=link_clock(port_dir.parent, int(m.group(1))) if m else None,
             offset=offset,
             direct=direct,
             unplug_after=faults.get("unplug_after_bytes"),
@@ -205,6 +279,7 @@ class SimulatedStream(FolderStream):
         fd: int,
         rate: float | None,
         *,
+        link: _LinkClock | None = None,
         offset: int = 0,
         unplug_after: int | None = None,
         unstable: bool = False,
@@ -214,6 +289,7 @@ class SimulatedStream(FolderStream):
         super().__init__(card, fd, direct=direct and offset % ALIGN == 0)
         self.sim = card
         self.rate = rate
+        self.link = link
         self.pos = offset
         self.unplug_after = unplug_after
         self.unstable = unstable
@@ -233,11 +309,13 @@ class SimulatedStream(FolderStream):
             buffer[i] ^= 1 << random.randrange(8)
         self.pos += n
         self._n += n
-        if self.rate:
-            # keep to the speed limit, but notice an unplug as a real device would
-            while (ahead := self._n / self.rate - (time.monotonic() - self._t0)) > 0:
-                time.sleep(min(ahead, 0.1))
-                self.card.check()
+        due = self._t0 + self._n / self.rate if self.rate else 0.0
+        if self.link is not None and n:
+            due = max(due, self.link.reserve(n))
+        # keep to the speed limits, but notice an unplug as a real device would
+        while (ahead := due - time.monotonic()) > 0:
+            time.sleep(min(ahead, 0.1))
+            self.card.check()
         return n
 
 

@@ -54,7 +54,7 @@ from station.ingest import (
     VerifyFailed,
 )
 from station.names import parse_card_path
-from station.ratelimit import PriorityGate
+from station.ratelimit import LinkScheduler, PriorityGate
 from station.registration import WAITING_FOR_APPROVAL, block_json, claimed_by_other, register
 from station.store import Store
 
@@ -118,6 +118,7 @@ class Services:
     priority: PriorityGate  # S30: the port collected first
     end_priority: Callable[[int, str], None]  # port, why: collect-first is over for it
     clock: ClockGuard | None = None  # may the station clock be believed (retention)
+    links: LinkScheduler | None = None  # the ports sharing a USB link read in turn
 
 
 class Collector:
@@ -141,6 +142,7 @@ class Collector:
         self.named_officers: set[str] = set()  # officer numbers this card's names may carry
         self.files_total = self.files_done = self.bytes_total = self.bytes_done = 0
         self.card: Card | None = None
+        self._important = False  # an IMP file is being copied (for the link's order)
 
     # --- slot updates (ignored once the port moved on to another docking) ----------------
 
@@ -405,7 +407,11 @@ class Collector:
             full_recheck_below=self.sv.config.store.card_recheck_full_mb * 1024 * 1024,
             clock=self.sv.clock,
         )
-        failures = self._collect_card(ingest, rec, card)
+        try:
+            failures = self._collect_card(ingest, rec, card)
+        finally:
+            if self.sv.links is not None:
+                self.sv.links.done(self.slot.port)
         if failures:
             first = next(iter(failures.values()))
             msg = f"{len(failures)} file(s) kept on the recorder: {first}"
@@ -490,6 +496,7 @@ class Collector:
         try:
             for cf in files:
                 done_before = self.bytes_done
+                self._important = parse_card_path(cf.path).important
                 while True:
                     try:
                         finish = ingest.copy(cf)
@@ -532,6 +539,16 @@ class Collector:
     def _throttle(self, n: int) -> None:
         if not self.sv.priority.take(self.slot.port, n, self.stop):
             raise Interrupted()
+        links, left = self.sv.links, self.bytes_total - self.bytes_done
+        if links is not None and not links.take(
+            self.slot.port, n, self.stop, left=left, important=self._important,
+            waiting=self._waiting,
+        ):  # fmt: skip
+            raise Interrupted()
+
+    def _waiting(self) -> None:
+        """Waiting for its turn on a shared link is a sign of life (the watchdog)."""
+        self.beat = time.monotonic()
 
     def _changed(self, cf: CardFile, changed: list[CardFile]) -> None:
         name = parse_card_path(cf.path).display

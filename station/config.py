@@ -117,6 +117,11 @@ class BusSection(_Section):
     reenumerate_timeout_s: Annotated[float, Field(gt=0)] = 30.0  # SetMSDC -> disk appears
     # a collection with no sign of life for this long stops the systemd watchdog
     stall_s: Annotated[float, Field(gt=0)] = 300.0
+    # what the ports sharing one USB 2.0 root port (behind one hub) read in all, MB/s
+    # (docs/deploy.md, "USB topology"); the simulated bus takes its links.json instead
+    link_mb_s: Annotated[float, Field(gt=0)] = 35.0
+    # collect per shared link so officers get recorders back soonest (docs/benchmarks.md)
+    link_scheduling: bool = True
 
 
 class DriversSection(_Section):

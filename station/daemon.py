@@ -56,7 +56,7 @@ from station.mount import (
 )
 from station.names import parse_card_path
 from station.network import check_network
-from station.ratelimit import PriorityGate
+from station.ratelimit import LinkScheduler, PriorityGate
 from station.recovery import recover
 from station.retention import (
     CentralCheck,
@@ -139,7 +139,7 @@ def make_bus(config: StationConfig) -> Bus:
         return SimulatedBus(config.bus.path, config.bus.ports)
     from station.bus.udev import UdevBus
 
-    return UdevBus(config.bus.port_map)
+    return UdevBus(config.bus.port_map, link_mb_s=config.bus.link_mb_s)
 
 
 class _Server(uvicorn.Server):
@@ -238,6 +238,8 @@ class Station:
             self.bus, self._on_port_change, debounce_s=config.bus.debounce_ms / 1000
         )
         self.priority = PriorityGate(config.recorders.priority_others_mb_s)
+        self.links = LinkScheduler(self.bus.links(), enabled=config.bus.link_scheduling)
+        self.links.priority = lambda: self.priority.port  # collect-first stays on top
         self.services = Services(
             config,
             self.catalog,
@@ -253,6 +255,7 @@ class Station:
             self.recorder_lock,
             self.priority,
             self._end_priority,
+            links=self.links,
         )
 
     def _disk_failed(self, disk: StoreDisk, why: str) -> None:
@@ -944,6 +947,19 @@ class Station:
         h = self.disk_health.get(str(d.path))
         return h.verdict if h and h.verdict != "unknown" else "healthy"
 
+    def _expected_finish(self, slot: Slot) -> dict[str, Any]:
+        """A collecting window's expected finish, from the measured rate of its link (or
+        its own, on no shared link): `expected_finish` (ISO time) and `expected_s`, both
+        None when there is no rate yet or the port is not collecting."""
+        secs = None
+        if slot.state == "collecting":
+            left = max(0, slot.bytes_total - slot.bytes_done)
+            secs = self.links.expected_s(slot.port, left, slot.bytes_per_s())
+        if secs is None:
+            return {"expected_finish": None, "expected_s": None}
+        at = dt.datetime.now(self.tz) + dt.timedelta(seconds=secs)
+        return {"expected_finish": at.isoformat(timespec="seconds"), "expected_s": round(secs)}
+
     def status(self) -> dict[str, Any]:
         """The data of `GET /api/v1/status` (CONTRACT.md)."""
         disks = []
@@ -983,6 +999,7 @@ class Station:
                     "removed_early": self.removed_early(slot.port)
                     if slot.state == "empty"
                     else None,
+                    **self._expected_finish(slot),
                 }
             )
         # a recorder's alarm names the port it is docked on (the screen shows where)

@@ -4,10 +4,11 @@ The order of operations is the whole point (STYLE.md, "Ingest"):
 
 1. the job row is committed before the first byte moves;
 2. bytes go to a temp file in the target disk's staging folder, hashed while
-   streaming, with `fdatasync` every `sync_every` bytes and the durable offset
-   (and the hash of that prefix) committed to the catalog;
-3. the finished temp file is synced, dropped from the page cache, read back
-   from the disk and hashed again;
+   streaming (SHA-256, the evidence hash, and a fast XXH3-128 digest of the same
+   buffers), with `fdatasync` every `sync_every` bytes and the durable offset
+   (and the SHA-256 of that prefix) committed to the catalog;
+3. the finished temp file is synced, read back from the disk itself (not the
+   page cache) and its fast digest compared with the streamed one;
 4. it is linked to its final name (never over an existing file), the folder is
    fsynced, and the temp name removed;
 5. the catalog row is committed;
@@ -31,8 +32,10 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Protocol
 from zoneinfo import ZoneInfo
 
+import xxhash
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -53,6 +56,11 @@ from station.store import Store, StoreDisk, is_space_error, stored_relpath, uniq
 log = logging.getLogger(__name__)
 
 OVERLAP = 64 * 1024  # bytes re-read from the card on resume to prove it is the same file
+
+
+class _Hasher(Protocol):
+    def update(self, data: memoryview | bytes, /) -> None: ...
+    def hexdigest(self) -> str: ...
 
 
 class StorageFull(Exception):
@@ -103,6 +111,15 @@ class Outcome:
     sha256: str
 
 
+def fast_digest() -> xxhash.xxh3_128:
+    """The read-back check's digest (XXH3-128): computed on the very buffers that are
+    SHA-256-hashed and written while streaming, then on the stored file read back from the
+    disk. Not the evidence hash (that is the SHA-256, also checked by the scrubber and the
+    central server): it proves the disk holds the streamed bytes, at ~1 % of SHA-256's CPU
+    on the cabinet (docs/benchmarks.md, "One cryptographic pass per byte")."""
+    return xxhash.xxh3_128()
+
+
 def hash_file(
     path: Path,
     start: int = 0,
@@ -117,11 +134,31 @@ def hash_file(
     from the medium, at half the CPU); where the filesystem refuses it (tmpfs), the
     file's clean pages are dropped first and it is read normally.
     """
+    (h,) = digest_file(path, (hashlib.sha256,), start, end, uncached=uncached, chunk=chunk)
+    return h  # type: ignore[return-value]
+
+
+def readback_digest(path: Path, *, chunk: int = 1 << 20) -> str:
+    """The fast digest (`fast_digest`) of a whole stored file, read from the disk itself."""
+    (h,) = digest_file(path, (fast_digest,), uncached=True, chunk=chunk)
+    return h.hexdigest()
+
+
+def digest_file(
+    path: Path,
+    makers: tuple[Callable[[], _Hasher], ...],
+    start: int = 0,
+    end: int | None = None,
+    *,
+    uncached: bool = False,
+    chunk: int = 1 << 20,
+) -> list[_Hasher]:
+    """Bytes [start, end) of a file fed to one new hasher per maker, in one read of it."""
     if uncached and start == 0 and end is None:
-        direct = _hash_direct(path, chunk)
+        direct = _hash_direct(path, makers, chunk)
         if direct is not None:
             return direct
-    h = hashlib.sha256()
+    hs = [make() for make in makers]
     fd = os.open(path, os.O_RDONLY)
     try:
         if uncached:
@@ -135,16 +172,20 @@ def hash_file(
             n = os.readv(fd, [mv[:want]])
             if n == 0:
                 break
-            h.update(mv[:n])
+            piece = mv[:n]
+            for h in hs:
+                h.update(piece)
             pos += n
         if end is not None and pos < end:
             raise VerifyFailed(f"{path} is shorter than {end} bytes")
-        return h
+        return hs
     finally:
         os.close(fd)
 
 
-def _hash_direct(path: Path, chunk: int) -> hashlib._Hash | None:
+def _hash_direct(
+    path: Path, makers: tuple[Callable[[], _Hasher], ...], chunk: int
+) -> list[_Hasher] | None:
     """Hash a whole file read with O_DIRECT into a page-aligned buffer; None if refused."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
@@ -154,7 +195,7 @@ def _hash_direct(path: Path, chunk: int) -> hashlib._Hash | None:
         raise
     buf = mmap.mmap(-1, chunk)  # anonymous maps are page-aligned, as O_DIRECT needs
     try:
-        h = hashlib.sha256()
+        hs = [make() for make in makers]
         mv = memoryview(buf)
         pos = 0
         while True:
@@ -164,13 +205,16 @@ def _hash_direct(path: Path, chunk: int) -> hashlib._Hash | None:
                 if e.errno == errno.EINVAL and pos == 0:
                     return None  # the filesystem refuses direct reads
                 raise
-            h.update(mv[:n])
+            piece = mv[:n]
+            for h in hs:
+                h.update(piece)
+            piece.release()
             pos += n
             if n < chunk:  # end of file: direct reads cannot go on from an unaligned offset
                 break
         mv.release()
         # a short read before the end would leave bytes unread: then read it normally
-        return h if pos == os.fstat(fd).st_size else None
+        return hs if pos == os.fstat(fd).st_size else None
     finally:
         buf.close()
         os.close(fd)
@@ -210,6 +254,7 @@ class FileIngest:
         self.full_recheck_below = full_recheck_below
         self._corrupt_copies: dict[bytes, int] = {}  # card path -> stored row that failed
         self.clock = clock
+        self._buf: memoryview | None = None
 
     # --- entry point ------------------------------------------------------------------
 
@@ -416,7 +461,7 @@ class FileIngest:
                 reserved = disk
             while True:
                 try:
-                    digest = self._stream(job, cf, disk, offset)
+                    digest, fast = self._stream(job, cf, disk, offset)
                     break
                 except OSError as e:
                     if not is_space_error(e) and e.errno != errno.EIO:
@@ -430,14 +475,37 @@ class FileIngest:
         finally:
             if reserved is not None:
                 self.store.release(reserved, cf.size)
-        return lambda: self._finish(job, cf, disk, digest)
+        return lambda: self._finish(job, cf, disk, digest, fast)
 
-    def _stream(self, job: IngestJob, cf: CardFile, disk: StoreDisk, offset: int) -> str:
-        """Copy bytes [offset, size) into the temp file; return the SHA-256 of the whole."""
+    def _buffer(self) -> memoryview:
+        """The copy buffer of this docking (one chunk, page-aligned as O_DIRECT needs),
+        reused for every file: only the copying thread streams."""
+        if self._buf is None or len(self._buf) != self.chunk:
+            self._buf = memoryview(mmap.mmap(-1, self.chunk))
+        return self._buf
+
+    def _prefix_digests(self, job: IngestJob, temp: Path, offset: int) -> list[_Hasher]:
+        """Both hashes carried on from a resumed temp file's first `offset` bytes, read
+        once; its SHA-256 must still be the recorded prefix hash, so the fast digest the
+        read-back is held to covers exactly the bytes the evidence hash does."""
+        sha, fast = digest_file(temp, (hashlib.sha256, fast_digest), 0, offset, chunk=self.chunk)
+        if sha.hexdigest() != job.prefix_sha256:
+            raise self._fail(job, f"{temp}: its first {offset} bytes changed since they were "
+                             "checked for the resume")  # fmt: skip
+        return [sha, fast]
+
+    def _stream(
+        self, job: IngestJob, cf: CardFile, disk: StoreDisk, offset: int
+    ) -> tuple[str, str]:
+        """Copy bytes [offset, size) into the temp file; return the SHA-256 of the whole
+        and its fast digest (`fast_digest`), both computed on the buffers written."""
         temp = Path(job.temp_path)
         disk.prepare()
-        h = hash_file(temp, 0, offset) if offset else hashlib.sha256()
-        mv = memoryview(mmap.mmap(-1, self.chunk))  # page-aligned, as O_DIRECT needs
+        if offset:
+            h, fast = self._prefix_digests(job, temp, offset)
+        else:
+            h, fast = hashlib.sha256(), fast_digest()
+        mv = self._buffer()
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT, 0o640)
         try:
             os.ftruncate(fd, offset)
@@ -456,7 +524,8 @@ class FileIngest:
                     if n == 0:
                         raise CardReadError(f"{cf.path!r} ended at {offset} of {cf.size} bytes")
                     piece = mv[:n]
-                    h.update(piece)
+                    h.update(piece)  # the evidence hash: the one cryptographic pass
+                    fast.update(piece)  # what the read-back is held to
                     faults.check_write(job.disk)
                     if direct and n % ALIGN:
                         direct = False
@@ -485,7 +554,7 @@ class FileIngest:
         finally:
             os.close(fd)
         faults.crashpoint("after_fsync")
-        return h.hexdigest()
+        return h.hexdigest(), fast.hexdigest()
 
     def _record_durable(self, job: IngestJob, offset: int, prefix: str) -> None:
         if job.durable_offset == 0:
@@ -598,14 +667,19 @@ class FileIngest:
         finally:
             os.close(fd)
 
-    def _finish(self, job: IngestJob, cf: CardFile, disk: StoreDisk, digest: str) -> Outcome:
+    def _finish(
+        self, job: IngestJob, cf: CardFile, disk: StoreDisk, digest: str, fast: str
+    ) -> Outcome:
+        """Verify the copied temp file and store it: `digest` is the SHA-256 streamed (the
+        evidence hash), `fast` the fast digest of the same buffers; the file read back from
+        the disk must give `fast` again, or nothing is stored or cleared."""
         temp = Path(job.temp_path)
         if temp.stat().st_size != cf.size:
             raise self._fail(job, f"temp file has {temp.stat().st_size} bytes, card {cf.size}")
         self._second_look(job, cf)
-        readback = hash_file(temp, uncached=True).hexdigest()
-        if readback != digest:
-            raise self._fail(job, f"{temp}: read back {readback}, wrote {digest}")
+        readback = readback_digest(temp, chunk=self.chunk)
+        if readback != fast:
+            raise self._fail(job, f"{temp}: read back XXH3-128 {readback}, streamed {fast}")
         owner = self._owner_of(job)
         day = dt.datetime.now(self.tz).date()
         rel_dir = stored_relpath(owner.officer_no, owner.serial, day, "")

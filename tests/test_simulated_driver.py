@@ -433,3 +433,49 @@ def test_delete_file_on_a_folder_is_a_card_read_error(port: Path) -> None:
     with pytest.raises(CardReadError):
         card_of(s).delete_file(b"DCIM/100ANDRO")
     assert len(card_of(s).list_files()) == 3
+
+
+def _links(bus: Path, *links: dict[str, Any]) -> None:
+    (bus / "links.json").write_text(json.dumps({"links": list(links)}), "utf-8")
+
+
+def test_ports_behind_one_link_share_its_rate(tmp_path: Path) -> None:
+    """Two recorders behind one 4 MB/s link (links.json): read at once, their 2 MB each
+    take at least the 1 s that 4 MB at 4 MB/s take, though neither has a limit of its own."""
+    bus = tmp_path / "bus"
+    sessions = []
+    for port in (1, 2):
+        p = bus / f"port-{port}"
+        _recorder(p, serial=f"B10000{port}")
+        _put(p, AVI, os.urandom(2_000_000))
+        sessions.append(_open(p))
+    _links(bus, {"name": "hub-1", "ports": [1, 2], "mb_s": 4})
+    got: list[int] = []
+    t0 = time.monotonic()
+    threads = [
+        threading.Thread(target=lambda s=s: got.append(len(_read_all(s, AVI, 256 * 1024))))
+        for s in sessions
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.monotonic() - t0
+    assert got == [2_000_000, 2_000_000]
+    assert elapsed >= 0.85, elapsed  # a lower bound only: a slow machine is slower still
+
+
+def test_a_port_on_no_link_and_a_bad_links_file(tmp_path: Path) -> None:
+    from drivers.simulated import link_clock, read_links
+
+    bus = tmp_path / "bus"
+    bus.mkdir()
+    assert read_links(bus) == [] and link_clock(bus, 1) is None
+    _links(bus, {"name": "hub-1", "ports": [1, 2], "mb_s": 40})
+    (link,) = read_links(bus)
+    assert (link.name, link.ports, link.mb_s) == ("hub-1", (1, 2), 40.0)
+    assert link_clock(bus, 3) is None
+    assert link_clock(bus, 1) is link_clock(bus, 2)  # one budget for both ports
+    _links(bus, {"name": "hub-1", "ports": "x"})
+    with pytest.raises(ProtocolError):
+        read_links(bus)

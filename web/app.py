@@ -276,6 +276,7 @@ SCREEN_FIELDS = {  # what the touchscreen shows, and all an anonymous viewer is 
     "slots": (
         "port", "state", "recorder", "battery_percent", "files_total", "files_done",
         "bytes_total", "bytes_done", "bytes_per_s", "error", "priority", "removed_early",
+        "expected_finish", "expected_s",
     ),
     "recorder": ("serial", "officer_no", "officer_name", "unit_name"),
 }  # fmt: skip

@@ -121,6 +121,13 @@ class SlotStatus(BaseModel):
         description="an empty port's last recorder, unplugged before its collection ended "
         "(shown for two minutes), or null"
     )
+    expected_finish: Timestamp | None = Field(
+        None,
+        description="when this collecting window is expected to be done (ISO 8601, station "
+        "time), from the measured rate of its USB link: on a link shared with other ports "
+        "the ones ahead of it go first; null when not collecting or no rate yet",
+    )
+    expected_s: int | None = Field(None, description="the same, in seconds from now")
 
 
 class StatusAlarm(BaseModel):

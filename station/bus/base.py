@@ -24,6 +24,17 @@ Snapshot = dict[int, DockedDevice]
 
 
 @dataclass(frozen=True)
+class Link:
+    """Physical ports that share one USB link (a hub's upstream port, a root port): their
+    recorders' reads add up to at most `mb_s` MB/s (None: not known)."""
+
+    name: str
+    ports: tuple[int, ...]
+    mb_s: float | None = None
+    hub: str = ""  # what the ports hang from, as the bus names it
+
+
+@dataclass(frozen=True)
 class PortChange:
     """A device left (`old`) and/or arrived (`new`) on `port`."""
 
@@ -48,6 +59,11 @@ class Bus(abc.ABC):
 
     def stop(self) -> None:  # noqa: B027 - optional hook
         """Stop watching."""
+
+    def links(self) -> list[Link]:
+        """The shared USB links of the dock: which ports share which hub and root port
+        (only links of two ports or more matter to the scheduling)."""
+        return []
 
 
 def diff(old: Snapshot, new: Snapshot) -> list[PortChange]:

@@ -16,9 +16,9 @@ from pathlib import Path
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
-from drivers.base import DockedDevice
-from drivers.simulated import RECORDER_JSON
-from station.bus.base import Bus, Snapshot
+from drivers.base import DockedDevice, ProtocolError
+from drivers.simulated import RECORDER_JSON, read_links
+from station.bus.base import Bus, Link, Snapshot
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +76,20 @@ class SimulatedBus(Bus):
                 path=e.path,
             )
         return found
+
+    def links(self) -> list[Link]:
+        """The shared links of `links.json` (drivers/simulated.py), which the simulated
+        driver enforces: the simulated dock's topology."""
+        try:
+            found = read_links(self.path)
+        except ProtocolError as e:
+            log.warning("simulated bus: %s; no shared links", e)
+            return []
+        return [
+            Link(f"sim:{x.name}", tuple(p for p in x.ports if 1 <= p <= self.ports), x.mb_s,
+                 hub=x.name)
+            for x in found
+        ]  # fmt: skip
 
     def stop(self) -> None:
         if self._observer is not None:

@@ -28,7 +28,7 @@ from typing import Any
 import pyudev
 
 from drivers.base import DockedDevice
-from station.bus.base import Bus, Snapshot
+from station.bus.base import Bus, Link, Snapshot
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,49 @@ USB_CLASS_HUB = "09"
 MAX_EVENTS_PER_WAKEUP = 1000
 
 
+def split_port_path(usb_path: str) -> tuple[str, list[str]] | None:
+    """A USB port path as (its controller's root hub, the port numbers down from it):
+    "1-1.2" -> ("usb1", ["1", "2"]), "pci-0000:00:14.0-usb-0:1.2" ->
+    ("pci-0000:00:14.0-usb-0", ["1", "2"]); None if it is neither form."""
+    head, sep, chain = usb_path.rpartition(":")
+    if sep and head.rsplit("-", 2)[-2:-1] == ["usb"]:  # ID_PATH: ...-usb-0:1.2
+        root = head
+    else:
+        bus, sep, chain = usb_path.partition("-")
+        if not sep or not bus.isdigit():
+            return None
+        root = f"usb{bus}"
+    ports = chain.split(".")
+    if not all(p.isdigit() for p in ports):
+        return None
+    return root, ports
+
+
+def port_links(port_map: dict[int, str], link_mb_s: float | None) -> list[Link]:
+    """Which physical ports share a root port (of a USB 2.0 controller: the ports behind
+    one hub there share its 480 Mbit/s, about 35-40 MB/s of mass storage), from the
+    ports' USB paths (`station ports learn` reads them from udev). A port of its own
+    root port is its own link and not listed."""
+    groups: dict[str, list[int]] = {}
+    hubs: dict[str, set[str]] = {}
+    for port, path in sorted(port_map.items()):
+        parts = split_port_path(path.strip())
+        if parts is None:
+            continue
+        root, chain = parts
+        key = f"{root}:{chain[0]}"  # the root port
+        groups.setdefault(key, []).append(port)
+        sep = "-" if root.startswith("usb") else ":"
+        prefix = root.removeprefix("usb") if root.startswith("usb") else root
+        hub = f"{prefix}{sep}{'.'.join(chain[:-1])}" if len(chain) > 1 else root
+        hubs.setdefault(key, set()).add(hub)
+    return [
+        Link(key, tuple(ports), link_mb_s, hub=", ".join(sorted(hubs[key])))
+        for key, ports in groups.items()
+        if len(ports) > 1
+    ]
+
+
 class UdevBus(Bus):
     """USB recorders on the station's dock, seen through udev."""
 
@@ -72,6 +115,7 @@ class UdevBus(Bus):
         context: pyudev.Context | None = None,
         monitor_factory: Callable[[pyudev.Context], Any] | None = None,
         enumerate_devices: Callable[[], Iterable[Any]] | None = None,
+        link_mb_s: float | None = None,
     ) -> None:
         for port, usb_path in port_map.items():
             if not isinstance(usb_path, str) or not usb_path.strip():
@@ -83,6 +127,11 @@ class UdevBus(Bus):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._monitor: Any = None
         self._fd: int | None = None
+        self.link_mb_s = link_mb_s
+
+    def links(self) -> list[Link]:
+        """Ports sharing a root port, from their USB paths (`port_links`)."""
+        return port_links(self.port_map, self.link_mb_s)
 
     # -- watching -------------------------------------------------------------
 

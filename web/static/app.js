@@ -305,8 +305,10 @@
       setWidth(el.barFill, pct);
       const bps = num(s.bytes_per_s);
       setText(el.speed, bps > 0 ? _('{rate} MB/s', { rate: (bps / 1e6).toFixed(1) }) : '');
-      setText(el.eta, bps > 0 && total > done
-        ? _('{time} left', { time: fmtDuration((total - done) / bps) }) : '');
+      // the station's expected finish counts the ports ahead on a shared USB link
+      const left = s.expected_s != null ? num(s.expected_s) : (bps > 0 ? (total - done) / bps : -1);
+      setText(el.eta, left >= 0 && total > done
+        ? _('{time} left', { time: fmtDuration(left) }) : '');
       setText(el.files, _('{done}/{total} files', { done: filesDone, total: filesTotal }));
       setText(el.bytes, fmtPair(done, total));
     }
