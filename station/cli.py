@@ -345,12 +345,18 @@ def files_list(
     from zoneinfo import ZoneInfo
 
     from station.daemon import list_files
+    from station.retention import CentralCheck
 
     config = _config(config_path)
     tz = ZoneInfo(config.station.timezone) if config.station.timezone else None
+    central = CentralCheck(  # the forwarder's own checks are the daemon's to know
+        platform=config.platform.enabled and config.platform.upload_content,
+        forward=config.forward.enabled,
+    )
     data = list_files(
         _catalog(config),
         tz,
+        central=central,
         officer_no=officer_no,
         serial=serial,
         important=important,

@@ -1076,21 +1076,8 @@ class Station:
         return self.status()["disks"]
 
     def files(self, **filters: Any) -> dict[str, Any]:
-        """The data of `GET /api/v1/files`; `central` is pending, verified or failed (None:
-        no central copy is configured)."""
-        out = list_files(self.catalog, self.tz, **filters)
-        central = self.retention.central
-        for item in out["items"]:
-            if not central.required:
-                item["central"] = None
-            elif (
-                item["central"] != "verified"
-                and central.forward
-                and central.forwarded is not None
-                and central.forwarded(item["id"])
-            ):
-                item["central"] = "verified"
-        return out
+        """The data of `GET /api/v1/files`."""
+        return list_files(self.catalog, self.tz, central=self.retention.central, **filters)
 
 
 def _port_subject(subject: str) -> int | None:
@@ -1134,8 +1121,11 @@ def list_files(
     until: dt.datetime | None = None,
     limit: int = 100,
     offset: int = 0,
+    central: CentralCheck | None = None,
 ) -> dict[str, Any]:
-    """Collected files, newest first, filtered as `GET /api/v1/files` allows."""
+    """Collected files, newest first, filtered as `GET /api/v1/files` allows; `central`
+    is pending, verified or failed by `central`'s rules (None: no central copy is
+    configured)."""
     q = (
         select(StoredFile)
         .join(Officer, StoredFile.officer_id == Officer.id)
@@ -1160,6 +1150,11 @@ def list_files(
             .offset(offset)
         ).all()
         items = [_file_item(f, tz) for f in rows]
+    for item in items:
+        if central is None or not central.required:
+            item["central"] = None
+        elif item["central"] != "verified" and central.verified_elsewhere(item["id"]):
+            item["central"] = "verified"
     return {"total": total, "items": items}
 
 

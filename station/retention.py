@@ -126,7 +126,11 @@ class CentralCheck:
     def verified(self, f: FileFacts) -> bool:
         if self.platform and f.central_state == "verified":
             return True
-        return bool(self.forward and self.forwarded is not None and self.forwarded(f.id))
+        return self.verified_elsewhere(f.id)
+
+    def verified_elsewhere(self, file_id: int) -> bool:
+        """Whether the S3 forwarder verified its copy of the file."""
+        return bool(self.forward and self.forwarded is not None and self.forwarded(file_id))
 
 
 @dataclass(frozen=True)
