@@ -360,7 +360,8 @@ def parse_prototype(name: str, spec: str, return_type: str, status_type: str) ->
             raise ValueError(f"{name}: {spec!r} is neither a C name nor a C prototype")
         std = _parse_c(base, STANDARD[base])
         restype = std.restype
-        if restype is ctypes.c_int and return_type == "bool":
+        # GetDeviceCount returns the count, not success: it stays int
+        if restype is ctypes.c_int and return_type == "bool" and base != "GetDeviceCount":
             restype = ctypes.c_bool
         params = [
             (r, _U16_P if r == "status" and status_type == "uint16" else t) for r, t in std.params

@@ -674,3 +674,29 @@ def test_following_never_takes_one_of_two_candidates(root: Path, drv: VendorLibr
             rec.enter_mass_storage()
         assert [get_recorder(root, i)["msdc"] for i in (0, 1, 2)] == [b"0", b"0", b"0"]
         assert rec.index == 0
+
+
+def test_control_characters_allowed_only_in_display_fields() -> None:
+    good = OfficerInfo("B100001", "100001", "张三", "110101", "城关派出所")
+    for layout in ("94", "89"):
+        raw = bytearray(encode_officer_block(good, layout, "gbk"))
+        bad_serial = bytes(raw[:3]) + b"\x07" + bytes(raw[4:])
+        with pytest.raises(ProtocolError, match="control"):
+            decode_officer_block(bad_serial, layout, "gbk")
+        size = vl.zfy.slot_sizes(layout)[0]
+        bad_officer = bytes(raw[: size + 2]) + b"\x1b" + bytes(raw[size + 3 :])
+        with pytest.raises(ProtocolError, match="control"):
+            decode_officer_block(bad_officer, layout, "gbk")
+        name_at = sum(vl.zfy.slot_sizes(layout)[:2])
+        bell = bytes(raw[:name_at]) + b"\x07" + bytes(raw[name_at + 1 :])
+        assert decode_officer_block(bell, layout, "gbk").serial == "B100001"
+
+
+def test_get_device_count_stays_int_with_bool_returns(root: Path, libs: dict[str, Path]) -> None:
+    """return_type "bool" is for the 1/0 calls; GetDeviceCount returns the count."""
+    for i in range(3):
+        put_recorder(root, i, serial=f"B10000{i + 1}", officer_no=f"10000{i + 1}")
+    with driver(libs["94"], return_type="bool").open(
+        docked(serial="B100003"), STATION_PASSWORDS
+    ) as rec:
+        assert rec.index == 2
