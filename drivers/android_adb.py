@@ -37,6 +37,7 @@ import socket
 import struct
 import subprocess
 import threading
+import time
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -44,6 +45,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from drivers import zfy
 from drivers.base import (
     AuthFailed,
+    DeviceBusy,
     DeviceGone,
     DockedDevice,
     OfficerInfo,
@@ -52,6 +54,7 @@ from drivers.base import (
     RecorderError,
     RecorderSession,
     WrongRecorder,
+    usb_present,
 )
 
 log = logging.getLogger(__name__)
@@ -237,6 +240,49 @@ class _Stream:
         self.config = config
         self.label = label
         self._pending = b""
+        self._deadline: float | None = None
+
+    def begin(self) -> None:
+        """Start one exchange: `timeout_s` from now bounds all of it; nothing may be
+        waiting from an earlier one (an answer nobody asked for: out of step)."""
+        self._deadline = time.monotonic() + self.config.timeout_s
+        stale = self._pending
+        self.sock.settimeout(0)  # only what has already arrived
+        try:
+            while len(stale) <= MAX_MESSAGE:
+                chunk = self.sock.recv(4096)
+                if not chunk:
+                    break
+                stale += chunk
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError as e:
+            raise DeviceGone(f"{self.label}: receive: {e}") from None
+        finally:
+            self.sock.settimeout(self.config.timeout_s)
+        if stale:
+            self._pending = b""
+            raise ProtocolError(
+                f"{self.label}: the recorder sent an answer nobody asked for: {stale[:60]!r}"
+            )
+
+    def _recv(self, n: int) -> bytes:
+        """Up to `n` bytes, waiting no longer than the exchange's deadline allows."""
+        if self._deadline is not None:
+            left = self._deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError
+            self.sock.settimeout(min(left, self.config.timeout_s))
+        return self.sock.recv(n)
+
+    def _recv_exact(self, n: int) -> bytes:
+        buf = bytearray()
+        while len(buf) < n:
+            chunk = self._recv(n - len(buf))
+            if not chunk:
+                raise DeviceGone(f"the connection closed after {len(buf)} of {n} bytes")
+            buf += chunk
+        return bytes(buf)
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
@@ -248,7 +294,10 @@ class _Stream:
         except RecorderError:
             raise
         except TimeoutError:
-            raise ProtocolError(f"{self.label}: {what}: the recorder did not answer") from None
+            raise ProtocolError(
+                f"{self.label}: {what}: the recorder did not answer within "
+                f"{self.config.timeout_s:g} s"
+            ) from None
         except OSError as e:
             raise DeviceGone(f"{self.label}: {what}: {e}") from None
 
@@ -258,11 +307,11 @@ class _Stream:
         self._io("send", self.sock.sendall, head + data)
 
     def recv_frame(self) -> bytes:
-        head = self._io("receive", _recv_exact, self.sock, 4)
+        head = self._io("receive", self._recv_exact, 4)
         (n,) = struct.unpack("<I" if self.config.length_order == "little" else ">I", head)
         if n > MAX_MESSAGE:
             raise ProtocolError(f"{self.label}: a message of {n} bytes")
-        return bytes(self._io("receive", _recv_exact, self.sock, n))
+        return bytes(self._io("receive", self._recv_exact, n))
 
     # json: one object per line
     def send_json(self, obj: dict[str, Any]) -> None:
@@ -270,7 +319,7 @@ class _Stream:
 
     def recv_json(self) -> dict[str, Any]:
         while b"\n" not in self._pending:
-            chunk = self._io("receive", self.sock.recv, 4096)
+            chunk = self._io("receive", self._recv, 4096)
             if not chunk:
                 raise DeviceGone(f"{self.label}: the recorder closed the connection")
             self._pending += chunk
@@ -279,7 +328,7 @@ class _Stream:
         line, _, self._pending = self._pending.partition(b"\n")
         try:
             obj = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise ProtocolError(
                 f"{self.label}: an answer that is not JSON: {line[:80]!r}"
             ) from None
@@ -310,6 +359,7 @@ class AndroidAdbSession(RecorderSession):
 
     def _e12(self, call: str, payload: bytes | None = None) -> bytes:
         """One E12 command: the command, the working signal, [the payload,] the result."""
+        self.stream.begin()
         self.stream.send_frame(E12_COMMANDS[call].encode("ascii"))
         first = self.stream.recv_frame()
         if first != E12_WORKING.encode():
@@ -331,11 +381,18 @@ class AndroidAdbSession(RecorderSession):
 
     def _check_password(self) -> None:
         """e12: the recorder's administrator password, compared here."""
-        stored = self._text(self._e12("admin_password"), "the password")
-        if not self.password or stored != self.password:
+        if not self.password or not self._password_is(self._e12("admin_password"), self.password):
             raise AuthFailed(
                 f"{self.label}: the recorder's password is not the station's (compared on the host)"
             )
+
+    def _password_is(self, stored: bytes, password: str) -> bool:
+        """The stored password (a C string: up to its NUL, nothing stripped) is `password`."""
+        try:
+            wanted = password.encode(self.config.encoding)
+        except UnicodeEncodeError:
+            return False
+        return bool(wanted) and stored.partition(b"\0")[0] == wanted
 
     # --- json ---------------------------------------------------------------------------
 
@@ -343,8 +400,11 @@ class AndroidAdbSession(RecorderSession):
         request = {"cmd": cmd, **inputs}
         if cmd not in ("Init_Device", "GetIDCode", "UnInit_Device"):
             request["sPwd"] = self.password
+        self.stream.begin()
         self.stream.send_json(request)
         answer = self.stream.recv_json()
+        if "cmd" in answer and answer["cmd"] != cmd:
+            raise ProtocolError(f"{self.label}: {cmd} was answered for {answer['cmd']!r}")
         ret, status = answer.get("ret"), answer.get("iRet", 0)
         if not isinstance(ret, int) or not isinstance(status, int):
             raise ProtocolError(f"{self.label}: {cmd}: answer without ret/iRet: {answer}")
@@ -361,7 +421,10 @@ class AndroidAdbSession(RecorderSession):
         if self._closed:
             raise ProtocolError(f"{self.label}: session is closed")
         with self._lock:
-            return fn()
+            try:
+                return fn()
+            except DeviceGone as e:
+                raise self.driver.still_docked(self.device, e) from None
 
     def id_code(self) -> str:
         def go() -> str:
@@ -541,7 +604,26 @@ class AndroidAdbDriver(RecorderDriver):
             return 0
         return 90 if (device.vendor_id, device.product_id) in self._ids else 0
 
+    @staticmethod
+    def still_docked(
+        device: DockedDevice, error: DeviceGone, opening: bool = False
+    ) -> RecorderError:
+        """A lost service or an adb that does not list the device means "unplugged" only
+        when the USB device is gone too. With it still in sysfs: while opening, busy (adb
+        or the service may not be up yet: the station retries with a growing delay); in
+        a session, an error of its own (so that the station does not re-dock it at once)."""
+        if usb_present(device) is not True:
+            return error
+        detail = f"{error.detail} although the recorder is still docked on port {device.port}"
+        return DeviceBusy(detail) if opening else ProtocolError(detail)
+
     def open(self, device: DockedDevice, passwords: list[str]) -> AndroidAdbSession:
+        try:
+            return self._open(device, passwords)
+        except DeviceGone as e:
+            raise self.still_docked(device, e, opening=True) from None
+
+    def _open(self, device: DockedDevice, passwords: list[str]) -> AndroidAdbSession:
         label = f"{self.name} (port {device.port})"
         serial = (device.serial or "").strip()
         if not serial:
@@ -570,9 +652,9 @@ class AndroidAdbDriver(RecorderDriver):
     def _find_password(self, session: AndroidAdbSession, passwords: list[str], label: str) -> str:
         if self.config.format == "e12":
             with session._lock:
-                stored = session._text(session._e12("admin_password"), "the password")
+                stored = session._e12("admin_password")
             for pw in passwords:
-                if pw == stored:
+                if session._password_is(stored, pw):
                     return pw
             raise AuthFailed(f"{label}: none of {len(passwords)} configured passwords accepted")
         for pw in passwords:

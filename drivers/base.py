@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import abc
 import datetime as dt
+import os
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING, Protocol
@@ -206,3 +207,10 @@ class DriverRegistry:
         if not scored:
             return None
         return max(scored, key=lambda s: (s[0], -s[1]))[2]
+
+
+def usb_present(device: DockedDevice) -> bool | None:
+    """Whether the docked USB device is still in sysfs; None when that cannot be told."""
+    if device.kind == "usb" and device.path.startswith("/sys/"):
+        return os.path.isdir(device.path)
+    return None

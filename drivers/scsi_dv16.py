@@ -817,7 +817,7 @@ class ScsiDv16Session(RecorderSession):
 def password_field(password: str, encoding: str = "gbk") -> bytes:
     """The 16-byte, NUL-padded password field; ValueError if it cannot be one."""
     raw = password.encode(encoding)
-    if b"\x00" in raw or len(raw) >= PASSWORD_FIELD:
+    if not raw or b"\x00" in raw or len(raw) >= PASSWORD_FIELD:
         raise ValueError(f"a device password is 1 to {PASSWORD_FIELD - 1} bytes without NUL")
     return raw.ljust(PASSWORD_FIELD, b"\x00")
 

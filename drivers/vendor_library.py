@@ -360,7 +360,8 @@ def parse_prototype(name: str, spec: str, return_type: str, status_type: str) ->
             raise ValueError(f"{name}: {spec!r} is neither a C name nor a C prototype")
         std = _parse_c(base, STANDARD[base])
         restype = std.restype
-        if restype is ctypes.c_int and return_type == "bool":
+        # GetDeviceCount returns the count, not success: it stays int
+        if restype is ctypes.c_int and return_type == "bool" and base != "GetDeviceCount":
             restype = ctypes.c_bool
         params = [
             (r, _U16_P if r == "status" and status_type == "uint16" else t) for r, t in std.params
@@ -683,42 +684,66 @@ class VendorLibrarySession(RecorderSession):
             raise self.driver.connect_failed(self.device, e) from None
 
     def _current(self) -> OfficerInfo:
-        """The officer block of this session's recorder, following it if its index moved."""
+        """The officer block of this session's recorder, following it if its index moved.
+
+        The recorder is known by its officer-block serial and by the ID code it gave at
+        open (checked with GetIDCode where the library has it): two recorders with one
+        serial (a factory default) are told apart by their ID codes. Following a moved
+        recorder takes only a single candidate; two that answer as it is an error.
+        """
         if self._closed:
             raise ProtocolError(f"{self._label}: session is closed")
         first_error: RecorderError | None = None
         try:
             info = self.driver.read_block(self.lib, self.index, self.password, self._label)
+            id_code = self._id_code_at(self.index)
         except RecorderError as e:
             if self.index is None:
                 raise self.driver.connect_failed(self.device, e) from None
             first_error = e
         else:
-            if info.serial == self.serial:
+            if info.serial == self.serial and id_code in (None, self._id_code):
                 return info
             if self.index is None:
                 raise DeviceGone(
                     f"{self._label}: the library now answers for recorder {info.serial}, "
                     f"not {self.serial}"
+                    + (f" (ID code {id_code}, not {self._id_code})" if id_code else "")
                 )
+        found: list[tuple[int, OfficerInfo]] = []
         for i in range(self.lib.device_count(self._label)):
             if i == self.index:
                 continue
             try:
-                self.driver.init(self.lib, i, self._label)
-                found = self.driver.read_block(self.lib, i, self.password, self._label)
+                code = self.driver.init(self.lib, i, self._label)
+                block = self.driver.read_block(self.lib, i, self.password, self._label)
             except RecorderError:
                 continue
-            if found.serial == self.serial:
-                log.info("%s: recorder %s moved to index %d", self._label, self.serial, i)
-                self.index = i
-                return found
+            if block.serial == self.serial and code == self._id_code:
+                found.append((i, block))
+        if len(found) > 1:
+            raise ProtocolError(
+                f"{self._label}: recorder {self.serial} (ID code {self._id_code}) moved, and "
+                f"{len(found)} recorders answer as it (indices "
+                f"{', '.join(str(i) for i, _ in found)}): cannot tell which is docked here"
+            )
+        if found:
+            i, block = found[0]
+            log.info("%s: recorder %s moved to index %d", self._label, self.serial, i)
+            self.index = i
+            return block
         if first_error is not None and not isinstance(first_error, DeviceGone):
             raise first_error  # e.g. its password changed: say so, not "gone"
         raise self.driver.connect_failed(
             self.device,
             DeviceGone(f"{self._label}: recorder {self.serial} no longer answers the library"),
         )
+
+    def _id_code_at(self, index: int | None) -> str | None:
+        """GetIDCode at `index`; None when the library has no GetIDCode for it."""
+        if not self.lib.has("GetIDCode", index):
+            return None
+        return self.driver.get_id_code(self.lib, index, self._label)
 
     # --- GA/T 947.4 calls ------------------------------------------------------------
 
@@ -854,7 +879,7 @@ class VendorLibrarySession(RecorderSession):
             self._closed = True
             if self in self.lib.lib.sessions:
                 self.lib.lib.sessions.remove(self)
-            if any(s.serial == self.serial for s in self.lib.lib.sessions):
+            if any(s.index == self.index for s in self.lib.lib.sessions):
                 return  # another session (a quick re-dock) still uses this recorder
             self.driver.release(self.lib, self.index, self._label, self._id_code)
 
@@ -1090,11 +1115,25 @@ class VendorLibraryDriver(RecorderDriver):
             raise DeviceGone(f"{label}: {lib.path} sees no recorder")
         chosen = None
         try:
-            chosen = self._choose(lib, device, probes, label)
+            pick = self._choose(lib, device, probes, label)
+            assert pick.info is not None
+            twins = [
+                p.index
+                for p in probes
+                if p is not pick and p.info and p.info.serial == pick.info.serial
+            ]
+            if twins:
+                raise WrongRecorder(
+                    f"{label}: recorder {pick.info.serial} (index {pick.index}) shares its "
+                    f"serial with the recorder at index {', '.join(map(str, twins))} (a "
+                    "factory-default serial?): give each recorder its own serial"
+                )
+            chosen = pick
         finally:
-            held = {s.serial for s in lib.lib.sessions}
+            # an index another session holds is not released (nor re-initialised)
+            held = {s.index for s in lib.lib.sessions}
             for p in probes:
-                if p is not chosen and (p.info is None or p.info.serial not in held):
+                if p is not chosen and p.index not in held:
                     self.release(lib, p.index, label, p.id_code)
         assert chosen.info is not None and chosen.password is not None
         return VendorLibrarySession(

@@ -151,7 +151,8 @@ def decode(
             )
         lenient = lenient_text and attr not in IDENTIFIERS
         text = _decode_text(raw, attr, cfield, encoding, lenient)
-        if not allow_control and _CONTROL.search(text):
+        if (attr in IDENTIFIERS or not allow_control) and _CONTROL.search(text):
+            # allow_control is for the display fields only: never in a serial or number
             raise OfficerBlockError(f"officer block field {cfield} holds control characters", attr)
         if require_ids and attr in IDENTIFIERS and not text.strip():
             hint = " (is the block really in the 94-byte layout?)" if layout == "89" else ""

@@ -213,6 +213,13 @@ class RecordersSection(_Section):
     # S30 "collect first": what all the other ports share meanwhile
     priority_others_mb_s: Annotated[float, Field(gt=0)] = 4.0
 
+    @field_validator("passwords")
+    @classmethod
+    def _passwords(cls, v: list[str]) -> list[str]:
+        if any(p == "" for p in v):
+            raise ValueError("an empty device password is not allowed")
+        return v
+
 
 class AlarmsSection(_Section):
     check_clock: bool = True  # raise clock_unsynced when the station clock is not NTP-synced

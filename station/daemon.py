@@ -74,6 +74,8 @@ from station.voice import Announcer, reason_code
 log = logging.getLogger(__name__)
 
 DISK_CHECK_S = 5.0
+# a worker that saw its device vanish: the same docking is collected anew at most this often
+RECHECK_MIN_S = 5.0
 REMOVED_EARLY_SHOWN_S = 120.0  # how long a port says a recorder was pulled out too soon
 # alarms about one recorder (subject: its serial): they end when it leaves the station
 RECORDER_ALARMS = ("battery_critical", "recorder_clock_drift", "collection_failed")
@@ -216,6 +218,7 @@ class Station:
         self._spoken: dict[int, tuple[int, str]] = {}  # port -> (generation, state) last seen
         # port -> (when, the recorder, its state): unplugged before its collection ended
         self._removed_early: dict[int, tuple[float, dict[str, str], str]] = {}
+        self._rechecked: dict[int, float] = {}  # port -> when it was last re-docked
         self.retention = RetentionSweeper(
             self.catalog,
             retention_rules(config),
@@ -928,7 +931,13 @@ class Station:
 
     async def _recheck(self, port: int, device: DockedDevice) -> None:
         """The worker saw its device vanish: rescan, and if the same folder or device is
-        back already (unplugged and replugged between two scans), collect it anew."""
+        back already (unplugged and replugged between two scans), collect it anew; not
+        more often than every RECHECK_MIN_S per port (a driver that says "gone" while the
+        device stays docked must not re-dock it in a loop)."""
+        wait = self._rechecked.get(port, -math.inf) + RECHECK_MIN_S - time.monotonic()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        self._rechecked[port] = time.monotonic()
         await self.watcher.rescan()
         current = self.watcher.snapshot.get(port)
         if current is not None and current.key == device.key and port not in self._workers:

@@ -8,10 +8,15 @@ through the real Collector (tests/dock_harness.py).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import json
 import shutil
 import socket
+import struct
 import subprocess
+import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +29,7 @@ from pydantic import ValidationError
 from drivers.android_adb import AndroidAdbConfig, AndroidAdbDriver
 from drivers.base import (
     AuthFailed,
+    DeviceBusy,
     DeviceGone,
     DockedDevice,
     DriverRegistry,
@@ -58,8 +64,7 @@ def driver(adb: AdbServer, fmt: str, **kw: Any) -> AndroidAdbDriver:
             device_port=SERVICE_PORT,
             adb_port=adb.port,
             start_server=False,
-            timeout_s=5,
-            **kw,
+            **{"timeout_s": 5, **kw},
         )
     )
 
@@ -259,3 +264,120 @@ def test_real_debian_adb_server(tmp_path: Path, fmt: str, monkeypatch: pytest.Mo
         assert drv.adb.devices() == {}
     finally:
         subprocess.run(["adb", "-P", str(port), "kill-server"], capture_output=True, check=False)
+
+
+# --- trouble while the recorder is still docked; deadlines; hostile answers -----------------
+
+PRESENT = "/sys/bus"  # a folder that exists, standing in for the docked device's sysfs node
+
+
+class Raw:
+    """A service that does whatever `fn` does with the connection."""
+
+    def __init__(self, fn: Callable[[socket.socket], None]) -> None:
+        self.fn = fn
+
+    def serve(self, sock: socket.socket) -> None:
+        self.fn(sock)
+
+
+def at(port: int, serial: str, path: str) -> DockedDevice:
+    return DockedDevice(port=port, key=f"usb:{port}", kind="usb", path=path,
+                        vendor_id=0x2207, product_id=0x0006, serial=serial)  # fmt: skip
+
+
+def test_adb_trouble_while_docked_is_not_unplugged(adb: AdbServer, fmt: str) -> None:
+    """With the USB device still in sysfs, adb not (yet) listing it or its service closing
+    is busy (the collector retries with backoff) or an error, never "unplugged"."""
+    if not Path(PRESENT).is_dir():
+        pytest.skip("no /sys")
+    drv = driver(adb, fmt)
+    with pytest.raises(DeviceBusy, match="adb does not see device A100001"):
+        drv.open(at(1, "A100001", PRESENT), PASSWORDS)
+    with pytest.raises(DeviceGone):
+        drv.open(at(1, "A100001", "/sys/no-such-device"), PASSWORDS)
+    adb.add("A100001", SERVICE_PORT, Raw(lambda s: s.close()))
+    with pytest.raises(DeviceBusy):
+        drv.open(at(1, "A100001", PRESENT), PASSWORDS)
+    adb.add("A100001", SERVICE_PORT, SERVICES[fmt](RecorderState("A100001", "200001")))
+    with drv.open(at(1, "A100001", PRESENT), PASSWORDS) as rec:
+        adb.close()  # the service resets its connection
+        with pytest.raises(ProtocolError, match="still docked"):
+            rec.battery_percent()
+
+
+def test_a_dripping_answer_ends_at_the_call_deadline(adb: AdbServer, fmt: str) -> None:
+    """timeout_s bounds a whole exchange, not each receive: a byte every 0.3 s ends it."""
+    stop = threading.Event()
+
+    def drip(sock: socket.socket) -> None:
+        sock.recv(4096)
+        with contextlib.suppress(OSError):
+            if fmt == "e12":
+                sock.sendall(struct.pack("<I", 1000))
+            for _ in range(100):
+                if stop.wait(0.3):
+                    return
+                sock.sendall(b" ")
+
+    adb.add("A100001", SERVICE_PORT, Raw(drip))
+    start = time.monotonic()
+    try:
+        with pytest.raises(ProtocolError, match="did not answer"):
+            driver(adb, fmt, timeout_s=1).open(docked(1, "A100001"), PASSWORDS)
+        assert time.monotonic() - start < 15  # the drip alone would last 30 s
+    finally:
+        stop.set()
+
+
+def test_e12_password_is_compared_as_stored(adb: AdbServer) -> None:
+    """No whitespace is stripped from the stored password before comparing."""
+    recorder(adb, "e12", password=" 654321\t")
+    with pytest.raises(AuthFailed):
+        driver(adb, "e12").open(docked(1, "A100001"), PASSWORDS)
+    recorder(adb, "e12", 2, password="654321\0junk")  # a C string: up to its NUL
+    with driver(adb, "e12").open(docked(1, "A100002"), PASSWORDS) as rec:
+        assert rec.password == "654321"
+
+
+def test_json_nested_too_deep_is_a_protocol_error(adb: AdbServer) -> None:
+    def deep(sock: socket.socket) -> None:
+        sock.recv(4096)
+        with contextlib.suppress(OSError):
+            sock.sendall(b"[" * 60000 + b"\n")
+            sock.recv(4096)
+
+    adb.add("A100001", SERVICE_PORT, Raw(deep))
+    with pytest.raises(ProtocolError, match="not JSON"):
+        driver(adb, "json").open(docked(1, "A100001"), PASSWORDS)
+
+
+class TwiceRecorder(JsonRecorder):
+    """Answers one request twice when `twice` is set (a service out of step)."""
+
+    twice = False
+
+    def serve(self, sock: socket.socket) -> None:
+        pending = b""
+        while True:
+            while b"\n" not in pending:
+                chunk = sock.recv(4096)
+                if not chunk:
+                    return
+                pending += chunk
+            line, _, pending = pending.partition(b"\n")
+            answer = json.dumps(self.answer(json.loads(line))).encode() + b"\n"
+            sock.sendall(answer * (2 if self.twice else 1))
+            self.twice = False
+
+
+def test_json_answer_belongs_to_its_request(adb: AdbServer) -> None:
+    state = RecorderState("A100001", "200001")
+    service = TwiceRecorder(state)
+    adb.add("A100001", SERVICE_PORT, service)
+    with driver(adb, "json").open(docked(1, "A100001"), PASSWORDS) as rec:
+        service.twice = True
+        rec.officer_info()
+        state.officer_no = "300003"
+        with pytest.raises(ProtocolError, match="nobody asked for"):
+            rec.officer_info()  # not the stale answer, with officer 200001

@@ -338,3 +338,13 @@ def test_android_recorders_are_a_configured_family(tmp_path: Path) -> None:
     )
     with pytest.raises(ConfigError, match="is not a USB id"):
         load_config(path)
+
+
+def test_recorder_passwords_must_not_be_empty() -> None:
+    from pydantic import ValidationError
+
+    from station.config import RecordersSection
+
+    with pytest.raises(ValidationError):
+        RecordersSection(passwords=["000000", ""])
+    assert RecordersSection(passwords=["000000"]).passwords == ["000000"]

@@ -890,3 +890,11 @@ def test_eight_dv16_recorders_docked_at_once(tmp_path: Path) -> None:
             assert emus[str(nodes[port])].violations == []
     finally:
         dock.close()
+
+
+def test_empty_password_is_refused() -> None:
+    from drivers.scsi_dv16 import password_field
+
+    with pytest.raises(ValueError):
+        password_field("")
+    assert password_field("654321") == b"654321".ljust(16, b"\0")

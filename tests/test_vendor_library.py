@@ -23,7 +23,14 @@ import pytest
 from pydantic import ValidationError
 
 from drivers import vendor_library as vl
-from drivers.base import AuthFailed, DeviceGone, DockedDevice, OfficerInfo, ProtocolError
+from drivers.base import (
+    AuthFailed,
+    DeviceGone,
+    DockedDevice,
+    OfficerInfo,
+    ProtocolError,
+    WrongRecorder,
+)
 from drivers.vendor_library import (
     LibraryBusy,
     VendorLibraryConfig,
@@ -620,3 +627,76 @@ def test_library_that_cannot_be_loaded(tmp_path: Path, compiler: str) -> None:
     lib.chmod(0o777)
     with pytest.raises(VendorLibraryError, match="writable by group or others"):
         driver(lib).load()
+
+
+# --- one serial on two recorders (a factory default): never reach the other one -----------
+
+
+def test_renumbered_recorder_is_followed_by_its_id_code(
+    root: Path, drv: VendorLibraryDriver
+) -> None:
+    """Port 1's recorder is known by its ID code (its USB serial); the recorder docked
+    later on port 2 has the same officer-block serial. After the library renumbers
+    them, port 1's session must read and switch its own recorder, not port 2's."""
+    put_recorder(root, 0, id_code="AAAA1", serial="D000001", officer_no="100001")
+    with drv.open(docked(1, serial="AAAA1"), STATION_PASSWORDS) as rec:
+        put_recorder(root, 1, id_code="BBBB1", serial="D000001", officer_no="200002")
+        with pytest.raises(ProtocolError, match="D000001"):
+            drv.open(docked(2, serial="BBBB1"), STATION_PASSWORDS)
+        os.rename(root / "0", root / "x")
+        os.rename(root / "1", root / "0")
+        os.rename(root / "x", root / "1")
+        assert rec.officer_info().officer_no == "100001"
+        assert rec.id_code() == "AAAA1"
+        assert rec.index == 1
+        rec.enter_mass_storage()
+        assert get_recorder(root, 1)["msdc"] == b"1"  # AAAA1, port 1's
+        assert get_recorder(root, 0)["msdc"] == b"0"  # BBBB1, port 2's: untouched
+
+
+def test_open_refuses_a_serial_two_recorders_have(root: Path, drv: VendorLibraryDriver) -> None:
+    put_recorder(root, 0, id_code="AAAA1", serial="D000001", officer_no="100001")
+    put_recorder(root, 1, id_code="BBBB1", serial="D000001", officer_no="200002")
+    for usb_serial in ("AAAA1", "BBBB1"):
+        with pytest.raises(WrongRecorder, match="D000001"):
+            drv.open(docked(1, serial=usb_serial), STATION_PASSWORDS)
+    assert [get_recorder(root, i)["msdc"] for i in (0, 1)] == [b"0", b"0"]
+
+
+def test_following_never_takes_one_of_two_candidates(root: Path, drv: VendorLibraryDriver) -> None:
+    """Its index now answers for another recorder, and two others answer as it: hold."""
+    put_recorder(root, 0)
+    with drv.open(docked(1, serial="B100001"), STATION_PASSWORDS) as rec:
+        put_recorder(root, 0, serial="B300003", officer_no="300003")
+        put_recorder(root, 1, officer_no="200002")
+        put_recorder(root, 2, officer_no="200003")
+        with pytest.raises(ProtocolError, match="2 recorders"):
+            rec.enter_mass_storage()
+        assert [get_recorder(root, i)["msdc"] for i in (0, 1, 2)] == [b"0", b"0", b"0"]
+        assert rec.index == 0
+
+
+def test_control_characters_allowed_only_in_display_fields() -> None:
+    good = OfficerInfo("B100001", "100001", "张三", "110101", "城关派出所")
+    for layout in ("94", "89"):
+        raw = bytearray(encode_officer_block(good, layout, "gbk"))
+        bad_serial = bytes(raw[:3]) + b"\x07" + bytes(raw[4:])
+        with pytest.raises(ProtocolError, match="control"):
+            decode_officer_block(bad_serial, layout, "gbk")
+        size = vl.zfy.slot_sizes(layout)[0]
+        bad_officer = bytes(raw[: size + 2]) + b"\x1b" + bytes(raw[size + 3 :])
+        with pytest.raises(ProtocolError, match="control"):
+            decode_officer_block(bad_officer, layout, "gbk")
+        name_at = sum(vl.zfy.slot_sizes(layout)[:2])
+        bell = bytes(raw[:name_at]) + b"\x07" + bytes(raw[name_at + 1 :])
+        assert decode_officer_block(bell, layout, "gbk").serial == "B100001"
+
+
+def test_get_device_count_stays_int_with_bool_returns(root: Path, libs: dict[str, Path]) -> None:
+    """return_type "bool" is for the 1/0 calls; GetDeviceCount returns the count."""
+    for i in range(3):
+        put_recorder(root, i, serial=f"B10000{i + 1}", officer_no=f"10000{i + 1}")
+    with driver(libs["94"], return_type="bool").open(
+        docked(serial="B100003"), STATION_PASSWORDS
+    ) as rec:
+        assert rec.index == 2
