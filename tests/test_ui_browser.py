@@ -353,6 +353,13 @@ def test_login_search_play_and_download(st: StationProc, page: Any, tmp_path: Pa
     page.wait_for_selector("#viewer-status", state="hidden", timeout=60000)
     page.click(".pc-play")
     page.wait_for_function("document.querySelector('video.player').paused")
+    # away from the end (a short clip on a slow machine may have played through it):
+    # a frame forward from the last frame has nowhere to go
+    page.evaluate("document.querySelector('video.player').currentTime = 0.2")
+    page.wait_for_function(
+        "(() => { const v = document.querySelector('video.player');"
+        " return !v.seeking && Math.abs(v.currentTime - 0.2) < 0.05; })()"
+    )
     before = page.evaluate("document.querySelector('video.player').currentTime")
     page.click(".pc-frame-fwd")
     page.wait_for_function(
