@@ -410,6 +410,8 @@ class Station:
                     # also how many connections asyncio accepts in one go, before any is
                     # refused: small, so a burst cannot take every descriptor at once
                     backlog=64,
+                    # the address a request came from is the socket's, never a header
+                    proxy_headers=False,
                     log_level="warning",
                     log_config=None,  # uvicorn logs through ours (repeats held back)
                     lifespan="off",

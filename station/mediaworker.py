@@ -235,6 +235,8 @@ def _ask(
             except OSError as e:
                 conn.close()
                 raise WorkerError(f"the media worker ({SOCKET}) did not answer: {e}") from None
+        elif os.environ.get("INVOCATION_ID"):  # under systemd: its sandbox or nothing
+            raise WorkerError(f"the media worker's socket {SOCKET} is missing")
         else:
             conn, proc = _spawn()
         with conn:

@@ -39,6 +39,8 @@ import json
 import logging
 import os
 import re
+import select
+import signal
 import socket
 import stat
 import struct
@@ -47,7 +49,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from station.mount import CARD_FILESYSTEMS, HELPER_SOCKET, mount_command, unmount_commands
+from station.mount import CARD_FILESYSTEMS, HELPER_SOCKET, mount_command
 
 log = logging.getLogger("station.mountd")
 
@@ -65,19 +67,39 @@ class Refused(Exception):
 # --- the checks, made inside the daemon's namespace ------------------------------------------
 
 
-def check_target(target: str, root: Path) -> Path:
-    """`target` if it is a folder port-*.<12 hex> directly below `root`, reached without
-    a symbolic link."""
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+UMOUNT_NOFOLLOW, MNT_DETACH = 8, 2
+
+
+def _open_dir(path: Path) -> int:
+    """A descriptor of the folder `path`, reached without following any symbolic link
+    (component by component): the daemon may rename and replace what is below its
+    writable /run/station between the helper's check and its use, a descriptor cannot
+    be swapped."""
+    fd = os.open("/", DIR_FLAGS)
+    try:
+        for part in path.parts[1:]:
+            nxt = os.open(part, DIR_FLAGS, dir_fd=fd)
+            os.close(fd)
+            fd = nxt
+    except OSError as e:
+        os.close(fd)
+        raise Refused(f"{path}: {e.strerror} (a folder reached without a link)") from None
+    return fd
+
+
+def check_target(target: str, root: Path) -> tuple[int, int]:
+    """Descriptors of `root` and of the card folder `target` (port-*.<12 hex> directly
+    below it), both reached without a symbolic link."""
     path = Path(target)
     if not path.is_absolute() or path.parent != root or not TARGET_NAME.fullmatch(path.name):
         raise Refused(f"{target!r} is not a card folder below {root}")
+    root_fd = _open_dir(root)
     try:
-        st = os.lstat(path)
+        return root_fd, os.open(path.name, DIR_FLAGS, dir_fd=root_fd)
     except OSError as e:
-        raise Refused(f"{target}: {e.strerror}") from None
-    if not stat.S_ISDIR(st.st_mode) or os.path.realpath(path) != str(path):
-        raise Refused(f"{target} is not a plain folder")
-    return path
+        os.close(root_fd)
+        raise Refused(f"{target} is not a plain folder: {e.strerror}") from None
 
 
 def _mounted_devices() -> set[int]:
@@ -92,72 +114,106 @@ def _mounted_devices() -> set[int]:
     return devices
 
 
-def check_source(node: str, images: Path | None, host_mounted: set[int]) -> str:
-    """`node` if it may be mounted as a card: a block device on USB that is mounted
-    nowhere, or a regular file below `images`. Returns the filesystem blkid finds."""
+def check_source(node: str, images: Path | None, host_mounted: set[int]) -> tuple[int, str]:
+    """A descriptor of `node` if it may be mounted as a card (a block device on USB
+    that is mounted nowhere, or a regular file below `images`), and the filesystem blkid
+    finds on it. Everything is checked, probed and later mounted through that one
+    descriptor (`/proc/self/fd/N`): a name swapped meanwhile changes nothing."""
     if images is not None and node.startswith(str(images) + "/"):
-        real = os.path.realpath(node)
-        if not real.startswith(str(images) + "/") or not os.path.isfile(real):
-            raise Refused(f"{node} is not a card image below {images}")
+        flags = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC
+    elif NODE.fullmatch(node):
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
     else:
-        if not NODE.fullmatch(node):
-            raise Refused(f"{node!r} is not a device node")
-        try:
-            st = os.stat(node)
-        except OSError as e:
-            raise Refused(f"{node}: {e.strerror}") from None
-        if not stat.S_ISBLK(st.st_mode):
-            raise Refused(f"{node} is not a block device")
-        sys_path = os.path.realpath(f"/sys/dev/block/{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}")
-        if "/usb" not in sys_path:
-            raise Refused(f"{node} is not a USB disk ({sys_path})")
-        if st.st_rdev in host_mounted or st.st_rdev in _mounted_devices():
-            raise Refused(f"{node} is mounted already")
-    r = subprocess.run(
-        ["blkid", "-p", "-o", "value", "-s", "TYPE", node],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-    fstype = r.stdout.strip()
-    if fstype not in CARD_FILESYSTEMS:
-        raise Refused(f"{node} holds {fstype or 'no known filesystem'}, not a card's FAT or exFAT")
-    return fstype
+        raise Refused(f"{node!r} is not a device node")
+    try:
+        fd = os.open(node, flags)
+    except OSError as e:
+        raise Refused(f"{node}: {e.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if images is not None and flags & os.O_RDWR:
+            real = os.readlink(f"/proc/self/fd/{fd}")
+            if not real.startswith(str(images) + "/") or not stat.S_ISREG(st.st_mode):
+                raise Refused(f"{node} is not a card image below {images}")
+        else:
+            if not stat.S_ISBLK(st.st_mode):
+                raise Refused(f"{node} is not a block device")
+            dev = f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}"
+            sys_path = os.path.realpath(f"/sys/dev/block/{dev}")
+            if "/usb" not in sys_path:
+                raise Refused(f"{node} is not a USB disk ({sys_path})")
+            if st.st_rdev in host_mounted or st.st_rdev in _mounted_devices():
+                raise Refused(f"{node} is mounted already")
+        r = subprocess.run(
+            ["blkid", "-p", "-o", "value", "-s", "TYPE", f"/proc/self/fd/{fd}"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+            pass_fds=(fd,),
+        )
+        fstype = r.stdout.strip()
+        if fstype not in CARD_FILESYSTEMS:
+            raise Refused(
+                f"{node} holds {fstype or 'no known filesystem'}, not a card's FAT or exFAT"
+            )
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, fstype
 
 
-def _run(cmd: list[str]) -> None:
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=50, check=False)
+def _run(cmd: list[str], fds: tuple[int, ...] = ()) -> None:
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=50, check=False, pass_fds=fds)
     if r.returncode != 0:
         raise Refused(f"{cmd[0]}: {r.stderr.strip() or f'status {r.returncode}'}")
+
+
+def _umount2(root_fd: int, name: str, *, lazy: bool) -> None:
+    """umount2(2) of `name` below the folder `root_fd`, without following a link: the
+    path cannot be swapped for one to a mount of the sandbox (a masked /run/dbus)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    os.fchdir(root_fd)
+    flags = UMOUNT_NOFOLLOW | (MNT_DETACH if lazy else 0)
+    if libc.umount2(name.encode(), flags) != 0:
+        err = ctypes.get_errno()
+        if not lazy and libc.umount2(name.encode(), flags | MNT_DETACH) == 0:
+            return
+        raise Refused(f"umount {name}: {os.strerror(err)}")
 
 
 def carry_out(
     request: dict[str, Any], root: Path, images: Path | None, host_mounted: set[int]
 ) -> None:
-    """Check and carry out one request; called inside the daemon's namespace."""
+    """Check and carry out one request; called inside the daemon's namespace. The
+    target and the source are held as descriptors from the check to the mount."""
     op, kind = request.get("op"), request.get("kind", "kernel")
     if kind not in ("kernel", "fuse"):
         raise Refused(f"unknown mounter {kind!r}")
-    target = check_target(str(request.get("target", "")), root)
-    if op == "mount":
-        if os.path.ismount(target) or any(target.iterdir()):
-            raise Refused(f"{target} is in use")
-        node = str(request.get("node", ""))
-        fstype = check_source(node, images, host_mounted)
-        _run(mount_command(kind, fstype, node, target))
-    elif op == "unmount":
-        if not os.path.ismount(target):
-            return  # gone already: nothing to let go of
-        errors = []
-        for cmd in unmount_commands(kind, target, lazy=bool(request.get("lazy"))):
-            r = subprocess.run(cmd, capture_output=True, text=True, timeout=50, check=False)
-            if r.returncode == 0:
-                return
-            errors.append(f"{cmd[0]}: {r.stderr.strip()}")
-        raise Refused("; ".join(errors))
-    else:
+    if op not in ("mount", "unmount"):
         raise Refused(f"unknown operation {op!r}")
+    target = str(request.get("target", ""))
+    root_fd, target_fd = check_target(target, root)
+    try:
+        mounted = os.fstat(target_fd).st_dev != os.fstat(root_fd).st_dev
+        if op == "unmount":
+            if mounted:
+                _umount2(root_fd, Path(target).name, lazy=bool(request.get("lazy")))
+            return
+        if mounted or os.listdir(target_fd):
+            raise Refused(f"{target} is in use")
+        source_fd, fstype = check_source(str(request.get("node", "")), images, host_mounted)
+        try:
+            where = f"/proc/self/fd/{target_fd}"
+            cmd = mount_command(kind, fstype, f"/proc/self/fd/{source_fd}", Path(where))
+            if cmd[0] == "mount":
+                cmd.insert(1, "--no-canonicalize")  # the descriptors' paths, as they are
+            _run(cmd, (source_fd, target_fd))
+        finally:
+            os.close(source_fd)
+    finally:
+        os.close(target_fd)
+        os.close(root_fd)
 
 
 # --- serving ----------------------------------------------------------------------------------
@@ -191,8 +247,14 @@ def _in_child(
         os.write(wfd, json.dumps(answer).encode())
         os._exit(0)
     os.close(wfd)
+    data = b""
     with os.fdopen(rfd, "rb") as r:
-        data = r.read()
+        # a card that stalls blkid or a FUSE driver that hangs must not stop all mounting
+        if select.select([r], [], [], CHILD_TIMEOUT_S)[0]:
+            data = r.read()
+        else:
+            os.kill(pid, signal.SIGKILL)
+            data = json.dumps({"ok": False, "error": "timed out"}).encode()
     os.waitpid(pid, 0)
     try:
         return dict(json.loads(data))

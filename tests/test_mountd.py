@@ -169,7 +169,7 @@ def test_sources_other_than_a_usb_card_are_refused(
     with pytest.raises(MountError, match="is not a device node"):
         m.mount(_card("/dev/../etc/shadow"), _target(cards))
     (images / "link.img").symlink_to(outside)
-    with pytest.raises(MountError, match="is not a card image"):
+    with pytest.raises(MountError, match=r"is not a card image|Too many levels of symbolic links"):
         m.mount(_card(images / "link.img"), _target(cards))
     # a block device that is not on USB: a loop device holding a FAT card
     loop = subprocess.run(
