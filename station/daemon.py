@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import datetime as dt
 import json
 import logging
@@ -538,7 +539,8 @@ class Station:
             if not f.cancelled() and f.exception() is not None:
                 log.error("system log: %s not written: %s", kind, f.exception())
 
-        fut = self._loop_log.submit(write)
+        # in the caller's context: an event queued for a person's request keeps its source
+        fut = self._loop_log.submit(contextvars.copy_context().run, write)
         fut.add_done_callback(failed)
         return fut
 

@@ -11,8 +11,9 @@ this module adds the rest:
   `station.catalog.db.REQUEST_SOURCE`), and a request refused for want of a login or of
   rights (401/403; 404 for a file that is not the user's) becomes an `access_refused`
   event: who (when logged in), the method and path, the status, from where. At most
-  `REFUSED_PER_MINUTE` of those per address and minute are written one by one; the rest
-  are counted into the next one, so a flood of refused requests cannot flood the log.
+  `REFUSED_PER_MINUTE` of those per address (IPv6: per /64) and minute, and
+  `REFUSED_TOTAL_PER_MINUTE` from all together, are written one by one; the rest are
+  counted into the next one, so a flood of refused requests cannot flood the log.
 - `GET /ui/api/log/export`: the system log, filtered, as CSV or JSON, for the
   administrators and auditors who may read it; the export is itself an event
   (`log_exported`), written before the file is handed over.
@@ -22,9 +23,11 @@ Nothing here, or anywhere in the console, changes or deletes an event.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import threading
 import time
+from collections import OrderedDict
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query
@@ -41,11 +44,24 @@ from web.schemas import INT64_MAX
 if TYPE_CHECKING:
     from station.daemon import Station
 
-REFUSED_PER_MINUTE = 30
+REFUSED_PER_MINUTE = 30  # per address (an IPv6 /64 counts as one)
+REFUSED_TOTAL_PER_MINUTE = 300  # from all addresses together
+WINDOWS_KEPT = 4096
 EXPORT_MAX = 10_000
 # Routes that log their own refusals (a wrong PIN is `login_failed`), or answer 401 to
 # say "nobody is logged in" as a matter of course.
 OWN_REFUSALS = ("/ui/api/login", "/ui/api/session", "/ui/api/approve")
+
+
+def _network(source: str) -> str:
+    """What the limit counts as one source: an IPv4 address, or an IPv6 /64."""
+    try:
+        addr = ipaddress.ip_address(source)
+    except ValueError:
+        return source
+    if addr.version == 6:
+        return str(ipaddress.ip_network(f"{addr}/64", strict=False))
+    return str(addr)
 
 
 def refused(method: str, path: str, status: int) -> bool:
@@ -67,7 +83,9 @@ class AuditTrail:
         self.app = app
         self.station = station
         self._lock = threading.Lock()
-        self._windows: dict[str, tuple[float, int, int]] = {}  # source: start, logged, held
+        # per address: window start, logged, held back (least recently refused first)
+        self._windows: OrderedDict[str, tuple[float, int, int]] = OrderedDict()
+        self._total = (time.monotonic(), 0)  # all addresses: window start, logged
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
@@ -96,19 +114,25 @@ class AuditTrail:
             await run_in_threadpool(self._log_refused, source, actor, method, path, status)
 
     def _admit(self, source: str) -> int | None:
-        """None when this refusal is only counted; else how many were held back before."""
+        """None when this refusal is only counted; else how many were held back before.
+        Bounded per address (IPv6 per /64) and in total, in a table of bounded size."""
         now = time.monotonic()
+        key = _network(source)
         with self._lock:
-            if len(self._windows) > 10_000:  # many sources: forget the old windows
-                self._windows = {k: v for k, v in self._windows.items() if now - v[0] < 60}
-            start, logged, held = self._windows.get(source, (now, 0, 0))
+            if now - self._total[0] >= 60:
+                self._total = (now, 0)
+            start, logged, held = self._windows.pop(key, (now, 0, 0))
             if now - start >= 60:
                 start, logged = now, 0
-            if logged >= REFUSED_PER_MINUTE:
-                self._windows[source] = (start, logged, held + 1)
-                return None
-            self._windows[source] = (start, logged + 1, 0)
-            return held
+            admit = logged < REFUSED_PER_MINUTE and self._total[1] < REFUSED_TOTAL_PER_MINUTE
+            if admit:
+                self._total = (self._total[0], self._total[1] + 1)
+                self._windows[key] = (start, logged + 1, 0)
+            else:
+                self._windows[key] = (start, logged, held + 1)
+            while len(self._windows) > WINDOWS_KEPT:  # the least recently refused go first
+                self._windows.popitem(last=False)
+            return held if admit else None
 
     def _log_refused(self, source: str, actor: str, method: str, path: str, status: int) -> None:
         held = self._admit(source)
