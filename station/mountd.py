@@ -287,9 +287,10 @@ def serve_one(conn: socket.socket, root: Path, images: Path | None) -> None:
     uid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[1]
     answer: dict[str, Any]
     try:
+        request, ns_fd = _receive(conn)  # read first: the answer must reach the asker
         if uid != 0:
+            os.close(ns_fd)
             raise Refused("only the station (root) may ask")
-        request, ns_fd = _receive(conn)
         try:
             answer = _in_child(request, ns_fd, root, images)
         finally:

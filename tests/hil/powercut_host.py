@@ -54,7 +54,12 @@ DISKS = {  # drive serial -> where the guest mounts it
     "disk2": "/srv/disk2",
     "catalog": "/var/lib/station",
 }
-EXTRA_PACKAGES = ("jinja2", "multipart", "python_multipart", "itsdangerous", "tomli_w", "yaml")
+EXTRA_PACKAGES = (
+    "jinja2", "multipart", "python_multipart", "itsdangerous", "tomli_w", "yaml",
+    "station.platform.secrets",  # imported by load_config only when a secret is sealed
+    "cryptography.hazmat.primitives.ciphers.aead",
+    "cryptography.hazmat.primitives.asymmetric.ed25519",
+)  # fmt: skip
 
 
 @dataclass
