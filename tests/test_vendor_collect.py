@@ -135,8 +135,7 @@ def test_wrong_password_reported_as_connect_failed_is_an_error_not_an_unplug(
     root: Path, emu: dict[str, Path], tmp_path: Path, dock_factory: Callable[..., Dock]
 ) -> None:
     node = Path("/sys/bus")
-    if not node.is_dir():
-        pytest.skip("no /sys")
+    assert node.is_dir(), "no /sys"
     put(root, 0, password="999999")
     dock = dock_factory(family(emu["packed_in"], init_id_code="ZFY01", **PACKED))
     slot = dock.dock(1, "B100000", tmp_path / "card1", path=str(node))
