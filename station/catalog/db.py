@@ -138,7 +138,8 @@ def event_hash(prev_hash: str, fields: dict[str, Any]) -> str:
     return hashlib.sha256((prev_hash + body).encode()).hexdigest()
 
 
-def _event_fields(ev: Event) -> dict[str, Any]:
+def event_fields(ev: Event) -> dict[str, Any]:
+    """The fields of an event that its hash covers."""
     return {
         "at": ev.at.isoformat(),
         "kind": ev.kind,
@@ -162,7 +163,7 @@ def verify_chain(session: Session) -> list[str]:
                 f"event {ev.id}: does not follow the entry before it "
                 "(an entry was inserted or deleted)"
             )
-        if event_hash(ev.prev_hash, _event_fields(ev)) != ev.hash:
+        if event_hash(ev.prev_hash, event_fields(ev)) != ev.hash:
             problems.append(f"event {ev.id}: content does not match its hash (edited)")
         prev = ev.hash
     return problems
@@ -238,7 +239,7 @@ def append_event(
         data=json.dumps(data, sort_keys=True, ensure_ascii=False, default=str),
         prev_hash=prev,
     )
-    ev.hash = event_hash(prev, _event_fields(ev))
+    ev.hash = event_hash(prev, event_fields(ev))
     session.add(ev)
     session.flush()
     log.info("event %s: %s", kind, message)

@@ -21,7 +21,7 @@ from sqlalchemy.dialects.sqlite import insert
 from sqlalchemy.orm import Session
 
 from station.catalog import Catalog, Event, OutboxEntry, StoredFile
-from station.catalog.db import append_event
+from station.catalog.db import append_event, event_fields
 from station.catalog.models import StationState, utcnow
 from station.names import parse_card_path
 from station.platform.protocol import KINDS
@@ -89,20 +89,9 @@ def file_body(f: StoredFile, station_id: str) -> dict[str, Any]:
 
 
 def _event_body(ev: Event) -> dict[str, Any]:
-    return {
-        "id": ev.id,
-        "at": ev.at.isoformat(),
-        "kind": ev.kind,
-        "actor": ev.actor,
-        "port": ev.port,
-        "serial": ev.serial,
-        "officer_no": ev.officer_no,
-        "file_id": ev.file_id,
-        "message": ev.message,
-        "data": ev.data,
-        "prev_hash": ev.prev_hash,
-        "hash": ev.hash,
-    }
+    """The event as its hash covers it, with its place in the chain: the platform can
+    check the chain from what it is sent."""
+    return {"id": ev.id, **event_fields(ev), "prev_hash": ev.prev_hash, "hash": ev.hash}
 
 
 def fill(catalog: Catalog, station_id: str, *, sm3: bool) -> int:
