@@ -80,7 +80,7 @@ class _Store:
 
 
 class BenchStation:
-    """The part of `station.daemon.Station` the link talks to, around a real catalog."""
+    """The part of `station.runtime.Station` the link talks to, around a real catalog."""
 
     def __init__(self, root: Path, sid: str, url: str, args: argparse.Namespace) -> None:
         from station.alarms import AlarmBook
@@ -114,11 +114,8 @@ class BenchStation:
         self.config = config
         return []
 
-    def status(self) -> dict[str, Any]:
+    def self_check(self) -> dict[str, Any]:
         return {"disks": [], "alarms": [], "slots": []}
-
-    def _check_disks(self) -> None:
-        pass
 
 
 def add_files(catalog: Any, n: int, start: int) -> None:

@@ -72,7 +72,8 @@ def run_station(config: StationConfig, extra: Any = None, path: str | None = Non
     SIGHUP re-reads the configuration file `path` and applies what can change live
     (API tokens, registration mode, retention, thresholds): tokens rotate without a restart.
     """
-    from station.daemon import Station
+    from station.runtime import Station
+    from station.webserve import listeners
 
     async def main() -> bool:
         stop = asyncio.Event()
@@ -97,7 +98,7 @@ def run_station(config: StationConfig, extra: Any = None, path: str | None = Non
             loop.add_signal_handler(signal.SIGHUP, reload)
         side = asyncio.create_task(extra(station, stop)) if extra else None
         try:
-            return await station.run(stop)
+            return await station.run(stop, lambda: listeners(station))
         finally:
             if side:
                 side.cancel()
@@ -895,8 +896,8 @@ def _hub_facts(hub: str) -> str:
 @click.option("--json", "as_json", is_flag=True, help="machine-readable")
 def ports_show(config_path: str | None, as_json: bool) -> None:
     """The dock's USB topology: which ports share which hub and root port (one link)."""
-    from station.daemon import make_bus
     from station.ratelimit import LinkScheduler
+    from station.runtime import make_bus
 
     config = _config(config_path)
     links = LinkScheduler(make_bus(config).links()).links

@@ -13,10 +13,11 @@ import datetime as dt
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Protocol
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import select
@@ -99,9 +100,43 @@ class Slot:
         return (s[-1][1] - s[0][1]) / (s[-1][0] - s[0][0])
 
 
-@dataclass
+class CardSource(Protocol):
+    """The card of a recorder switched to mass storage (`Dock.expect_card`)."""
+
+    def card(self, recorder_serial: str | None = None) -> Card: ...
+
+
+class Dock(Protocol):
+    """What a collector asks of the port it works on (`station.ports.Ports` is one).
+
+    The collector only calls down into it; all of it is safe from the worker thread."""
+
+    def changed(self, progress: bool = False) -> None:
+        """Something on screen changed (`progress`: only counters)."""
+
+    def registration_mode(self) -> str:
+        """`auto` or `manual`, as configured now (it may change while a recorder waits)."""
+
+    def docked_elsewhere(self, serial: str, port: int) -> int | None:
+        """Another port where a recorder with this serial is docked right now."""
+
+    def expect_card(self, device: DockedDevice) -> AbstractContextManager[CardSource]:
+        """Before SetMSDC: this port's next device is the same recorder, as a disk."""
+
+    def recorder_lock(self, serial: str) -> threading.Lock:
+        """Held while the recorder `serial` is collected (one port at a time)."""
+
+    def end_priority(self, port: int, why: str) -> None:
+        """Collect-first is over for `port`."""
+
+    def make_room(self) -> None:
+        """Collection is blocked for space: run a retention sweep now."""
+
+
+@dataclass(frozen=True)
 class Services:
-    """What a collector needs from the station."""
+    """What a collector works with: one configuration snapshot for the whole docking,
+    the catalog and store it writes, the drivers it opens, the dock it reports to."""
 
     config: StationConfig
     catalog: Catalog
@@ -109,14 +144,8 @@ class Services:
     drivers: DriverRegistry
     alarms: AlarmBook
     tz: ZoneInfo | None
-    notify: Callable[..., None]  # thread-safe: something on screen changed (progress=True)
-    registration_mode: Callable[[], str]
-    docked_elsewhere: Callable[[str, int], int | None]  # serial, port -> other port
-    expect_card: Callable[[DockedDevice], Any]  # -> CardWait: the disk after SetMSDC
-    make_room: Callable[[], None]  # run a retention sweep now
-    recorder_lock: Callable[[str], threading.Lock]  # serial -> held while collecting it
+    dock: Dock
     priority: PriorityGate  # S30: the port collected first
-    end_priority: Callable[[int, str], None]  # port, why: collect-first is over for it
     clock: ClockGuard | None = None  # may the station clock be believed (retention)
     links: LinkScheduler | None = None  # the ports sharing a USB link read in turn
 
@@ -156,10 +185,10 @@ class Collector:
                 setattr(self, k, fields[k])
         if self._current():
             self.slot.__dict__.update(fields)
-            self.sv.notify()
+            self.sv.dock.changed()
             state = fields.get("state")
             if state is not None and state != "collecting":
-                self.sv.end_priority(self.slot.port, f"the port is {state}")
+                self.sv.dock.end_priority(self.slot.port, f"the port is {state}")
 
     def _progress(self, n: int) -> None:
         self.beat = time.monotonic()
@@ -173,7 +202,7 @@ class Collector:
             self.slot.rate_samples.pop(0)
         if now - self._last_notify > 0.25:
             self._last_notify = now
-            self.sv.notify(progress=True)
+            self.sv.dock.changed(progress=True)
 
     def _event(self, kind: str, message: str = "", **data: object) -> None:
         rec = self.slot.recorder or {}
@@ -340,7 +369,7 @@ class Collector:
                 f"recorder {info.serial} clock was off by {drift:.0f} s",
                 subject=info.serial,
             )
-        with self.sv.expect_card(self.device) as wait:  # registered before the switch
+        with self.sv.dock.expect_card(self.device) as wait:  # registered before the switch
             rec.enter_mass_storage()
             card = rec.card() or wait.card(info.serial)
         try:
@@ -356,7 +385,7 @@ class Collector:
         """One docking of a recorder collects at a time: docked again (here or on another
         port) while its last docking still finishes a copied file, it waits for that, so
         two dockings never work on the same job or temp file."""
-        lock = self.sv.recorder_lock(serial)
+        lock = self.sv.dock.recorder_lock(serial)
         while not lock.acquire(timeout=0.5):
             self.beat = time.monotonic()
             if self.stop.is_set():
@@ -593,7 +622,7 @@ class Collector:
     def _wait_for_space(self, rec: RecorderSession, cf: CardFile, why: str) -> None:
         """No disk has room: overwrite old footage if the retention policy allows; else
         raise the alarm, touch nothing on the card, and wait for space."""
-        self.sv.make_room()
+        self.sv.dock.make_room()
         if self.sv.store.pick(cf.size) is not None:
             return
         self.sv.alarms.raise_("storage_full", f"all store disks are full ({why})")
@@ -605,7 +634,7 @@ class Collector:
                 raise Interrupted()
             if not rec.alive():
                 raise DeviceGone("unplugged while waiting for space")
-            self.sv.make_room()
+            self.sv.dock.make_room()
         self.sv.alarms.clear("storage_full")
         self._set(state="collecting", error=None)
 
@@ -655,7 +684,7 @@ class Collector:
         """
         held_for: str | None = None
         while True:
-            mode = self.sv.registration_mode()
+            mode = self.sv.dock.registration_mode()
             with self.sv.catalog.write() as s:
                 r = s.scalars(select(Recorder).where(Recorder.serial == info.serial)).first()
                 if r is None:
@@ -712,7 +741,7 @@ class Collector:
                 raise DeviceGone("unplugged while held")
 
     def _hold_reason(self, s: Session, r: Recorder, info: OfficerInfo) -> str | None:
-        other = self.sv.docked_elsewhere(info.serial, self.slot.port)
+        other = self.sv.dock.docked_elsewhere(info.serial, self.slot.port)
         if other is not None:
             return f"serial {info.serial} is also docked on port {other}: possible clone"
         if r.status != "registered" or r.officer_id is None:

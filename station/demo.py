@@ -12,7 +12,7 @@ from pathlib import Path
 import tomli_w
 
 from station.config import StationConfig, load_config
-from station.daemon import Station
+from station.runtime import Station
 from station.sim.recorder import RecorderSpec, build_and_dock, undock
 
 log = logging.getLogger(__name__)
@@ -59,7 +59,7 @@ def prepare_demo(data: Path, port: int) -> tuple[StationConfig, str]:
             )
         )
     config = load_config(config_file)
-    config.web.port = port
+    config = config.model_copy(update={"web": config.web.model_copy(update={"port": port})})
     _demo_users(config)
     for d in config.store.disks:
         d.mkdir(parents=True, exist_ok=True)

@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 from station.catalog import Event, StoredFile
 
 if TYPE_CHECKING:
-    from station.daemon import Station
+    from station.runtime import Station
 
 FAILURE_EVENTS = ("file_failed", "collection_failed", "recorder_auth_failed")
 

@@ -61,7 +61,7 @@ class Dock:
             assert DiskBook(self.catalog, "T1", folder_disks=True).identify(d) is None
             d.prepare()
         self.store.prepare()
-        locks: dict[str, threading.Lock] = collections.defaultdict(threading.Lock)
+        self._locks: dict[str, threading.Lock] = collections.defaultdict(threading.Lock)
         self.services = Services(
             self.config,
             self.catalog,
@@ -69,19 +69,33 @@ class Dock:
             registry,
             AlarmBook(self.catalog),
             None,
-            lambda **kw: None,
-            lambda: "auto",
-            lambda serial, port: None,
-            self.expect_card,
-            lambda: None,
-            lambda serial: locks[serial],
-            PriorityGate(1000.0),
-            lambda port, why: None,
+            dock=self,
+            priority=PriorityGate(1000.0),
         )
         self.stop = threading.Event()
         self.slots: dict[int, Slot] = {}
         self.results: dict[int, str] = {}
         self.threads: list[threading.Thread] = []
+
+    # --- the station.collector.Dock the collectors report to ---------------------------
+
+    def changed(self, progress: bool = False) -> None:
+        pass
+
+    def registration_mode(self) -> str:
+        return "auto"
+
+    def docked_elsewhere(self, serial: str, port: int) -> int | None:
+        return None
+
+    def recorder_lock(self, serial: str) -> threading.Lock:
+        return self._locks[serial]
+
+    def end_priority(self, port: int, why: str) -> None:
+        pass
+
+    def make_room(self) -> None:
+        pass
 
     @contextlib.contextmanager
     def expect_card(self, device: DockedDevice) -> Iterator[Any]:

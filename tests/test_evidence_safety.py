@@ -29,9 +29,9 @@ from station import retention as retention_mod
 from station.annotations import AnnotationError, ProtectionError, annotate
 from station.catalog import Catalog, IngestJob, Officer, Recorder, StoredFile
 from station.catalog.db import CatalogBusy, lock_exclusive
-from station.daemon import CardWait
 from station.disks import DiskBook
 from station.mount import BlockDevice, Mounter, NotThisRecorder
+from station.ports import CardWait
 from station.recovery import adopt, rebuild, recover
 from station.retention import DeletionRefused, DiskFacts, RetentionSweeper, Rules
 from station.sidecar import Sidecar, SidecarError, read_sidecar, sidecar_path, write_sidecar
@@ -896,13 +896,12 @@ def test_the_disk_after_the_switch_must_be_the_identified_recorder(
 ) -> None:
     mounted: list[DockedDevice] = []
     fake = SimpleNamespace(
-        config=SimpleNamespace(bus=SimpleNamespace(reenumerate_timeout_s=5)),
-        _card_waits={},
+        config=lambda: SimpleNamespace(bus=SimpleNamespace(reenumerate_timeout_s=5)),
+        card_waits={},
         mount=lambda d: mounted.append(d) or SimpleNamespace(close=lambda: None),
     )
     with CardWait(fake, _usb(3, "vendor", before)) as wait:  # type: ignore[arg-type]
-        wait.new = _usb(3, "disk", after)
-        wait.arrived.set()
+        wait.came_back(_usb(3, "disk", after))
         if ok:
             wait.card("ZFY0003")
         else:

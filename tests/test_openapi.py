@@ -162,7 +162,7 @@ def local_station(api_station: StationProc) -> Iterator[Any]:
     """A `Station` in this process on the daemon's configuration and catalog (not running:
     for its routes and for the data its API methods build)."""
     from station.config import load_config
-    from station.daemon import Station
+    from station.runtime import Station
 
     station = Station(load_config(api_station.config_path))
     try:

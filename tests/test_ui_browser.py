@@ -730,7 +730,7 @@ def test_storage_full_stays_alarmed_while_a_recorder_is_blocked(
     """Two 12 MB disks fill up with a recorder docked: its port waits for space, and the
     alarm stays raised (and first in the banner) for as long as it waits, though a 0-byte
     file would still fit; it ends when the recorder leaves."""
-    from station.daemon import DISK_CHECK_S
+    from station.runtime import DISK_CHECK_S
 
     st2 = make_station(start=False, store={"min_free_mb": 2})
     st2.wrapper = tmpfs_disks((st2.disks[0], "12m"), (st2.disks[1], "12m"))

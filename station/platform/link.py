@@ -15,13 +15,13 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import httpx
 from sqlalchemy import and_, exists, or_, select
 
 from station import __version__
-from station.catalog import OutboxEntry, PlatformCommand, StoredFile
+from station.catalog import Catalog, OutboxEntry, PlatformCommand, StoredFile
 from station.catalog.db import append_event
 from station.catalog.models import utcnow
 from station.config import ConfigError, StationConfig, parse_config
@@ -48,7 +48,27 @@ from station.platform.protocol import (
 )
 
 if TYPE_CHECKING:
-    from station.daemon import Station
+    from station.alarms import AlarmBook
+    from station.collector import Slot
+    from station.store import Store
+
+
+class LinkHost(Protocol):
+    """What the link needs of the running station (`station.runtime.Station` is one)."""
+
+    config: StationConfig  # the snapshot in force (replaced whole on a reload)
+    catalog: Catalog
+    alarms: AlarmBook
+    store: Store
+    slots: dict[int, Slot]
+    network_online: bool | None
+
+    def notify(self, progress: bool = False) -> None: ...
+
+    def reload(self, config: StationConfig) -> list[str]: ...
+
+    def self_check(self) -> dict[str, Any]: ...
+
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +124,7 @@ def overlay(
 class PlatformLink:
     """The station's side of docs/platform-protocol.md."""
 
-    def __init__(self, station: Station, stop: threading.Event) -> None:
+    def __init__(self, station: LinkHost, stop: threading.Event) -> None:
         self.station = station
         self.stop = stop
         self.cfg = station.config.platform
@@ -456,17 +476,16 @@ class PlatformLink:
             return
         self.station.reload(new)
 
-    def reapply(self, config: StationConfig) -> None:
+    def reapply(self, config: StationConfig) -> StationConfig:
         """A reload hook: a SIGHUP's new file keeps the platform's sections."""
         settings = self.saved_settings()
-        if settings:
-            try:
-                checked = overlay(config, settings, "the saved platform configuration")
-            except ConfigError as e:
-                log.error("%s", e)
-                return
-            for name in settings:
-                setattr(config, name, getattr(checked, name))
+        if not settings:
+            return config
+        try:
+            return overlay(config, settings, "the saved platform configuration")
+        except ConfigError as e:
+            log.error("%s", e)
+            return config
 
     def pull_config(self) -> int:
         r = self._call("GET", f"/stations/{self.station_id}/config")
@@ -592,8 +611,7 @@ class PlatformLink:
     def execute(self, cmd: Command) -> tuple[str, str, dict[str, Any]]:
         st = self.station
         if cmd.kind == "self_check":
-            st._check_disks()
-            status = st.status()
+            status = st.self_check()
             return "done", "self-check run", {
                 "disks": [
                     {k: d[k] for k in ("path", "free_bytes", "health")} for d in status["disks"]
@@ -642,20 +660,3 @@ class PlatformLink:
 
 def outbox_total(depth: dict[str, int]) -> int:
     return sum(depth.values())
-
-
-def start_workers(station: Station, stop: threading.Event) -> list[threading.Thread]:
-    """Start what `[platform]` and `[integrity]` ask for; the threads, to join at shutdown."""
-    from station.platform.sm3 import Sm3Digester
-
-    threads = []
-    if station.config.integrity.sm3:
-        station.sm3 = Sm3Digester(station.catalog, stop, mb_s=station.config.integrity.sm3_mb_s)
-        threads.append(threading.Thread(target=station.sm3.run, name="sm3"))
-    if station.config.platform.enabled:
-        station.platform = PlatformLink(station, stop)
-        station.reload_hooks.append(station.platform.reapply)
-        threads.append(threading.Thread(target=station.platform.run, name="platform"))
-    for t in threads:
-        t.start()
-    return threads

@@ -58,6 +58,7 @@ RNDRESEEDCRNG = 0x5207
 PRELOAD = (
     "station.cli",
     "station.daemon",
+    "station.runtime",
     "station.bus.simulated",
     "drivers.simulated",
     "station.playback",
