@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Protocol
 from zoneinfo import ZoneInfo
 
@@ -70,12 +71,26 @@ OPEN_RETRY_FIRST_S = 1.0
 OPEN_RETRY_MAX_S = 30.0
 
 
+class SlotState(StrEnum):
+    """What a port is doing (the status's `state`; compared and sent as its value)."""
+
+    EMPTY = "empty"
+    IDENTIFYING = "identifying"
+    UNREGISTERED = "unregistered"  # held: not registered, or its block disagrees
+    COLLECTING = "collecting"
+    COMPLETE = "complete"
+    ERROR = "error"
+
+
 @dataclass
 class Slot:
-    """What one physical port is doing right now (read by the screen and the API)."""
+    """What one physical port is doing right now (read by the screen and the API).
+
+    Written only by the collector of the port's current docking (and reset by the
+    port's owner on the loop between dockings); read by the loop and the API."""
 
     port: int
-    state: str = "empty"  # empty|identifying|unregistered|collecting|complete|error
+    state: SlotState = SlotState.EMPTY
     generation: int = 0  # bumps on every dock and undock
     recorder: dict[str, str] | None = None
     battery_percent: int | None = None
@@ -221,7 +236,7 @@ class Collector:
 
     def run(self) -> str:
         """Collect the recorder; returns how it ended (complete|held|gone|error|stopped)."""
-        self._set(state="identifying", started_at=time.time())
+        self._set(state=SlotState.IDENTIFYING, started_at=time.time())
         driver = self.sv.drivers.best(self.device)
         if driver is None:
             self._event(
@@ -229,14 +244,14 @@ class Collector:
                 f"not a recorder: {self.device.kind} "
                 f"{self.device.vendor_id}:{self.device.product_id}",
             )
-            self._set(state="error", error="not a recorder: ignored")
+            self._set(state=SlotState.ERROR, error="not a recorder: ignored")
             return "error"
         try:
             with self._open(driver) as rec:
                 return self._collect(rec)
         except AuthFailed as e:
             self._event("recorder_auth_failed", str(e))
-            self._set(state="error", error="wrong device password")
+            self._set(state=SlotState.ERROR, error="wrong device password")
             return "error"
         except DeviceGone:
             self._ended("interrupted", "recorder unplugged")
@@ -247,12 +262,12 @@ class Collector:
         except RecorderError as e:
             self._event("collection_failed", str(e))
             self._ended("failed", str(e))
-            self._set(state="error", error=str(e))
+            self._set(state=SlotState.ERROR, error=str(e))
             return "error"
         except Exception as e:
             log.exception("port %s: collection crashed", self.slot.port)
             self._ended("failed", f"internal error: {e}")
-            self._set(state="error", error=f"internal error: {e}")
+            self._set(state=SlotState.ERROR, error=f"internal error: {e}")
             return "error"
 
     def _open(self, driver: RecorderDriver) -> RecorderSession:
@@ -271,16 +286,16 @@ class Collector:
                 why, held = str(e), True
             else:
                 if waiting_for is not None:
-                    self._set(state="identifying", error=None)
+                    self._set(state=SlotState.IDENTIFYING, error=None)
                 return rec
             if why != waiting_for:
                 waiting_for = why
                 log.warning("port %s: %s (trying again)", self.slot.port, why)
                 if held:
                     self._event("recorder_held", why)
-                    self._set(state="unregistered", error=why)
+                    self._set(state=SlotState.UNREGISTERED, error=why)
                 else:
-                    self._set(state="identifying", error=f"waiting: {why}")
+                    self._set(state=SlotState.IDENTIFYING, error=f"waiting: {why}")
             self.beat = time.monotonic()
             if self.stop.wait(delay):
                 raise Interrupted()
@@ -407,7 +422,7 @@ class Collector:
         session_id: int,
     ) -> str:
         self.card = card
-        self._set(state="collecting", files_done=0, bytes_done=0)
+        self._set(state=SlotState.COLLECTING, files_done=0, bytes_done=0)
         owner = Owner(
             recorder_id,
             info.serial,
@@ -445,13 +460,13 @@ class Collector:
             first = next(iter(failures.values()))
             msg = f"{len(failures)} file(s) kept on the recorder: {first}"
             self._ended("failed", msg)
-            self._set(state="error", error=msg)
+            self._set(state=SlotState.ERROR, error=msg)
             self.sv.alarms.raise_(
                 "collection_failed", f"port {self.slot.port}: {msg}", subject=info.serial
             )
             return "error"
         self._ended("complete", None)
-        self._set(state="complete", error=None)
+        self._set(state=SlotState.COMPLETE, error=None)
         self.sv.alarms.clear("collection_failed", subject=info.serial)
         return "complete"
 
@@ -626,7 +641,7 @@ class Collector:
         if self.sv.store.pick(cf.size) is not None:
             return
         self.sv.alarms.raise_("storage_full", f"all store disks are full ({why})")
-        self._set(state="error", error="storage full: files kept on the recorder")
+        self._set(state=SlotState.ERROR, error="storage full: files kept on the recorder")
         self._event("collection_paused", f"storage full: {why}")
         while self.sv.store.pick(cf.size) is None:
             self.beat = time.monotonic()
@@ -636,7 +651,7 @@ class Collector:
                 raise DeviceGone("unplugged while waiting for space")
             self.sv.dock.make_room()
         self.sv.alarms.clear("storage_full")
-        self._set(state="collecting", error=None)
+        self._set(state=SlotState.COLLECTING, error=None)
 
     def _save_progress(self, force: bool = False) -> None:
         """Keep the session row's counters current (at most once a second)."""
@@ -732,7 +747,8 @@ class Collector:
                 held_for = reason
                 log.warning("port %s: %s held: %s", self.slot.port, info.serial, reason)
                 self._set(
-                    state="unregistered", error=None if reason == WAITING_FOR_APPROVAL else reason
+                    state=SlotState.UNREGISTERED,
+                    error=None if reason == WAITING_FOR_APPROVAL else reason,
                 )
             self.beat = time.monotonic()
             if self.stop.wait(HOLD_POLL_S):

@@ -25,7 +25,7 @@ from station.alarms import AlarmBook
 from station.bus import Bus, PortChange, PortWatcher
 from station.catalog import Catalog
 from station.clockguard import ClockGuard
-from station.collector import Collector, Services, Slot
+from station.collector import Collector, Services, Slot, SlotState
 from station.config import StationConfig
 from station.logwriter import LogWriter
 from station.mount import MountError, find_card_device, same_recorder
@@ -144,7 +144,7 @@ class Ports:
         for p, slot in self.slots.items():
             if (
                 p != port
-                and slot.state != "empty"
+                and slot.state != SlotState.EMPTY
                 and (slot.recorder or {}).get("serial") == serial
             ):
                 return p
@@ -180,7 +180,7 @@ class Ports:
         with self._priority_lock:  # checked and set at once: its collection may just end
             if port is not None:
                 slot = self.slots.get(port)
-                if slot is None or slot.state != "collecting" or port not in self.workers:
+                if slot is None or slot.state != SlotState.COLLECTING or port not in self.workers:
                     raise ValueError(f"port {port} is not collecting")
             before = self.priority.set(port)
         if before == port:
@@ -196,7 +196,9 @@ class Ports:
 
     def collecting(self) -> bool:
         """Whether any port is busy moving footage (background work steps aside)."""
-        return any(s.state in ("identifying", "collecting") for s in self.slots.values())
+        return any(
+            s.state in (SlotState.IDENTIFYING, SlotState.COLLECTING) for s in self.slots.values()
+        )
 
     def stalled(self) -> list[int]:
         """Ports whose collection shows no sign of life for `bus.stall_s` (a hung read)."""
@@ -208,7 +210,7 @@ class Ports:
         return [
             p
             for p, slot in self.slots.items()
-            if slot.state == "error" and reason_code(slot.error) == "storage_full"
+            if slot.state == SlotState.ERROR and reason_code(slot.error) == "storage_full"
         ]
 
     def removed_early(self, port: int) -> dict[str, str] | None:
@@ -222,8 +224,8 @@ class Ports:
     def speak_changes(self) -> None:
         """Announce each port whose state changed since the last call (on the loop)."""
         for port, slot in self.slots.items():
-            gen, state = self._spoken.get(port, (slot.generation, "empty"))
-            old = "empty" if gen != slot.generation else state
+            gen, state = self._spoken.get(port, (slot.generation, SlotState.EMPTY))
+            old = SlotState.EMPTY if gen != slot.generation else state
             if old != slot.state:
                 self.announcer.say_slot_change(old, slot.state, port, slot.error)
             self._spoken[port] = (slot.generation, slot.state)
@@ -290,7 +292,7 @@ class Ports:
             # on the log's writer: before the next docking's events, so a recorder docked
             # again at once cannot have its new alarm cleared by this
             self.log.run_in_order(clear)
-        if slot.state in ("empty", "complete"):
+        if slot.state in (SlotState.EMPTY, SlotState.COMPLETE):
             return
         shown = {k: rec.get(k, "") for k in ("serial", "officer_no", "officer_name")}
         self._removed_early[slot.port] = (time.monotonic(), shown, slot.state)

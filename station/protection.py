@@ -9,8 +9,19 @@ released; and only an administrator may lower a protected grade.
 
 from __future__ import annotations
 
-LEVELS = ("normal", "important", "evidence")  # in rising order of protection
-PROTECTED_LEVELS = frozenset({"important", "evidence"})
+from enum import StrEnum
+
+
+class Level(StrEnum):
+    """A file's grade, in rising order of protection (stored as its value)."""
+
+    NORMAL = "normal"
+    IMPORTANT = "important"
+    EVIDENCE = "evidence"
+
+
+LEVELS = tuple(Level)  # in rising order of protection
+PROTECTED_LEVELS = frozenset({Level.IMPORTANT, Level.EVIDENCE})
 
 
 def is_protected(important: bool, level: str, legal_hold: str | None) -> bool:
