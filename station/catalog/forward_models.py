@@ -2,7 +2,7 @@
 
 Kept beside `models.py` (same `Base`, same metadata) so that Alembic sees them; the
 revision that creates them is `0011_forward_state`. Until then they lived in a SQLite
-file of their own (`forward.db` beside the catalog), which `station.forward.state`
+file of their own (`forward.db` beside the catalog), which `station.forward.legacy`
 imports once on the first start (see docs/forwarding.md).
 
 An object row whose upload was abandoned (its file deleted locally before it was sent)
