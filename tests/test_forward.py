@@ -30,12 +30,14 @@ from conftest import StationProc, free_port, sha256_file, wait_for, write_config
 from pydantic import ValidationError
 
 from station.alarms import AlarmBook
-from station.catalog import Catalog
+from station.catalog import Catalog, ForwardObject
 from station.config import ConfigError, StationConfig, parse_config
 from station.forward import (
     ForwardConfig,
     Forwarder,
+    ForwardState,
     alternate_key,
+    import_forward_db,
     in_window,
     parse_window,
     seconds_until_open,
@@ -738,6 +740,44 @@ def test_upgrade_imports_the_old_forward_db_once(
     assert not old.exists() and (tmp_path / "forward.db.imported.1").is_file()
     forwarder(catalog, config, old)  # and later starts find nothing to import
     assert _forward_rows(catalog) == (objects, parts)
+
+
+def test_state_tombstones_an_abandoned_upload(tmp_path: Path) -> None:
+    """A dropped row is kept (state `dropped`) but reads as absent; reused, it starts afresh."""
+    cat = Catalog(tmp_path / "catalog.db")
+    cat.migrate()
+    try:
+        state = ForwardState(cat)
+        state.put("S/k", sha256="aa" * 32, size=9, file_id=1, state="uploading", upload_id="U")
+        state.failed("S/k", "timed out")
+        state.add_part("U", 1, 9, '"e"', "c2hh", "11" * 16)
+        state.drop("S/k", "its file is no longer stored")
+        assert state.get("S/k") is None and state.objects() == []
+        with cat.read() as s:
+            tomb = s.get(ForwardObject, "S/k")
+        assert tomb is not None and tomb.state == "dropped" and tomb.upload_id is None
+        assert tomb.error == "its file is no longer stored" and tomb.attempts == 1
+        state.put("S/k", sha256="bb" * 32, size=3, file_id=2, state="uploading", mode="put")
+        row = state.get("S/k")
+        assert row is not None and row.sha256 == "bb" * 32 and row.mode == "put"
+        assert row.attempts == 0 and row.error is None and row.finished_at is None
+        state.drop_parts("U")
+        assert state.parts("U") == {}
+    finally:
+        cat.close()
+
+
+def test_unreadable_forward_db_is_left_alone(tmp_path: Path) -> None:
+    cat = Catalog(tmp_path / "catalog.db")
+    cat.migrate()
+    old = tmp_path / "forward.db"
+    old.write_bytes(b"not a database, " * 512)
+    try:
+        assert import_forward_db(cat, old) == 0
+        assert old.read_bytes() == b"not a database, " * 512  # kept for a person to look at
+        assert ForwardState(cat).objects() == []
+    finally:
+        cat.close()
 
 
 # --- wired into the station ---------------------------------------------------------------------
