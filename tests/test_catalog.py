@@ -25,6 +25,8 @@ TABLES = {
     "disks",
     "events",
     "files",
+    "forward_objects",
+    "forward_parts",
     "ingest_jobs",
     "login_throttle",
     "officers",

@@ -30,12 +30,14 @@ from conftest import StationProc, free_port, sha256_file, wait_for, write_config
 from pydantic import ValidationError
 
 from station.alarms import AlarmBook
-from station.catalog import Catalog
+from station.catalog import Catalog, ForwardObject
 from station.config import ConfigError, StationConfig, parse_config
 from station.forward import (
     ForwardConfig,
     Forwarder,
+    ForwardState,
     alternate_key,
+    import_forward_db,
     in_window,
     parse_window,
     seconds_until_open,
@@ -109,9 +111,21 @@ def collected(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Collected]:
     yield Collected(root, st.db, files)
 
 
+def copy_catalog(collected: Collected, path: Path) -> Catalog:
+    """A copy of the collected station's catalog (the forwarder's state lives in it)."""
+    src, dst = sqlite3.connect(collected.db), sqlite3.connect(path)
+    try:
+        src.backup(dst)
+    finally:
+        src.close()
+        dst.close()
+    return Catalog(path)
+
+
 @pytest.fixture
-def catalog(collected: Collected) -> Iterator[Catalog]:
-    cat = Catalog(collected.db)
+def catalog(collected: Collected, tmp_path: Path) -> Iterator[Catalog]:
+    """Each test's own catalog (the same files and disks): its forwarding state starts empty."""
+    cat = copy_catalog(collected, tmp_path / "catalog.db")
     yield cat
     cat.close()
 
@@ -306,7 +320,7 @@ def test_forwards_every_file_verified_with_metadata(
     assert st["forwarded_bytes"] == sum(f["size"] for f in collected.files)
     assert "secret" not in repr(st)
     # the system log says what left the station
-    forwarded = catalog_events(collected, "file_forwarded")
+    forwarded = catalog_events(catalog, "file_forwarded")
     assert len(forwarded) >= len(collected.files)
 
     # a second round sends nothing
@@ -315,8 +329,8 @@ def test_forwards_every_file_verified_with_metadata(
     assert [n for n, _ in calls.calls[before:] if n in ("PutObject", "UploadPart")] == []
 
 
-def catalog_events(collected: Collected, kind: str) -> list[tuple]:
-    con = sqlite3.connect(collected.db)
+def catalog_events(catalog: Catalog, kind: str) -> list[tuple]:
+    con = sqlite3.connect(catalog.path)
     try:
         return con.execute("SELECT file_id, message FROM events WHERE kind = ?", (kind,)).fetchall()
     finally:
@@ -344,9 +358,13 @@ def test_resume_after_stop_sends_only_the_missing_parts(
     key = f"{STATION_ID}/{big.rel_path}"
     client = s3(s3_endpoint)
     assert "Contents" not in client.list_objects_v2(Bucket=bucket)  # nothing completed
-    con = sqlite3.connect(state)
-    (upload_id,) = con.execute("SELECT upload_id FROM objects WHERE key = ?", (key,)).fetchone()
-    recorded = con.execute("SELECT part_number FROM parts WHERE upload_id = ?", (upload_id,))
+    con = sqlite3.connect(catalog.path)  # the forwarder's state is in the catalog
+    (upload_id,) = con.execute(
+        "SELECT upload_id FROM forward_objects WHERE key = ?", (key,)
+    ).fetchone()
+    recorded = con.execute(
+        "SELECT part_number FROM forward_parts WHERE upload_id = ?", (upload_id,)
+    )
     assert sorted(n for (n,) in recorded) == [1, 2]
     con.close()
     listed = client.list_parts(Bucket=bucket, Key=key, UploadId=upload_id)["Parts"]
@@ -378,7 +396,7 @@ def test_upload_of_a_file_deleted_meanwhile_is_abandoned(
     fw1.cycle()  # one part sent, then stopped
     client = s3(s3_endpoint)
     assert len(client.list_multipart_uploads(Bucket=bucket)["Uploads"]) == 1
-    con = sqlite3.connect(collected.db)
+    con = sqlite3.connect(catalog.path)
     try:
         with con:  # retention tombstones it (the bytes stay: other tests use them)
             con.execute(
@@ -411,7 +429,7 @@ def test_resume_after_kill_mid_upload(
         cfg = ForwardConfig(enabled=True, endpoint_url={s3_endpoint!r}, bucket={bucket!r},
                             access_key_id="a", secret_access_key="b", part_size_mb=5,
                             bandwidth_mb_s=6)
-        fw = Forwarder(cfg, Catalog(Path({str(collected.db)!r})), {STATION_ID!r},
+        fw = Forwarder(cfg, Catalog(Path({str(catalog.path)!r})), {STATION_ID!r},
                        clock=lambda: dt.datetime(2026, 1, 1, 12), stop=threading.Event(),
                        state_path=Path({str(state)!r}))
         fw.run()
@@ -481,7 +499,7 @@ def test_file_that_no_longer_matches_its_hash_is_not_sent(
         assert "catalog says" in refused[small["id"]]
         active = {(a.code, a.subject) for a in alarms.active()}
         assert {("store_corrupt", str(p)) for p in damaged} <= active
-        assert {fid for fid, _ in catalog_events(collected, "forward_refused")} >= {
+        assert {fid for fid, _ in catalog_events(catalog, "forward_refused")} >= {
             small["id"],
             big["id"],
         }
@@ -535,11 +553,15 @@ def test_lost_state_adopts_what_the_store_has(
     collected: Collected, catalog: Catalog, s3_endpoint: str, bucket: str, tmp_path: Path
 ) -> None:
     drain(forwarder(catalog, fconfig(s3_endpoint, bucket), tmp_path / "one.db"))
-    fw = forwarder(catalog, fconfig(s3_endpoint, bucket), tmp_path / "two.db")  # a fresh state
-    calls = Calls(fw.client)
-    drain(fw)
-    assert not calls.of("PutObject") and not calls.of("UploadPart")
-    assert all(fw.forwarded(f["id"]) for f in collected.files)
+    fresh = copy_catalog(collected, tmp_path / "fresh.db")  # a catalog without that state
+    try:
+        fw = forwarder(fresh, fconfig(s3_endpoint, bucket), tmp_path / "two.db")  # a fresh state
+        calls = Calls(fw.client)
+        drain(fw)
+        assert not calls.of("PutObject") and not calls.of("UploadPart")
+        assert all(fw.forwarded(f["id"]) for f in collected.files)
+    finally:
+        fresh.close()
 
 
 def test_md5_only_servers_and_key_conflicts(
@@ -578,6 +600,184 @@ def test_run_loop_stops_promptly_mid_part(
     assert not t.is_alive() and time.monotonic() - t0 < 5  # no waiting for a 5 MiB part at 1 MB/s
     st = fw.status()
     assert st["state"] == "stopped" and st["last_error"] is None and fw.failures == 0
+
+
+# --- upgrading a station that kept its state in forward.db --------------------------------------
+
+# The schema of `forward.db` as the forwarder wrote it before revision 0011.
+OLD_FORWARD_DB = """
+CREATE TABLE IF NOT EXISTS objects (
+    key TEXT PRIMARY KEY, sha256 TEXT NOT NULL, size INTEGER NOT NULL,
+    file_id INTEGER NOT NULL, state TEXT NOT NULL, upload_id TEXT, part_size INTEGER,
+    mode TEXT, etag TEXT, checksum TEXT, attempts INTEGER NOT NULL DEFAULT 0, error TEXT,
+    started_at TEXT, updated_at TEXT, finished_at TEXT
+);
+CREATE INDEX IF NOT EXISTS ix_objects_sha ON objects (sha256);
+CREATE INDEX IF NOT EXISTS ix_objects_file ON objects (file_id);
+CREATE TABLE IF NOT EXISTS parts (
+    upload_id TEXT NOT NULL, part_number INTEGER NOT NULL, size INTEGER NOT NULL,
+    etag TEXT NOT NULL, sha256 TEXT NOT NULL, md5 TEXT NOT NULL,
+    PRIMARY KEY (upload_id, part_number)
+);
+"""
+
+
+def _old_forward_db(path: Path, objects: list[dict[str, Any]], parts: list[tuple]) -> None:
+    """Write `forward.db` as the old forwarder did, in a process that dies without closing
+    it (its last transactions are still in the WAL, as after a power cut or kill -9)."""
+    script = textwrap.dedent(
+        f"""
+        import os, sqlite3
+        db = sqlite3.connect({str(path)!r}, isolation_level=None)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        db.execute("PRAGMA wal_autocheckpoint=0")
+        db.executescript({OLD_FORWARD_DB!r})
+        for row in {objects!r}:
+            cols = ", ".join(row)
+            db.execute(f"INSERT INTO objects ({{cols}}) VALUES ({{', '.join('?' * len(row))}})",
+                       tuple(row.values()))
+        for part in {parts!r}:
+            db.execute("INSERT INTO parts VALUES (?, ?, ?, ?, ?, ?)", part)
+        os._exit(0)
+        """
+    )
+    subprocess.run([sys.executable, "-c", script], check=True)
+    assert path.with_name(path.name + "-wal").stat().st_size > 0
+
+
+def _forward_rows(catalog: Catalog) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    con = sqlite3.connect(catalog.path)
+    con.row_factory = sqlite3.Row
+    try:
+        objects = [dict(r) for r in con.execute("SELECT * FROM forward_objects ORDER BY key")]
+        parts = [
+            dict(r)
+            for r in con.execute("SELECT * FROM forward_parts ORDER BY upload_id, part_number")
+        ]
+    finally:
+        con.close()
+    return objects, parts
+
+
+def test_upgrade_imports_the_old_forward_db_once(
+    collected: Collected, catalog: Catalog, tmp_path: Path
+) -> None:
+    """A station upgraded from forward.db keeps every row of it, imported once."""
+    catalog.migrate()
+    small = [f for f in collected.files if f["size"] <= 5 * MiB]
+    big = largest(collected)
+    done, refused = small[0], small[1]
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    old_objects = [
+        {
+            "key": key_of(done), "sha256": done["sha256"], "size": done["size"],
+            "file_id": done["id"], "state": "done", "mode": "put", "etag": '"e-done"',
+            "checksum": "c2hhMjU2", "attempts": 1, "error": None,
+            "started_at": "2026-11-21T01:00:00+00:00", "updated_at": "2026-11-21T01:00:05+00:00",
+            "finished_at": "2026-11-21T01:00:05+00:00",
+        },
+        {
+            "key": key_of(big), "sha256": big["sha256"], "size": big["size"],
+            "file_id": big["id"], "state": "uploading", "upload_id": "UPLOAD-1",
+            "part_size": 5 * MiB, "mode": "sha256", "attempts": 2, "error": "timed out",
+            "started_at": "2026-11-21T01:01:00+00:00", "updated_at": "2026-11-21T01:02:00+00:00",
+        },
+        {
+            "key": key_of(refused), "sha256": refused["sha256"], "size": refused["size"],
+            "file_id": refused["id"], "state": "refused", "error": "the catalog says x",
+            "finished_at": now.isoformat(), "updated_at": now.isoformat(),
+        },
+        {  # another file's object (no longer in this catalog), never adopted
+            "key": f"{STATION_ID}/gone/a.AVI", "sha256": "ab" * 32, "size": 7, "file_id": 999999,
+            "state": "bad",
+        },
+    ]  # fmt: skip
+    old_parts = [
+        ("UPLOAD-1", 1, 5 * MiB, '"p1"', "c2hhLTE=", "11" * 16),
+        ("UPLOAD-1", 2, 5 * MiB, '"p2"', "c2hhLTI=", "22" * 16),
+    ]
+    old = tmp_path / "forward.db"
+    _old_forward_db(old, old_objects, old_parts)
+    config = ForwardConfig(
+        enabled=True,
+        endpoint_url="http://127.0.0.1:9",  # nothing is sent: only the state is looked at
+        bucket="footage",
+        access_key_id="a",
+        secret_access_key="b",
+        part_size_mb=5,
+    )
+
+    fw = forwarder(catalog, config, old)
+    objects, parts = _forward_rows(catalog)
+    assert [o["key"] for o in objects] == sorted(o["key"] for o in old_objects)
+    by_key = {o["key"]: o for o in objects}
+    for want in old_objects:
+        got = by_key[want["key"]]
+        for k, v in want.items():
+            if k.endswith("_at"):
+                stored = dt.datetime.fromisoformat(got[k]).replace(tzinfo=dt.UTC)
+                assert stored == dt.datetime.fromisoformat(v), (want["key"], k)
+            else:
+                assert got[k] == v, (want["key"], k)
+    assert [tuple(p.values()) for p in parts] == old_parts
+    # the old file is out of the way, with its WAL, under a name that says what happened
+    assert not old.exists() and not old.with_name("forward.db-wal").exists()
+    assert (tmp_path / "forward.db.imported").is_file()
+    # and the forwarder goes by what it imported
+    assert fw.forwarded(done["id"]) and not fw.forwarded(big["id"])
+    pending = {f.id for f in fw.pending()}
+    assert done["id"] not in pending and refused["id"] not in pending  # sent / held
+    assert big["id"] in pending
+    assert fw.status()["refused"] == [
+        {"file_id": refused["id"], "key": key_of(refused), "error": "the catalog says x"}
+    ]
+
+    # a crash after the import's commit, before the rename: the next start imports again
+    old.write_bytes((tmp_path / "forward.db.imported").read_bytes())
+    forwarder(catalog, config, old)
+    assert _forward_rows(catalog) == (objects, parts)  # nothing doubled, nothing changed
+    assert not old.exists() and (tmp_path / "forward.db.imported.1").is_file()
+    forwarder(catalog, config, old)  # and later starts find nothing to import
+    assert _forward_rows(catalog) == (objects, parts)
+
+
+def test_state_tombstones_an_abandoned_upload(tmp_path: Path) -> None:
+    """A dropped row is kept (state `dropped`) but reads as absent; reused, it starts afresh."""
+    cat = Catalog(tmp_path / "catalog.db")
+    cat.migrate()
+    try:
+        state = ForwardState(cat)
+        state.put("S/k", sha256="aa" * 32, size=9, file_id=1, state="uploading", upload_id="U")
+        state.failed("S/k", "timed out")
+        state.add_part("U", 1, 9, '"e"', "c2hh", "11" * 16)
+        state.drop("S/k", "its file is no longer stored")
+        assert state.get("S/k") is None and state.objects() == []
+        with cat.read() as s:
+            tomb = s.get(ForwardObject, "S/k")
+        assert tomb is not None and tomb.state == "dropped" and tomb.upload_id is None
+        assert tomb.error == "its file is no longer stored" and tomb.attempts == 1
+        state.put("S/k", sha256="bb" * 32, size=3, file_id=2, state="uploading", mode="put")
+        row = state.get("S/k")
+        assert row is not None and row.sha256 == "bb" * 32 and row.mode == "put"
+        assert row.attempts == 0 and row.error is None and row.finished_at is None
+        state.drop_parts("U")
+        assert state.parts("U") == {}
+    finally:
+        cat.close()
+
+
+def test_unreadable_forward_db_is_left_alone(tmp_path: Path) -> None:
+    cat = Catalog(tmp_path / "catalog.db")
+    cat.migrate()
+    old = tmp_path / "forward.db"
+    old.write_bytes(b"not a database, " * 512)
+    try:
+        assert import_forward_db(cat, old) == 0
+        assert old.read_bytes() == b"not a database, " * 512  # kept for a person to look at
+        assert ForwardState(cat).objects() == []
+    finally:
+        cat.close()
 
 
 # --- wired into the station ---------------------------------------------------------------------

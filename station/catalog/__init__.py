@@ -2,6 +2,7 @@
 
 from station.catalog.accounts_models import LoginThrottle, User, UserSession
 from station.catalog.db import Catalog
+from station.catalog.forward_models import ForwardObject, ForwardPart
 from station.catalog.models import (
     Alarm,
     CollectionSession,
@@ -21,6 +22,8 @@ __all__ = [
     "Catalog",
     "CollectionSession",
     "Event",
+    "ForwardObject",
+    "ForwardPart",
     "IngestJob",
     "LoginThrottle",
     "Officer",
