@@ -82,6 +82,17 @@ class SlotState(StrEnum):
     ERROR = "error"
 
 
+class Reason(StrEnum):
+    """Why a port is in error (the voice's and the screen's word for it)."""
+
+    NOT_A_RECORDER = "not_a_recorder"
+    WRONG_PASSWORD = "wrong_password"
+    STORAGE_FULL = "storage_full"
+    FILES_KEPT = "files_kept"
+    INTERNAL_ERROR = "internal_error"
+    RECORDER_ERROR = "recorder_error"  # the driver's own message says what
+
+
 @dataclass
 class Slot:
     """What one physical port is doing right now (read by the screen and the API).
@@ -98,7 +109,8 @@ class Slot:
     files_done: int = 0
     bytes_total: int = 0
     bytes_done: int = 0
-    error: str | None = None
+    error: str | None = None  # what happened, in English, for the log and the console
+    reason: Reason | None = None  # its kind, while the state is error
     session_id: int | None = None
     started_at: float | None = None
     rate_samples: list[tuple[float, int]] = field(default_factory=list)
@@ -195,6 +207,8 @@ class Collector:
 
     def _set(self, **fields: object) -> None:
         self.beat = time.monotonic()
+        if "state" in fields:  # a reason belongs to the error state it came with
+            fields.setdefault("reason", None)
         for k in ("session_id", "files_total", "files_done", "bytes_total", "bytes_done"):
             if k in fields:
                 setattr(self, k, fields[k])
@@ -244,14 +258,18 @@ class Collector:
                 f"not a recorder: {self.device.kind} "
                 f"{self.device.vendor_id}:{self.device.product_id}",
             )
-            self._set(state=SlotState.ERROR, error="not a recorder: ignored")
+            self._set(
+                state=SlotState.ERROR, error="not a recorder: ignored", reason=Reason.NOT_A_RECORDER
+            )
             return "error"
         try:
             with self._open(driver) as rec:
                 return self._collect(rec)
         except AuthFailed as e:
             self._event("recorder_auth_failed", str(e))
-            self._set(state=SlotState.ERROR, error="wrong device password")
+            self._set(
+                state=SlotState.ERROR, error="wrong device password", reason=Reason.WRONG_PASSWORD
+            )
             return "error"
         except DeviceGone:
             self._ended("interrupted", "recorder unplugged")
@@ -262,12 +280,14 @@ class Collector:
         except RecorderError as e:
             self._event("collection_failed", str(e))
             self._ended("failed", str(e))
-            self._set(state=SlotState.ERROR, error=str(e))
+            self._set(state=SlotState.ERROR, error=str(e), reason=Reason.RECORDER_ERROR)
             return "error"
         except Exception as e:
             log.exception("port %s: collection crashed", self.slot.port)
             self._ended("failed", f"internal error: {e}")
-            self._set(state=SlotState.ERROR, error=f"internal error: {e}")
+            self._set(
+                state=SlotState.ERROR, error=f"internal error: {e}", reason=Reason.INTERNAL_ERROR
+            )
             return "error"
 
     def _open(self, driver: RecorderDriver) -> RecorderSession:
@@ -460,7 +480,7 @@ class Collector:
             first = next(iter(failures.values()))
             msg = f"{len(failures)} file(s) kept on the recorder: {first}"
             self._ended("failed", msg)
-            self._set(state=SlotState.ERROR, error=msg)
+            self._set(state=SlotState.ERROR, error=msg, reason=Reason.FILES_KEPT)
             self.sv.alarms.raise_(
                 "collection_failed", f"port {self.slot.port}: {msg}", subject=info.serial
             )
@@ -641,7 +661,11 @@ class Collector:
         if self.sv.store.pick(cf.size) is not None:
             return
         self.sv.alarms.raise_("storage_full", f"all store disks are full ({why})")
-        self._set(state=SlotState.ERROR, error="storage full: files kept on the recorder")
+        self._set(
+            state=SlotState.ERROR,
+            error="storage full: files kept on the recorder",
+            reason=Reason.STORAGE_FULL,
+        )
         self._event("collection_paused", f"storage full: {why}")
         while self.sv.store.pick(cf.size) is None:
             self.beat = time.monotonic()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
@@ -12,7 +12,23 @@ from sqlalchemy import func, select
 from station.catalog import Event, StoredFile
 
 if TYPE_CHECKING:
-    from station.runtime import Station
+    from station.alarms import AlarmBook
+    from station.catalog import Catalog
+    from station.collector import Slot
+    from station.store import Store
+    from station.voice import Announcer
+
+
+class Measured(Protocol):
+    """What a scrape reads of the running station (`station.runtime.Station` is one)."""
+
+    catalog: Catalog
+    alarms: AlarmBook
+    announcer: Announcer
+    store: Store
+    slots: dict[int, Slot]
+    network_online: bool | None
+
 
 FAILURE_EVENTS = ("file_failed", "collection_failed", "recorder_auth_failed")
 
@@ -20,7 +36,7 @@ FAILURE_EVENTS = ("file_failed", "collection_failed", "recorder_auth_failed")
 class StationCollector(Collector):
     """One scrape: a few indexed catalog counts plus the live slots, disks and alarms."""
 
-    def __init__(self, station: Station) -> None:
+    def __init__(self, station: Measured) -> None:
         self.station = station
 
     def collect(self) -> Iterator[Metric]:
@@ -136,7 +152,7 @@ class StationCollector(Collector):
         )
 
 
-def registry_for(station: Station) -> CollectorRegistry:
+def registry_for(station: Measured) -> CollectorRegistry:
     reg = CollectorRegistry(auto_describe=False)
     reg.register(StationCollector(station))
     return reg

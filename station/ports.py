@@ -25,13 +25,13 @@ from station.alarms import AlarmBook
 from station.bus import Bus, PortChange, PortWatcher
 from station.catalog import Catalog
 from station.clockguard import ClockGuard
-from station.collector import Collector, Services, Slot, SlotState
+from station.collector import Collector, Reason, Services, Slot, SlotState
 from station.config import StationConfig
 from station.logwriter import LogWriter
 from station.mount import MountError, find_card_device, same_recorder
 from station.ratelimit import LinkScheduler, PriorityGate
 from station.store import Store
-from station.voice import Announcer, reason_code
+from station.voice import Announcer
 
 log = logging.getLogger(__name__)
 
@@ -210,7 +210,7 @@ class Ports:
         return [
             p
             for p, slot in self.slots.items()
-            if slot.state == SlotState.ERROR and reason_code(slot.error) == "storage_full"
+            if slot.state == SlotState.ERROR and slot.reason == Reason.STORAGE_FULL
         ]
 
     def removed_early(self, port: int) -> dict[str, str] | None:
@@ -227,7 +227,9 @@ class Ports:
             gen, state = self._spoken.get(port, (slot.generation, SlotState.EMPTY))
             old = SlotState.EMPTY if gen != slot.generation else state
             if old != slot.state:
-                self.announcer.say_slot_change(old, slot.state, port, slot.error)
+                self.announcer.say_slot_change(
+                    old, slot.state, port, slot.reason, held=slot.error is not None
+                )
             self._spoken[port] = (slot.generation, slot.state)
 
     # --- docking and undocking (on the loop) -----------------------------------------------

@@ -368,7 +368,11 @@ def reason_code(error: str | None) -> str | None:
 
 
 def announcement_for_slot_change(
-    old_state: str, new_state: str, port: int, error: str | None = None
+    old_state: str,
+    new_state: str,
+    port: int,
+    reason: str | None = None,
+    held: bool = False,
 ) -> tuple[str, dict[str, object]] | None:
     """The announcement (kind, params) for a port's Slot going from `old_state` to `new_state`.
 
@@ -388,15 +392,14 @@ def announcement_for_slot_change(
     if new_state == "complete":
         return "collection_complete", {"port": port}
     if new_state == "error":
-        reason = reason_code(error)
         if reason == "storage_full" and old_state == "collecting":
             return "collection_paused", {"port": port}
         params: dict[str, object] = {"port": port}
-        if reason is not None:
-            params["reason"] = reason
+        if reason in REASONS:
+            params["reason"] = str(reason)
         return "collection_failed", params
     if new_state == "unregistered":
-        return ("recorder_held" if error else "unregistered"), {"port": port}
+        return ("recorder_held" if held else "unregistered"), {"port": port}
     return None  # empty, identifying
 
 
@@ -602,10 +605,15 @@ class Announcer:
         return True
 
     def say_slot_change(
-        self, old_state: str, new_state: str, port: int, error: str | None = None
+        self,
+        old_state: str,
+        new_state: str,
+        port: int,
+        reason: str | None = None,
+        held: bool = False,
     ) -> bool:
         """Announce a Slot state change, if it is worth saying."""
-        a = announcement_for_slot_change(old_state, new_state, port, error)
+        a = announcement_for_slot_change(old_state, new_state, port, reason, held)
         return a is not None and self.say(a[0], **a[1])
 
     def _quiet(self) -> bool:

@@ -313,7 +313,7 @@ def test_severity() -> None:
 
 
 @pytest.mark.parametrize(
-    ("old", "new", "error", "expected"),
+    ("old", "new", "why", "expected"),
     [
         ("identifying", "collecting", None, ("collection_started", {"port": 3})),
         ("unregistered", "collecting", None, ("collection_started", {"port": 3})),
@@ -324,30 +324,30 @@ def test_severity() -> None:
         (
             "collecting",
             "error",
-            "2 file(s) kept on the recorder: x",
+            "files_kept",
             ("collection_failed", {"port": 3, "reason": "files_kept"}),
         ),
         (
             "identifying",
             "error",
-            "wrong device password",
+            "wrong_password",
             ("collection_failed", {"port": 3, "reason": "wrong_password"}),
         ),
         (
             "identifying",
             "error",
-            "not a recorder: ignored",
+            "not_a_recorder",
             ("collection_failed", {"port": 3, "reason": "not_a_recorder"}),
         ),
         (
             "collecting",
             "error",
-            "storage full: files kept on the recorder",
+            "storage_full",
             ("collection_paused", {"port": 3}),
         ),
         ("error", "collecting", None, ("collection_resumed", {"port": 3})),
         ("identifying", "unregistered", None, ("unregistered", {"port": 3})),
-        ("identifying", "unregistered", "possible clone", ("recorder_held", {"port": 3})),
+        ("identifying", "unregistered", "held", ("recorder_held", {"port": 3})),
         ("empty", "identifying", None, None),
         ("complete", "empty", None, None),
         ("error", "empty", None, None),
@@ -356,8 +356,10 @@ def test_severity() -> None:
         ("complete", "collecting", None, ("collection_started", {"port": 3})),
     ],
 )
-def test_slot_changes(old: str, new: str, error: str | None, expected: object) -> None:
-    assert announcement_for_slot_change(old, new, 3, error) == expected
+def test_slot_changes(old: str, new: str, why: str | None, expected: object) -> None:
+    """`why`: the slot's reason kind, or "held" for a hold with a reason."""
+    reason, held = (None, True) if why == "held" else (why, False)
+    assert announcement_for_slot_change(old, new, 3, reason, held) == expected
 
 
 # --- configuration ------------------------------------------------------------------------
