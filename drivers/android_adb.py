@@ -22,6 +22,9 @@ Two message formats are spoken on that stream:
 
 The adb serial is the USB serial number: a session only talks to the device the
 dock reports on its port, and the officer block's serial is checked against it.
+
+Why one module of about 670 lines: the adb host protocol and the two message formats are
+only ever used by this driver and are tested with it.
 """
 
 from __future__ import annotations

@@ -27,6 +27,9 @@ the station holds the recorder's password, not that the recorder is legitimate:
 anything on the USB bus can read the password, and a recorder can answer any
 password it likes (GAT947.md section 2, security note). The set-password and
 set-ID-code commands are never sent.
+
+Why one module of about 950 lines: the layers below are the one family's transport,
+command table and session, each small; only the driver uses them.
 """
 
 from __future__ import annotations

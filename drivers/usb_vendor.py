@@ -15,6 +15,9 @@ and never detaches a kernel driver. Errors are typed: a recorder that left
 a STALL is answered by reading LAST_STATUS, and becomes AuthFailed for password
 trouble or `Refused` (a ProtocolError) carrying the recorder's status; timeouts
 and malformed replies from a recorder still present are ProtocolError.
+
+Why one module of about 600 lines: the driver, its pyusb transport and the re-
+enumeration check belong to one family.
 """
 
 from __future__ import annotations

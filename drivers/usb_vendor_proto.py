@@ -21,6 +21,9 @@ integers are little-endian. A refused request is a STALL; the host then reads
 LAST_STATUS (never refused) for the GA/T 947.4 status code, a reason code and
 a short text. The password travels once, in the data stage of AUTH, and holds
 until the device is reset, re-enumerated or sees a wrong password.
+
+Why one module of about 650 lines: it must be a single standard-library-only file,
+copied as is into the HIL guest's gadget responder.
 """
 
 from __future__ import annotations

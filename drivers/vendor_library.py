@@ -22,6 +22,10 @@ recorder at a time; opening a second one while a session is open raises
 
 Loading a vendor library runs the vendor's code inside the station: the file
 and its folder must not be writable by group or others.
+
+Why one module of about 1,200 lines: the ctypes prototypes, the status-code table and
+the per-family variants (multi-device calls, release names, ID code in or out) describe
+one library interface; split, each half would need the other to be read.
 """
 
 from __future__ import annotations

@@ -3,6 +3,10 @@
 A `Collector` runs in a worker thread per docked recorder. It writes what it
 is doing into its `Slot` (which the screen and the API read) and everything
 that matters into the catalog's event log.
+
+Why one module of about 800 lines: one recorder's flow (identify, register, set the
+clock, list, ingest, clear) and its holds read in order; the per-file work is in
+station.ingest, the ports' side in station.ports.
 """
 
 from __future__ import annotations

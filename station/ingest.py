@@ -16,6 +16,10 @@ The order of operations is the whole point (STYLE.md, "Ingest"):
 
 A crash or unplug at any point leaves a job row that says how far it got; the
 next docking of the same recorder picks it up from there.
+
+Why one module of about 1,000 lines: the steps above share one job row, one temp file
+and the crash points between them; split across modules, the order that is the whole
+point would no longer be readable in one place.
 """
 
 from __future__ import annotations

@@ -34,6 +34,9 @@ degraded
 unknown
     no SMART data at all: smartctl missing or unable to open the disk, a USB
     bridge it cannot talk through, a disk without SMART or with SMART off.
+
+Why one module of about 700 lines: the three steps share smartctl's JSON shapes (ATA,
+NVMe, SCSI) and the grading thresholds; each step is usable and tested on its own.
 """
 
 from __future__ import annotations

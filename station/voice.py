@@ -15,6 +15,9 @@ turns Chinese characters into pinyin internally and its `cmn` voice then reads
 that pinyin with English rules ("hao three"); `cmn-latn-pinyin` reads it as
 Mandarin. Characters espeak-ng reads with the wrong tone in our phrases (it has
 no word context for polyphones) are replaced by pinyin before synthesis.
+
+Why one module of about 800 lines: most of it is the wording (every announcement and
+reason in Mandarin and English, tested together); the player and its queue are the rest.
 """
 
 from __future__ import annotations

@@ -1,6 +1,10 @@
 """The `PlatformLink` worker: registration, heartbeat, the outbox push, footage upload and
 its verification, configuration pull, signed commands. One thread, built from the station
 and a stop event; every network failure goes through the breaker (station/platform/breaker.py).
+
+Why one module of about 650 lines: one worker's rounds (register, beat, push, upload,
+pull, commands) share its breaker and its HTTP client; the protocol, outbox, signing and
+breaker are modules of their own.
 """
 
 from __future__ import annotations

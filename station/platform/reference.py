@@ -9,6 +9,9 @@ stations, marks them offline when their heartbeats stop, deduplicates pushed ent
 (SHA-256 and SM3) before saying it holds it, serves versioned configurations, and signs
 the commands an operator queues with its Ed25519 key. `/` lists its stations. The
 `/admin` routes are the operator's (and the tests').
+
+Why one module of about 550 lines: a test server, kept whole so that it can be run (and
+read) as the central side in one file.
 """
 
 from __future__ import annotations
