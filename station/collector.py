@@ -22,7 +22,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Protocol
+from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import select
@@ -140,10 +140,14 @@ class CardSource(Protocol):
 class Dock(Protocol):
     """What a collector asks of the port it works on (`station.ports.Ports` is one).
 
-    The collector only calls down into it; all of it is safe from the worker thread."""
+    The collector only calls down into it, from its worker thread; its slot is the
+    loop's, so the collector changes it only through `publish`."""
 
-    def changed(self, progress: bool = False) -> None:
-        """Something on screen changed (`progress`: only counters)."""
+    def publish(
+        self, slot: Slot, generation: int, fields: dict[str, Any], progress: bool = False
+    ) -> None:
+        """Show `fields` in `slot` (on the loop that owns it), unless the port moved on to
+        another docking than `generation` by then; then say it changed."""
 
     def registration_mode(self) -> str:
         """`auto` or `manual`, as configured now (it may change while a recorder waits)."""
@@ -202,6 +206,8 @@ class Collector:
         self.named_officers: set[str] = set()  # officer numbers this card's names may carry
         self.files_total = self.files_done = self.bytes_total = self.bytes_done = 0
         self.card: Card | None = None
+        self.shown: dict[str, Any] = {}  # what this collector last put in its slot
+        self.rate_samples: list[tuple[float, int]] = []
         self._important = False  # an IMP file is being copied (for the link's order)
 
     # --- slot updates (ignored once the port moved on to another docking) ----------------
@@ -216,9 +222,14 @@ class Collector:
         for k in ("session_id", "files_total", "files_done", "bytes_total", "bytes_done"):
             if k in fields:
                 setattr(self, k, fields[k])
+        self.shown |= fields
         if self._current():
-            self.slot.__dict__.update(fields)
-            self.sv.dock.changed()
+            # with the counters as they are now: progress is published only now and then
+            fields = {
+                "bytes_done": self.bytes_done,
+                "rate_samples": list(self.rate_samples),
+            } | fields
+            self.sv.dock.publish(self.slot, self.generation, fields)
             state = fields.get("state")
             if state is not None and state != "collecting":
                 self.sv.dock.end_priority(self.slot.port, f"the port is {state}")
@@ -226,19 +237,18 @@ class Collector:
     def _progress(self, n: int) -> None:
         self.beat = time.monotonic()
         self.bytes_done += n
-        if not self._current():
-            return
-        self.slot.bytes_done = self.bytes_done
         now = time.monotonic()
-        self.slot.rate_samples.append((now, self.slot.bytes_done))
-        while len(self.slot.rate_samples) > 2 and now - self.slot.rate_samples[0][0] > 5:
-            self.slot.rate_samples.pop(0)
-        if now - self._last_notify > 0.25:
+        samples = self.rate_samples
+        samples.append((now, self.bytes_done))
+        while len(samples) > 2 and now - samples[0][0] > 5:
+            samples.pop(0)
+        if now - self._last_notify > 0.25 and self._current():
             self._last_notify = now
-            self.sv.dock.changed(progress=True)
+            fields = {"bytes_done": self.bytes_done, "rate_samples": list(samples)}
+            self.sv.dock.publish(self.slot, self.generation, fields, progress=True)
 
     def _event(self, kind: str, message: str = "", **data: object) -> None:
-        rec = self.slot.recorder or {}
+        rec = self.shown.get("recorder") or {}
         with self.sv.catalog.write() as s:
             append_event(
                 s,
@@ -368,7 +378,7 @@ class Collector:
         # the bound officer is who the files belong to; show that, not the block's claim
         self._set(
             recorder={
-                **(self.slot.recorder or {}),
+                **(self.shown.get("recorder") or {}),
                 "officer_no": officer.officer_no,
                 "officer_name": officer.name,
                 "unit_no": officer.unit_no,

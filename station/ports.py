@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent import futures
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from drivers.base import DockedDevice, DriverRegistry
@@ -120,6 +121,7 @@ class Ports:
         self.make_room = make_room
         self.stop = stop
         self.clock: ClockGuard | None = None  # once the catalog is migrated
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop owning the slots
         self.card_waits: dict[int, CardWait] = {}
         self.collectors: dict[int, Collector] = {}
         self.workers: dict[int, asyncio.Future[str]] = {}
@@ -133,8 +135,25 @@ class Ports:
 
     # --- the Dock a collector reports to (any thread) -----------------------------------
 
-    def changed(self, progress: bool = False) -> None:
-        self.notify(progress)
+    def publish(
+        self, slot: Slot, generation: int, fields: dict[str, Any], progress: bool = False
+    ) -> None:
+        """A collector's update of its slot, applied on the loop that owns the slots (in
+        the order sent), and only while the port still has that collector's docking."""
+
+        def apply() -> None:
+            if slot.generation == generation:
+                slot.__dict__.update(fields)
+                self.notify(progress)
+
+        loop = self._loop
+        if loop is None:
+            apply()
+            return
+        try:
+            loop.call_soon_threadsafe(apply)
+        except RuntimeError:  # the loop is closed: nobody reads the slot any more
+            apply()
 
     def registration_mode(self) -> str:
         return self.config().registration.mode
@@ -261,6 +280,7 @@ class Ports:
         self.notify()
 
     def _docked(self, slot: Slot, device: DockedDevice) -> None:
+        self._loop = asyncio.get_running_loop()
         log.info("port %s: docked %s", slot.port, device.key)
         self._removed_early.pop(slot.port, None)
         slot.reset()

@@ -79,8 +79,11 @@ class Dock:
 
     # --- the station.collector.Dock the collectors report to ---------------------------
 
-    def changed(self, progress: bool = False) -> None:
-        pass
+    def publish(
+        self, slot: Slot, generation: int, fields: dict[str, Any], progress: bool = False
+    ) -> None:
+        if slot.generation == generation:
+            slot.__dict__.update(fields)
 
     def registration_mode(self) -> str:
         return "auto"
