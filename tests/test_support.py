@@ -627,3 +627,12 @@ def test_a_failed_write_puts_the_screen_settings_back(settings_file, monkeypatch
     assert settings_file.read_bytes() == before
     assert _ui_in(db) == {"layout_cols": 5}
     assert len(_events(db, "settings_imported")) == len(_events(db, "settings_import_failed")) == 1
+
+
+def test_a_backup_is_checked_with_the_settings_screen_s_own_model() -> None:
+    """The backup's check (station side) and the settings screen accept the same settings."""
+    from station.screen_settings import STATE_KEY, Settings
+    from web import settings as screen
+
+    assert support.UI_SETTINGS_KEY == STATE_KEY == screen.STATE_KEY
+    assert screen.Settings.model_json_schema() == Settings.model_json_schema()
