@@ -343,3 +343,60 @@ def test_files_and_recorders_on_a_fresh_catalog(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout) == []
     assert (root / "catalog.db").is_file()  # migrated on first use
+
+
+# --- the layout: thin commands, no SQL, no web ----------------------------------------------
+
+
+def _imports(folder: Path) -> dict[str, set[str]]:
+    """Every module a package's files import, by file (absolute names)."""
+    import ast
+
+    found: dict[str, set[str]] = {}
+    for path in sorted(folder.glob("*.py")):
+        names: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text("utf-8"))):
+            if isinstance(node, ast.Import):
+                names |= {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names.add(node.module)
+        found[path.name] = names
+    return found
+
+
+def test_the_cli_and_support_hold_no_sql_and_import_no_web() -> None:
+    for folder in (REPO / "station" / "cli", REPO / "station" / "support"):
+        found = _imports(folder)
+        assert "__init__.py" in found and len(found) > 3, f"{folder}: not a package of modules"
+        for name, names in found.items():
+            sql = {n for n in names if n.split(".")[0] == "sqlalchemy"}
+            web = {n for n in names if n.split(".")[0] == "web"}
+            assert not sql and not web, f"{folder.name}/{name} imports {sql | web}"
+
+
+def test_the_command_modules_stay_small() -> None:
+    for folder in (REPO / "station" / "cli", REPO / "station" / "support"):
+        for path in folder.glob("*.py"):
+            lines = len(path.read_text("utf-8").splitlines())
+            assert lines <= 500, f"{path.relative_to(REPO)}: {lines} lines"
+
+
+def test_the_catalog_state_and_its_event_change_in_one_transaction(tmp_path: Path) -> None:
+    from station.catalog import Catalog
+    from station.catalog.admin import last_event_id, log_event, verify_event_chain
+
+    catalog = Catalog(tmp_path / "catalog.db")
+    catalog.migrate()
+    assert last_event_id(catalog) == 0
+    before = log_event(catalog, "settings_imported", "first", actor="t", state={"k": "1"})
+    assert before == {"k": None} and catalog.get_state("k") == "1"
+    assert log_event(catalog, "settings_imported", "again", actor="t", state={"k": "2"}) == {
+        "k": "1"
+    }
+    assert log_event(catalog, "settings_import_failed", "undo", actor="t", state={"k": None}) == {
+        "k": "2"
+    }
+    assert catalog.get_state("k") is None  # None removes the key
+    assert log_event(catalog, "integrity_recorded", "no state", actor="t") == {}
+    assert last_event_id(catalog) == 4 and verify_event_chain(catalog) == []
+    catalog.close()

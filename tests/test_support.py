@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import gzip
+import hashlib
 import io
 import json
 import os
@@ -19,11 +20,14 @@ import pytest
 import tomli_w
 from conftest import TOKEN, StationProc
 
-from station import smart, support
+from station import __version__, smart, support
 from station.alarms import AlarmBook
 from station.catalog import Catalog
 from station.catalog.db import append_event
 from station.config import ConfigError, load_config, parse_config
+from station.support import backup as settings_backup
+from station.support import redaction
+from station.support.backup import _key_id, _mac
 
 REPO = Path(__file__).resolve().parent.parent
 SECOND_TOKEN = "second-central-server-token-4f9c1a"
@@ -171,7 +175,7 @@ def test_the_bundle_has_every_part_and_no_secret(site, tmp_path, monkeypatch):
     summary = json.loads(files["summary.json"])
     assert summary["configuration_valid"] is True
     versions = summary["versions"]
-    assert versions["station"] == support.__version__
+    assert versions["station"] == __version__
     assert versions["python"].startswith("3.")
     assert versions["kernel"].startswith("Linux ")
     assert versions["python_packages"]["fastapi"] not in ("", "not installed")
@@ -283,11 +287,11 @@ def test_short_secrets_are_blanked_only_where_they_stand_alone():
         "size 1000000 sha 9f000000ab tried password 000000, failed; "
         "header Bearer a-long-secret-token-1234 and xa-long-secret-token-1234y"
     )
-    assert support._scrub(text, secrets) == (
+    assert redaction._scrub(text, secrets) == (
         "size 1000000 sha 9f000000ab tried password <redacted>, failed; "
         "header Bearer <redacted> and x<redacted>y"
     )
-    assert support._scrub("pin 12345 stays", {"12345"}) == "pin 12345 stays"  # under 6
+    assert redaction._scrub("pin 12345 stays", {"12345"}) == "pin 12345 stays"  # under 6
 
 
 def test_redact_by_key_name_and_url_credentials():
@@ -453,12 +457,12 @@ def _resigned(members: dict[str, bytes], key: bytes) -> dict[str, bytes]:
     """Members with the manifest re-hashed and signed again with `key`."""
     manifest = json.loads(members["manifest.json"])
     manifest["files"] = {
-        n: support.hashlib.sha256(b).hexdigest()
+        n: hashlib.sha256(b).hexdigest()
         for n, b in members.items()
         if n not in ("manifest.json", "signature.json")
     }
     raw = json.dumps(manifest).encode()
-    sig = {"alg": "HMAC-SHA256", "key_id": support._key_id(key), "mac": support._mac(key, raw)}
+    sig = {"alg": "HMAC-SHA256", "key_id": _key_id(key), "mac": _mac(key, raw)}
     return members | {"manifest.json": raw, "signature.json": json.dumps(sig).encode()}
 
 
@@ -564,7 +568,7 @@ def test_invalid_screen_settings_in_a_backup_are_refused(settings_file):
     members = _backup(settings_file)
     ui = json.dumps({"layout_cols": 99, "colour": "red"}).encode()
     manifest = json.loads(members["manifest.json"])
-    manifest["files"]["ui-settings.json"] = support.hashlib.sha256(ui).hexdigest()
+    manifest["files"]["ui-settings.json"] = hashlib.sha256(ui).hexdigest()
     members |= {"ui-settings.json": ui, "manifest.json": json.dumps(manifest).encode()}
     with pytest.raises(ConfigError) as err:
         support.import_settings(_tar(members), settings_file, source="b.tar.gz")
@@ -617,9 +621,18 @@ def test_a_failed_write_puts_the_screen_settings_back(settings_file, monkeypatch
     def full_disk(path: Path, data: bytes) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(support, "_replace_file", full_disk)
+    monkeypatch.setattr(settings_backup, "_replace_file", full_disk)
     with pytest.raises(OSError, match="No space"):
         support.import_settings(data, settings_file, source="b.tar.gz")
     assert settings_file.read_bytes() == before
     assert _ui_in(db) == {"layout_cols": 5}
     assert len(_events(db, "settings_imported")) == len(_events(db, "settings_import_failed")) == 1
+
+
+def test_a_backup_is_checked_with_the_settings_screen_s_own_model() -> None:
+    """The backup's check (station side) and the settings screen accept the same settings."""
+    from station.screen_settings import STATE_KEY, Settings
+    from web import settings as screen
+
+    assert support.UI_SETTINGS_KEY == STATE_KEY == screen.STATE_KEY
+    assert screen.Settings.model_json_schema() == Settings.model_json_schema()

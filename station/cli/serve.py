@@ -2,7 +2,7 @@
 
 uvicorn runs inside the station's own loop (`uvicorn.Server.serve()`), with
 the connection caps and header limits of `web.guard`; the station, not
-uvicorn, owns the signals. Only the composition root (`station run`) uses this.
+uvicorn, owns the signals. Only the composition root (`station run`, station.cli.run) uses this.
 """
 
 from __future__ import annotations
