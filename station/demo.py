@@ -8,11 +8,12 @@ import logging
 import random
 import secrets
 from pathlib import Path
+from typing import Protocol
 
 import tomli_w
 
+from station.collector import Slot
 from station.config import StationConfig, load_config
-from station.runtime import Station
 from station.sim.recorder import RecorderSpec, build_and_dock, undock
 
 log = logging.getLogger(__name__)
@@ -89,7 +90,14 @@ def _demo_users(config: StationConfig) -> None:
         catalog.close()
 
 
-async def recorder_traffic(station: Station, stop: asyncio.Event, interval: float) -> None:
+class Docks(Protocol):
+    """What the demo's traffic watches of the running station (`station.runtime.Station`)."""
+
+    config: StationConfig
+    slots: dict[int, Slot]
+
+
+async def recorder_traffic(station: Docks, stop: asyncio.Event, interval: float) -> None:
     """Dock a recorder on a free port every `interval` seconds; unplug finished ones."""
     bus = station.config.bus.path
     rng = random.Random()
