@@ -56,6 +56,12 @@ class HealthMonitor:
         self.log_head: dict[str, Any] = {}
         self._disk_refused: dict[str, str | None] = {}
 
+    def disk_failed(self, disk: StoreDisk, why: str) -> None:
+        """The store took `disk` out of use (`Store.on_failed`)."""
+        self.alarms.raise_(
+            "disk_unhealthy", f"store disk {disk.path} taken out of use: {why}", str(disk.path)
+        )
+
     def health_word(self, d: StoreDisk) -> str:
         """missing, failed, degraded or healthy: one disk as the status shows it."""
         if not d.present():

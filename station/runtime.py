@@ -55,8 +55,8 @@ from station.recovery import recover
 from station.retention import CentralCheck, Plan, RetentionSweeper, retention_rules
 from station.retention_schedule import RetentionSchedule
 from station.scrubber import Scrubber
-from station.status import STATUS_MAX_AGE_S, StatusView
-from station.store import Store, StoreDisk
+from station.status import STATUS_MAX_AGE_S, ChangeFeed, StatusView
+from station.store import Store
 from station.voice import Announcer
 
 log = logging.getLogger(__name__)
@@ -119,21 +119,17 @@ class Station:
         accounts.configure(config.accounts)
         self.tz = ZoneInfo(config.station.timezone) if config.station.timezone else None
         self.catalog = Catalog(config.database_path)
-        self.store = Store(
-            config.store.disks, config.store.min_free_mb, on_failed=self._disk_failed
-        )
+        self.store = Store(config.store.disks, config.store.min_free_mb)
         self.mounter = make_mounter(config.bus.mounter, config.bus.mount_helper)
         self.drivers = drivers or build_drivers(config, self.mount)
         self.bus = bus or make_bus(config)
-        self.version = 0
+        self.changes = ChangeFeed()
         self.stopping = False
         self.scrubber: Scrubber | None = None
         self.forwarder: Forwarder | None = None
         self.platform: PlatformLink | None = None
         self.sm3: Sm3Digester | None = None
         self._threads: list[Any] = []
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._changed = asyncio.Event()
         self._stop_workers = threading.Event()
         self.log_writer = LogWriter(self.catalog)
         # run on a new configuration (SIGHUP, settings) before it goes live; each returns
@@ -143,7 +139,7 @@ class Station:
             max_workers=config.bus.ports + 4, thread_name_prefix="station"
         )
         self.announcer = Announcer(config.voice, clock=self.now)
-        self.alarms = AlarmBook(self.catalog, self.notify, self._alarm_raised)
+        self.alarms = AlarmBook(self.catalog, self.changes.notify, self.announcer.alarm_raised)
         self.config_path: Path | None = None  # the file it was loaded from (run_station)
         self.clock: ClockGuard | None = None  # after the catalog is migrated
         self.retention = RetentionSweeper(
@@ -155,7 +151,7 @@ class Station:
             ),
         )
         self.schedule = RetentionSchedule(
-            self.current_config, self.retention, self.store, self.alarms, notify=self.notify
+            self.current_config, self.retention, self.store, self.alarms, notify=self.changes.notify
         )
         priority = PriorityGate(config.recorders.priority_others_mb_s)
         links = LinkScheduler(self.bus.links(), enabled=config.bus.link_scheduling)
@@ -172,7 +168,7 @@ class Station:
             mount=self.mount,
             log_writer=self.log_writer,
             announcer=self.announcer,
-            notify=self.notify,
+            notify=self.changes.notify,
             make_room=self.schedule.make_room,
             stop=self._stop_workers,
         )
@@ -182,7 +178,7 @@ class Station:
             self.catalog,
             self.store,
             self.alarms,
-            notify=self.notify,
+            notify=self.changes.notify,
             waiting_for_space=self.ports.waiting_for_space,
         )
         self.view = StatusView(
@@ -192,8 +188,10 @@ class Station:
             self.store,
             self.alarms,
             now=self.now,
-            parts=self._parts_status,
         )
+        self.store.on_failed = self.health.disk_failed
+        self.changes.view = self.view
+        self.changes.on_change = self.ports.speak_changes
 
     # --- what others read ---------------------------------------------------------------
 
@@ -227,55 +225,26 @@ class Station:
     def mount(self, device: DockedDevice) -> Card:
         return mount_card(self.mounter, device, self.config.bus.mount_root)
 
-    def _disk_failed(self, disk: StoreDisk, why: str) -> None:
-        self.alarms.raise_(
-            "disk_unhealthy", f"store disk {disk.path} taken out of use: {why}", str(disk.path)
-        )
-
-    def _alarm_raised(self, code: str) -> None:
-        if code != "collection_failed":  # the port's own failure announcement says it
-            self.announcer.say("alarm", code=code)
-
-    def _parts_status(self) -> dict[str, Any]:
-        return {
-            "forward": self.forwarder.status() if self.forwarder else {"enabled": False},
-            "platform": self.platform.status() if self.platform else {"enabled": False},
-            "integrity": self.sm3.status() if self.sm3 else {"sm3": False},
-        }
-
-    # --- change notification ----------------------------------------------------------
+    # --- change notification (station.status.ChangeFeed) ---------------------------
 
     def notify(self, progress: bool = False) -> None:
-        """Something visible changed. Safe from any thread. What is notified (slot states,
-        alarms raised or cleared, settings) is in the very next `status_json()`; progress
-        and what is only measured (disk space, SMART) within STATUS_MAX_AGE_S."""
-        if not progress:
-            self.view.changed()
-        if self._loop is None:
-            return
-        with contextlib.suppress(RuntimeError):  # loop closed during shutdown
-            self._loop.call_soon_threadsafe(self._bump)
+        """Something visible changed (any thread): `ChangeFeed.notify`."""
+        self.changes.notify(progress)
 
-    def _bump(self) -> None:
-        self.ports.speak_changes()
-        self.version += 1
-        self._changed.set()
-        self._changed = asyncio.Event()
+    @property
+    def version(self) -> int:
+        return self.changes.version
 
     async def wait_change(self, version: int, timeout: float) -> int:
-        """Wait until the status version moves past `version` (or the timeout)."""
-        if self.version == version:
-            ev = self._changed
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(ev.wait(), timeout)
-        return self.version
+        return await self.changes.wait_change(version, timeout)
 
     # --- life cycle ---------------------------------------------------------------------
 
     async def start(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._loop.set_default_executor(self._executor)
-        await self._loop.run_in_executor(None, self._prepare)
+        loop = asyncio.get_running_loop()
+        loop.set_default_executor(self._executor)
+        self.changes.attach(loop)
+        await loop.run_in_executor(None, self._prepare)
         self.announcer.start()
         await self.ports.watcher.start()
 
@@ -355,7 +324,7 @@ class Station:
                 log.error("%s stopped: %s", t.get_name(), t.exception() or "it returned")
         self.stopping = True
         sdnotify.notify("STOPPING=1")
-        self._bump()  # wake the live streams so they end
+        self.changes.bump()  # wake the live streams so they end
         for s in served:
             s.stop()
         await self.shutdown()
@@ -413,17 +382,20 @@ class Station:
             self.forwarder = Forwarder(
                 cfg.forward, self.catalog, cfg.station.id, clock=self.now, stop=stop,
                 alarms=self.alarms, state_path=cfg.database_path.parent / "forward.db",
-                on_change=self.notify,
+                on_change=self.changes.notify,
             )  # fmt: skip
             self._thread(self.forwarder.run, "forwarder")
+            self.view.parts["forward"] = self.forwarder.status
             self.retention.central.forwarded = self.forwarder.forwarded
         if cfg.integrity.sm3:
             self.sm3 = Sm3Digester(self.catalog, stop, mb_s=cfg.integrity.sm3_mb_s)
             self._thread(self.sm3.run, "sm3")
+            self.view.parts["integrity"] = self.sm3.status
         if cfg.platform.enabled:
             self.platform = PlatformLink(self, stop)
             self.reload_hooks.append(self.platform.reapply)
             self._thread(self.platform.run, "platform")
+            self.view.parts["platform"] = self.platform.status
 
     def _thread(self, target: Callable[[], None], name: str) -> None:
         t = threading.Thread(target=target, name=name)

@@ -7,6 +7,8 @@ once after anything visible changed (`changed`).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
 import json
 import math
@@ -26,6 +28,50 @@ from station.store import Store
 STATUS_MAX_AGE_S = 0.5  # the central API's status: rendered at most twice a second
 
 
+class ChangeFeed:
+    """The status's version, moved on the loop whenever something visible changed.
+
+    `notify` is safe from any thread (it reaches the loop with `call_soon_threadsafe`);
+    the live streams wait on `wait_change`; `on_change` runs on the loop at each move
+    (the ports announce their changes there)."""
+
+    def __init__(self) -> None:
+        self.version = 0
+        self.view: StatusView | None = None  # its next rendering is made fresh
+        self.on_change: Callable[[], None] = lambda: None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._changed = asyncio.Event()
+
+    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+
+    def notify(self, progress: bool = False) -> None:
+        """Something visible changed. What is notified (slot states, alarms raised or
+        cleared, settings) is in the very next rendering; progress and what is only
+        measured (disk space, SMART) within STATUS_MAX_AGE_S."""
+        if not progress and self.view is not None:
+            self.view.changed()
+        if self._loop is None:
+            return
+        with contextlib.suppress(RuntimeError):  # loop closed during shutdown
+            self._loop.call_soon_threadsafe(self.bump)
+
+    def bump(self) -> None:
+        """Move the version and wake the waiting streams (on the loop)."""
+        self.on_change()
+        self.version += 1
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def wait_change(self, version: int, timeout: float) -> int:
+        """Wait until the version moves past `version` (or the timeout)."""
+        if self.version == version:
+            ev = self._changed
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(ev.wait(), timeout)
+        return self.version
+
+
 class StatusView:
     """Renders the status; `changed()` (any thread) makes the next rendering fresh."""
 
@@ -38,7 +84,6 @@ class StatusView:
         alarms: AlarmBook,
         *,
         now: Callable[[], dt.datetime],
-        parts: Callable[[], dict[str, Any]],
     ) -> None:
         self.config = config
         self.ports = ports
@@ -46,7 +91,12 @@ class StatusView:
         self.store = store
         self.alarms = alarms
         self.now = now
-        self.parts = parts  # forward, platform, integrity: what the runtime started
+        # forward, platform, integrity: each status of what the runtime started
+        self.parts: dict[str, Callable[[], dict[str, Any]]] = {
+            "forward": lambda: {"enabled": False},
+            "platform": lambda: {"enabled": False},
+            "integrity": lambda: {"sm3": False},
+        }
         self._lock = threading.Lock()
         self._cache: tuple[float, int, bytes] = (-math.inf, 0, b"")
         self._changes = 0
@@ -148,7 +198,7 @@ class StatusView:
             "disks": self.disks(),
             "slots": slots,
             "alarms": alarms,
-            **self.parts(),
+            **{name: part() for name, part in self.parts.items()},
         }
 
     def json(self, max_age_s: float = STATUS_MAX_AGE_S) -> bytes:

@@ -607,6 +607,11 @@ class Announcer:
             self._cond.notify_all()
         return True
 
+    def alarm_raised(self, code: str) -> None:
+        """Speak an alarm as it is raised (`AlarmBook`'s hook)."""
+        if code != "collection_failed":  # the port's own failure announcement says it
+            self.say("alarm", code=code)
+
     def say_slot_change(
         self,
         old_state: str,
