@@ -1,8 +1,9 @@
 """The vendor-library driver through the real C ABI, against the reference library.
 
-drivers/native/gat947_ref.c is compiled once per test session in three builds:
-the common 94-byte officer block, the packed 89-byte one, and a single-device
-library without GetDeviceCount and the _ByIndex calls. Each test gives the
+drivers/native/gat947_ref.c is compiled once per test session in five builds:
+the common 94-byte officer block, the packed 89-byte one, a single-device
+library without GetDeviceCount and the _ByIndex calls, and both kinds without
+the release calls (UnInit_Device, UnInit_Device_ByIndex). Each test gives the
 library its own recorder folders through GAT947_REF_ROOT.
 """
 
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from dock_harness import Dock, card_files
 from pydantic import ValidationError
 
 from drivers import vendor_library as vl
@@ -27,6 +29,7 @@ from drivers.base import (
     AuthFailed,
     DeviceGone,
     DockedDevice,
+    DriverRegistry,
     OfficerInfo,
     ProtocolError,
     WrongRecorder,
@@ -88,13 +91,19 @@ def compiler() -> str:
 
 @pytest.fixture(scope="session")
 def libs(compiler: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """The reference library built as "94", "89" (packed) and "single" (no _ByIndex)."""
+    """The reference library built as "94", "89" (packed), "single" (no _ByIndex), and
+    "nouninit", "single_nouninit" (no release call)."""
     out = tmp_path_factory.mktemp("gat947ref")
     out.chmod(0o755)
     builds = {
         "94": (out / "libgat947ref94.so", []),
         "89": (out / "libgat947ref89.so", ["-DZFY_PACKED"]),
         "single": (out / "libgat947single.so", ["-DGAT947_REF_NO_INDEX"]),
+        "nouninit": (out / "libgat947nouninit.so", ["-DGAT947_REF_NO_UNINIT"]),
+        "single_nouninit": (
+            out / "libgat947single_nouninit.so",
+            ["-DGAT947_REF_NO_INDEX", "-DGAT947_REF_NO_UNINIT"],
+        ),
     }
     _compile(compiler, NATIVE / "gat947_ref.c", dict(builds.values()))
     return {name: target for name, (target, _) in builds.items()}
@@ -698,3 +707,77 @@ def test_get_device_count_stays_int_with_bool_returns(root: Path, libs: dict[str
         docked(serial="B100003"), STATION_PASSWORDS
     ) as rec:
         assert rec.index == 2
+
+
+# --- a library without a release call -----------------------------------------------------
+
+
+@pytest.mark.parametrize("build", ["nouninit", "single_nouninit"])
+def _spy_calls(drv: VendorLibraryDriver, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Record the name of every library call the driver asks for."""
+    api, called = drv.load(), []
+    real = api.call
+
+    def call(label: str, function: str, index: int | None = None, **values: Any) -> int:
+        called.append(function)
+        return real(label, function, index, **values)
+
+    monkeypatch.setattr(api, "call", call)
+    return called
+
+
+def test_release_call_is_made_when_the_library_has_one(
+    root: Path, libs: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    put_recorder(root)
+    for build in ("94", "single"):
+        drv = driver(libs[build])
+        called = _spy_calls(drv, monkeypatch)
+        with drv.open(docked(), STATION_PASSWORDS) as rec:
+            rec.battery_percent()
+        assert called[-1] == "UnInit_Device", called
+
+
+@pytest.mark.parametrize("build", ["nouninit", "single_nouninit"])
+def test_library_without_release_call_still_collects(
+    root: Path,
+    libs: dict[str, Path],
+    tmp_path: Path,
+    build: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No UnInit_Device (nor _ByIndex): the driver loads the library, never asks for a
+    release, and the real Collector collects; the library is free for the next docking."""
+    so = ctypes.CDLL(str(libs[build]))
+    assert not hasattr(so, "UnInit_Device") and not hasattr(so, "UnInit_Device_ByIndex")
+    assert hasattr(so, "GetZFYInfo")
+    drv = driver(libs[build])
+    assert not {"UnInit_Device", "UnInit_Device_ByIndex"} & set(drv.load().calls)
+    called = _spy_calls(drv, monkeypatch)
+    n = 1 if build.startswith("single") else 3
+    for i in range(n):
+        put_recorder(root, i, serial=f"B10000{i}", officer_no=f"10000{i}")
+    (tmp_path / "station").mkdir()
+    dock = Dock(tmp_path / "station", DriverRegistry([drv]), STATION_PASSWORDS)
+    try:
+        footage = {}
+        for i in range(n):
+            card = tmp_path / f"card{i}"
+            footage[i] = card_files(card, f"10000{i}", f"B10000{i}")
+            dock.dock(i + 1, f"B10000{i}", card, usb_id=(VID, PID))
+        dock.wait(f"{n} collections", lambda: len(dock.results) == n)
+        assert dock.results == {i + 1: "complete" for i in range(n)}, {
+            p: s.error for p, s in dock.slots.items()
+        }
+        for i in range(n):
+            assert dock.stored(f"10000{i}", f"B10000{i}") == footage[i]
+            assert get_recorder(root, i)["msdc"] == b"1"
+        assert not vl._LIBRARIES[os.path.realpath(libs[build])].sessions
+        # the recorder docked again on another port: opened again, nothing held the library
+        dock.dock(8, "B100000", tmp_path / "card0", usb_id=(VID, PID))
+        dock.wait("the second docking", lambda: 8 in dock.results)
+        assert dock.results[8] == "complete", dock.slots[8].error
+        assert "GetZFYInfo" in called and "SetMSDC" in called
+        assert "UnInit_Device" not in called  # skipped, not tried and failed
+    finally:
+        dock.close()

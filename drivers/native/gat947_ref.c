@@ -29,7 +29,9 @@
  * Build: cc -shared -fPIC -O2 -Wall -Werror [-DZFY_PACKED] [-DGAT947_REF_NO_INDEX] \
  *            -o libgat947ref.so gat947_ref.c
  * -DZFY_PACKED selects the packed 89-byte officer block; -DGAT947_REF_NO_INDEX
- * leaves out the multi-device calls (a single-device library).
+ * leaves out the multi-device calls (a single-device library);
+ * -DGAT947_REF_NO_UNINIT leaves out the release calls (UnInit_Device and
+ * UnInit_Device_ByIndex), as many vendor libraries have none.
  */
 #define _POSIX_C_SOURCE 200809L
 
@@ -318,11 +320,13 @@ MULTI int Init_Device_ByIndex(char *IDCode, int *iRet, int index) {
     return GetIDCode_ByIndex(IDCode, iRet, index);
 }
 
+#ifndef GAT947_REF_NO_UNINIT
 MULTI void UnInit_Device_ByIndex(int *iRet, int index) {
     (void)index;
     if (iRet != NULL)
         *iRet = CONNECT_SUCCESS;
 }
+#endif
 
 MULTI int GetZFYInfo_ByIndex(ZFY_INFO *info, char *sPwd, int *iRet, int index) {
     device_t d;
@@ -428,7 +432,9 @@ MULTI int ReadDeviceBatteryDumpEnergy_ByIndex(int *Battery, char *sPwd, int *iRe
 
 int Init_Device(char *IDCode, int *iRet) { return Init_Device_ByIndex(IDCode, iRet, 0); }
 
+#ifndef GAT947_REF_NO_UNINIT
 void UnInit_Device(int *iRet) { UnInit_Device_ByIndex(iRet, 0); }
+#endif
 
 int GetIDCode(char *IDCode, int *iRet) { return GetIDCode_ByIndex(IDCode, iRet, 0); }
 
