@@ -491,6 +491,7 @@ class _StuckCall:
         self.what = what
         self.timeout_s = timeout_s
         self.since = time.monotonic()
+        self.at = dt.datetime.now().strftime("%H:%M:%S")
 
     def __str__(self) -> str:
         return f"{self.what} did not return within {self.timeout_s:g} s"
@@ -513,7 +514,7 @@ class _Library:
         stuck = self.stuck
         if stuck is None:
             return None
-        return f"{self.path} is hung: {stuck} (stuck for {time.monotonic() - stuck.since:.0f} s)"
+        return f"{self.path} is hung: {stuck} (stuck since {stuck.at})"
 
     def run(self, fn: Any, args: list[Any], timeout_s: float, what: str) -> Any:
         """fn(*args) in a thread of its own, waited for at most `timeout_s`.
@@ -1088,7 +1089,9 @@ class VendorLibraryDriver(RecorderDriver):
             buf = _buffer(id_code, self.config.encoding)
             lib.call(label, "UnInit_Device", index, id_code=buf)
         except (RecorderError, UnicodeEncodeError) as e:
-            log.debug("%s: UnInit_Device: %s", label, e)
+            (log.warning if isinstance(e, LibraryHung) else log.debug)(
+                "%s: UnInit_Device: %s", label, e
+            )
 
     def _authenticate(
         self,
