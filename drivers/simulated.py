@@ -6,7 +6,9 @@ For the fault-injection harness, `recorder.json` may carry `faults`:
 once N card bytes were read; `{"unstable": ["DCIM/x.AVI"]}` flips a random
 bit in every chunk read from those files, as a failing card does;
 `{"bad_sectors": {"DCIM/x.AVI": 1048576}}` fails any read covering that byte
-with an I/O error.
+with an I/O error; `{"gone_while_docked": true}` makes every call raise
+`DeviceGone` while the folder stays on the bus, as a driver that takes a
+recorder's refusal for an unplugging does.
 
 Shared links: `links.json` at the top of the bus folder,
 `{"links": [{"name": "hub-1", "ports": [1, 2, 3, 4], "mb_s": 40}]}`, puts those
@@ -152,6 +154,8 @@ class SimulatedSession(RecorderSession):
             raise ProtocolError(f"unreadable recorder.json: {e}") from None
         if not isinstance(data, dict):
             raise ProtocolError("recorder.json is not an object")
+        if (data.get("faults") or {}).get("gone_while_docked"):
+            raise DeviceGone(f"{self.port_dir}: reported gone while still docked (fault)")
         if str(data.get("password", "")) != self.password:
             raise AuthFailed("CHECK_PWD_FAILED")
         return data

@@ -20,6 +20,13 @@ its recorder if the index moves. A library without indexed calls drives one
 recorder at a time; opening a second one while a session is open raises
 `LibraryBusy` (the station retries). See docs/vendor-library.md.
 
+Every call runs in a thread of its own with a deadline (`call_timeout_s`): ctypes
+cannot interrupt a call that never returns, so on expiry the call is abandoned,
+its port gets `LibraryHung` (its session is given up, without a release call),
+and the library is marked hung: every other port using it waits (`LibraryBusy`
+at open, `LibraryHung` in a session) instead of blocking on its lock, until the
+stuck call returns, if ever. Ports on other libraries never wait for it.
+
 Loading a vendor library runs the vendor's code inside the station: the file
 and its folder must not be writable by group or others.
 
@@ -38,11 +45,14 @@ import os
 import re
 import stat
 import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from drivers import zfy
 from drivers.base import (
@@ -93,7 +103,13 @@ class VendorLibraryError(RecorderError):
 
 
 class LibraryBusy(DeviceBusy):
-    """A single-device library is already driving a recorder on another port."""
+    """A single-device library is already driving a recorder on another port, or the
+    library is hung in another port's call: try again later."""
+
+
+class LibraryHung(ProtocolError):
+    """A library call did not return within `call_timeout_s`, or the library is still
+    stuck in such a call: the session cannot go on."""
 
 
 def check_status(function: str, ret: int, status: int) -> None:
@@ -181,6 +197,8 @@ class VendorLibraryConfig(BaseModel):
     init_id_code: str | None = None
     # which calls reach several recorders: "auto" finds them in the library
     multi_device: Literal["auto", "usbtotal", "count", "none"] = "auto"
+    # a library call that has not returned after this long is abandoned (LibraryHung)
+    call_timeout_s: Annotated[float, Field(gt=0, le=3600)] = 30.0
 
     @field_validator("name")
     @classmethod
@@ -425,12 +443,13 @@ def _parse_c(name: str, spec: str) -> Prototype:
 class _Binding:
     """One library function, declared with its prototype; `call` checks its status."""
 
-    def __init__(self, name: str, proto: Prototype, fn: Any) -> None:
+    def __init__(self, name: str, proto: Prototype, fn: Any, timeout_s: float = 30.0) -> None:
         self.name = name
         self.proto = proto
         fn.argtypes = [t for _, t in proto.params]
         fn.restype = proto.restype
         self.fn = fn
+        self.timeout_s = timeout_s
 
     def call(self, lib: _Library, label: str, **values: Any) -> int:
         """Call with the values by role (status and index filled in); returns the result."""
@@ -459,10 +478,23 @@ class _Binding:
             else:
                 raise ProtocolError(f"{label}: {self.name} needs a {role} the station cannot give")
         with lib.lock:
-            ret = self.fn(*args)
+            ret = lib.run(self.fn, args, self.timeout_s, self.describe(label))
         if ret is None:  # a void call: only the status tells
             ret = 1
         return int(ret), int(status.value)
+
+
+class _StuckCall:
+    """A call that did not return by its deadline (and may never)."""
+
+    def __init__(self, what: str, timeout_s: float) -> None:
+        self.what = what
+        self.timeout_s = timeout_s
+        self.since = time.monotonic()
+        self.at = dt.datetime.now().strftime("%H:%M:%S")
+
+    def __str__(self) -> str:
+        return f"{self.what} did not return within {self.timeout_s:g} s"
 
 
 class _Library:
@@ -473,6 +505,55 @@ class _Library:
         self.cdll = cdll
         self.lock = threading.RLock()
         self.sessions: list[VendorLibrarySession] = []
+        self.stuck: _StuckCall | None = None  # set while a call is past its deadline
+        self._state = threading.Lock()  # guards `stuck` between a call and its waiter
+
+    @property
+    def hung(self) -> str | None:
+        """Why the library cannot be called now (a call stuck in it), or None."""
+        stuck = self.stuck
+        if stuck is None:
+            return None
+        return f"{self.path} is hung: {stuck} (stuck since {stuck.at})"
+
+    def run(self, fn: Any, args: list[Any], timeout_s: float, what: str) -> Any:
+        """fn(*args) in a thread of its own, waited for at most `timeout_s`.
+
+        On expiry the call is left running (ctypes cannot stop it; it keeps `args`
+        alive, so whatever it writes later lands in its own buffers), the library is
+        marked stuck until it returns, and LibraryHung is raised.
+        """
+        hung = self.hung
+        if hung is not None:
+            raise LibraryHung(hung)
+        box: dict[str, Any] = {}
+        done = threading.Event()
+        call = _StuckCall(what, timeout_s)
+
+        def go() -> None:
+            try:
+                box["ret"] = fn(*args)
+            except BaseException as e:  # ctypes' own errors (a bad argument): the caller's
+                box["error"] = e
+            with self._state:
+                done.set()
+                if self.stuck is call:
+                    self.stuck = None
+                    log.warning(
+                        "%s: %s returned after %.0f s: the library is used again",
+                        self.path, what, time.monotonic() - call.since,
+                    )  # fmt: skip
+
+        threading.Thread(target=go, name=f"vendor-call {what}", daemon=True).start()
+        if not done.wait(timeout_s):
+            with self._state:
+                if not done.is_set():
+                    self.stuck = call
+                    log.error("%s: %s: abandoned, the library is hung", self.path, call)
+                    raise LibraryHung(f"{call}: the library is hung, the session is given up")
+        if "error" in box:
+            raise box["error"]
+        return box.get("ret")
 
 
 class _Api:
@@ -498,7 +579,7 @@ class _Api:
                     fn = lib.cdll[proto.symbol]  # a fresh function object: its own prototype
                 except AttributeError:
                     continue
-                self.calls[name] = _Binding(name, proto, fn)
+                self.calls[name] = _Binding(name, proto, fn, config.call_timeout_s)
         missing = [n for n in sorted(REQUIRED) if n not in self.calls]
         if missing:
             raise VendorLibraryError(f"{lib.path} does not export {', '.join(missing)}")
@@ -681,6 +762,22 @@ class VendorLibrarySession(RecorderSession):
     def _label(self) -> str:
         return f"{self.driver.name} (port {self.device.port})"
 
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        """The library's lock for one session call. A library hung (in this port's call
+        or another's) is LibraryHung, whatever error the call path made of it."""
+        with self.lib.lock:
+            hung = self.lib.lib.hung
+            if hung is not None:
+                raise LibraryHung(f"{self._label}: {hung}")
+            try:
+                yield
+            except RecorderError as e:
+                hung = self.lib.lib.hung
+                if hung is None or isinstance(e, LibraryHung):
+                    raise
+                raise LibraryHung(f"{self._label}: {hung}") from None
+
     def _call(self, function: str, **values: Any) -> int:
         try:
             return self.lib.call(self._label, function, self.index, **values)
@@ -752,14 +849,14 @@ class VendorLibrarySession(RecorderSession):
     # --- GA/T 947.4 calls ------------------------------------------------------------
 
     def id_code(self) -> str:
-        with self.lib.lock:
+        with self._locked():
             self._current()
             if self.lib.has("GetIDCode", self.index):
                 return self.driver.get_id_code(self.lib, self.index, self._label)
             return self._id_code
 
     def officer_info(self) -> OfficerInfo:
-        with self.lib.lock:
+        with self._locked():
             return self._current()
 
     def write_officer_info(self, info: OfficerInfo) -> None:
@@ -772,7 +869,7 @@ class VendorLibrarySession(RecorderSession):
         expected = decode_officer_block(raw, layout, encoding)
         # padded: a library with the other layout must not read past our buffer
         block = ctypes.create_string_buffer(raw, _BLOCK_BUFFER)
-        with self.lib.lock:
+        with self._locked():
             self._current()
             self._call("WriteZFYInfo", info=block, password=self._pwd())
             try:
@@ -790,7 +887,7 @@ class VendorLibrarySession(RecorderSession):
             self.serial = expected.serial
 
     def battery_percent(self) -> int:
-        with self.lib.lock:
+        with self._locked():
             self._current()
             battery = ctypes.c_int(-1)
             self._call(
@@ -803,7 +900,7 @@ class VendorLibrarySession(RecorderSession):
     def resolution(self) -> tuple[int, int]:
         """ReadDeviceResolution: the recording width and height, in pixels."""
         width, height = ctypes.c_int(0), ctypes.c_int(0)
-        with self.lib.lock:
+        with self._locked():
             self._current()
             self._call(
                 "ReadDeviceResolution",
@@ -830,7 +927,7 @@ class VendorLibrarySession(RecorderSession):
                 now.astimezone().strftime("%z"),
                 now.strftime("%z"),
             )
-        with self.lib.lock:
+        with self._locked():
             self._current()
             if self.index is not None and not self.lib.has("SyncDevTime", self.index):
                 if self.lib.device_count(self._label) != 1:
@@ -847,7 +944,7 @@ class VendorLibrarySession(RecorderSession):
         return None
 
     def enter_mass_storage(self) -> None:
-        with self.lib.lock:
+        with self._locked():
             if self._msdc:
                 return
             self._current()
@@ -980,14 +1077,21 @@ class VendorLibraryDriver(RecorderDriver):
             raise ProtocolError(f"{label}: {e.detail}") from None
 
     def release(self, lib: _Api, index: int | None, label: str, id_code: str = "") -> None:
-        """UnInit_Device, when the library has one (many do not, or name it otherwise)."""
+        """UnInit_Device, when the library has one (many do not, or name it otherwise);
+        not while the library is hung (the session is abandoned)."""
         if not lib.has("UnInit_Device", index):
+            return
+        hung = lib.lib.hung
+        if hung is not None:
+            log.warning("%s: session abandoned without UnInit_Device: %s", label, hung)
             return
         try:
             buf = _buffer(id_code, self.config.encoding)
             lib.call(label, "UnInit_Device", index, id_code=buf)
         except (RecorderError, UnicodeEncodeError) as e:
-            log.debug("%s: UnInit_Device: %s", label, e)
+            (log.warning if isinstance(e, LibraryHung) else log.debug)(
+                "%s: UnInit_Device: %s", label, e
+            )
 
     def _authenticate(
         self,
@@ -1054,13 +1158,21 @@ class VendorLibraryDriver(RecorderDriver):
         pws = self._usable_passwords(passwords)
         label = f"{self.name} (port {device.port})"
         with lib.lock:
+            hung = lib.lib.hung
+            if hung is not None:  # another port's call is stuck in it: wait, do not block
+                raise LibraryBusy(f"{label}: {hung}; port {device.port} must wait")
             try:
                 if lib.multi:
                     session = self._open_indexed(lib, device, pws, label)
                 else:
                     session = self._open_single(lib, device, pws, label)
-            except DeviceGone as e:
-                raise self.connect_failed(device, e) from None
+            except RecorderError as e:
+                hung = lib.lib.hung
+                if hung is not None and not isinstance(e, LibraryHung):
+                    raise LibraryHung(f"{label}: {hung}") from None
+                if isinstance(e, DeviceGone):
+                    raise self.connect_failed(device, e) from None
+                raise
             lib.lib.sessions.append(session)
         log.info(
             "%s: port %d is recorder %s (library index %s)",

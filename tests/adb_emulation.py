@@ -14,6 +14,11 @@ each answered `E12DATR880` and then the result; it checks no password and hands
 its administrator password to `E12CMDS010`. `JsonRecorder` is the JSON family:
 one object per line, the C calls rendered as JSON, the password checked by the
 recorder (iRet 4).
+
+The wire format is this module's own, written from the public E12 service code
+(its ZFY_INFO under `#pragma pack(1)`: five GBK fields at fixed offsets, NUL-padded,
+no terminator when full), never from the driver's codec (drivers/zfy.py), so that a
+layout bug in the driver shows up as a disagreement instead of being mirrored here.
 """
 
 from __future__ import annotations
@@ -26,8 +31,46 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from drivers import zfy
 from drivers.base import OfficerInfo
+
+# --- ZFY_INFO as the E12 service sends it (#pragma pack(1), 89 bytes) -------------------------
+
+# (member, offset, width): char cSerial[7]; char userNo[6]; char userName[32];
+# char unitNo[12]; char unitName[32]
+E12_BLOCK_FIELDS = (
+    ("cSerial", 0, 7),
+    ("userNo", 7, 6),
+    ("userName", 13, 32),
+    ("unitNo", 45, 12),
+    ("unitName", 57, 32),
+)
+E12_BLOCK_SIZE = 89
+assert sum(w for _, _, w in E12_BLOCK_FIELDS) == E12_BLOCK_SIZE
+
+
+def e12_pack(info: OfficerInfo) -> bytes:
+    """The 89-byte block the service sends: each field GBK, NUL-padded to its width."""
+    values = (info.serial, info.officer_no, info.officer_name, info.unit_no, info.unit_name)
+    out = bytearray(E12_BLOCK_SIZE)
+    for (member, offset, width), value in zip(E12_BLOCK_FIELDS, values, strict=True):
+        raw = value.encode("gbk")
+        if len(raw) > width:
+            raise ValueError(f"{member}: {len(raw)} bytes do not fit {width}")
+        struct.pack_into(f"{width}s", out, offset, raw)  # struct pads with NULs
+    return bytes(out)
+
+
+def e12_unpack(block: bytes) -> OfficerInfo:
+    """A block the host wrote, as the service's memcpy sees it: each field up to its NUL."""
+    if len(block) != E12_BLOCK_SIZE:
+        raise ValueError(f"block of {len(block)} bytes")
+    values = []
+    for _, offset, width in E12_BLOCK_FIELDS:
+        (raw,) = struct.unpack_from(f"{width}s", block, offset)
+        values.append(raw.split(b"\0", 1)[0].decode("gbk"))
+    if not values[0] or not values[1]:
+        raise ValueError("no serial or officer number")
+    return OfficerInfo(*values)
 
 
 @dataclass
@@ -106,11 +149,11 @@ class E12Recorder:
             elif text == "E12CMDS010":
                 self.send(sock, s.password.encode())
             elif text == "E12CMDS004":
-                self.send(sock, zfy.encode(s.info(), "89", "gbk"))
+                self.send(sock, e12_pack(s.info()))
             elif text == "E12CMDS005":
                 block = self.recv(sock) or b""
                 try:
-                    s.store(zfy.decode(block, "89", "gbk"))
+                    s.store(e12_unpack(block))
                     self.send(sock, b"E12DATR021")
                 except ValueError:
                     self.send(sock, b"E12DATR020")

@@ -22,10 +22,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from adb_emulation import AdbServer, E12Recorder, JsonRecorder, RecorderState
+from adb_emulation import (
+    AdbServer,
+    E12Recorder,
+    JsonRecorder,
+    RecorderState,
+    e12_pack,
+    e12_unpack,
+)
 from dock_harness import Dock, card_files
 from pydantic import ValidationError
 
+from drivers import zfy
 from drivers.android_adb import AndroidAdbConfig, AndroidAdbDriver
 from drivers.base import (
     AuthFailed,
@@ -119,6 +127,38 @@ def test_e12_password_is_compared_on_the_host(adb: AdbServer) -> None:
         rec.battery_percent()
     assert all(b"654321" not in m and b"000000" not in m for m in state.received)
     assert b"E12CMDS010" in state.received
+
+
+# A known officer and its packed block, written out byte by byte (GBK: 张 d5c5, 三 c8fd,
+# 城 b3c7, 关 b9d8, 派 c5c9, 出 b3f6, 所 cbf9).
+KNOWN_OFFICER = OfficerInfo("A100001", "200001", "张三", "110101", "城关派出所")
+KNOWN_BLOCK = bytes.fromhex(
+    "41 31 30 30 30 30 31"  # cSerial[7] @0: "A100001", full, no NUL
+    "32 30 30 30 30 31"  # userNo[6] @7: "200001", full
+    "d5 c5 c8 fd" + "00" * 28 +  # userName[32] @13: "张三"
+    "31 31 30 31 30 31" + "00" * 6 +  # unitNo[12] @45: "110101"
+    "b3 c7 b9 d8 c5 c9 b3 f6 cb f9" + "00" * 22  # unitName[32] @57: "城关派出所"
+)  # fmt: skip
+
+
+def test_e12_known_officer_block_bytes(adb: AdbServer) -> None:
+    """One known block: the emulated service, the driver's codec and the wire agree on it."""
+    assert len(KNOWN_BLOCK) == 89
+    assert e12_pack(KNOWN_OFFICER) == KNOWN_BLOCK
+    assert e12_unpack(KNOWN_BLOCK) == KNOWN_OFFICER
+    assert zfy.encode(KNOWN_OFFICER, "89", "gbk") == KNOWN_BLOCK
+    assert zfy.decode(KNOWN_BLOCK, "89", "gbk") == KNOWN_OFFICER
+    state = recorder(adb, "e12")
+    assert state.info() == KNOWN_OFFICER
+    with driver(adb, "e12").open(docked(1, "A100001"), PASSWORDS) as rec:
+        assert rec.officer_info() == KNOWN_OFFICER
+        rec.write_officer_info(OfficerInfo("A100001", "300003", "李四"))
+        assert state.officer_no == "300003"
+        del state.received[:]
+        rec.write_officer_info(KNOWN_OFFICER)
+    sent = state.received
+    assert sent[sent.index(b"E12CMDS005") + 1] == KNOWN_BLOCK
+    assert state.info() == KNOWN_OFFICER
 
 
 def test_wrong_password(adb: AdbServer, fmt: str) -> None:

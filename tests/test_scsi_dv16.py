@@ -8,7 +8,10 @@ ILLEGAL REQUEST), and it checks no password: it hands its password to command 13
 and the host compares. It parses the header with its own layout (from
 <scsi/sg.h>, independent of the driver's ctypes class), reads the CDB at ``cmdp``
 and the data at ``dxferp``, and writes data, sense and status back the way the sg
-driver does. Everything above the ioctl is the driver's real code.
+driver does. Its officer blocks are its own too (ZFY_INFO as USBJL.h declares it,
+packed 89 bytes, or the 94-byte variant with a NUL after each field), never the
+driver's codec, so that a layout bug in the driver cannot be mirrored here.
+Everything above the ioctl is the driver's real code.
 """
 
 from __future__ import annotations
@@ -119,6 +122,53 @@ class Header:
         struct.pack_into("@" + code, self.buf, off, value)
 
 
+# --- ZFY_INFO as the firmware holds it, independently of the driver -------------------------
+
+# (member, offset, width) as USBJL.h declares the struct under #pragma pack(1):
+# char cSerial[7]; char userNo[6]; char userName[32]; char unitNo[12]; char unitName[32]
+ZFY_INFO_89 = (
+    ("cSerial", 0, 7),
+    ("userNo", 7, 6),
+    ("userName", 13, 32),
+    ("unitNo", 45, 12),
+    ("unitName", 57, 32),
+)
+# the 94-byte variant: each array one larger, so the text is always NUL-terminated
+ZFY_INFO_94 = (
+    ("cSerial", 0, 8),
+    ("userNo", 8, 7),
+    ("userName", 15, 33),
+    ("unitNo", 48, 13),
+    ("unitName", 61, 33),
+)
+FIRMWARE_LAYOUTS = {"89": ZFY_INFO_89, "94": ZFY_INFO_94}
+assert [sum(w for _, _, w in f) for f in (ZFY_INFO_89, ZFY_INFO_94)] == [89, 94]
+
+
+def fw_pack(info: OfficerInfo, layout: str = "89") -> bytes:
+    """The block as the firmware stores it: GBK text, NUL-padded, at the fixed offsets."""
+    fields = FIRMWARE_LAYOUTS[layout]
+    values = (info.serial, info.officer_no, info.officer_name, info.unit_no, info.unit_name)
+    out = bytearray(fields[-1][1] + fields[-1][2])
+    for (member, offset, width), value in zip(fields, values, strict=True):
+        raw = value.encode("gbk")
+        room = width - 1 if layout == "94" else width
+        assert len(raw) <= room, f"{member}: {len(raw)} bytes, room for {room}"
+        struct.pack_into(f"{width}s", out, offset, raw)
+    return bytes(out)
+
+
+def fw_unpack(block: bytes, layout: str = "89") -> OfficerInfo:
+    """What the firmware holds after a write: each field up to its first NUL, GBK."""
+    fields = FIRMWARE_LAYOUTS[layout]
+    assert len(block) == fields[-1][1] + fields[-1][2]
+    values = []
+    for _, offset, width in fields:
+        (raw,) = struct.unpack_from(f"{width}s", block, offset)
+        values.append(raw.split(b"\0", 1)[0].decode("gbk"))
+    return OfficerInfo(*values)
+
+
 # --- the emulated recorder --------------------------------------------------------------------
 
 R, W = "read", "write"
@@ -191,7 +241,7 @@ class Dv16Emulator:
 
     def __post_init__(self) -> None:
         if not self.officer:
-            self.officer = encode_officer_block(OFFICER, self.layout)
+            self.officer = fw_pack(OFFICER, self.layout)
 
     @property
     def is_dv16(self) -> bool:
@@ -654,7 +704,7 @@ def test_lenient_firmware_with_the_94_layout_configured(node: Path) -> None:
 @pytest.mark.parametrize("layout", ["94", "89"])
 def test_officer_block_layouts_gbk(node: Path, layout: str) -> None:
     emu = Dv16Emulator(node=node, layout=layout)
-    block = encode_officer_block(OFFICER, layout)
+    block = fw_pack(OFFICER, layout)
     assert len(block) == int(layout)
     assert "张三丰".encode("gbk") in block
     if layout == "94":
@@ -665,11 +715,54 @@ def test_officer_block_layouts_gbk(node: Path, layout: str) -> None:
         assert rec.officer_info() == OFFICER
         new = OfficerInfo("B100002", "200002", "李四" * 8, "3" * 12, "上海市公安局" * 2)
         rec.write_officer_info(new)
-        assert emu.officer == encode_officer_block(new, layout)
+        assert fw_unpack(emu.officer, layout) == new
+        assert emu.officer == fw_pack(new, layout)
         assert rec.officer_info() == new
         write = next(s for s in emu.log if s.command == 4)
-        assert write.data == encode_officer_block(new, layout)
+        assert write.data == fw_pack(new, layout)
         assert write.cdb[7] == int(layout)
+    assert emu.violations == []
+
+
+# A known officer and its block, written out byte by byte (GBK: 张 d5c5, 三 c8fd, 城 b3c7,
+# 关 b9d8, 派 c5c9, 出 b3f6, 所 cbf9): the firmware's layout, the driver's codec and the
+# bytes on the wire must all agree with these, not merely with each other.
+KNOWN_OFFICER = OfficerInfo("B100001", "100001", "张三", "110101", "城关派出所")
+KNOWN_BLOCKS = {
+    "89": bytes.fromhex(
+        "42 31 30 30 30 30 31"  # cSerial[7] @0: "B100001", full, no NUL
+        "31 30 30 30 30 31"  # userNo[6] @7: "100001", full
+        "d5 c5 c8 fd" + "00" * 28 +  # userName[32] @13: "张三"
+        "31 31 30 31 30 31" + "00" * 6 +  # unitNo[12] @45: "110101"
+        "b3 c7 b9 d8 c5 c9 b3 f6 cb f9" + "00" * 22  # unitName[32] @57: "城关派出所"
+    ),
+    "94": bytes.fromhex(
+        "42 31 30 30 30 30 31 00"  # cSerial[8] @0
+        "31 30 30 30 30 31 00"  # userNo[7] @8
+        "d5 c5 c8 fd" + "00" * 29 +  # userName[33] @15
+        "31 31 30 31 30 31" + "00" * 7 +  # unitNo[13] @48
+        "b3 c7 b9 d8 c5 c9 b3 f6 cb f9" + "00" * 23  # unitName[33] @61
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("layout", ["89", "94"])
+def test_known_officer_block_bytes(node: Path, layout: str) -> None:
+    """One known block: the emulated firmware, the driver's codec and the wire agree on it."""
+    known = KNOWN_BLOCKS[layout]
+    assert len(known) == int(layout)
+    assert fw_pack(KNOWN_OFFICER, layout) == known
+    assert fw_unpack(known, layout) == KNOWN_OFFICER
+    assert encode_officer_block(KNOWN_OFFICER, layout) == known
+    assert decode_officer_block(known, layout) == KNOWN_OFFICER
+    emu = Dv16Emulator(node=node, layout=layout, officer=known)
+    with make_driver(emu, node, layout=layout).open(usb_device(), [PASSWORD]) as rec:
+        assert rec.officer_info() == KNOWN_OFFICER
+        rec.write_officer_info(OfficerInfo("B100002", "200002", "李四"))
+        assert emu.officer != known
+        rec.write_officer_info(KNOWN_OFFICER)
+    assert [s.data for s in emu.log if s.command == 4][-1] == known
+    assert emu.officer == known
     assert emu.violations == []
 
 
@@ -864,7 +957,7 @@ def test_eight_dv16_recorders_docked_at_once(tmp_path: Path) -> None:
         node = tmp_path / f"sg{port}"
         node.write_bytes(b"")
         info = OfficerInfo(f"B10000{port}", f"10000{port}", "张三", "110101", "城关派出所")
-        emus[str(node)] = Dv16Emulator(node=node, officer=encode_officer_block(info, "89"))
+        emus[str(node)] = Dv16Emulator(node=node, officer=fw_pack(info, "89"))
         nodes[port] = node
 
     def ioctl(fd: int, request: int, arg: Any) -> int:

@@ -1,8 +1,10 @@
 """The vendor-library driver through the real C ABI, against the reference library.
 
-drivers/native/gat947_ref.c is compiled once per test session in three builds:
-the common 94-byte officer block, the packed 89-byte one, and a single-device
-library without GetDeviceCount and the _ByIndex calls. Each test gives the
+drivers/native/gat947_ref.c is compiled once per test session in six builds:
+the common 94-byte officer block, the packed 89-byte one, a single-device
+library without GetDeviceCount and the _ByIndex calls, both kinds without the
+release calls (UnInit_Device, UnInit_Device_ByIndex), and one whose
+Init_Device and GetZFYInfo hang while the recorder's folder says so. Each test gives the
 library its own recorder folders through GAT947_REF_ROOT.
 """
 
@@ -15,11 +17,13 @@ import os
 import shutil
 import subprocess
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from dock_harness import Dock, card_files
 from pydantic import ValidationError
 
 from drivers import vendor_library as vl
@@ -27,12 +31,14 @@ from drivers.base import (
     AuthFailed,
     DeviceGone,
     DockedDevice,
+    DriverRegistry,
     OfficerInfo,
     ProtocolError,
     WrongRecorder,
 )
 from drivers.vendor_library import (
     LibraryBusy,
+    LibraryHung,
     VendorLibraryConfig,
     VendorLibraryDriver,
     VendorLibraryError,
@@ -40,6 +46,7 @@ from drivers.vendor_library import (
     decode_officer_block,
     encode_officer_block,
 )
+from station import collector as collector_module
 
 NATIVE = Path(__file__).resolve().parents[1] / "drivers" / "native"
 PASSWORD = "654321"
@@ -88,13 +95,20 @@ def compiler() -> str:
 
 @pytest.fixture(scope="session")
 def libs(compiler: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """The reference library built as "94", "89" (packed) and "single" (no _ByIndex)."""
+    """The reference library built as "94", "89" (packed), "single" (no _ByIndex), and
+    "nouninit", "single_nouninit" (no release call), and "hang" (calls that block)."""
     out = tmp_path_factory.mktemp("gat947ref")
     out.chmod(0o755)
     builds = {
         "94": (out / "libgat947ref94.so", []),
         "89": (out / "libgat947ref89.so", ["-DZFY_PACKED"]),
         "single": (out / "libgat947single.so", ["-DGAT947_REF_NO_INDEX"]),
+        "nouninit": (out / "libgat947nouninit.so", ["-DGAT947_REF_NO_UNINIT"]),
+        "single_nouninit": (
+            out / "libgat947single_nouninit.so",
+            ["-DGAT947_REF_NO_INDEX", "-DGAT947_REF_NO_UNINIT"],
+        ),
+        "hang": (out / "libgat947hang.so", ["-DGAT947_REF_HANG"]),
     }
     _compile(compiler, NATIVE / "gat947_ref.c", dict(builds.values()))
     return {name: target for name, (target, _) in builds.items()}
@@ -698,3 +712,214 @@ def test_get_device_count_stays_int_with_bool_returns(root: Path, libs: dict[str
         docked(serial="B100003"), STATION_PASSWORDS
     ) as rec:
         assert rec.index == 2
+
+
+# --- a library without a release call -----------------------------------------------------
+
+
+@pytest.mark.parametrize("build", ["nouninit", "single_nouninit"])
+def _spy_calls(drv: VendorLibraryDriver, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Record the name of every library call the driver asks for."""
+    api, called = drv.load(), []
+    real = api.call
+
+    def call(label: str, function: str, index: int | None = None, **values: Any) -> int:
+        called.append(function)
+        return real(label, function, index, **values)
+
+    monkeypatch.setattr(api, "call", call)
+    return called
+
+
+def test_release_call_is_made_when_the_library_has_one(
+    root: Path, libs: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    put_recorder(root)
+    for build in ("94", "single"):
+        drv = driver(libs[build])
+        called = _spy_calls(drv, monkeypatch)
+        with drv.open(docked(), STATION_PASSWORDS) as rec:
+            rec.battery_percent()
+        assert called[-1] == "UnInit_Device", called
+
+
+@pytest.mark.parametrize("build", ["nouninit", "single_nouninit"])
+def test_library_without_release_call_still_collects(
+    root: Path,
+    libs: dict[str, Path],
+    tmp_path: Path,
+    build: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No UnInit_Device (nor _ByIndex): the driver loads the library, never asks for a
+    release, and the real Collector collects; the library is free for the next docking."""
+    so = ctypes.CDLL(str(libs[build]))
+    assert not hasattr(so, "UnInit_Device") and not hasattr(so, "UnInit_Device_ByIndex")
+    assert hasattr(so, "GetZFYInfo")
+    drv = driver(libs[build])
+    assert not {"UnInit_Device", "UnInit_Device_ByIndex"} & set(drv.load().calls)
+    called = _spy_calls(drv, monkeypatch)
+    n = 1 if build.startswith("single") else 3
+    for i in range(n):
+        put_recorder(root, i, serial=f"B10000{i}", officer_no=f"10000{i}")
+    (tmp_path / "station").mkdir()
+    dock = Dock(tmp_path / "station", DriverRegistry([drv]), STATION_PASSWORDS)
+    try:
+        footage = {}
+        for i in range(n):
+            card = tmp_path / f"card{i}"
+            footage[i] = card_files(card, f"10000{i}", f"B10000{i}")
+            dock.dock(i + 1, f"B10000{i}", card, usb_id=(VID, PID))
+        dock.wait(f"{n} collections", lambda: len(dock.results) == n)
+        assert dock.results == {i + 1: "complete" for i in range(n)}, {
+            p: s.error for p, s in dock.slots.items()
+        }
+        for i in range(n):
+            assert dock.stored(f"10000{i}", f"B10000{i}") == footage[i]
+            assert get_recorder(root, i)["msdc"] == b"1"
+        assert not vl._LIBRARIES[os.path.realpath(libs[build])].sessions
+        # the recorder docked again on another port: opened again, nothing held the library
+        dock.dock(8, "B100000", tmp_path / "card0", usb_id=(VID, PID))
+        dock.wait("the second docking", lambda: 8 in dock.results)
+        assert dock.results[8] == "complete", dock.slots[8].error
+        assert "GetZFYInfo" in called and "SetMSDC" in called
+        assert "UnInit_Device" not in called  # skipped, not tried and failed
+    finally:
+        dock.close()
+
+
+# --- a library call that never returns ----------------------------------------------------
+
+WAIT_S = 120.0  # generous: a slow, busy machine must not fail these tests
+
+
+def _wait(what: str, cond: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + WAIT_S
+    while not cond():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def _within(fn: Callable[[], Any]) -> Any:
+    """fn() in a thread, failing the test (rather than hanging it) if it never returns."""
+    out: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            out["value"] = fn()
+        except BaseException as e:
+            out["error"] = e
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(WAIT_S)
+    assert not t.is_alive(), f"{fn} did not return in {WAIT_S} s"
+    if "error" in out:
+        raise out["error"]
+    return out.get("value")
+
+
+@pytest.fixture
+def hang(root: Path, libs: dict[str, Path]) -> Iterator[Callable[[int, str], Path]]:
+    """hang(index, call): that recorder's Init_Device ("init") or GetZFYInfo ("info")
+    blocks in the hang build until the test ends (which lets the stuck calls return)."""
+    made: list[Path] = []
+
+    def make(index: int, call: str) -> Path:
+        flag = root / str(index) / f"hang_{call}"
+        flag.write_bytes(b"")
+        made.append(flag)
+        return flag
+
+    yield make
+    for flag in made:
+        flag.unlink(missing_ok=True)
+    lib = vl.load_library(libs["hang"])
+    _wait("the stuck calls to return", lambda: lib.hung is None)
+
+
+def test_hung_call_is_abandoned_and_the_library_waits(
+    root: Path,
+    libs: dict[str, Path],
+    hang: Callable[[int, str], Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """GetZFYInfo never returns: after call_timeout_s its session gets LibraryHung and is
+    given up without a release call; the library is hung (other ports wait, nothing
+    blocks on its lock) until the call returns; then it is used again."""
+    put_recorder(root, 0, serial="B100000", officer_no="100000")
+    put_recorder(root, 1, serial="B100001", officer_no="100001")
+    drv = driver(libs["hang"], call_timeout_s=0.5)
+    called = _spy_calls(drv, monkeypatch)
+    rec = drv.open(docked(1, "B100000"), STATION_PASSWORDS)
+    flag = hang(0, "info")
+    with pytest.raises(LibraryHung, match=r"GetZFYInfo_ByIndex did not return within 0.5 s"):
+        _within(rec.officer_info)
+    assert drv.load().lib.hung is not None
+    with pytest.raises(LibraryHung, match="is hung"):
+        rec.battery_percent()  # not sent: the library is still in the stuck call
+    with pytest.raises(LibraryBusy, match=r"is hung: .* port 2 must wait"):
+        drv.open(docked(2, "B100001"), STATION_PASSWORDS)
+    del called[:]
+    rec.close()
+    assert called == []  # abandoned: no UnInit_Device into a hung library
+    flag.unlink()
+    _wait("the stuck call to return", lambda: drv.load().lib.hung is None)
+    with drv.open(docked(2, "B100001"), STATION_PASSWORDS) as other:
+        assert other.officer_info().serial == "B100001"
+
+
+@pytest.mark.parametrize("call", ["init", "info"])
+def test_hung_library_stalls_no_other_port(
+    root: Path,
+    libs: dict[str, Path],
+    hang: Callable[[int, str], Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    call: str,
+) -> None:
+    """Port 1's Init_Device or GetZFYInfo never returns: port 1 goes to error with the
+    reason, ports 2 and 3 (another library) collect meanwhile, and port 4 (the hung
+    library) waits, beating, and collects once the stuck call has returned."""
+    monkeypatch.setattr(collector_module, "OPEN_RETRY_FIRST_S", 0.05)
+    monkeypatch.setattr(collector_module, "OPEN_RETRY_MAX_S", 0.2)
+    for i in range(4):
+        put_recorder(root, i, serial=f"B10000{i}", officer_no=f"10000{i}")
+    flag = hang(0, call)
+    hung = VendorLibraryDriver(
+        VendorLibraryConfig(
+            name="hang", usb_ids=["1234:0001"], library=libs["hang"], call_timeout_s=1
+        )
+    )
+    registry = DriverRegistry([hung, driver(libs["94"])])
+    (tmp_path / "station").mkdir()
+    dock = Dock(tmp_path / "station", registry, STATION_PASSWORDS)
+    try:
+        footage = {}
+        for i in range(4):
+            footage[i] = card_files(tmp_path / f"card{i}", f"10000{i}", f"B10000{i}")
+        dock.dock(1, "B100000", tmp_path / "card0", usb_id=(0x1234, 0x0001))
+        dock.wait("port 1's call to hang", lambda: hung.load().lib.hung is not None)
+        dock.dock(2, "B100001", tmp_path / "card1", usb_id=(VID, PID))
+        dock.dock(3, "B100002", tmp_path / "card2", usb_id=(VID, PID))
+        dock.dock(4, "B100003", tmp_path / "card3", usb_id=(0x1234, 0x0001))
+        dock.wait("ports 1-3", lambda: {1, 2, 3} <= set(dock.results))
+        assert dock.results[1] == "error"
+        assert "did not return within 1 s" in (dock.slots[1].error or "")
+        assert (dock.results[2], dock.results[3]) == ("complete", "complete")
+        for i in (1, 2):
+            assert dock.stored(f"10000{i}", f"B10000{i}") == footage[i]
+        assert dock.stored("100000", "B100000") == {}
+        dock.wait(
+            "port 4 waiting for the hung library",
+            lambda: "is hung" in (dock.slots[4].error or ""),
+        )
+        assert 4 not in dock.results and dock.slots[4].state == "identifying"
+        flag.unlink()
+        dock.wait("port 4", lambda: 4 in dock.results)
+        assert dock.results[4] == "complete", dock.slots[4].error
+        assert dock.stored("100003", "B100003") == footage[3]
+        assert get_recorder(root, 0)["msdc"] == b"0"  # port 1's recorder: nothing switched
+    finally:
+        flag.unlink(missing_ok=True)
+        dock.close()

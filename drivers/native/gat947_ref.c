@@ -29,7 +29,13 @@
  * Build: cc -shared -fPIC -O2 -Wall -Werror [-DZFY_PACKED] [-DGAT947_REF_NO_INDEX] \
  *            -o libgat947ref.so gat947_ref.c
  * -DZFY_PACKED selects the packed 89-byte officer block; -DGAT947_REF_NO_INDEX
- * leaves out the multi-device calls (a single-device library).
+ * leaves out the multi-device calls (a single-device library);
+ * -DGAT947_REF_NO_UNINIT leaves out the release calls (UnInit_Device and
+ * UnInit_Device_ByIndex), as many vendor libraries have none;
+ * -DGAT947_REF_HANG builds a library that hangs: Init_Device(_ByIndex) does not
+ * return while the recorder's folder holds a file "hang_init", nor
+ * GetZFYInfo(_ByIndex) while it holds "hang_info" (as a vendor call stuck on a
+ * wedged USB transfer; removing the file lets the call go on).
  */
 #define _POSIX_C_SOURCE 200809L
 
@@ -42,6 +48,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #ifdef ZFY_PACKED
@@ -314,19 +321,38 @@ MULTI int GetIDCode_ByIndex(char *IDCode, int *iRet, int index) {
     return 1;
 }
 
+#ifdef GAT947_REF_HANG
+/* Block while $GAT947_REF_ROOT/<index>/<name> exists. */
+static void hang_while(int index, const char *name) {
+    char path[MAX_PATH];
+    struct stat st;
+    struct timespec tick = {0, 10 * 1000 * 1000};
+    if (device_path(index, name, path, sizeof path) != 0)
+        return;
+    while (stat(path, &st) == 0)
+        nanosleep(&tick, NULL);
+}
+#else
+#define hang_while(index, name) ((void)0)
+#endif
+
 MULTI int Init_Device_ByIndex(char *IDCode, int *iRet, int index) {
+    hang_while(index, "hang_init");
     return GetIDCode_ByIndex(IDCode, iRet, index);
 }
 
+#ifndef GAT947_REF_NO_UNINIT
 MULTI void UnInit_Device_ByIndex(int *iRet, int index) {
     (void)index;
     if (iRet != NULL)
         *iRet = CONNECT_SUCCESS;
 }
+#endif
 
 MULTI int GetZFYInfo_ByIndex(ZFY_INFO *info, char *sPwd, int *iRet, int index) {
     device_t d;
     ZFY_INFO out;
+    hang_while(index, "hang_info");
     if (iRet == NULL)
         return 0;
     if (info == NULL)
@@ -428,7 +454,9 @@ MULTI int ReadDeviceBatteryDumpEnergy_ByIndex(int *Battery, char *sPwd, int *iRe
 
 int Init_Device(char *IDCode, int *iRet) { return Init_Device_ByIndex(IDCode, iRet, 0); }
 
+#ifndef GAT947_REF_NO_UNINIT
 void UnInit_Device(int *iRet) { UnInit_Device_ByIndex(iRet, 0); }
+#endif
 
 int GetIDCode(char *IDCode, int *iRet) { return GetIDCode_ByIndex(IDCode, iRet, 0); }
 
