@@ -10,6 +10,7 @@ interface (`changed`, `expect_card`, ...), implemented here with locks and
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import math
@@ -53,11 +54,19 @@ class CardWait:
         self.arrived = threading.Event()
 
     def __enter__(self) -> CardWait:
-        self.ports.card_waits[self.device.port] = self
+        port = self.device.port
+        # in force on the loop before the caller goes on to switch the recorder
+        self.ports.on_loop(lambda: self.ports.card_waits.__setitem__(port, self))
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.ports.card_waits.pop(self.device.port, None)
+        port = self.device.port
+
+        def end() -> None:
+            if self.ports.card_waits.get(port) is self:
+                del self.ports.card_waits[port]
+
+        self.ports.on_loop(end)
 
     def came_back(self, device: DockedDevice) -> None:
         """The port's next device arrived (on the loop; the worker waits for it)."""
@@ -154,6 +163,35 @@ class Ports:
             loop.call_soon_threadsafe(apply)
         except RuntimeError:  # the loop is closed: nobody reads the slot any more
             apply()
+
+    def on_loop(self, work: Callable[[], None]) -> None:
+        """Run `work` on the loop owning the ports and wait until it has run (from a
+        worker thread); at once when called on that loop, or when there is none."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            work()
+            return
+        try:
+            if asyncio.get_running_loop() is loop:
+                work()
+                return
+        except RuntimeError:
+            pass  # not on a loop: a worker thread
+        done = concurrent.futures.Future[None]()
+
+        def run() -> None:
+            try:
+                work()
+                done.set_result(None)
+            except BaseException as e:
+                done.set_exception(e)
+
+        try:
+            loop.call_soon_threadsafe(run)
+        except RuntimeError:  # closed meanwhile
+            work()
+            return
+        done.result()
 
     def registration_mode(self) -> str:
         return self.config().registration.mode
