@@ -390,17 +390,18 @@ class Station:
         stopped for another reason (a part of it ended): the exit status says failure, and
         systemd starts it again."""
         await self.start()
+        from station.api import StationAPI
         from web.app import create_app
         from web.guard import protocol
 
-        api = self.config.api
+        api, front = self.config.api, StationAPI(self)  # one front door for both listeners
         if api.port is not None:  # the central server's API on a listener of its own
             listeners = [
-                (create_app(self, api=False), self.config.web.host, self.config.web.port),
-                (create_app(self, ui=False), api.host or self.config.web.host, api.port),
+                (create_app(front, api=False), self.config.web.host, self.config.web.port),
+                (create_app(front, ui=False), api.host or self.config.web.host, api.port),
             ]
         else:
-            listeners = [(create_app(self), self.config.web.host, self.config.web.port)]
+            listeners = [(create_app(front), self.config.web.host, self.config.web.port)]
         servers = [
             _Server(
                 uvicorn.Config(
