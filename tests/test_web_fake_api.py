@@ -114,3 +114,35 @@ def test_a_station_refusal_is_answered_by_its_kind(client: TestClient, fake: Fak
     assert ("set_priority", (3, "kiosk")) in fake.asked
     assert r.status_code == PortNotCollecting.http_status == 409
     assert r.json() == {"detail": "This port is not collecting"}
+
+
+def test_every_error_kind_has_a_code_and_a_message_of_its_own() -> None:
+    """Each `StationError` kind has a unique code that the web layer words (no kind falls
+    through to a generic answer unnoticed), and a 4xx status."""
+    from station import errors
+    from web.refusals import MESSAGES
+
+    kinds: list[type[errors.StationError]] = []
+    todo = [errors.StationError]
+    while todo:
+        k = todo.pop()
+        kinds += k.__subclasses__()
+        todo += k.__subclasses__()
+    codes = [
+        k.code for k in kinds if "code" in vars(k)
+    ]  # (retention's DeletionRefused: its base's)
+    assert len(codes) == len(set(codes)), codes
+    assert not [c for c in codes if c not in MESSAGES], "a kind without its message"
+    assert all(400 <= k.http_status < 500 for k in kinds)
+
+
+def test_the_domain_raises_the_kinds() -> None:
+    """The refusals the web answers by kind are raised as those kinds by the domain."""
+    from station import accounts, annotations, registration, retention
+    from station.errors import DeletionError, SecretTooShort
+
+    with pytest.raises(SecretTooShort):
+        accounts.check_secret_policy("1")
+    assert issubclass(annotations.ProtectionError, annotations.AnnotationError)
+    assert registration.RegistrationError.http_status == 409
+    assert issubclass(retention.DeletionRefused, DeletionError)
