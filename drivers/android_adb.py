@@ -69,7 +69,7 @@ MAX_MESSAGE = 64 * 1024
 class AndroidAdbConfig(BaseModel):
     """One family of Android recorders: how to reach their service and what it speaks."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str = "android"
     usb_ids: Annotated[list[str], Field(min_length=1)]

@@ -32,7 +32,7 @@ NAME = re.compile(rb"(?:^|/)([0-9A-Za-z-]{1,32})_([0-9A-Za-z-]{1,32})_\d{14}_\d{
 
 
 class MassStorageConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", frozen=True)
     allow: list[str] = Field(default_factory=list)  # "vvvv:pppp" of accepted disks
 
     @field_validator("allow")

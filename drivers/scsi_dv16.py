@@ -540,7 +540,7 @@ _SG_NAME = re.compile(r"sg\d+")
 class ScsiDv16Config(BaseModel):
     """Settings for DV16 recorders (one vendor's choices)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     layout: zfy.Layout = "89"  # the officer block layout (the public code's packed one)
     encoding: str = "gbk"  # text in the officer block and the password field

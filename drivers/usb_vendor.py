@@ -64,7 +64,7 @@ T = TypeVar("T")
 class UsbVendorConfig(BaseModel):
     """Settings of the USB vendor-interface driver."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     # "vvvv:pppp" in hex: the ids of the vendor-interface mode only (not of the disk)
     usb_ids: Annotated[list[str], Field(min_length=1)]

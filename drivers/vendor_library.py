@@ -173,7 +173,7 @@ _USB_ID = re.compile(r"^([0-9a-f]{4}):([0-9a-f]{4})$")
 class VendorLibraryConfig(BaseModel):
     """One maker's library: which USB devices it drives and how its officer block looks."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str
     usb_ids: list[str]

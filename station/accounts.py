@@ -39,6 +39,14 @@ from station.catalog import Catalog, LoginThrottle, User, UserSession
 from station.catalog.accounts_models import FOOTAGE_ROLES, KEEP_ONE, LOG_ROLES, ROLES
 from station.catalog.db import append_event
 from station.catalog.models import utcnow
+from station.errors import (
+    AccountError,
+    LastOfRole,
+    NoSuchUser,
+    SecretReused,
+    SecretTooShort,
+    UserExists,
+)
 
 MAX_FAILURES = 5  # wrong secrets in a row from one source, each within FAILURE_WINDOW
 LOCK_MINUTES = 15  # the first lock; each next one in a row lasts twice as long
@@ -61,10 +69,6 @@ _hashing = threading.BoundedSemaphore(2)
 def _dummy_hash() -> str:
     """Verified against when the officer number is unknown, so both cases take as long."""
     return _hasher.hash(secrets.token_hex(16))
-
-
-class AccountError(Exception):
-    """A request about accounts that cannot be carried out; the message says why."""
 
 
 @dataclass(frozen=True)
@@ -179,7 +183,7 @@ def hash_secret(secret: str) -> str:
 def check_secret_policy(secret: str) -> None:
     """Refuse a secret that is too short to survive guessing."""
     if len(secret) < _policy.min_length:
-        raise AccountError(
+        raise SecretTooShort(
             f"the PIN or password must have at least {_policy.min_length} characters"
         )
     if len(secret) > 256:
@@ -231,7 +235,7 @@ def create_user(
     digest = hash_secret(secret)
     with catalog.write() as s:
         if s.scalars(select(User).where(User.officer_no == officer_no)).first():
-            raise AccountError(f"a user with officer number {officer_no} exists already")
+            raise UserExists(f"a user with officer number {officer_no} exists already")
         u = User(
             officer_no=officer_no,
             name=name.strip()[:64],
@@ -292,7 +296,7 @@ def update_user(
         with catalog.read() as s:
             known = s.scalars(select(User).where(User.officer_no == officer_no)).first()
             if known is not None and _used_before(known, secret):
-                raise AccountError(
+                raise SecretReused(
                     f"the new PIN or password must differ from the last {_policy.history}"
                 )
     digest = hash_secret(secret) if secret is not None else None
@@ -300,7 +304,7 @@ def update_user(
     with catalog.write() as s:
         u = s.scalars(select(User).where(User.officer_no == officer_no)).first()
         if u is None:
-            raise AccountError(f"no user with officer number {officer_no}")
+            raise NoSuchUser(f"no user with officer number {officer_no}")
         kept = u.role if u.role in KEEP_ONE and u.active else None
         changes = []
         if name is not None and name.strip() != u.name:
@@ -335,7 +339,7 @@ def update_user(
                 .where(User.role == kept, User.active.is_(True), User.id != u.id)
             )
             if not others:
-                raise AccountError(f"the station must keep at least one active {kept}")
+                raise LastOfRole(f"the station must keep at least one active {kept}")
         if not changes:
             return _account(u, now)
         if digest is not None or active is False or role is not None:
@@ -477,7 +481,7 @@ def enroll_totp(catalog: Catalog, officer_no: str, *, by: str, remove: bool = Fa
     with catalog.write() as s:
         u = s.scalars(select(User).where(User.officer_no == officer_no)).first()
         if u is None:
-            raise AccountError(f"no user with officer number {officer_no}")
+            raise NoSuchUser(f"no user with officer number {officer_no}")
         u.totp_secret, u.totp_last_step = secret, 0
         _end_sessions(s, u.id, "second factor changed", now)
         append_event(

@@ -14,18 +14,11 @@ from pathlib import Path
 
 from station.catalog import Catalog, StoredFile
 from station.catalog.db import REBUILDING, append_event
+from station.errors import AnnotationError, ImportantOnRecorder, ProtectionError
 from station.protection import LEVELS, PROTECTED_LEVELS, lowers_protection
 from station.sidecar import SidecarError, mirror_row, read_sidecar, sidecar_path, write_sidecar
 
 log = logging.getLogger(__name__)
-
-
-class AnnotationError(Exception):
-    """The change is refused; the message says why."""
-
-
-class ProtectionError(AnnotationError):
-    """The change would take protection away, and the person may not do that."""
 
 
 def annotate(
@@ -68,7 +61,7 @@ def annotate(
         if f is None or f.deleted_at is not None:
             raise AnnotationError(f"no stored file {file_id}")
         if level is not None and f.important and level == "normal":
-            raise AnnotationError("a file marked IMP by its recorder cannot be graded normal")
+            raise ImportantOnRecorder("a file marked IMP by its recorder cannot be graded normal")
         if not admin and level is not None and lowers_protection(f.level, level):
             raise ProtectionError(f"only an administrator may lower a file graded {f.level}")
         if not admin and case_no == "" and f.case_no and f.level in PROTECTED_LEVELS:

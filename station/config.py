@@ -40,7 +40,7 @@ class ConfigError(Exception):
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class StationSection(_Section):
@@ -267,7 +267,7 @@ class AccountsSection(_Section):
 class StationConfig(BaseSettings):
     """The whole configuration file."""
 
-    model_config = SettingsConfigDict(extra="forbid")
+    model_config = SettingsConfigDict(extra="forbid", frozen=True)
 
     station: StationSection = Field(default_factory=StationSection)
     store: StoreSection = Field(default_factory=StoreSection)

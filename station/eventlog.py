@@ -37,6 +37,7 @@ def search(
     catalog: Catalog,
     *,
     after: int = 0,
+    before: int | None = None,
     kind: str | None = None,
     serial: str | None = None,
     officer_no: str | None = None,
@@ -46,11 +47,15 @@ def search(
     until: dt.datetime | None = None,
     text: str | None = None,
     limit: int = 1000,
+    newest_first: bool = False,
 ) -> list[dict[str, Any]]:
-    """Events in log order after the cursor `after` (an event id), filtered."""
+    """The one event query: events after the cursor `after` (and before `before`: event
+    ids), filtered, in log order (or newest first). `kind` is one kind or several: a,b."""
     q = select(Event).where(Event.id > after)
+    if before is not None:
+        q = q.where(Event.id < before)
     if kind:
-        q = q.where(Event.kind.in_(kind.split(",")))
+        q = q.where(Event.kind.in_([k.strip() for k in kind.split(",") if k.strip()]))
     if serial:
         q = q.where(Event.serial == serial)
     if officer_no:
@@ -65,8 +70,9 @@ def search(
         q = q.where(Event.at < until)
     if text:
         q = q.where(Event.message.contains(text))
+    order = Event.id.desc() if newest_first else Event.id
     with catalog.read() as s:
-        return [as_dict(e) for e in s.scalars(q.order_by(Event.id).limit(limit))]
+        return [as_dict(e) for e in s.scalars(q.order_by(order).limit(limit))]
 
 
 def as_dict(e: Event) -> dict[str, Any]:

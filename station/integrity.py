@@ -48,7 +48,7 @@ def _sha256(path: Path) -> str:
 
 
 def code_files() -> dict[str, str]:
-    """{"station/daemon.py": sha256, ...} over the installed packages."""
+    """{"station/runtime.py": sha256, ...} over the installed packages."""
     out = {}
     for name in PACKAGES:
         root = _package_root(name)

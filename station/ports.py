@@ -29,6 +29,7 @@ from station.catalog import Catalog
 from station.clockguard import ClockGuard
 from station.collector import Collector, Reason, Services, Slot, SlotState
 from station.config import StationConfig
+from station.errors import PortNotCollecting
 from station.logwriter import LogWriter
 from station.mount import MountError, find_card_device, same_recorder
 from station.ratelimit import LinkScheduler, PriorityGate
@@ -238,8 +239,23 @@ class Ports:
             if port is not None:
                 slot = self.slots.get(port)
                 if slot is None or slot.state != SlotState.COLLECTING or port not in self.workers:
-                    raise ValueError(f"port {port} is not collecting")
+                    raise PortNotCollecting(f"port {port} is not collecting")
             before = self.priority.set(port)
+        self._priority_logged(before, port, by)
+
+    def clear_priority(self, port: int, by: str) -> int | None:
+        """Back to equal shares if `port` is the one collected first (checked and cleared
+        under the same lock); the port first afterwards."""
+        with self._priority_lock:
+            before = self.priority.port
+            if before == port:
+                self.priority.set(None)
+            after = self.priority.port
+        if before == port:
+            self._priority_logged(before, None, by)
+        return after
+
+    def _priority_logged(self, before: int | None, port: int | None, by: str) -> None:
         if before == port:
             return
         if port is None:

@@ -12,12 +12,9 @@ from drivers.base import OfficerInfo
 from station.catalog import Catalog, Officer, Recorder
 from station.catalog.db import append_event
 from station.catalog.models import utcnow
+from station.errors import RegistrationError
 
 WAITING_FOR_APPROVAL = "waiting for an administrator to register it"
-
-
-class RegistrationError(Exception):
-    """The registration request cannot be carried out."""
 
 
 def block_json(info: OfficerInfo) -> str:

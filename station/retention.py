@@ -43,6 +43,7 @@ from station.catalog.db import append_event
 from station.catalog.models import utcnow
 from station.config import StationConfig
 from station.durable import remove
+from station.errors import DeletionError
 from station.protection import is_protected
 from station.sidecar import (
     Sidecar,
@@ -276,7 +277,7 @@ def days_until_full(free_bytes: int, collected_bytes: int, window_days: float) -
     return free_bytes / (collected_bytes / window_days)
 
 
-class DeletionRefused(Exception):
+class DeletionRefused(DeletionError):
     """A person asked to delete a file that may not be deleted now: under a legal hold
     (`held`), or protected and not confirmed."""
 

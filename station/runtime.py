@@ -33,7 +33,7 @@ from drivers.scsi_dv16 import ScsiDv16Driver
 from drivers.simulated import SimulatedDriver
 from drivers.usb_vendor import UsbVendorDriver
 from drivers.vendor_library import VendorLibraryDriver
-from station import __version__, accounts, eventlog, faults, sdnotify
+from station import __version__, accounts, faults, sdnotify
 from station.alarms import AlarmBook
 from station.bus import Bus
 from station.catalog import Catalog, CollectionSession
@@ -42,7 +42,6 @@ from station.catalog.models import utcnow
 from station.clockguard import ClockGuard
 from station.collector import Slot
 from station.config import StationConfig
-from station.daemon import list_files, list_recorders
 from station.forward import Forwarder
 from station.health import HealthMonitor
 from station.logwriter import LogWriter
@@ -350,13 +349,17 @@ class Station:
         """Apply a changed configuration (SIGHUP, settings, the platform): tokens, modes,
         policies, thresholds go live; returns the sections that differ but need a restart.
         The new snapshot replaces the old one whole; a docking in progress keeps its own."""
-        live = ("api", "registration", "retention", "recorders", "network", "alarms", "accounts")
+        live = (
+            "api", "registration", "retention", "recorders", "network", "alarms", "accounts",
+            "voice",
+        )  # fmt: skip
         for hook in self.reload_hooks:  # e.g. settings changed on the touchscreen win again
-            config = hook(config) or config
+            config = hook(config)
         old = self.config
         self.config = old.model_copy(update={n: getattr(config, n) for n in live})
         self.retention.rules = retention_rules(self.config)
         accounts.configure(self.config.accounts)
+        self.announcer.config = self.config.voice
         self.ports.priority.set_budget(config.recorders.priority_others_mb_s)
         restart = [
             n
@@ -454,6 +457,9 @@ class Station:
     def set_priority(self, port: int | None, by: str) -> None:
         self.ports.set_priority(port, by)
 
+    def clear_priority(self, port: int, by: str) -> int | None:
+        return self.ports.clear_priority(port, by)
+
     def sweep(self) -> Plan:
         return self.schedule.sweep()
 
@@ -481,10 +487,6 @@ class Station:
     def cached_status_json(self, max_age_s: float = STATUS_MAX_AGE_S) -> bytes | None:
         return self.view.cached_json(max_age_s)
 
-    def events(self, **filters: Any) -> list[dict[str, Any]]:
-        """The system log, after a cursor, filtered (`GET /api/v1/events`)."""
-        return eventlog.search(self.catalog, **filters)
-
     def alarm_list(self, *, active_only: bool) -> list[dict[str, Any]]:
         return [asdict(a) for a in self.alarms.history(active_only=active_only)]
 
@@ -494,11 +496,3 @@ class Station:
     def disks(self) -> list[dict[str, Any]]:
         """The store disks (`GET /api/v1/disks`)."""
         return self.view.disks()
-
-    def recorders(self) -> list[dict[str, Any]]:
-        """Every recorder seen, with its registration and last state."""
-        return list_recorders(self.catalog)
-
-    def files(self, **filters: Any) -> dict[str, Any]:
-        """The data of `GET /api/v1/files`."""
-        return list_files(self.catalog, self.tz, central=self.retention.central, **filters)

@@ -1,27 +1,37 @@
-"""File search for the retrieval screens (S31, S34): filters, scope, pages.
+"""The one query of collected files: for the retrieval screens (S31, S34), for
+`GET /api/v1/files` and for `station files` (the CLI).
 
-Newest first by the time the recorder stamped on the file (files without one
-last), narrowed by officer, recorder, recorded date range, kind, IMP/level,
-note text or case number. An officer's searches are scoped to their own files
-in the query itself, never by filtering afterwards. Every filter has an index
-(`station/catalog/accounts_models.py`), and the total is counted only up to
-`COUNT_CAP` so a broad search over a million files stays fast.
+`find_files` is the query: a `FileQuery`'s filters (officer, recorder, recorded
+date range, collected time range, kind, IMP flag or grade, level, note text or
+case number), the viewer's scope, an order and a page. An officer's searches are
+scoped to their own files in the query itself, never by filtering afterwards.
+Every filter has an index (`station/catalog/accounts_models.py`).
+
+Two renderings of its rows, one per audience, kept as they are documented:
+`file_item` for the screens (newest recorded first, times to the second, the
+total counted only up to `COUNT_CAP` so a broad search over a million files
+stays fast) and `api_file_item` for the central server's API and the CLI (newest
+collected first, the exact total, where the file is stored and its central copy;
+CONTRACT.md).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import Select, func, or_, select
 
-from station.catalog import Catalog, Event, Officer, Recorder, StoredFile
-from station.eventlog import as_dict
+from station import eventlog
+from station.catalog import Catalog, Officer, Recorder, StoredFile
 from station.names import parse_card_path
 from station.protection import is_protected
+from station.retention import CentralCheck
 
 KINDS = ("video", "audio", "photo", "log", "other")
 COUNT_CAP = 10_000
@@ -45,6 +55,9 @@ class FileQuery:
     level: str | None = None
     text: str | None = None  # in the note, or a case number starting with it
     case_no: str | None = None
+    imp: bool | None = None  # the recorder's IMP flag itself (not a grade)
+    collected_since: dt.datetime | None = None  # collected at or after
+    collected_until: dt.datetime | None = None  # collected before
 
 
 @dataclass(frozen=True)
@@ -103,6 +116,12 @@ def _filtered(q: FileQuery, scope_officer_no: str | None) -> Select[Any]:
         )
     elif q.important is False:
         stmt = stmt.where(StoredFile.important == False, StoredFile.level == "normal")  # noqa: E712
+    if q.imp is not None:
+        stmt = stmt.where(StoredFile.important == q.imp)
+    if q.collected_since is not None:
+        stmt = stmt.where(StoredFile.collected_at >= q.collected_since)
+    if q.collected_until is not None:
+        stmt = stmt.where(StoredFile.collected_at < q.collected_until)
     if q.level:
         stmt = stmt.where(StoredFile.level == q.level)
     if q.case_no:
@@ -119,6 +138,36 @@ def _filtered(q: FileQuery, scope_officer_no: str | None) -> Select[Any]:
     return stmt
 
 
+Order = Literal["recorded", "collected"]
+_ORDER = {
+    # SQLite sorts NULL lowest: descending puts files without a recorded time last
+    "recorded": (StoredFile.recorded_at.desc(), StoredFile.id.desc()),
+    "collected": (StoredFile.collected_at.desc(), StoredFile.id.desc()),
+}
+
+
+def find_files(
+    catalog: Catalog,
+    q: FileQuery,
+    render: Callable[[StoredFile], dict[str, Any]],
+    *,
+    scope_officer_no: str | None,
+    newest: Order = "recorded",
+    limit: int,
+    offset: int,
+    count_cap: int | None = COUNT_CAP,
+) -> tuple[int, list[dict[str, Any]]]:
+    """The one file query: how many files match (counted up to `count_cap` + 1; None:
+    all) and one page of them, newest first by `newest`, each as `render` makes it."""
+    ids = _filtered(q, scope_officer_no)
+    counted = ids if count_cap is None else ids.limit(count_cap + 1)
+    with catalog.read() as s:
+        total = s.scalar(select(func.count()).select_from(counted.subquery())) or 0
+        page_ids = list(s.scalars(ids.order_by(*_ORDER[newest]).limit(limit).offset(offset)))
+        rows = {f.id: f for f in s.scalars(select(StoredFile).where(StoredFile.id.in_(page_ids)))}
+        return total, [render(rows[i]) for i in page_ids if i in rows]
+
+
 def search_files(
     catalog: Catalog,
     tz: ZoneInfo | None,
@@ -128,25 +177,91 @@ def search_files(
     limit: int = 20,
     offset: int = 0,
 ) -> dict[str, Any]:
-    """One page of matching files; `total` is exact up to COUNT_CAP (`total_capped` says)."""
+    """One page of matching files for the screens; `total` is exact up to COUNT_CAP
+    (`total_capped` says)."""
     limit = max(1, min(limit, MAX_PAGE))
     offset = max(0, offset)
-    ids = _filtered(q, scope_officer_no)
-    # SQLite sorts NULL lowest: descending puts files without a recorded time last
-    page = ids.order_by(StoredFile.recorded_at.desc(), StoredFile.id.desc())
-    with catalog.read() as s:
-        capped = (
-            s.scalar(select(func.count()).select_from(ids.limit(COUNT_CAP + 1).subquery())) or 0
-        )
-        page_ids = list(s.scalars(page.limit(limit).offset(offset)))
-        rows = {f.id: f for f in s.scalars(select(StoredFile).where(StoredFile.id.in_(page_ids)))}
-        items = [file_item(rows[i], tz) for i in page_ids if i in rows]
+    capped, items = find_files(
+        catalog,
+        q,
+        lambda f: file_item(f, tz),
+        scope_officer_no=scope_officer_no,
+        limit=limit,
+        offset=offset,
+    )
     return {
         "total": min(capped, COUNT_CAP),
         "total_capped": capped > COUNT_CAP,
         "offset": offset,
         "limit": limit,
         "items": items,
+    }
+
+
+def api_files(
+    catalog: Catalog,
+    tz: ZoneInfo | None,
+    *,
+    officer_no: str | None = None,
+    serial: str | None = None,
+    important: bool | None = None,
+    since: dt.datetime | None = None,
+    until: dt.datetime | None = None,
+    limit: int = 100,
+    offset: int = 0,
+    central: CentralCheck | None = None,
+) -> dict[str, Any]:
+    """Collected files, newest collected first, as `GET /api/v1/files` and `station files`
+    give them: `important` is the recorder's IMP flag, `since`/`until` the collection
+    time, `total` exact; `central` is pending, verified or failed by `central`'s rules
+    (None: no central copy is configured)."""
+    q = FileQuery(
+        officer_no=officer_no or None,
+        serial=serial or None,
+        imp=important,
+        collected_since=since,
+        collected_until=until,
+    )
+    total, items = find_files(
+        catalog,
+        q,
+        lambda f: api_file_item(f, tz),
+        scope_officer_no=None,
+        newest="collected",
+        limit=limit,
+        offset=offset,
+        count_cap=None,
+    )
+    for item in items:
+        if central is None or not central.required:
+            item["central"] = None
+        elif item["central"] != "verified" and central.verified_elsewhere(item["id"]):
+            item["central"] = "verified"
+    return {"total": total, "items": items}
+
+
+def api_file_item(f: StoredFile, tz: ZoneInfo | None) -> dict[str, Any]:
+    """A file as the central server's API and the CLI show it (CONTRACT.md): the recorded
+    time in the station's zone, where it is stored, its central copy."""
+    recorded = f.recorded_at
+    if recorded is not None:
+        recorded = recorded.replace(tzinfo=tz) if tz else recorded.astimezone()
+    return {
+        "id": f.id,
+        "officer_no": f.officer.officer_no,
+        "serial": f.recorder.serial,
+        "name": f.name,
+        "card_path": parse_card_path(f.card_path).display,
+        "stored_path": str(Path(f.disk) / f.rel_path),
+        "size": f.size,
+        "sha256": f.sha256,
+        "recorded_at": recorded.isoformat() if recorded else None,
+        "collected_at": f.collected_at.astimezone(tz).isoformat(),
+        "important": f.important,
+        "level": f.level,
+        "sm3": f.sm3,
+        "central": f.central_state or "pending",
+        "retention_category": f.retention_category,
     }
 
 
@@ -219,6 +334,30 @@ def stored_refs(
         return out
 
 
+def list_recorders(catalog: Catalog) -> list[dict[str, Any]]:
+    """Every recorder the station has seen, registered or not."""
+    with catalog.read() as s:
+        return [
+            {
+                "serial": r.serial,
+                "id_code": r.id_code,
+                "status": r.status,
+                "officer_no": r.officer.officer_no if r.officer else None,
+                "officer_name": r.officer.name if r.officer else None,
+                "reported": json.loads(r.reported_block or "{}"),
+                "registered_how": r.registered_how,
+                "registered_by": r.registered_by,
+                "registered_at": r.registered_at.isoformat() if r.registered_at else None,
+                "first_seen_at": r.first_seen_at.isoformat(),
+                "last_seen_at": r.last_seen_at.isoformat(),
+                "last_port": r.last_port,
+                "battery_percent": r.battery_percent,
+                "clock_drift_s": r.clock_drift_s,
+            }
+            for r in s.scalars(select(Recorder).order_by(Recorder.serial))
+        ]
+
+
 def list_officers(catalog: Catalog) -> list[dict[str, str]]:
     """The officers the catalog knows (for choosing one on registration)."""
     with catalog.read() as s:
@@ -245,23 +384,19 @@ def recent_events(
     text: str | None = None,
     limit: int = 50,
 ) -> dict[str, Any]:
-    """The system log newest first, one page before the event id `before` (for the screens)."""
-    stmt = select(Event)
-    if before is not None:
-        stmt = stmt.where(Event.id < before)
-    if kind:
-        stmt = stmt.where(Event.kind.in_([k.strip() for k in kind.split(",") if k.strip()]))
-    if officer_no:
-        stmt = stmt.where(Event.officer_no == officer_no)
-    if serial:
-        stmt = stmt.where(Event.serial == serial)
-    if actor:
-        stmt = stmt.where(Event.actor == actor)
-    if file_id is not None:
-        stmt = stmt.where(Event.file_id == file_id)
-    if text:
-        stmt = stmt.where(Event.message.contains(text))
+    """The system log newest first, one page before the event id `before` (for the screens;
+    the one event query, `station.eventlog.search`)."""
     limit = max(1, min(limit, MAX_PAGE))
-    with catalog.read() as s:
-        rows = [as_dict(e) for e in s.scalars(stmt.order_by(Event.id.desc()).limit(limit))]
+    rows = eventlog.search(
+        catalog,
+        before=before,
+        kind=kind,
+        officer_no=officer_no,
+        serial=serial,
+        actor=actor,
+        file_id=file_id,
+        text=text,
+        limit=limit,
+        newest_first=True,
+    )
     return {"items": rows, "before": rows[-1]["id"] if len(rows) == limit else None}

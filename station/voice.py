@@ -62,7 +62,7 @@ _VOICE_RE = re.compile(r"^[A-Za-z0-9_+./-]+$")
 class VoiceConfig(BaseModel):
     """The `[voice]` section of the station configuration."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     enabled: bool = True
     language: Language = "zh"

@@ -97,11 +97,11 @@ def test_refusals_from_many_addresses_are_bounded_in_total() -> None:
     """30,000 IPv6 addresses: the log and the table stay bounded."""
     from web.audit import REFUSED_TOTAL_PER_MINUTE, WINDOWS_KEPT, AuditTrail
 
-    trail = AuditTrail(app=None, station=None)  # type: ignore[arg-type]
+    trail = AuditTrail(app=None, api=None)  # type: ignore[arg-type]
     admitted = sum(trail._admit(f"2001:db8:{i:x}::1") is not None for i in range(30_000))
     assert admitted == REFUSED_TOTAL_PER_MINUTE
     assert len(trail._windows) <= WINDOWS_KEPT
     # one /64 is one source
-    trail = AuditTrail(app=None, station=None)  # type: ignore[arg-type]
+    trail = AuditTrail(app=None, api=None)  # type: ignore[arg-type]
     same = sum(trail._admit(f"2001:db8::{i:x}") is not None for i in range(100))
     assert same == REFUSED_PER_MINUTE

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import tomli_w
+from pydantic import ValidationError
 
 from station.config import ConfigError, StationConfig, load_config, parse_config
 
@@ -348,3 +349,15 @@ def test_recorder_passwords_must_not_be_empty() -> None:
     with pytest.raises(ValidationError):
         RecordersSection(passwords=["000000", ""])
     assert RecordersSection(passwords=["000000"]).passwords == ["000000"]
+
+
+def test_the_configuration_is_a_snapshot_never_changed_in_place() -> None:
+    """A reload or a settings change replaces the configuration whole (model_copy);
+    nothing may assign into the live one (a worker thread may be reading it)."""
+    config = parse_config({"retention": {"days": 30}})
+    with pytest.raises(ValidationError):
+        config.retention.days = 1  # type: ignore[misc]
+    with pytest.raises(ValidationError):
+        config.retention = config.retention  # type: ignore[misc]
+    newer = config.model_copy(update={"retention": config.retention.model_copy(update={"days": 1})})
+    assert (config.retention.days, newer.retention.days) == (30, 1)

@@ -829,7 +829,7 @@ def test_the_installed_station_checks_its_integrity_manifest(booted):
     port) as an administrator might: the daemon saw it at start. Once recorded, no alarm."""
     booted.wait_active()
     manifest = json.loads(booted.installed.path("/opt/station/INTEGRITY.json").read_text())
-    assert "station/daemon.py" in manifest["files"] and manifest["config"]
+    assert "station/runtime.py" in manifest["files"] and manifest["config"]
     alarms = {a["code"]: a for a in booted.api("/api/v1/status")["alarms"]}
     assert "station.toml changed" in alarms["integrity"]["message"]
     r = booted.sh("bash", "-lc", "station integrity check", check=False)

@@ -32,22 +32,22 @@ def test_a_changed_installation_or_configuration_raises_the_integrity_alarm(
     # one installed file changed and one removed (as the check sees them: their recorded
     # hashes no longer match what is there), and the configuration edited by hand
     m = json.loads(manifest.read_text())
-    assert "station/daemon.py" in m["files"] and "web/static/app.js" in m["files"]
-    m["files"]["station/daemon.py"] = "0" * 64
+    assert "station/runtime.py" in m["files"] and "web/static/app.js" in m["files"]
+    m["files"]["station/runtime.py"] = "0" * 64
     m["files"]["station/backdoor_removed.py"] = "1" * 64
     manifest.write_text(json.dumps(m))
     with open(st.config_path, "a") as f:
         f.write("\n# edited by hand\n")
     out = st.cli("integrity", "check", check=False)
     assert out.returncode == 1
-    assert "1 changed: station/daemon.py" in out.stdout
+    assert "1 changed: station/runtime.py" in out.stdout
     assert "1 missing: station/backdoor_removed.py" in out.stdout
     assert "configuration" in out.stdout
 
     st.start()
     alarm = _alarm(st)
     assert alarm is not None and alarm["severity"] == "critical"
-    assert "station/daemon.py" in alarm["message"] and "configuration" in alarm["message"]
+    assert "station/runtime.py" in alarm["message"] and "configuration" in alarm["message"]
     (n,) = st.query("SELECT count(*) FROM events WHERE kind = 'integrity_mismatch'")[0]
     assert n == 1
     st.stop()

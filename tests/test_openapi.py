@@ -173,11 +173,19 @@ def local_station(api_station: StationProc) -> Iterator[Any]:
 
 
 @pytest.fixture(scope="module")
-def app(local_station: Any) -> Any:
+def front(local_station: Any) -> Any:
+    """The `StationAPI` of that station: what the web layer is built on."""
+    from station.api import StationAPI
+
+    return StationAPI(local_station)
+
+
+@pytest.fixture(scope="module")
+def app(front: Any) -> Any:
     """The daemon's ASGI app (API and browser UI on one listener, as the tests run it)."""
     from web.app import create_app
 
-    return create_app(local_station)
+    return create_app(front)
 
 
 def test_every_route_is_in_the_document(app: Any, document: dict[str, Any]) -> None:
@@ -219,14 +227,14 @@ def test_json_response_has_a_schema(document: dict[str, Any], op: tuple[str, str
         assert "text/csv" in content, "GET /api/v1/events?format=csv answers text/csv"
 
 
-def test_the_document_is_the_central_api(local_station: Any, document: dict[str, Any]) -> None:
+def test_the_document_is_the_central_api(front: Any, document: dict[str, Any]) -> None:
     """Only the /api/v1 operations: the browser's routes (cookies and CSRF, not the central
     server's contract) stay out, so the document is the same whether the API has a
     listener of its own or shares the UI's."""
     from web.app import create_app
 
     assert all(p.startswith("/api/v1/") for p in document["paths"]), sorted(document["paths"])
-    api_only = create_app(local_station, api=True, ui=False).openapi()
+    api_only = create_app(front, api=True, ui=False).openapi()
     assert api_only == document
 
 
@@ -287,11 +295,11 @@ def response_schema(document: dict[str, Any], op: tuple[str, str]) -> dict[str, 
 
 
 def test_the_station_sends_no_undocumented_key(
-    api_station: StationProc, local_station: Any, document: dict[str, Any]
+    api_station: StationProc, front: Any, document: dict[str, Any]
 ) -> None:
-    """What `Station` builds for each endpoint (before any response model filters it),
+    """What `StationAPI` builds for each endpoint (before any response model filters it),
     and the live status (served as built): every key is in the document."""
-    st = local_station
+    st = front
     built: dict[tuple[str, str], Any] = {
         ("GET", "/api/v1/status"): api_station.api("/api/v1/status"),
         ("GET", "/api/v1/files"): st.files(),

@@ -8,7 +8,7 @@ this module adds the rest:
 
 - `AuditTrail`, an ASGI middleware on the browser routes (`/ui/...`): every event written
   while a request is served carries the address it came from (`source`, through
-  `station.catalog.db.REQUEST_SOURCE`), and a request refused for want of a login or of
+  `station.api.request_source`), and a request refused for want of a login or of
   rights (401/403; 404 for a file that is not the user's) becomes an `access_refused`
   event: who (when logged in), the method and path, the status, from where. At most
   `REFUSED_PER_MINUTE` of those per address (IPv6: per /64) and minute, and
@@ -28,21 +28,18 @@ import json
 import threading
 import time
 from collections import OrderedDict
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from station import accounts, eventlog
-from station.catalog.db import REQUEST_SOURCE
-from web.auth import UI, LogUser, csrf_protect
+from station.api import StationAPI, request_source
+from web.auth import LogUser, csrf_protect
+from web.deps import ApiDep
 from web.media import attachment
 from web.schemas import INT64_MAX
-
-if TYPE_CHECKING:
-    from station.daemon import Station
 
 REFUSED_PER_MINUTE = 30  # per address (an IPv6 /64 counts as one)
 REFUSED_TOTAL_PER_MINUTE = 300  # from all addresses together
@@ -79,9 +76,9 @@ class AuditTrail:
     """ASGI middleware: the source of every event written for a browser request, and the
     refused requests as events (bounded per source)."""
 
-    def __init__(self, app: ASGIApp, station: Station) -> None:
+    def __init__(self, app: ASGIApp, api: StationAPI) -> None:
         self.app = app
-        self.station = station
+        self.api = api
         self._lock = threading.Lock()
         # per address: window start, logged, held back (least recently refused first)
         self._windows: OrderedDict[str, tuple[float, int, int]] = OrderedDict()
@@ -102,11 +99,8 @@ class AuditTrail:
                 status = message["status"]
             await send(message)
 
-        token = REQUEST_SOURCE.set(source)
-        try:
+        with request_source(source):
             await self.app(scope, receive, send_status)
-        finally:
-            REQUEST_SOURCE.reset(token)
         method = scope.get("method", "")
         if refused(method, path, status):
             account = scope.get("state", {}).get("account")
@@ -139,10 +133,8 @@ class AuditTrail:
         if held is None:
             return
         extra: dict[str, Any] = {"held_back": held} if held else {}
-        token = REQUEST_SOURCE.set(source)
-        try:
-            accounts.audit(
-                self.station.catalog,
+        with request_source(source):
+            self.api.audit(
                 "access_refused",
                 f"{method} {path[:200]}: {status}",
                 actor=actor,
@@ -151,60 +143,55 @@ class AuditTrail:
                 status=status,
                 **extra,
             )
-        finally:
-            REQUEST_SOURCE.reset(token)
 
 
-def router() -> APIRouter:
-    r = APIRouter(prefix="/ui/api", dependencies=[Depends(csrf_protect)], tags=["ui"])
+router = APIRouter(prefix="/ui/api", dependencies=[Depends(csrf_protect)], tags=["ui"])
 
-    @r.get("/log/export")
-    def export_log(
-        user: LogUser,
-        ctx: UI,
-        after: Annotated[int, Query(ge=0, le=INT64_MAX)] = 0,
-        kind: Annotated[str | None, Query(max_length=200)] = None,
-        officer_no: Annotated[str | None, Query(max_length=32)] = None,
-        serial: Annotated[str | None, Query(max_length=32)] = None,
-        actor: Annotated[str | None, Query(max_length=64)] = None,
-        text: Annotated[str | None, Query(max_length=200)] = None,
-        limit: Annotated[int, Query(ge=1, le=EXPORT_MAX)] = EXPORT_MAX,
-        format: Literal["csv", "json"] = "csv",
-    ) -> Response:
-        """The system log in order after `after`, filtered, as a file; logged as
-        `log_exported` (who, which filters, how many, which ids) before it is sent."""
-        filters = {
-            k: v
-            for k, v in {
-                "kind": kind,
-                "officer_no": officer_no,
-                "serial": serial,
-                "actor": actor,
-                "text": text,
-            }.items()
-            if v
-        }
-        items = eventlog.search(ctx.station.catalog, after=after, limit=limit, **filters)
-        first, last = (items[0]["id"], items[-1]["id"]) if items else (None, None)
-        accounts.audit(
-            ctx.station.catalog,
-            "log_exported",
-            f"{len(items)} event(s) as {format}",
-            actor=user.officer_no,
-            role=user.role,
-            format=format,
-            count=len(items),
-            first_id=first,
-            last_id=last,
-            after=after,
-            filters=filters,
-        )
-        stamp = ctx.station.now().strftime("%Y%m%d-%H%M%S")
-        name = f"{ctx.station.config.station.id}-log-{stamp}.{format}"
-        headers = attachment(name)
-        if format == "csv":
-            return Response(eventlog.to_csv(items), media_type="text/csv", headers=headers)
-        body = json.dumps({"items": items}, ensure_ascii=False)
-        return Response(body, media_type="application/json", headers=headers)
 
-    return r
+@router.get("/log/export")
+def export_log(
+    user: LogUser,
+    api: ApiDep,
+    after: Annotated[int, Query(ge=0, le=INT64_MAX)] = 0,
+    kind: Annotated[str | None, Query(max_length=200)] = None,
+    officer_no: Annotated[str | None, Query(max_length=32)] = None,
+    serial: Annotated[str | None, Query(max_length=32)] = None,
+    actor: Annotated[str | None, Query(max_length=64)] = None,
+    text: Annotated[str | None, Query(max_length=200)] = None,
+    limit: Annotated[int, Query(ge=1, le=EXPORT_MAX)] = EXPORT_MAX,
+    format: Literal["csv", "json"] = "csv",
+) -> Response:
+    """The system log in order after `after`, filtered, as a file; logged as
+    `log_exported` (who, which filters, how many, which ids) before it is sent."""
+    filters = {
+        k: v
+        for k, v in {
+            "kind": kind,
+            "officer_no": officer_no,
+            "serial": serial,
+            "actor": actor,
+            "text": text,
+        }.items()
+        if v
+    }
+    items = api.events(after=after, limit=limit, **filters)
+    first, last = (items[0]["id"], items[-1]["id"]) if items else (None, None)
+    api.audit(
+        "log_exported",
+        f"{len(items)} event(s) as {format}",
+        actor=user.officer_no,
+        role=user.role,
+        format=format,
+        count=len(items),
+        first_id=first,
+        last_id=last,
+        after=after,
+        filters=filters,
+    )
+    stamp = api.now().strftime("%Y%m%d-%H%M%S")
+    name = f"{api.station_id}-log-{stamp}.{format}"
+    headers = attachment(name)
+    if format == "csv":
+        return Response(api.events_csv(items), media_type="text/csv", headers=headers)
+    body = json.dumps({"items": items}, ensure_ascii=False)
+    return Response(body, media_type="application/json", headers=headers)

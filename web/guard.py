@@ -23,7 +23,7 @@ from fastapi import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from station.config import WebSection
+from station.api import WebSection
 
 KB = 1024
 

@@ -23,10 +23,19 @@ from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import FileResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
-from station import accounts, playback, search
-from station.accounts import Account
-from station.names import safe_component
-from web.auth import UI, FootageUser, UIContext, csrf_protect
+from station.api import (
+    TEXT_EXTS,
+    Account,
+    StationAPI,
+    StoredRef,
+    browser_type,
+    ext_of,
+    read_text,
+    safe_component,
+)
+from station.errors import NoSuchFile
+from web.auth import FootageUser, csrf_protect
+from web.deps import UI, ApiDep, UIContext
 from web.i18n import N_
 from web.schemas import Id
 from web.ui import scope_of
@@ -40,21 +49,22 @@ class ZipBody(BaseModel):
     ids: list[Id] = Field(min_length=1, max_length=MAX_ZIP_FILES)
 
 
-def _ref(ctx: UIContext, user: Account, file_id: int) -> search.StoredRef:
-    refs = search.stored_refs(ctx.station.catalog, [file_id], scope_officer_no=scope_of(user))
+def _ref(api: StationAPI, user: Account, file_id: int) -> StoredRef:
+    refs = api.stored_refs([file_id], scope_officer_no=scope_of(user))
     if not refs:
-        raise HTTPException(404, N_("No such file"))
+        raise NoSuchFile(f"no stored file {file_id}")
     ref = refs[0]
     if not ref.path.is_file():
         raise HTTPException(410, N_("The stored file is missing from its disk"))
     return ref
 
 
-def _viewed(ctx: UIContext, user: Account, request: Request, ref: search.StoredRef, how: str):
+def _viewed(
+    api: StationAPI, ctx: UIContext, user: Account, request: Request, ref: StoredRef, how: str
+) -> None:
     who = request.cookies.get("station_session", user.officer_no)
     if ctx.first_access(who, ref.id, how):
-        accounts.audit(
-            ctx.station.catalog,
+        api.audit(
             "file_viewed",
             f"{ref.name} ({how})",
             actor=user.officer_no,
@@ -75,129 +85,122 @@ def attachment(name: str) -> dict[str, str]:
     }
 
 
-def router() -> APIRouter:
-    r = APIRouter(prefix="/ui/media", dependencies=[Depends(csrf_protect)], tags=["ui"])
+router = APIRouter(prefix="/ui/media", dependencies=[Depends(csrf_protect)], tags=["ui"])
+"""Footage: view, read, play, download, zip."""
 
-    @r.get("/{file_id}/view")
-    def view(file_id: Id, request: Request, user: FootageUser, ctx: UI) -> FileResponse:
-        """A photo or an audio recording as stored (with range requests)."""
-        ref = _ref(ctx, user, file_id)
-        media_type = playback.browser_type(ref.name, ref.kind)
-        if media_type is None:
-            raise HTTPException(415, N_("This file cannot be shown in the browser: download it"))
-        _viewed(ctx, user, request, ref, "view")
-        return FileResponse(ref.path, media_type=media_type, headers={"Cache-Control": "private"})
 
-    @r.get("/{file_id}/text")
-    def text(file_id: Id, request: Request, user: FootageUser, ctx: UI) -> dict[str, Any]:
-        """A device log (or any small text file) as text."""
-        ref = _ref(ctx, user, file_id)
-        if ref.kind != "log" and playback.ext_of(ref.name) not in playback.TEXT_EXTS:
-            raise HTTPException(415, N_("This file cannot be shown in the browser: download it"))
-        _viewed(ctx, user, request, ref, "read")
-        return {"name": ref.name, "text": playback.read_text(ref.path)}
+@router.get("/{file_id}/view")
+def view(file_id: Id, request: Request, user: FootageUser, api: ApiDep, ctx: UI) -> FileResponse:
+    """A photo or an audio recording as stored (with range requests)."""
+    ref = _ref(api, user, file_id)
+    media_type = browser_type(ref.name, ref.kind)
+    if media_type is None:
+        raise HTTPException(415, N_("This file cannot be shown in the browser: download it"))
+    _viewed(api, ctx, user, request, ref, "view")
+    return FileResponse(ref.path, media_type=media_type, headers={"Cache-Control": "private"})
 
-    @r.get("/{file_id}/status")
-    def play_status(file_id: Id, user: FootageUser, ctx: UI) -> dict[str, Any]:
-        """How far the browser copy of a video is (starting it if needed)."""
-        ref = _ref(ctx, user, file_id)
-        if ref.kind != "video":
-            raise HTTPException(415, N_("This file cannot be shown in the browser: download it"))
-        if ctx.transcoder.cached(ref.sha256):
-            return {"state": "ready", "progress": 1.0}
-        job = ctx.transcoder.start(ref.path, ref.sha256)
-        if job.done.is_set():
-            if job.error:
-                return {"state": "failed", "progress": 0.0, "error": job.error}
-            return {"state": "ready", "progress": 1.0}
-        return {"state": "working", "progress": round(job.progress, 3)}
 
-    @r.get("/{file_id}/play", response_model=None)
-    def play(
-        file_id: Id, request: Request, user: FootageUser, ctx: UI
-    ) -> FileResponse | StreamingResponse:
-        """A video as H.264 MP4: the cached copy with ranges, or the copy being made, as it
-        grows."""
-        ref = _ref(ctx, user, file_id)
-        if ref.kind != "video":
-            raise HTTPException(415, N_("This file cannot be shown in the browser: download it"))
-        _viewed(ctx, user, request, ref, "play")
-        cached = ctx.transcoder.cached(ref.sha256)
-        if cached is not None:
-            return FileResponse(
-                cached, media_type="video/mp4", headers={"Cache-Control": "private"}
-            )
-        job = ctx.transcoder.start(ref.path, ref.sha256)
-        if job.done.is_set() and job.error:
-            raise HTTPException(422, N_("This video cannot be played: download it"))
-        return StreamingResponse(
-            ctx.transcoder.follow(job),
-            media_type="video/mp4",
-            headers={"Cache-Control": "no-store"},
-        )
+@router.get("/{file_id}/text")
+def text(file_id: Id, request: Request, user: FootageUser, api: ApiDep, ctx: UI) -> dict[str, Any]:
+    """A device log (or any small text file) as text."""
+    ref = _ref(api, user, file_id)
+    if ref.kind != "log" and ext_of(ref.name) not in TEXT_EXTS:
+        raise HTTPException(415, N_("This file cannot be shown in the browser: download it"))
+    _viewed(api, ctx, user, request, ref, "read")
+    return {"name": ref.name, "text": read_text(ref.path)}
 
-    @r.get("/{file_id}/download")
-    def download(file_id: Id, user: FootageUser, ctx: UI) -> FileResponse:
-        """The original file, byte for byte."""
-        ref = _ref(ctx, user, file_id)
-        accounts.audit(
-            ctx.station.catalog,
-            "file_downloaded",
-            ref.name,
-            actor=user.officer_no,
-            file_id=ref.id,
-            officer_no=ref.officer_no,
-            serial=ref.serial,
-            sha256=ref.sha256,
-        )
-        return FileResponse(
-            ref.path,
-            media_type="application/octet-stream",
-            headers={**attachment(ref.name), "X-Content-SHA256": ref.sha256},
-        )
 
-    @r.post("/zip")
-    def zip_ticket(body: ZipBody, user: FootageUser, ctx: UI) -> dict[str, Any]:
-        """Get a one-time link for a zip of the chosen files (the browser then follows it)."""
-        refs = search.stored_refs(
-            ctx.station.catalog, list(dict.fromkeys(body.ids)), scope_officer_no=scope_of(user)
-        )
-        if len(refs) != len(set(body.ids)):
-            raise HTTPException(404, N_("No such file"))
-        ticket = secrets.token_urlsafe(24)
-        now = time.monotonic()
-        with ctx.lock:
-            ctx.tickets = {k: v for k, v in ctx.tickets.items() if v[0] > now}
-            ctx.tickets[ticket] = (now + TICKET_S, user.id, [f.id for f in refs])
-        return {"url": f"/ui/media/zip/{ticket}", "files": len(refs)}
+@router.get("/{file_id}/status")
+def play_status(file_id: Id, user: FootageUser, api: ApiDep) -> dict[str, Any]:
+    """How far the browser copy of a video is (starting it if needed)."""
+    ref = _ref(api, user, file_id)
+    if ref.kind != "video":
+        raise HTTPException(415, N_("This file cannot be shown in the browser: download it"))
+    state = api.video_state(ref)
+    out: dict[str, Any] = {"state": state.state, "progress": state.progress}
+    if state.error:
+        out["error"] = state.error
+    return out
 
-    @r.get("/zip/{ticket}")
-    def zip_download(ticket: str, user: FootageUser, ctx: UI) -> StreamingResponse:
-        with ctx.lock:
-            entry = ctx.tickets.get(ticket)
-            if entry is not None and entry[1] == user.id:
-                del ctx.tickets[ticket]  # good once, and only for the one who asked
-            else:
-                entry = None
-        if entry is None or entry[0] < time.monotonic():
-            raise HTTPException(404, N_("This download link has expired"))
-        refs = search.stored_refs(ctx.station.catalog, entry[2], scope_officer_no=scope_of(user))
-        stamp = ctx.station.now().strftime("%Y%m%d-%H%M%S")
-        name = f"{ctx.station.config.station.id}-{stamp}.zip"
-        accounts.audit(
-            ctx.station.catalog,
-            "files_downloaded",
-            f"{len(refs)} file(s) as {name}",
-            actor=user.officer_no,
-            file_ids=[f.id for f in refs],
-        )
-        return StreamingResponse(
-            zip_stream(ctx, user, refs, name),
-            media_type="application/zip",
-            headers=attachment(name),
-        )
 
-    return r
+@router.get("/{file_id}/play", response_model=None)
+def play(
+    file_id: Id, request: Request, user: FootageUser, api: ApiDep, ctx: UI
+) -> FileResponse | StreamingResponse:
+    """A video as H.264 MP4: the cached copy with ranges, or the copy being made, as it
+    grows."""
+    ref = _ref(api, user, file_id)
+    if ref.kind != "video":
+        raise HTTPException(415, N_("This file cannot be shown in the browser: download it"))
+    _viewed(api, ctx, user, request, ref, "play")
+    cached = api.video_copy(ref)
+    if cached is not None:
+        return FileResponse(cached, media_type="video/mp4", headers={"Cache-Control": "private"})
+    return StreamingResponse(
+        api.video_stream(ref),
+        media_type="video/mp4",
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+@router.get("/{file_id}/download")
+def download(file_id: Id, user: FootageUser, api: ApiDep) -> FileResponse:
+    """The original file, byte for byte."""
+    ref = _ref(api, user, file_id)
+    api.audit(
+        "file_downloaded",
+        ref.name,
+        actor=user.officer_no,
+        file_id=ref.id,
+        officer_no=ref.officer_no,
+        serial=ref.serial,
+        sha256=ref.sha256,
+    )
+    return FileResponse(
+        ref.path,
+        media_type="application/octet-stream",
+        headers={**attachment(ref.name), "X-Content-SHA256": ref.sha256},
+    )
+
+
+@router.post("/zip")
+def zip_ticket(body: ZipBody, user: FootageUser, api: ApiDep, ctx: UI) -> dict[str, Any]:
+    """Get a one-time link for a zip of the chosen files (the browser then follows it)."""
+    refs = api.stored_refs(list(dict.fromkeys(body.ids)), scope_officer_no=scope_of(user))
+    if len(refs) != len(set(body.ids)):
+        raise NoSuchFile("a file asked for is not there")
+    ticket = secrets.token_urlsafe(24)
+    now = time.monotonic()
+    with ctx.lock:
+        ctx.tickets = {k: v for k, v in ctx.tickets.items() if v[0] > now}
+        ctx.tickets[ticket] = (now + TICKET_S, user.id, [f.id for f in refs])
+    return {"url": f"/ui/media/zip/{ticket}", "files": len(refs)}
+
+
+@router.get("/zip/{ticket}")
+def zip_download(ticket: str, user: FootageUser, api: ApiDep, ctx: UI) -> StreamingResponse:
+    with ctx.lock:
+        entry = ctx.tickets.get(ticket)
+        if entry is not None and entry[1] == user.id:
+            del ctx.tickets[ticket]  # good once, and only for the one who asked
+        else:
+            entry = None
+    if entry is None or entry[0] < time.monotonic():
+        raise HTTPException(404, N_("This download link has expired"))
+    refs = api.stored_refs(entry[2], scope_officer_no=scope_of(user))
+    stamp = api.now().strftime("%Y%m%d-%H%M%S")
+    name = f"{api.station_id}-{stamp}.zip"
+    api.audit(
+        "files_downloaded",
+        f"{len(refs)} file(s) as {name}",
+        actor=user.officer_no,
+        file_ids=[f.id for f in refs],
+    )
+    return StreamingResponse(
+        zip_stream(api, user, refs, name),
+        media_type="application/zip",
+        headers=attachment(name),
+    )
 
 
 class _Sink:
@@ -224,7 +227,7 @@ class _Sink:
         return out
 
 
-def _member_names(refs: list[search.StoredRef]) -> list[str]:
+def _member_names(refs: list[StoredRef]) -> list[str]:
     """`officer/serial/name` for each file, every part made safe as the store's own names
     are (a recorder's `../`, backslashes, CR/LF or bidi controls stay out of the paths and
     the manifest), the file id put in front of a name that is taken."""
@@ -242,7 +245,7 @@ def _member_names(refs: list[search.StoredRef]) -> list[str]:
 
 
 def zip_stream(
-    ctx: UIContext, user: Account, refs: list[search.StoredRef], zip_name: str
+    api: StationAPI, user: Account, refs: list[StoredRef], zip_name: str
 ) -> Iterator[bytes]:
     """The zip, produced as it is sent: each file, then the two manifests."""
     sink = _Sink()
@@ -278,8 +281,7 @@ def zip_stream(
                 }
             )
             if digest != ref.sha256:
-                accounts.audit(
-                    ctx.station.catalog,
+                api.audit(
                     "file_hash_mismatch",
                     f"{ref.name}: read {digest}, catalog has {ref.sha256}",
                     actor=user.officer_no,
@@ -294,9 +296,9 @@ def zip_stream(
             "manifest.json",
             json.dumps(
                 {
-                    "station": ctx.station.config.station.id,
+                    "station": api.station_id,
                     "zip": zip_name,
-                    "created_at": ctx.station.now().isoformat(timespec="seconds"),
+                    "created_at": api.now().isoformat(timespec="seconds"),
                     "created_by": user.officer_no,
                     "files": entries,
                 },

@@ -1,7 +1,7 @@
 """The central server's API (`/api/v1`) as the OpenAPI document describes it.
 
 Pydantic models of what each endpoint answers (CONTRACT.md, README.md "HTTP API"), field
-by field, as `Station` builds it in station/daemon.py, station/eventlog.py,
+by field, as the station builds it in station/status.py, station/eventlog.py,
 station/alarms.py, station/smart.py and station/forward.py. `tests/test_openapi.py` checks
 that they agree: no key the station sends is missing here, and the running daemon answers
 as documented.

@@ -9,8 +9,8 @@ import click
 
 from station.annotations import AnnotationError, annotate
 from station.cli.common import config_option, load, open_catalog
-from station.daemon import list_files
 from station.retention import CentralCheck
+from station.search import api_files
 
 
 @click.group()
@@ -42,7 +42,7 @@ def files_list(
         platform=config.platform.enabled and config.platform.upload_content,
         forward=config.forward.enabled,
     )
-    data = list_files(
+    data = api_files(
         open_catalog(config),
         tz,
         central=central,

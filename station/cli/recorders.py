@@ -7,8 +7,8 @@ import json
 import click
 
 from station.cli.common import config_option, load, open_catalog
-from station.daemon import list_recorders
 from station.registration import RegistrationError, approve
+from station.search import list_recorders
 
 
 @click.group()

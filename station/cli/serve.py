@@ -12,6 +12,7 @@ from typing import Any
 
 import uvicorn
 
+from station.api import StationAPI
 from station.runtime import Station
 from web.app import create_app
 from web.guard import protocol
@@ -71,9 +72,10 @@ def listeners(station: Station) -> list[Listener]:
     """The touchscreen's listener, and the central server's API on its own when
     `[api] port` is set (else both on one)."""
     web, api = station.config.web, station.config.api
+    front = StationAPI(station)  # one front door for both listeners
     if api.port is None:
-        return [Listener(create_app(station), web.host, web.port, web)]
+        return [Listener(create_app(front), web.host, web.port, web)]
     return [
-        Listener(create_app(station, api=False), web.host, web.port, web),
-        Listener(create_app(station, ui=False), api.host or web.host, api.port, web),
+        Listener(create_app(front, api=False), web.host, web.port, web),
+        Listener(create_app(front, ui=False), api.host or web.host, api.port, web),
     ]

@@ -50,7 +50,7 @@ def seconds_until_open(window: tuple[dt.time, dt.time] | None, now: dt.datetime)
 class ForwardConfig(BaseModel):
     """`[forward]`: sending collected files on to the central S3-compatible object store."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     enabled: bool = False
     endpoint_url: str | None = None  # https://s3.example.police:443

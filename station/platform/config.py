@@ -16,7 +16,7 @@ PULLABLE_SECTIONS = ("registration", "retention", "recorders", "alarms", "networ
 class PlatformConfig(BaseModel):
     """`[platform]`: the station connects out to the central platform (off by default)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     enabled: bool = False
     url: str | None = None  # https://platform.example.police/platform/v1
@@ -59,7 +59,7 @@ class PlatformConfig(BaseModel):
 class IntegrityConfig(BaseModel):
     """`[integrity]`: digests kept beside SHA-256."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     sm3: bool = False  # SM3 (GB/T 32905) per file, computed in the background after storing
     sm3_mb_s: Annotated[float, Field(ge=0)] = 0.0  # rate limit of the SM3 pass (0: none)

@@ -2,7 +2,7 @@
 
 The backup is a .tar.gz: the configuration file byte for byte (comments kept)
 and the settings an administrator changed on the screen, which the catalog
-keeps (`station.screen_settings`), with a manifest of their SHA-256. An import
+keeps (`station.settings`), with a manifest of their SHA-256. An import
 is validated exactly as the daemon validates its configuration (and the screen
 its settings), and only then replaces the file atomically; an invalid one is
 refused with the key named and leaves everything untouched. A bare TOML file is
@@ -40,7 +40,7 @@ from station.catalog import Catalog
 from station.catalog.admin import log_event
 from station.config import ConfigError, StationConfig, parse_config
 from station.durable import replace_file
-from station.screen_settings import STATE_KEY, Settings
+from station.settings import STATE_KEY, Settings
 from station.support.tarball import add_member, to_json, write_private
 
 UI_SETTINGS_KEY = STATE_KEY  # the catalog's key of the screen's settings

@@ -66,7 +66,7 @@ def _catalog_parts(config: StationConfig, events: int) -> Iterator[tuple[str, An
             "settings.json",
             {
                 "changed_on_screen": parse_ui_settings(catalog.get_state(UI_SETTINGS_KEY)),
-                "note": "these win over the configuration file (web/settings.py)",
+                "note": "these win over the configuration file (station/settings.py)",
             },
         )
     finally:

@@ -57,7 +57,6 @@ RNDRESEEDCRNG = 0x5207
 # a module missing here is only imported later, more slowly
 PRELOAD = (
     "station.cli",
-    "station.daemon",
     "station.runtime",
     "station.bus.simulated",
     "drivers.simulated",
@@ -67,7 +66,7 @@ PRELOAD = (
     "station.annotations",
     "web.app",
     "web.i18n",
-    "web.settings",
+    "station.settings",
     "web.auth",
     "web.ui",
     "web.media",

@@ -3,10 +3,15 @@
 The configuration file gives the starting values; a value changed on the
 settings page is stored in the catalog (`station_state`, key `ui.settings`, only
 the keys that were changed) and wins over the file from then on, also after a
-restart. Applied at once: registration mode, retention periods, network check
-address (the daemon reads these from its configuration each time), the port
-layout and the session timeout (read by the web layer). Voice settings are
-applied to `config.voice` when the daemon has that section.
+restart.
+
+The live configuration is never changed in place: a change builds a new,
+validated `StationConfig` (the current one with the changed sections replaced)
+and hands it to the station's reload path (`Station.reload`, as SIGHUP does),
+which swaps the sections whole. Applied at once: registration mode, retention
+periods, network check address; the port layout and the session timeout are read
+from here (`layout`, `current`). The voice settings go to the announcer as a new
+`[voice]` snapshot.
 """
 
 from __future__ import annotations
@@ -20,20 +25,22 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from station.accounts import DEFAULT_IDLE_MINUTES, audit
 from station.config import NetworkSection, StationConfig
-from station.retention import retention_rules
+from station.errors import SettingsError
 
 if TYPE_CHECKING:
-    from station.daemon import Station
+    from station.runtime import Station
 
 log = logging.getLogger(__name__)
 
 STATE_KEY = "ui.settings"
 
+__all__ = ["STATE_KEY", "Settings", "SettingsError", "SettingsStore", "with_settings"]
+
 
 class Settings(BaseModel):
     """Everything the settings page shows and changes."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     registration_mode: Literal["auto", "manual"] = "auto"
     retention_days: Annotated[int, Field(strict=True, ge=1, le=36500)] = 180
@@ -62,31 +69,47 @@ class Settings(BaseModel):
         return v
 
 
-class SettingsError(Exception):
-    """Settings refused; the message names the bad fields."""
-
-
 def _from_config(c: StationConfig) -> dict[str, Any]:
-    out: dict[str, Any] = {
+    return {
         "registration_mode": c.registration.mode,
         "retention_days": c.retention.days,
         "retention_important_days": c.retention.important_days,
         "retention_evidence_days": c.retention.evidence_days,
         "layout_order": list(range(1, c.bus.ports + 1)),
         "network_check": c.network.check,
+        "voice_enabled": c.voice.enabled,
+        "voice_language": c.voice.language,
+        "voice_volume": c.voice.volume,
     }
-    voice = getattr(c, "voice", None)
-    if voice is not None:
-        out |= {
-            "voice_enabled": voice.enabled,
-            "voice_language": voice.language,
-            "voice_volume": voice.volume,
-        }
-    return out
+
+
+SECTIONS = ("registration", "retention", "network", "voice")  # what the settings decide
+
+
+def with_settings(c: StationConfig, s: Settings) -> StationConfig:
+    """A new configuration: `c` with the sections the settings decide replaced by copies
+    that hold them (`c` and its sections are left as they are), validated as a file is."""
+    sections = {
+        "registration": {"mode": s.registration_mode},
+        "retention": {
+            "days": s.retention_days,
+            "important_days": s.retention_important_days,
+            "evidence_days": s.retention_evidence_days,
+        },
+        "network": {"check": s.network_check},
+        "voice": {
+            "enabled": s.voice_enabled,
+            "language": s.voice_language,
+            "volume": s.voice_volume,
+        },
+    }
+    data = {name: getattr(c, name).model_dump() | values for name, values in sections.items()}
+    checked = StationConfig.model_validate(data)  # each section's own validators run
+    return c.model_copy(update={name: getattr(checked, name) for name in sections})
 
 
 class SettingsStore:
-    """The live settings of one station."""
+    """The settings of one station: what the screen changed, laid over the file's."""
 
     def __init__(self, station: Station) -> None:
         self.station = station
@@ -101,20 +124,31 @@ class SettingsStore:
                 log.error("stored settings ignored, they are not valid: %s", e)
                 self._stored = {}
         self._current = Settings(**(_from_config(station.config) | self._stored))
-        self._apply(self._current)
         station.reload_hooks.append(self._reloaded)
+        self._go_live(self._current)
 
-    def _reloaded(self, config: StationConfig) -> None:
-        """The configuration file is reloaded (SIGHUP): before it goes live, what was
-        changed here is put over its values, so the screen's settings still win."""
+    def _reloaded(self, config: StationConfig) -> StationConfig:
+        """A reload hook: before a new configuration goes live (SIGHUP, the platform, or
+        this store's own change), what was changed here is put over its values, so the
+        screen's settings still win. The new configuration is not live yet: its sections
+        are replaced by copies (as `station.platform.link.PlatformLink.reapply` does)."""
         with self._lock:
             try:
                 merged = Settings(**(_from_config(config) | self._stored))
+                checked = with_settings(config, merged)
             except ValidationError as e:
                 log.error("settings changed on the screen do not fit the file, not kept: %s", e)
-                return
+                return config
             self._current = merged
-            self._apply(merged, config)
+        return checked
+
+    def _go_live(self, s: Settings) -> None:
+        """Hand a configuration with `s` to the station's reload path (only if it differs
+        from the live one)."""
+        config = self.station.config
+        new = with_settings(config, s)
+        if any(getattr(new, n) != getattr(config, n) for n in SECTIONS):
+            self.station.reload(new)
 
     def current(self) -> Settings:
         return self._current
@@ -127,6 +161,7 @@ class SettingsStore:
                 raise SettingsError(f"unknown settings: {', '.join(sorted(unknown))}")
             try:
                 new = Settings(**(self._current.model_dump() | changes))
+                with_settings(self.station.config, new)
             except ValidationError as e:
                 fields = ", ".join(str(err["loc"][0]) for err in e.errors() if err["loc"])
                 raise SettingsError(f"invalid: {fields}") from None
@@ -139,7 +174,7 @@ class SettingsStore:
                 STATE_KEY, json.dumps(self._stored, sort_keys=True, ensure_ascii=False)
             )
             self._current = new
-            self._apply(new)
+        self._go_live(new)
         audit(
             self.station.catalog,
             "settings_changed",
@@ -149,23 +184,7 @@ class SettingsStore:
         self.station.notify()
         return new
 
-    def _apply(self, s: Settings, c: StationConfig | None = None) -> None:
-        c = c or self.station.config
-        c.registration.mode = s.registration_mode
-        c.retention.days = s.retention_days
-        c.retention.important_days = s.retention_important_days
-        c.retention.evidence_days = s.retention_evidence_days
-        self.station.retention.rules = retention_rules(c)
-        c.network.check = s.network_check
-        voice = getattr(c, "voice", None)
-        if voice is not None:
-            voice.enabled, voice.language, voice.volume = (
-                s.voice_enabled,
-                s.voice_language,
-                s.voice_volume,
-            )
-
     def layout(self) -> dict[str, Any]:
         """The port windows' grid for the station screen (SPEC S33)."""
         s = self._current
-        return {"cols": s.layout_cols, "order": s.layout_order}
+        return {"cols": s.layout_cols, "order": list(s.layout_order)}
