@@ -23,6 +23,20 @@ class Level(StrEnum):
 LEVELS = tuple(Level)  # in rising order of protection
 PROTECTED_LEVELS = frozenset({Level.IMPORTANT, Level.EVIDENCE})
 
+# The Ministry of Public Security's 2016 rules (article 13): footage kept permanently
+CATEGORIES = {
+    "case_evidence": "evidence in an administrative or criminal case",
+    "obstruction": "obstruction of duty",
+    "major_incident": "a major emergency or mass incident",
+    "major_case": "another major or complex case",
+}
+PERMANENT_CATEGORIES = frozenset(CATEGORIES)
+
+
+def is_permanent(category: str | None) -> bool:
+    """True for a 2016 category whose footage is kept permanently (never deleted)."""
+    return category in PERMANENT_CATEGORIES
+
 
 def is_protected(important: bool, level: str, legal_hold: str | None) -> bool:
     return bool(important) or level in PROTECTED_LEVELS or bool(legal_hold)

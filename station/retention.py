@@ -43,7 +43,7 @@ from station.catalog.db import append_event
 from station.catalog.models import utcnow
 from station.config import StationConfig
 from station.durable import remove
-from station.protection import is_protected
+from station.protection import CATEGORIES, is_permanent, is_protected
 from station.sidecar import (
     Sidecar,
     SidecarError,
@@ -68,20 +68,6 @@ def clearing(file_id: int, active: bool) -> None:
             _clearing_now.add(file_id)
         else:
             _clearing_now.discard(file_id)
-
-
-# The Ministry of Public Security's 2016 rules (article 13): footage kept permanently
-CATEGORIES = {
-    "case_evidence": "evidence in an administrative or criminal case",
-    "obstruction": "obstruction of duty",
-    "major_incident": "a major emergency or mass incident",
-    "major_case": "another major or complex case",
-}
-PERMANENT_CATEGORIES = frozenset(CATEGORIES)
-
-
-def is_permanent(category: str | None) -> bool:
-    return category in PERMANENT_CATEGORIES
 
 
 @dataclass(frozen=True)
