@@ -85,7 +85,7 @@ class FileFacts:
 
     @property
     def protected(self) -> bool:
-        return is_protected(self.important, self.level, self.legal_hold)
+        return is_protected(self.important, self.level, self.legal_hold, self.category)
 
     @property
     def permanent(self) -> bool:
@@ -263,12 +263,15 @@ def days_until_full(free_bytes: int, collected_bytes: int, window_days: float) -
 
 
 class DeletionRefused(Exception):
-    """A person asked to delete a file that may not be deleted now: under a legal hold
-    (`held`), or protected and not confirmed."""
+    """A person asked to delete a file that may not be deleted now: under a legal hold or in
+    a permanent retention category (`held`: no confirmation lets it go; `permanent` says
+    which, an administrator takes it out of the category first), or protected and not
+    confirmed."""
 
-    def __init__(self, message: str, *, held: bool) -> None:
+    def __init__(self, message: str, *, held: bool, permanent: bool = False) -> None:
         super().__init__(message)
         self.held = held
+        self.permanent = permanent
 
 
 class RetentionSweeper:
@@ -395,6 +398,7 @@ class RetentionSweeper:
                         f"({CATEGORIES[row.retention_category or '']}): an administrator "
                         "must take it out of that category first",
                         held=True,
+                        permanent=True,
                     )
                 mark = row.card_clearing_at
                 with _clearing_lock:
@@ -409,7 +413,7 @@ class RetentionSweeper:
                         "now; try again in a minute",
                         held=False,
                     )
-                if is_protected(row.important, row.level, None):
+                if is_protected(row.important, row.level, None, row.retention_category):
                     if by == "retention":
                         log.error("retention refused to delete protected file %s", file_id)
                         return False

@@ -65,7 +65,7 @@ class Sidecar:
 
     @property
     def protected(self) -> bool:
-        return is_protected(self.important, self.level, self.legal_hold)
+        return is_protected(self.important, self.level, self.legal_hold, self.retention_category)
 
     @property
     def card_path(self) -> bytes:
