@@ -52,12 +52,12 @@ from station.sidecar import (
     sidecar_path,
     write_sidecar,
 )
-from station.store import ROOT_FILES, STAGING, StoreDisk, is_station_temp
+from station.store import MIRROR, ROOT_FILES, STAGING, StoreDisk, is_station_temp
 
 log = logging.getLogger(__name__)
 
 QUARANTINE = ".quarantine"
-HIDDEN = {STAGING, META, QUARANTINE}  # folders at a disk's root that hold no evidence
+HIDDEN = {STAGING, META, QUARANTINE, MIRROR}  # folders at a disk's root: no catalogued files
 
 
 @dataclass

@@ -43,6 +43,7 @@ from station.catalog.db import append_event
 from station.catalog.models import utcnow
 from station.config import StationConfig
 from station.durable import remove
+from station.mirror import remove_mirror
 from station.protection import CATEGORIES, is_permanent, is_protected
 from station.sidecar import (
     Sidecar,
@@ -376,6 +377,7 @@ class RetentionSweeper:
         start-up recovery puts it back (`reconcile_sidecars`).
         """
         restore: tuple[Path, str, Sidecar] | None = None
+        second: tuple[str, str] | None = None  # (disk of its second copy, sha256)
         try:
             with self.catalog.write() as s:
                 row = s.get(StoredFile, file_id)
@@ -437,6 +439,8 @@ class RetentionSweeper:
                         ),
                     )
                     restore = (disk, row.rel_path, live)
+                    if sc.mirror_disk:
+                        second = (sc.mirror_disk, row.sha256)
                 faults.crashpoint("retention_after_sidecar")
                 row.deleted_at, row.deleted_by, row.delete_reason = now, by, reason
                 append_event(
@@ -460,6 +464,8 @@ class RetentionSweeper:
         faults.crashpoint("retention_after_tombstone")
         if ours:
             remove_stored(path)
+        if second is not None:  # its second copy goes too (station.mirror)
+            remove_mirror(self.catalog, Path(second[0]), second[1])
         return True
 
     def collected_bytes(self, since: dt.datetime) -> int:

@@ -61,6 +61,7 @@ class Sidecar:
     delete_reason: str | None = None
     retention_category: str | None = None  # a 2016 category (station/protection.py CATEGORIES)
     sm3: str | None = None  # SM3 (GB/T 32905) of the bytes, once computed (station/platform/sm3)
+    mirror_disk: str | None = None  # the disk holding its second copy (station.mirror)
     version: int = VERSION
 
     @property
@@ -152,6 +153,7 @@ _OPTIONAL_TEXT = (
     "delete_reason",
     "retention_category",
     "sm3",
+    "mirror_disk",
 )
 _SHA256 = re.compile(r"[0-9a-f]{64}")  # SM3 digests have the same form
 

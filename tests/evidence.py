@@ -24,7 +24,7 @@ from pathlib import Path
 
 from station.names import parse_card_path
 
-HIDDEN = {".staging", ".meta", ".quarantine"}
+HIDDEN = {".staging", ".meta", ".quarantine", ".mirror"}
 ROOT_FILES = {".station-disk.json", ".station-log-anchor.json"}  # the station's, not evidence
 
 
