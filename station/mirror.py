@@ -42,7 +42,7 @@ from station.store import MIRROR, Store, StoreDisk, unique_target
 
 log = logging.getLogger(__name__)
 
-IDLE_S = 5.0  # nothing to copy: look again this much later
+IDLE_S = 15.0  # nothing to copy: look again this much later
 RETRY_S = 600.0  # a copy that failed (unreadable or corrupt primary) is tried again after this
 CHUNK = 1 << 20
 QUARANTINE = ".quarantine"
