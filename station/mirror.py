@@ -244,16 +244,21 @@ class Mirror:
         bad = [p for p in found if _hash(p) != f.sha256]
         if found and not bad:
             return True
-        if not found and recorded is None:
-            return True  # never written yet: `round` writes it
+        self._done.discard((f.id, f.sha256, f.disk))  # `round` looks at it again
+        if not found:
+            home = self.store.disk_by_path(recorded) if recorded else None
+            if home is None or not home.present():
+                return True  # never written, or its disk is away: `round` sees to it
         for p in bad:
             self._quarantine(p, _disk_of(p))
-        self._done.discard((f.id, f.sha256, f.disk))
         lost = "corrupt" if bad else "gone"
         try:
             self.ensure(f)
         except (OSError, ValueError) as e:
             self._alarm(f, f"its second copy is {lost} and could not be written again: {e}")
+            return False
+        if not self.copies(f):
+            self._alarm(f, f"its second copy is {lost}; no other disk can take one now")
             return False
         self._alarm(f, f"its second copy was {lost}: written again from the primary")
         return False

@@ -181,3 +181,17 @@ def test_a_failed_disks_protected_files_live_on_from_their_second_copies(store_e
     assert sidecar_of(catalog, kept).mirror_disk == str(disk)
     report = recover(catalog, mirror.store.disks)
     assert not report.quarantined and not report.adopted, report.lines()
+
+
+def test_a_second_copy_whose_disk_is_away_raises_nothing_until_it_is_back(store_env, tmp_path):
+    from station.store import MARKER
+
+    catalog, disk, disk2, mirror, scrub = setup(store_env, tmp_path)
+    fid = put_file(catalog, disk, data=DATA, important=True)
+    mirror.round()
+    marker = (disk2 / MARKER).read_bytes()
+    (disk2 / MARKER).unlink()  # the disk is away (its marker no longer where it was)
+    assert scrub.check(row(catalog, fid))
+    assert not alarms_of(catalog, "store_copy_restored")
+    assert mirror.round() == 0
+    (disk2 / MARKER).write_bytes(marker)
