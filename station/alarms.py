@@ -28,6 +28,7 @@ SEVERITY = {
     "verify_failed": "critical",
     "store_inconsistent": "critical",
     "store_corrupt": "critical",
+    "store_copy_restored": "critical",  # one of a file's two copies was lost (station.mirror)
     "recorder_clock_drift": "warning",
     "battery_critical": "warning",
     "clock_unsynced": "warning",

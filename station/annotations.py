@@ -1,6 +1,6 @@
 """Annotating stored files (S34): level, note, case number, legal hold, retention category.
 
-A retention category (station/retention.py CATEGORIES, the 2016 rules' permanent
+A retention category (station/protection.py CATEGORIES, the 2016 rules' permanent
 ones) is an administrator's choice, to set and to clear.
 
 Every change is written to the file's sidecar too, so a rebuilt catalog keeps
@@ -15,7 +15,7 @@ from pathlib import Path
 from station.catalog import Catalog, StoredFile
 from station.catalog.db import REBUILDING, append_event
 from station.errors import AnnotationError, ImportantOnRecorder, ProtectionError
-from station.protection import LEVELS, PROTECTED_LEVELS, lowers_protection
+from station.protection import CATEGORIES, LEVELS, PROTECTED_LEVELS, lowers_protection
 from station.sidecar import SidecarError, mirror_row, read_sidecar, sidecar_path, write_sidecar
 
 log = logging.getLogger(__name__)
@@ -42,8 +42,6 @@ def annotate(
     if level is not None and level not in LEVELS:
         raise AnnotationError(f"unknown level {level!r}: one of {', '.join(LEVELS)}")
     if category is not None:
-        from station.retention import CATEGORIES
-
         if category and category not in CATEGORIES:
             raise AnnotationError(
                 f"unknown retention category {category!r}: one of {', '.join(CATEGORIES)}"

@@ -30,6 +30,7 @@ from station.annotations import annotate
 from station.catalog.db import REQUEST_SOURCE
 from station.config import WebSection
 from station.errors import (
+    KeptPermanently,
     NoSuchFile,
     NotAdministrator,
     NotConfirmed,
@@ -251,6 +252,8 @@ class StationAPI:
         try:
             deleted = self._station.retention.delete(file_id, why, by=by, confirmed=confirmed)
         except DeletionRefused as e:
+            if e.permanent:
+                raise KeptPermanently(str(e)) from e
             if e.held:
                 raise UnderLegalHold(str(e)) from e
             raise NotConfirmed(str(e)) from e

@@ -32,6 +32,7 @@ from station.catalog import Catalog, IngestJob, StoredDisk, StoredFile
 from station.catalog.db import append_event
 from station.catalog.models import utcnow
 from station.durable import replace_file
+from station.mirror import promote
 from station.sidecar import SidecarError, read_sidecar, sidecar_path
 from station.store import MARKER, STAGING, StoreDisk
 
@@ -221,6 +222,11 @@ class DiskBook:
                 f"disk {disk_uuid} was last seen at {path}: only a disk that is not in use "
                 "(replaced, or away from every configured path) can be retired"
             )
+        survivors = [
+            Path(p) for u, p in known.items()
+            if u != disk_uuid and not p.startswith("(moved) ") and (Path(p) / MARKER).exists()
+        ]  # fmt: skip
+        kept = promote(self.catalog, path, survivors)  # files with a second copy live on
         now = utcnow()
         with self.catalog.write() as s:
             rows = s.scalars(
@@ -235,8 +241,8 @@ class DiskBook:
             s.delete(record)
             append_event(
                 s, "disk_retired", f"disk {disk_uuid} retired: {len(rows)} file(s) lost with "
-                "it; those still on their recorders are collected again", actor=by,
-                uuid=disk_uuid, files=len(rows),
+                f"it (those still on their recorders are collected again), {kept} kept from "
+                "their second copies", actor=by, uuid=disk_uuid, files=len(rows), kept=kept,
             )  # fmt: skip
         log.warning("store disk %s retired by %s: %s file(s) lost", disk_uuid, by, len(rows))
         return len(rows)

@@ -156,6 +156,12 @@ class UnderLegalHold(DeletionError):
     code = "legal_hold"
 
 
+class KeptPermanently(DeletionError):
+    """A file in a permanent retention category: an administrator takes it out first."""
+
+    code = "kept_permanently"
+
+
 class NotConfirmed(DeletionError):
     """A protected file: its deletion must be confirmed a second time."""
 

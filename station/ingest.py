@@ -793,7 +793,10 @@ class FileIngest:
                 message=f"{sc.name} -> {disk.path / job.final_path}",
             )
             file_id = f.id
-            carried = f.level != sc.level or f.legal_hold or f.case_no or f.note
+            carried = (
+                f.level != sc.level or f.legal_hold or f.case_no or f.note
+                or f.retention_category
+            )  # fmt: skip
             if carried:  # the replaced copy's protection, in the new sidecar too
                 write_sidecar(disk.path, job.final_path, mirror_row(sc, f))
         faults.crashpoint("after_commit")
@@ -943,7 +946,7 @@ def store_row(
 def _carry_from_lost(s: Session, new: StoredFile) -> None:
     """A card file collected again because the disk with its stored copy was retired
     (`station disks retire`): the new copy keeps what protected the lost one (grade,
-    note, case, hold), as the row of the lost copy had them."""
+    note, case, hold, retention category), as the row of the lost copy had them."""
     lost = s.scalars(
         select(StoredFile)
         .where(
@@ -962,6 +965,7 @@ def _carry_from_lost(s: Session, new: StoredFile) -> None:
     new.note = new.note or lost.note
     new.case_no = new.case_no or lost.case_no
     new.legal_hold = new.legal_hold or lost.legal_hold
+    new.retention_category = new.retention_category or lost.retention_category
     append_event(s, "file_protection_restored", f"file {new.id} takes the grade, case and "
                  f"hold of file {lost.id}, lost with its disk", file_id=new.id,
                  lost=lost.id)  # fmt: skip
@@ -969,15 +973,17 @@ def _carry_from_lost(s: Session, new: StoredFile) -> None:
 
 def _replace_corrupt(s: Session, old_id: int, new: StoredFile) -> None:
     """The good new copy takes the place of a stored copy that failed its check: it gets
-    the old one's grade, note, case and hold (protection is never lost to bit rot), and the
-    old row is tombstoned, so one card file has one live row. The corrupt bytes stay on
-    disk (its sidecar still shows any hold: start-up recovery quarantines them)."""
+    the old one's grade, note, case, hold and retention category (protection is never lost
+    to bit rot), and the old row is tombstoned, so one card file has one live row. The
+    corrupt bytes stay on disk (its sidecar still shows any hold: start-up recovery
+    quarantines them)."""
     old = s.get(StoredFile, old_id)
     if old is None or old.deleted_at is not None:
         return
     new.level, new.note, new.case_no, new.legal_hold = (
         old.level, old.note, old.case_no, old.legal_hold,
     )  # fmt: skip
+    new.retention_category = old.retention_category
     old.deleted_at, old.deleted_by = utcnow(), "station"
     old.delete_reason = f"its stored bytes failed their check: replaced by file {new.id}"
     append_event(s, "file_replaced", f"file {old_id} replaced by a good copy, file {new.id}",
@@ -1012,6 +1018,8 @@ def file_row(
         note=sc.note,
         case_no=sc.case_no,
         legal_hold=sc.legal_hold,
+        retention_category=sc.retention_category,
+        sm3=sc.sm3,
         clock_untrusted=sc.clock_untrusted,
         deleted_at=dt.datetime.fromisoformat(sc.deleted_at) if sc.deleted_at else None,
         deleted_by=sc.deleted_by,

@@ -40,6 +40,7 @@ from station.catalog.models import utcnow
 from station.disks import DiskIdentityError, read_marker, write_marker
 from station.durable import fsync_dir, link_into_place, make_dirs_durable
 from station.ingest import file_row, hash_file, store_row
+from station.protection import is_permanent
 from station.registration import officer_for
 from station.retention import remove_stored
 from station.sidecar import (
@@ -51,12 +52,12 @@ from station.sidecar import (
     sidecar_path,
     write_sidecar,
 )
-from station.store import ROOT_FILES, STAGING, StoreDisk, is_station_temp
+from station.store import MIRROR, ROOT_FILES, STAGING, StoreDisk, is_station_temp
 
 log = logging.getLogger(__name__)
 
 QUARANTINE = ".quarantine"
-HIDDEN = {STAGING, META, QUARANTINE}  # folders at a disk's root that hold no evidence
+HIDDEN = {STAGING, META, QUARANTINE, MIRROR}  # folders at a disk's root: no catalogued files
 
 
 @dataclass
@@ -413,13 +414,19 @@ def _settle(report: Report, what: str, step: Callable[..., None], *args: Any) ->
 
 
 def _finish_deletion(disk: Path, rel: str, report: Report) -> None:
-    """The row is tombstoned but the file is still there: the removal was cut short."""
+    """The row is tombstoned but the file is still there: the removal was cut short. Its
+    sidecar showing a hold or a permanent category (neither can be deleted: a person would
+    have released or re-categorised it first) puts it aside for a person instead."""
     try:
-        held = read_sidecar(sidecar_path(disk, rel)).legal_hold
+        sc: Sidecar | None = read_sidecar(sidecar_path(disk, rel))
     except SidecarError:
-        held = None
-    if held:
+        sc = None
+    if sc is not None and sc.legal_hold:
         _quarantine(disk, rel, "tombstoned in the catalog, but its sidecar shows a hold", report)
+        return
+    if sc is not None and is_permanent(sc.retention_category):
+        _quarantine(disk, rel, "tombstoned in the catalog, but its sidecar shows a permanent "
+                    f"retention category ({sc.retention_category})", report)  # fmt: skip
         return
     remove_stored(disk / rel)
     report.deletions_finished.append(str(disk / rel))

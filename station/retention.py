@@ -44,7 +44,8 @@ from station.catalog.models import utcnow
 from station.config import StationConfig
 from station.durable import remove
 from station.errors import DeletionError
-from station.protection import is_protected
+from station.mirror import remove_mirror
+from station.protection import CATEGORIES, is_permanent, is_protected
 from station.sidecar import (
     Sidecar,
     SidecarError,
@@ -71,20 +72,6 @@ def clearing(file_id: int, active: bool) -> None:
             _clearing_now.discard(file_id)
 
 
-# The Ministry of Public Security's 2016 rules (article 13): footage kept permanently
-CATEGORIES = {
-    "case_evidence": "evidence in an administrative or criminal case",
-    "obstruction": "obstruction of duty",
-    "major_incident": "a major emergency or mass incident",
-    "major_case": "another major or complex case",
-}
-PERMANENT_CATEGORIES = frozenset(CATEGORIES)
-
-
-def is_permanent(category: str | None) -> bool:
-    return category in PERMANENT_CATEGORIES
-
-
 @dataclass(frozen=True)
 class FileFacts:
     id: int
@@ -100,7 +87,7 @@ class FileFacts:
 
     @property
     def protected(self) -> bool:
-        return is_protected(self.important, self.level, self.legal_hold)
+        return is_protected(self.important, self.level, self.legal_hold, self.category)
 
     @property
     def permanent(self) -> bool:
@@ -278,12 +265,15 @@ def days_until_full(free_bytes: int, collected_bytes: int, window_days: float) -
 
 
 class DeletionRefused(DeletionError):
-    """A person asked to delete a file that may not be deleted now: under a legal hold
-    (`held`), or protected and not confirmed."""
+    """A person asked to delete a file that may not be deleted now: under a legal hold or in
+    a permanent retention category (`held`: no confirmation lets it go; `permanent` says
+    which, an administrator takes it out of the category first), or protected and not
+    confirmed."""
 
-    def __init__(self, message: str, *, held: bool) -> None:
+    def __init__(self, message: str, *, held: bool, permanent: bool = False) -> None:
         super().__init__(message)
         self.held = held
+        self.permanent = permanent
 
 
 class RetentionSweeper:
@@ -388,6 +378,7 @@ class RetentionSweeper:
         start-up recovery puts it back (`reconcile_sidecars`).
         """
         restore: tuple[Path, str, Sidecar] | None = None
+        second: tuple[str, str] | None = None  # (disk of its second copy, sha256)
         try:
             with self.catalog.write() as s:
                 row = s.get(StoredFile, file_id)
@@ -410,6 +401,7 @@ class RetentionSweeper:
                         f"({CATEGORIES[row.retention_category or '']}): an administrator "
                         "must take it out of that category first",
                         held=True,
+                        permanent=True,
                     )
                 mark = row.card_clearing_at
                 with _clearing_lock:
@@ -424,7 +416,7 @@ class RetentionSweeper:
                         "now; try again in a minute",
                         held=False,
                     )
-                if is_protected(row.important, row.level, None):
+                if is_protected(row.important, row.level, None, row.retention_category):
                     if by == "retention":
                         log.error("retention refused to delete protected file %s", file_id)
                         return False
@@ -448,6 +440,8 @@ class RetentionSweeper:
                         ),
                     )
                     restore = (disk, row.rel_path, live)
+                    if sc.mirror_disk:
+                        second = (sc.mirror_disk, row.sha256)
                 faults.crashpoint("retention_after_sidecar")
                 row.deleted_at, row.deleted_by, row.delete_reason = now, by, reason
                 append_event(
@@ -471,6 +465,8 @@ class RetentionSweeper:
         faults.crashpoint("retention_after_tombstone")
         if ours:
             remove_stored(path)
+        if second is not None:  # its second copy goes too (station.mirror)
+            remove_mirror(self.catalog, Path(second[0]), second[1])
         return True
 
     def collected_bytes(self, since: dt.datetime) -> int:

@@ -3,7 +3,10 @@
 It takes the files verified longest ago first, reads them from the disk itself
 (not the page cache) at no more than `store.scrub_mb_s`, and steps aside while
 any port is collecting. A file whose bytes no longer match its hash, or that
-is gone, raises `store_corrupt` and is logged; nothing is changed on disk.
+is gone, raises `store_corrupt` and is logged; nothing is changed on disk,
+except with a `mirror` (station.mirror): a protected file's second copy is
+checked too, and whichever of the two copies is bad is restored from the other
+(`store_copy_restored`).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sqlalchemy import or_, select
 
@@ -23,6 +27,9 @@ from station.alarms import AlarmBook
 from station.catalog import Catalog, StoredFile
 from station.catalog.db import append_event
 from station.catalog.models import utcnow
+
+if TYPE_CHECKING:
+    from station.mirror import Mirror
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +51,7 @@ class Scrubber:
         busy: Callable[[], bool],
         stop: threading.Event,
         chunk: int = 1 << 20,
+        mirror: Mirror | None = None,
     ) -> None:
         self.catalog = catalog
         self.alarms = alarms
@@ -52,6 +60,7 @@ class Scrubber:
         self.busy = busy
         self.stop = stop
         self.chunk = chunk
+        self.mirror = mirror
         self.checked = 0
         self.bad = 0
 
@@ -103,10 +112,20 @@ class Scrubber:
                 return True
             if problem is None:
                 row.verified_at = utcnow()
-                return True
-            append_event(s, "scrub_failed", f"{path}: {problem}", file_id=f.id, sha256=f.sha256)
+            else:
+                append_event(s, "scrub_failed", f"{path}: {problem}", file_id=f.id, sha256=f.sha256)
+        if problem is None:
+            if self.mirror is not None:
+                self.mirror.check_copy(f)
+            return True
         self.bad += 1
         log.error("scrub: %s: %s", path, problem)
+        if self.mirror is not None:
+            try:
+                if self.mirror.restore(f, problem):
+                    return False  # its own alarm says what happened
+            except (OSError, ValueError) as e:
+                problem += f" (its second copy could not be restored: {e})"
         self.alarms.raise_("store_corrupt", f"{path}: {problem}", str(path))
         return False
 

@@ -4,6 +4,13 @@ Each stored file `<disk>/<rel>` has `<disk>/.meta/<rel>.json`, written durably
 *before* the file is linked into place. It carries everything needed to
 rebuild the file's catalog row (`station catalog rebuild`), so losing or
 corrupting the database loses nothing.
+
+Besides what collection knows, it carries what is added later and must outlive the
+catalog: the grade, note, case and hold, the 2016 retention category (a permanent one
+must never come back deletable) and the SM3 digest computed in the background. Every
+place that changes one of them rewrites the sidecar from the row (`mirror_row`), and
+start-up recovery does so for any that could not be written then. Fields added later
+default to None, so older sidecars stay readable.
 """
 
 from __future__ import annotations
@@ -16,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from station.durable import replace_file
-from station.protection import LEVELS, is_protected
+from station.protection import CATEGORIES, LEVELS, is_protected
 
 META = ".meta"
 MAX_SIDECAR = 64 * 1024  # a real one is about 1 KiB
@@ -52,11 +59,14 @@ class Sidecar:
     deleted_at: str | None = None  # set when retention or a person deleted the file
     deleted_by: str | None = None
     delete_reason: str | None = None
+    retention_category: str | None = None  # a 2016 category (station/protection.py CATEGORIES)
+    sm3: str | None = None  # SM3 (GB/T 32905) of the bytes, once computed (station/platform/sm3)
+    mirror_disk: str | None = None  # the disk holding its second copy (station.mirror)
     version: int = VERSION
 
     @property
     def protected(self) -> bool:
-        return is_protected(self.important, self.level, self.legal_hold)
+        return is_protected(self.important, self.level, self.legal_hold, self.retention_category)
 
     @property
     def card_path(self) -> bytes:
@@ -72,8 +82,9 @@ class Sidecar:
 
 
 def mirror_row(sc: Sidecar, row: Any) -> Sidecar:
-    """`sc` with what may change after collection (grade, note, case, hold, deletion) as the
-    catalog row `row` (a StoredFile) has it: the row is the truth while it exists."""
+    """`sc` with what may change after collection (grade, note, case, hold, retention
+    category, SM3, deletion) as the catalog row `row` (a StoredFile) has it: the row is the
+    truth while it exists."""
     return replace(
         sc,
         important=bool(row.important),
@@ -82,6 +93,8 @@ def mirror_row(sc: Sidecar, row: Any) -> Sidecar:
         note=row.note,
         case_no=row.case_no,
         legal_hold=row.legal_hold,
+        retention_category=row.retention_category,
+        sm3=row.sm3,
         deleted_at=row.deleted_at.isoformat() if row.deleted_at else None,
         deleted_by=row.deleted_by,
         delete_reason=row.delete_reason,
@@ -138,8 +151,11 @@ _OPTIONAL_TEXT = (
     "deleted_at",
     "deleted_by",
     "delete_reason",
+    "retention_category",
+    "sm3",
+    "mirror_disk",
 )
-_SHA256 = re.compile(r"[0-9a-f]{64}")
+_SHA256 = re.compile(r"[0-9a-f]{64}")  # SM3 digests have the same form
 
 
 def _validate(sc: Sidecar) -> None:
@@ -159,6 +175,10 @@ def _validate(sc: Sidecar) -> None:
         raise ValueError("clock_untrusted has the wrong type")
     if sc.level not in LEVELS:
         raise ValueError(f"unknown level {sc.level!r}")
+    if sc.retention_category is not None and sc.retention_category not in CATEGORIES:
+        raise ValueError(f"unknown retention category {sc.retention_category!r}")
+    if sc.sm3 is not None and not _SHA256.fullmatch(sc.sm3):
+        raise ValueError("sm3 is not 64 hex digits")
     bytes.fromhex(sc.card_path_hex)
     for stamp in (sc.collected_at, sc.recorded_at, sc.deleted_at):
         if stamp is not None:

@@ -22,6 +22,7 @@ from station.names import safe_component
 log = logging.getLogger(__name__)
 
 STAGING = ".staging"
+MIRROR = ".mirror"  # second copies of protected footage (station.mirror): not catalogued
 MARKER = ".station-disk.json"  # written by station.disks
 LOG_ANCHOR = ".station-log-anchor.json"  # written by station.eventlog
 ROOT_FILES = frozenset({MARKER, LOG_ANCHOR})  # station files at a disk's root: not evidence

@@ -237,6 +237,10 @@ ALARMS: dict[str, dict[Language, str]] = {
         "zh": "发现损坏的存储文件",
         "en": "A stored file is damaged",
     },
+    "store_copy_restored": {
+        "zh": "存储文件的一份副本已丢失，已从另一份恢复",
+        "en": "A copy of a stored file was lost and restored from the other",
+    },
     "store_inconsistent": {
         "zh": "存储数据与目录不一致",
         "en": "The store does not match the catalogue",

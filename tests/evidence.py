@@ -5,7 +5,8 @@
 2. No file is deleted from a recorder before its stored copy is verified and
    committed (a file deleted early shows up as lost in 1).
 3. No catalog row without its file; no stored file without a row; every live
-   row's sidecar says what the row says (hash, officer, recorder, grade, hold, live).
+   row's sidecar says what the row says (hash, officer, recorder, grade, hold, retention
+   category, live).
 4. Nothing is quarantined (a quarantined file is a file the station could not account
    for), and no card file was deleted before its file was committed (read from the
    system log directly, not only as a loss).
@@ -23,7 +24,7 @@ from pathlib import Path
 
 from station.names import parse_card_path
 
-HIDDEN = {".staging", ".meta", ".quarantine"}
+HIDDEN = {".staging", ".meta", ".quarantine", ".mirror"}
 ROOT_FILES = {".station-disk.json", ".station-log-anchor.json"}  # the station's, not evidence
 
 
@@ -113,7 +114,7 @@ def check(db: Path, disks: list[Path], ledger: Ledger, cards: dict[str, Path]) -
     try:
         rows = con.execute(
             "SELECT f.card_path, f.disk, f.rel_path, f.size, f.sha256, o.officer_no, r.serial, "
-            "f.level, f.legal_hold "
+            "f.level, f.legal_hold, f.retention_category "
             "FROM files f JOIN officers o ON o.id = f.officer_id "
             "JOIN recorders r ON r.id = f.recorder_id WHERE f.deleted_at IS NULL"
         ).fetchall()
@@ -131,7 +132,7 @@ def check(db: Path, disks: list[Path], ledger: Ledger, cards: dict[str, Path]) -
             out.wiped_before_commit.append(f"event {ev_id}: {message} (file {file_id})")
     seen: dict[tuple[str, bytes], int] = {}
     stored_paths = set()
-    for card_path, disk, rel, size, digest, officer_no, serial, level, hold in rows:
+    for card_path, disk, rel, size, digest, officer_no, serial, level, hold, category in rows:
         key = (serial, bytes(card_path))
         seen[key] = seen.get(key, 0) + 1
         path = Path(disk) / rel
@@ -150,11 +151,10 @@ def check(db: Path, disks: list[Path], ledger: Ledger, cards: dict[str, Path]) -
         except (OSError, ValueError) as e:
             out.sidecar_mismatch.append(f"{path}: {e}")
         else:
-            want = (digest, officer_no, serial, level, hold, None)
-            got = tuple(
-                sc.get(k)
-                for k in ("sha256", "officer_no", "serial", "level", "legal_hold", "deleted_at")
-            )
+            want = (digest, officer_no, serial, level, hold, category, None)
+            keys = ("sha256", "officer_no", "serial", "level", "legal_hold",
+                    "retention_category", "deleted_at")  # fmt: skip
+            got = tuple(sc.get(k) for k in keys)
             if got != want:
                 out.sidecar_mismatch.append(f"{path}: sidecar {got} != row {want}")
     for serial, (_, files) in ledger.sources.items():

@@ -40,6 +40,7 @@ class Candidate:
     level: str
     important: bool
     legal_hold: str | None
+    retention_category: str | None = None
 
     @property
     def path(self) -> Path:
@@ -47,7 +48,7 @@ class Candidate:
 
     @property
     def protected(self) -> bool:
-        return is_protected(self.important, self.level, self.legal_hold)
+        return is_protected(self.important, self.level, self.legal_hold, self.retention_category)
 
 
 def stored_files(catalog: Catalog) -> list[Candidate]:
@@ -69,6 +70,7 @@ def stored_files(catalog: Catalog) -> list[Candidate]:
                 StoredFile.level,
                 StoredFile.important,
                 StoredFile.legal_hold,
+                StoredFile.retention_category,
             )
             .join(Officer, StoredFile.officer_id == Officer.id)
             .join(Recorder, StoredFile.recorder_id == Recorder.id)

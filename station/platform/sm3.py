@@ -4,7 +4,8 @@ SM3 costs more than twice SHA-256 per byte (docs/benchmarks.md): computed while 
 would slow collection on the cabinet's CPU, so it is computed soon after a file is stored,
 from the stored copy, and before the file is pushed to the platform (the outbox waits
 for it). The same read checks SHA-256 too: an SM3 is only recorded for bytes that are
-still the collected original.
+still the collected original. It is recorded in the catalog and in the file's sidecar
+(durably, in the same catalog transaction), so a rebuilt catalog keeps it.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from sqlalchemy import select
 from station.catalog import Catalog, StoredFile
 from station.catalog.db import append_event
 from station.ratelimit import TokenBucket
+from station.sidecar import SidecarError, mirror_row, read_sidecar, sidecar_path, write_sidecar
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +126,15 @@ class Sm3Digester:
             if row is None:
                 return
             row.sm3, row.sm3_error = sm3, error
+            if sm3 is not None and row.deleted_at is None:
+                disk = Path(row.disk)
+                try:
+                    sc = read_sidecar(sidecar_path(disk, row.rel_path))
+                    write_sidecar(disk, row.rel_path, mirror_row(sc, row))
+                except (SidecarError, OSError) as e:
+                    # recorded in the catalog all the same; start-up recovery writes the
+                    # sidecar from the row (recovery.reconcile_sidecars)
+                    log.warning("file %s: SM3 not in its sidecar now (%s)", file_id, e)
             if error:
                 append_event(s, "sm3_failed", f"{row.rel_path}: {error}", file_id=file_id)
                 log.error("file %s: SM3 not computed: %s", file_id, error)
