@@ -56,13 +56,12 @@ def images(tmp_path: Path) -> Path:
     return d
 
 
-@pytest.fixture
-def helper(tmp_path: Path, cards: Path, images: Path) -> Iterator[Path]:
+def _start_helper(tmp_path: Path, cards: Path, images: Path, *peers: str) -> Iterator[Path]:
     # a folder every user can pass through: one test asks as another user
     home = Path(tempfile.mkdtemp(prefix="mountd-", dir="/tmp"))
     home.chmod(0o711)
     sock = home / "mountd.sock"
-    args = ["--root", str(cards), "--socket", str(sock), "--images", str(images)]
+    args = ["--root", str(cards), "--socket", str(sock), "--images", str(images), *peers]
     proc = subprocess.Popen(
         [sys.executable, "-m", "station.mountd", *args],
         stderr=open(tmp_path / "mountd.log", "wb"),  # noqa: SIM115 - the helper's for life
@@ -76,6 +75,12 @@ def helper(tmp_path: Path, cards: Path, images: Path) -> Iterator[Path]:
     proc.terminate()
     proc.wait(10)
     shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture
+def helper(tmp_path: Path, cards: Path, images: Path) -> Iterator[Path]:
+    """The helper serving this test process and its children (no systemd unit here)."""
+    yield from _start_helper(tmp_path, cards, images, "--peer-process", str(os.getpid()))
 
 
 def _target(cards: Path) -> Path:
@@ -246,3 +251,105 @@ def test_only_card_folders_are_unmounted(helper: Path, cards: Path, tmp_path: Pa
             assert answer["ok"] is False and "is not a card folder" in str(answer["error"])
     finally:
         os.close(ns)
+
+
+def _mounts_of(pid: int, below: Path) -> list[str]:
+    """Mount points below `below` in the namespace of `pid`."""
+    lines = Path(f"/proc/{pid}/mountinfo").read_text().splitlines()
+    return [m for m in (line.split()[4] for line in lines) if m.startswith(str(below) + "/")]
+
+
+def test_a_root_process_that_is_not_the_station_is_refused_and_logged(
+    tmp_path: Path, cards: Path, images: Path
+) -> None:
+    """Any root process could reach the socket: only the daemon's is served."""
+    card = _card(images / "card.img")
+    # the helper as on a station: it serves station.service's cgroup, which we are not in
+    helper = _start_helper(tmp_path, cards, images)
+    sock = next(helper)
+    try:
+        target = _target(cards)
+        with pytest.raises(
+            MountError, match=r"is not the station daemon: cgroup .*station\.service"
+        ):
+            HelperMounter(sock, "fuse").mount(card, target)
+        assert not os.path.ismount(target)
+    finally:
+        next(helper, None)
+    assert f"refused (process {os.getpid()})" in (tmp_path / "mountd.log").read_text()
+    # the helper serving one process tree: a root process outside it (an orphan, adopted by
+    # init) is refused; the tree itself is served
+    helper = _start_helper(tmp_path, cards, images, "--peer-process", str(os.getpid()))
+    sock = next(helper)
+    try:
+        target = _target(cards)
+        orphan = textwrap.dedent(
+            f"""
+            import os, sys
+            from pathlib import Path
+            from station.mount import BlockDevice, HelperMounter, MountError
+            if os.fork():
+                os._exit(0)
+            while os.getppid() == {os.getpid()}:  # adopted by init (or a subreaper above)
+                pass
+            try:
+                HelperMounter(Path({str(sock)!r}), "fuse").mount(
+                    BlockDevice({str(images / "card.img")!r}, "vfat", "/sys/x"),
+                    Path({str(target)!r}),
+                )
+                print("MOUNTED", flush=True)
+            except MountError as e:
+                print("REFUSED", e, flush=True)
+            """
+        )
+        # the orphan's output comes through the pipe after its parent has exited
+        r = subprocess.run(
+            [sys.executable, "-c", orphan], capture_output=True, text=True, timeout=60, check=True
+        )
+        assert r.stdout.startswith("REFUSED") and "is not the station daemon" in r.stdout, r
+        assert not os.path.ismount(target)
+        m = HelperMounter(sock, "fuse")
+        m.mount(card, target)
+        assert os.path.ismount(target)
+        m.unmount(target)
+    finally:
+        next(helper, None)
+    assert "is not the station daemon" in (tmp_path / "mountd.log").read_text()
+
+
+def test_a_namespace_that_is_not_the_askers_own_is_refused(
+    helper: Path, cards: Path, images: Path, tmp_path: Path
+) -> None:
+    """A daemon passing on another namespace (one it got hold of) gets nothing mounted there."""
+    other = subprocess.Popen(
+        ["unshare", "--mount", "--propagation", "private", "sleep", "300"],
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        ours = os.stat("/proc/self/ns/mnt").st_ino
+        while os.stat(f"/proc/{other.pid}/ns/mnt").st_ino == ours:  # unshare not done yet
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        ns = os.open(f"/proc/{other.pid}/ns/mnt", os.O_RDONLY)
+        target = _target(cards)
+        request = {"op": "mount", "kind": "fuse", "node": str(images / "card.img")}
+        try:
+            answer = _raw(helper, json.dumps({**request, "target": str(target)}).encode(), [ns])
+        finally:
+            os.close(ns)
+        assert answer["ok"] is False, answer
+        assert "the namespace sent is not that of the asker" in str(answer["error"])
+        assert not _mounts_of(other.pid, cards) and not os.path.ismount(target)
+        assert "not that of the asker" in (tmp_path / "mountd.log").read_text()
+        # the asker's own namespace is served, as before
+        ns = os.open("/proc/self/ns/mnt", os.O_RDONLY)
+        try:
+            answer = _raw(helper, json.dumps({**request, "target": str(target)}).encode(), [ns])
+        finally:
+            os.close(ns)
+        assert answer == {"ok": True} and os.path.ismount(target)
+        HelperMounter(helper, "fuse").unmount(target)
+    finally:
+        other.kill()
+        other.wait()
