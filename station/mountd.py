@@ -340,6 +340,66 @@ def _umount2(root_fd: int, name: str, *, lazy: bool) -> None:
         raise Refused(f"umount {name}: {os.strerror(err)}")
 
 
+MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REC, MS_PRIVATE = 2, 4, 8, 1 << 14, 1 << 18
+SYS_OPEN_TREE, SYS_MOVE_MOUNT = 428, 429  # one number on every architecture (Linux 5.2)
+OPEN_TREE_CLONE = 1
+MOVE_MOUNT_F_EMPTY_PATH, MOVE_MOUNT_T_EMPTY_PATH = 0x4, 0x40
+STAGE = "/sys/card"
+
+
+def _check(ok: int, what: str) -> int:
+    if ok < 0:
+        raise Refused(f"{what}: {os.strerror(ctypes.get_errno())}")
+    return ok
+
+
+def _fuse_mount(cmd: list[str], fds: tuple[int, int]) -> None:
+    """Run the FUSE driver `cmd` (its last argument the mount point) so that it cannot
+    be redirected: libfuse 2 resolves its mount point to a name (realpath) and mounts by
+    that name, which the daemon could swap for a link meanwhile. So the driver mounts on
+    a folder of a private namespace (a tmpfs over /sys there, which the daemon cannot
+    reach, and /sys is a mount point it cannot rename), and the mount is then cloned
+    and moved onto the card folder's descriptor (open_tree, move_mount: no name)."""
+    source_fd, target_fd = fds
+    if os.stat("/sys").st_dev == os.stat("/").st_dev:
+        raise Refused("no /sys mount to stage a FUSE card on")
+    home = os.open("/proc/self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+    rfd, wfd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # single-threaded, as unshare and setns need
+        os.close(rfd)
+        error = ""
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            _check(libc.unshare(CLONE_NEWNS), "unshare")
+            _check(libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None), "private")
+            flags = MS_NOSUID | MS_NODEV | MS_NOEXEC
+            _check(libc.mount(b"stage", b"/sys", b"tmpfs", flags, b"mode=0700"), "stage")
+            os.mkdir(STAGE, 0o700)
+            _run([*cmd[:-1], STAGE], (source_fd,))
+            tree = _check(
+                libc.syscall(SYS_OPEN_TREE, -100, STAGE.encode(), OPEN_TREE_CLONE | os.O_CLOEXEC),
+                "open_tree",
+            )
+            _check(libc.umount2(STAGE.encode(), MNT_DETACH), "umount stage")
+            _setns(home)
+            flags = MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH
+            _check(libc.syscall(SYS_MOVE_MOUNT, tree, b"", target_fd, b"", flags), "move_mount")
+        except Refused as e:
+            error = str(e) or "refused"
+        except Exception as e:  # reported: a forked child never raises
+            error = f"{type(e).__name__}: {e}"
+        os.write(wfd, error.encode()[:4000])
+        os._exit(0)
+    os.close(wfd)
+    os.close(home)
+    with os.fdopen(rfd, "rb") as r:
+        error = r.read().decode(errors="replace")
+    _, status = os.waitpid(pid, 0)
+    if error or status != 0:
+        raise Refused(error or f"the FUSE mount failed (status {status})")
+
+
 def carry_out(
     request: dict[str, Any], root: Path, images: Path | None, host_mounted: set[int]
 ) -> None:
@@ -366,7 +426,9 @@ def carry_out(
             cmd = mount_command(kind, fstype, f"/proc/self/fd/{source_fd}", Path(where))
             if cmd[0] == "mount":
                 cmd.insert(1, "--no-canonicalize")  # the descriptors' paths, as they are
-            _run(cmd, (source_fd, target_fd))
+                _run(cmd, (source_fd, target_fd))
+            else:
+                _fuse_mount(cmd, (source_fd, target_fd))
         finally:
             os.close(source_fd)
     finally:

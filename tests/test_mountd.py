@@ -353,3 +353,198 @@ def test_a_namespace_that_is_not_the_askers_own_is_refused(
     finally:
         other.kill()
         other.wait()
+
+
+# --- races: a compromised daemon swapping names while the helper works -----------------------
+
+SWAPPER = """
+import ctypes, os, sys, threading
+libc = ctypes.CDLL(None, use_errno=True)
+RENAME_EXCHANGE = 2
+stop = threading.Event()
+swaps = [0]
+
+
+def swap(a, b):
+    # exchange two names over and over (a mounted folder cannot move: EBUSY, ignored)
+    while not stop.is_set():
+        if libc.renameat2(-100, a.encode(), -100, b.encode(), RENAME_EXCHANGE) == 0:
+            swaps[0] += 1
+
+
+def start(a, b):
+    t = threading.Thread(target=swap, args=(a, b), daemon=True)
+    t.start()
+    return t
+
+
+def mounts_below(where):
+    lines = open("/proc/self/mountinfo").read().splitlines()
+    return [m for m in (line.split()[4] for line in lines) if m.startswith(where + "/")]
+"""
+
+
+def _race(tmp_path: Path, body: str) -> dict[str, object]:
+    """Run `body` (after SWAPPER) as the daemon would: root, in a mount namespace of its
+    own; its last line of output is a JSON summary."""
+    script = tmp_path / "race.py"
+    script.write_text(SWAPPER + textwrap.dedent(body))
+    r = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert r.returncode == 0, r.stderr
+    return dict(json.loads(r.stdout.splitlines()[-1]))
+
+
+RACE_ROUNDS = 30
+
+
+def test_a_card_folder_swapped_for_a_link_never_gets_the_link_target_mounted(
+    helper: Path, cards: Path, images: Path, tmp_path: Path
+) -> None:
+    """The target is opened once, component by component without following a link, and
+    mounted on through that descriptor: a name swapped meanwhile changes nothing."""
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "secret").write_text("ORIGINAL")
+    a, b = _target(cards), cards / f"port-1.{uuid.uuid4().hex[:12]}"
+    b.symlink_to(victim)
+    summary = _race(
+        tmp_path,
+        f"""
+        import json
+        from pathlib import Path
+        from station.mount import BlockDevice, HelperMounter, MountError
+        m = HelperMounter(Path({str(helper)!r}), "fuse")
+        card = BlockDevice({str(images / "card.img")!r}, "vfat", "/sys/x")
+        names = [{str(a)!r}, {str(b)!r}]
+        seen, errors, mounted = [], set(), 0
+        start(*names)
+        for i in range({RACE_ROUNDS}):
+            try:
+                m.mount(card, Path(names[i % 2]))
+                mounted += 1
+            except MountError as e:
+                errors.add(str(e).split(": ", 1)[-1])
+            where = mounts_below({str(tmp_path)!r})
+            seen += where
+            if os.path.ismount({str(victim)!r}) or where != [p for p in where if p in names]:
+                break
+            for p in where:  # a mounted folder stays put: unmount it by its name
+                m.unmount(Path(p))
+        stop.set()
+        print(json.dumps({{"seen": sorted(set(seen)), "errors": sorted(errors),
+                          "mounted": mounted, "swaps": swaps[0],
+                          "left": mounts_below({str(tmp_path)!r})}}))
+        """,
+    )
+    assert set(summary["seen"]) <= {str(a), str(b)}, summary  # type: ignore[arg-type]
+    assert not summary["left"], summary
+    assert summary["mounted"], summary  # the helper kept serving the real folder
+    assert all("plain folder" in e for e in summary["errors"]), summary  # type: ignore[union-attr]
+    assert (victim / "secret").read_text() == "ORIGINAL"
+    assert sorted(p.name for p in victim.iterdir()) == ["secret"]
+
+
+def test_a_card_image_swapped_for_a_link_never_gets_the_other_image_mounted(
+    helper: Path, cards: Path, images: Path, tmp_path: Path
+) -> None:
+    """The source is opened once without following a link, and checked, probed and
+    mounted through that descriptor: another filesystem swapped in is never mounted."""
+    other = tmp_path / "other.img"
+    subprocess.run(
+        ["mkfs.vfat", "-C", "-F", "32", str(other), "65536"], check=True, capture_output=True
+    )
+    (tmp_path / "SECRET.TXT").write_text("not a card")
+    subprocess.run(
+        ["mcopy", "-i", str(other), str(tmp_path / "SECRET.TXT"), "::/"],
+        check=True,
+        capture_output=True,
+        env={**os.environ, "MTOOLS_SKIP_CHECK": "1"},
+    )
+    (images / "swap.img").symlink_to(other)
+    summary = _race(
+        tmp_path,
+        f"""
+        import json
+        from pathlib import Path
+        from station.mount import BlockDevice, HelperMounter, MountError
+        m = HelperMounter(Path({str(helper)!r}), "fuse")
+        card = BlockDevice({str(images / "card.img")!r}, "vfat", "/sys/x")
+        contents, errors = [], set()
+        start({str(images / "card.img")!r}, {str(images / "swap.img")!r})
+        for i in range({RACE_ROUNDS}):
+            target = Path({str(cards)!r}) / f"port-1.{{i:012x}}"
+            target.mkdir(mode=0o700)
+            try:
+                m.mount(card, target)
+                contents.append(sorted(p.name for p in target.iterdir()))
+                m.unmount(target)
+            except MountError as e:
+                errors.add(str(e).split(": ", 1)[-1])
+            target.rmdir()
+        stop.set()
+        print(json.dumps({{"contents": contents, "errors": sorted(errors), "swaps": swaps[0],
+                          "left": mounts_below({str(tmp_path)!r})}}))
+        """,
+    )
+    assert summary["contents"], summary  # the real card was mounted, at least sometimes
+    assert all(c == ["DCIM"] for c in summary["contents"]), summary  # type: ignore[union-attr]
+    assert not summary["left"], summary
+
+
+def test_a_card_root_swapped_for_one_with_a_link_never_unmounts_anything_else(
+    tmp_path: Path, images: Path
+) -> None:
+    """Unmounting is umount2(UMOUNT_NOFOLLOW) of a name below the card root's descriptor:
+    a card root swapped for a folder whose card is a link to a mount of the sandbox (a
+    masked /run/dbus, say) never gets that mount lifted."""
+    run = tmp_path / "run"
+    root, evil, victim = run / "cards", run / "evil", tmp_path / "victim"
+    for d in (root, evil, victim):
+        d.mkdir(parents=True)
+    name = f"port-1.{uuid.uuid4().hex[:12]}"
+    (root / name).mkdir()
+    (evil / name).symlink_to(victim)
+    helper = _start_helper(tmp_path, root, images, "--peer-process", str(os.getpid()))
+    sock = next(helper)
+    try:
+        summary = _race(
+            tmp_path,
+            f"""
+            import json, subprocess
+            from pathlib import Path
+            from station.mount import HelperMounter
+            victim = {str(victim)!r}
+            subprocess.run(["mount", "-t", "tmpfs", "mask", victim], check=True)
+            m = HelperMounter(Path({str(sock)!r}), "kernel")
+            card = "/" + {name!r}
+            start({str(root)!r}, {str(evil)!r})
+            def is_mount(p):  # the names move under our feet
+                try:
+                    return os.path.ismount(p)
+                except OSError:
+                    return False
+
+            remounted = 0
+            for i in range({RACE_ROUNDS * 3}):
+                for d in ({str(root)!r} + card, {str(evil)!r} + card):  # the card folder
+                    if os.path.isdir(d) and not os.path.islink(d) and not is_mount(d):
+                        r = subprocess.run(["mount", "-t", "tmpfs", "card", d], check=False)
+                        remounted += r.returncode == 0
+                m.unmount(Path({str(root)!r} + card), lazy=i % 2 == 0)
+                if not is_mount(victim):
+                    break
+            stop.set()
+            print(json.dumps({{"victim": is_mount(victim), "remounted": remounted,
+                              "swaps": swaps[0]}}))
+            """,
+        )
+    finally:
+        next(helper, None)
+    assert summary["victim"] is True, summary
+    assert int(summary["remounted"]) > 1, summary  # the real card was let go of, sometimes
