@@ -361,15 +361,31 @@ SWAPPER = """
 import ctypes, os, sys, threading
 libc = ctypes.CDLL(None, use_errno=True)
 RENAME_EXCHANGE = 2
-stop = threading.Event()
+stop, pause, paused = threading.Event(), threading.Event(), threading.Event()
 swaps = [0]
 
 
 def swap(a, b):
     # exchange two names over and over (a mounted folder cannot move: EBUSY, ignored)
     while not stop.is_set():
+        if pause.is_set():
+            paused.set()
+            while pause.is_set() and not stop.is_set():
+                stop.wait(0.001)
+            paused.clear()
         if libc.renameat2(-100, a.encode(), -100, b.encode(), RENAME_EXCHANGE) == 0:
             swaps[0] += 1
+
+
+class still:
+    # names hold still inside: for looking at what was mounted, and letting go of it
+
+    def __enter__(self):
+        pause.set()
+        paused.wait()
+
+    def __exit__(self, *exc):
+        pause.clear()
 
 
 def start(a, b):
@@ -397,7 +413,7 @@ def _race(tmp_path: Path, body: str) -> dict[str, object]:
         check=False,
     )
     assert r.returncode == 0, r.stderr
-    return dict(json.loads(r.stdout.splitlines()[-1]))
+    return {**json.loads(r.stdout.splitlines()[-1]), "stderr": r.stderr[-3000:]}
 
 
 RACE_ROUNDS = 30
@@ -430,12 +446,13 @@ def test_a_card_folder_swapped_for_a_link_never_gets_the_link_target_mounted(
                 mounted += 1
             except MountError as e:
                 errors.add(str(e).split(": ", 1)[-1])
-            where = mounts_below({str(tmp_path)!r})
-            seen += where
-            if os.path.ismount({str(victim)!r}) or where != [p for p in where if p in names]:
-                break
-            for p in where:  # a mounted folder stays put: unmount it by its name
-                m.unmount(Path(p))
+            with still():
+                where = mounts_below({str(tmp_path)!r})
+                seen += where
+                if os.path.ismount({str(victim)!r}) or where != [p for p in where if p in names]:
+                    break
+                for p in where:
+                    m.unmount(Path(p))
         stop.set()
         print(json.dumps({{"seen": sorted(set(seen)), "errors": sorted(errors),
                           "mounted": mounted, "swaps": swaps[0],
