@@ -17,9 +17,11 @@ sends one JSON line with descriptors (SCM_RIGHTS), and the worker answers with J
 the last one `{"done": true, ...}` or `{"error": "..."}`; a worker that dies says nothing
 more, and the daemon reports it:
 
-- `{"op": "transcode"}` with three: the stored file (read), the fragmented MP4 to write
-  (the file the browser follows while it grows) and the final MP4; answers
-  `{"frames_total": N}`, `{"frames_done": n}` now and then;
+- `{"op": "transcode", "max_bytes": N}` with three: the stored file (read), the
+  fragmented MP4 to write (the file the browser follows while it grows) and the final
+  MP4; answers `{"frames_total": N}`, `{"frames_done": n}` now and then. No file the
+  worker writes may pass `max_bytes` (RLIMIT_FSIZE, hard, set before it reads a byte: a
+  hostile file cannot make it fill the disk); past it, the answer is an error saying so;
 - `{"op": "probe", "kind": "video"}` with one, the stored file: answers the file list's
   thumbnail (a base64 JPEG, or null) and length (`duration_s`, or null).
 """
@@ -29,10 +31,12 @@ from __future__ import annotations
 import array
 import base64
 import contextlib
+import errno
 import json
 import os
 import resource
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -110,24 +114,53 @@ def _receive(conn: socket.socket) -> tuple[dict[str, Any], list[int]]:
     return request, list(fds)
 
 
-def _transcode(fds: list[int], progress: _Progress) -> None:
+def limit_output(max_bytes: int) -> int:
+    """Cap every file this process writes at `max_bytes` (soft and hard: it cannot be
+    raised again), writes past it failing with EFBIG instead of a signal. Returns the cap."""
+    _soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    cap = max_bytes if hard == resource.RLIM_INFINITY else min(max_bytes, hard)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (cap, cap))
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    return cap
+
+
+def _transcode(fds: list[int], progress: _Progress, max_bytes: int) -> None:
     from station import playback  # PyAV is loaded here, in the worker only
 
-    with (
-        os.fdopen(fds[0], "rb") as source,
-        os.fdopen(fds[1], "w+b") as frag,
-        os.fdopen(fds[2], "w+b") as final,
-    ):
-        playback.transcode(source, frag, progress)
-        frag.flush()
-        frag.seek(0)
-        # faststart moves the index to the front by reopening its output by name:
-        # a file of the worker's own (its private /tmp), then copied to the daemon's
-        with tempfile.TemporaryDirectory(prefix="station-media-") as tmp:
+    cap = limit_output(max_bytes)
+    capped = WorkerError(
+        f"the browser copy reached its size cap of {cap} bytes: "
+        "the file decodes to far more than it holds"
+    )
+    try:
+        with (
+            os.fdopen(fds[0], "rb") as source,
+            os.fdopen(fds[1], "w+b") as frag,
+            os.fdopen(fds[2], "w+b") as final,
+            # faststart moves the index to the front by reopening its output by name:
+            # a file of the worker's own (its private /tmp), then copied to the daemon's
+            tempfile.TemporaryDirectory(prefix="station-media-") as tmp,
+        ):
             own = Path(tmp) / "final.mp4"
-            playback.remux_faststart(frag, own)
-            with open(own, "rb") as f:
-                shutil.copyfileobj(f, final, 1 << 20)
+            try:
+                playback.transcode(source, frag, progress)
+                frag.flush()
+                frag.seek(0)
+                playback.remux_faststart(frag, own)
+                with open(own, "rb") as f:
+                    shutil.copyfileobj(f, final, 1 << 20)
+                final.flush()
+            except Exception:
+                sizes = [os.fstat(f.fileno()).st_size for f in (frag, final)]
+                with contextlib.suppress(OSError):
+                    sizes.append(own.stat().st_size)
+                if max(sizes) >= cap:
+                    raise capped from None
+                raise
+    except OSError as e:  # a write past the cap outside the above (closing a file)
+        if e.errno == errno.EFBIG:
+            raise capped from None
+        raise
     progress.send(frames_done=progress.frames_done, done=True)
 
 
@@ -153,7 +186,12 @@ def serve(conn: socket.socket) -> None:
     try:
         request, fds = _receive(conn)
         if request["op"] == "transcode":
-            _transcode(fds, progress)
+            cap = request.get("max_bytes")
+            if not isinstance(cap, int) or isinstance(cap, bool) or cap <= 0:
+                for fd in fds:
+                    os.close(fd)
+                raise WorkerError("a transcoding comes with its output cap (max_bytes)")
+            _transcode(fds, progress, cap)
         else:
             _probe(fds, str(request.get("kind", "")), progress)
     except Exception as e:  # everything goes back to the daemon as words
@@ -275,10 +313,11 @@ def _ask(
 
 
 def run_transcode(
-    source: Path, frag: Path, final: Path, job: Any, *, timeout_s: float = 120.0
+    source: Path, frag: Path, final: Path, job: Any, *, max_bytes: int, timeout_s: float = 120.0
 ) -> None:
     """Have a worker transcode `source` into `frag` (growing, for the browser) and
-    `final`; `job.frames_total` / `job.frames_done` follow its progress."""
+    `final`, neither passing `max_bytes`; `job.frames_total` / `job.frames_done` follow
+    its progress."""
 
     def progress(answer: dict[str, Any]) -> None:
         if "frames_total" in answer:
@@ -294,7 +333,10 @@ def run_transcode(
         for fd in fds:
             os.close(fd)
         raise
-    _ask("transcode", fds, progress, extra={}, timeout_s=timeout_s)
+    _ask("transcode", fds, progress, extra={"max_bytes": max_bytes}, timeout_s=timeout_s)
+    for out in (frag, final):  # what the worker says is not taken on trust
+        if out.stat().st_size > max_bytes:
+            raise WorkerError(f"{out.name} passed its size cap of {max_bytes} bytes")
 
 
 def run_probe(

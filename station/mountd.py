@@ -27,6 +27,13 @@ mounted harmlessly, in its own namespace.
 Each request is served in a child process that enters the daemon's namespace
 (setns(2) needs a single-threaded caller), checks there, and runs mount(8), umount(8) or
 the FUSE driver.
+
+It serves the station daemon only: the asker (SO_PEERCRED, held as a pidfd) must be root
+and in the daemon's cgroup (`/system.slice/station.service`, `--peer-cgroup`), or, outside
+systemd (tests, the demo), the process given with `--peer-process` or one of its
+descendants; and the namespace descriptor must be the asker's own (the root mount of the
+namespace it opens is one of the asker's mounts, /proc/<pid>/mountinfo). Another root
+process on the host, or a daemon passing on a namespace not its own, is refused, logged.
 """
 
 from __future__ import annotations
@@ -46,6 +53,7 @@ import stat
 import struct
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -58,10 +66,160 @@ MAX_REQUEST = 4096
 TARGET_NAME = re.compile(r"port-[A-Za-z0-9_-]{1,32}\.[0-9a-f]{12}")
 NODE = re.compile(r"/dev/[A-Za-z0-9_-]{1,32}")
 CHILD_TIMEOUT_S = 60.0
+SO_PEERPIDFD = getattr(socket, "SO_PEERPIDFD", 77)  # Linux 6.5
+STATION_CGROUP = "/system.slice/station.service"
 
 
 class Refused(Exception):
     """A request the helper does not carry out; the text goes back to the daemon."""
+
+
+# --- who asks ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Peers:
+    """Whom the helper serves: a process in one of `cgroups` (the daemon's unit), or one
+    of `processes` or a descendant of one (outside systemd: tests, the demo)."""
+
+    cgroups: tuple[str, ...] = (STATION_CGROUP,)
+    processes: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class Peer:
+    """The process at the other end of a connection: its pid, a pidfd that tells whether
+    that very process is still there (a pid can be reused, a pidfd cannot), and the ids
+    of the mounts of its namespace."""
+
+    uid: int
+    pid: int
+    pidfd: int | None
+    mount_ids: frozenset[int] = frozenset()
+
+    def gone(self) -> bool:
+        """Whether the asker has exited (its pid may now name another process)."""
+        if self.pidfd is None:
+            return not os.path.exists(f"/proc/{self.pid}")
+        return bool(select.select([self.pidfd], [], [], 0)[0])
+
+
+def _pidfd_pid(pidfd: int) -> int:
+    with open(f"/proc/self/fdinfo/{pidfd}", encoding="ascii") as f:
+        for line in f:
+            if line.startswith("Pid:"):
+                return int(line.split()[1])
+    raise OSError("no Pid in the pidfd's fdinfo")
+
+
+def peer_of(conn: socket.socket) -> Peer:
+    """Who is at the other end of `conn` (SO_PEERCRED; SO_PEERPIDFD where the kernel has
+    it, else a pidfd opened at once)."""
+    pid, uid, _gid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+    pidfd: int | None = None
+    try:
+        pidfd = struct.unpack("i", conn.getsockopt(socket.SOL_SOCKET, SO_PEERPIDFD, 4))[0]
+        pid = _pidfd_pid(pidfd)
+    except OSError:
+        if pidfd is not None:
+            os.close(pidfd)
+            pidfd = None
+        with contextlib.suppress(OSError):
+            pidfd = os.pidfd_open(pid)
+    return Peer(uid, pid, pidfd)
+
+
+def _cgroups(pid: int) -> list[str]:
+    """The cgroup paths of `pid` that systemd keeps its units in: the unified hierarchy's
+    (`0::`) and the legacy `name=systemd` one's."""
+    paths = []
+    with open(f"/proc/{pid}/cgroup", encoding="utf-8", errors="replace") as f:
+        for line in f:
+            hid, controllers, path = line.rstrip("\n").split(":", 2)
+            if (hid == "0" and not controllers) or controllers == "name=systemd":
+                paths.append(path)
+    return paths
+
+
+def _parent(pid: int) -> int:
+    with open(f"/proc/{pid}/status", encoding="utf-8", errors="replace") as f:
+        for line in f:
+            if line.startswith("PPid:"):
+                return int(line.split()[1])
+    return 0
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text(errors="replace").strip()
+    except OSError:
+        return "?"
+
+
+def _mount_ids(pid: int) -> frozenset[int]:
+    """The ids of the mounts in the namespace of `pid` (readable without ptrace access:
+    the helper holds none of the daemon's capabilities, /proc/<pid>/ns/mnt needs them)."""
+    ids = set()
+    with open(f"/proc/{pid}/mountinfo", encoding="utf-8", errors="replace") as f:
+        for line in f:
+            with contextlib.suppress(IndexError, ValueError):
+                ids.add(int(line.split()[0]))
+    return frozenset(ids)
+
+
+def check_peer(peer: Peer, peers: Peers) -> Peer:
+    """Refuse unless `peer` is the station daemon; returns it with its mounts' ids."""
+    if peer.uid != 0:
+        raise Refused("only the station (root) may ask")
+    who = f"process {peer.pid} ({_comm(peer.pid)})"
+    try:
+        cgroups = _cgroups(peer.pid)
+        allowed = any(
+            cg == want or cg.startswith(want.rstrip("/") + "/")
+            for cg in cgroups
+            for want in peers.cgroups
+        )
+        pid, hops = peer.pid, 0
+        while not allowed and pid > 1 and hops < 64:
+            allowed = pid in peers.processes
+            pid, hops = _parent(pid), hops + 1
+        ids = _mount_ids(peer.pid)
+    except (OSError, ValueError) as e:
+        raise Refused(f"{who}: cannot be checked: {e}") from None
+    if not allowed:
+        served = " or ".join(
+            [*peers.cgroups, *(f"process {p} and its descendants" for p in peers.processes)]
+        )
+        raise Refused(
+            f"{who} is not the station daemon: cgroup {' '.join(sorted(set(cgroups))) or '?'}, "
+            f"the helper serves {served}"
+        )
+    if peer.gone():
+        raise Refused(f"{who} went away")
+    return Peer(peer.uid, peer.pid, peer.pidfd, ids)
+
+
+def _root_mount_id() -> int:
+    """The id of the root mount of this process's mount namespace (after setns)."""
+    fd = os.open("/", os.O_PATH | os.O_CLOEXEC)
+    try:
+        with open(f"/proc/self/fdinfo/{fd}", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("mnt_id:"):
+                    return int(line.split()[1])
+    finally:
+        os.close(fd)
+    raise Refused("the namespace's root mount has no id")
+
+
+def check_namespace(peer: Peer) -> None:
+    """Called in the namespace the asker sent: refuse unless it is the asker's own. A live
+    mount id belongs to one namespace only, and the asker (still there: its pidfd) pins
+    its own namespace's root."""
+    if _root_mount_id() not in peer.mount_ids:
+        raise Refused(f"the namespace sent is not that of the asker (process {peer.pid})")
+    if peer.gone():
+        raise Refused(f"process {peer.pid} went away")
 
 
 # --- the checks, made inside the daemon's namespace ------------------------------------------
@@ -182,6 +340,66 @@ def _umount2(root_fd: int, name: str, *, lazy: bool) -> None:
         raise Refused(f"umount {name}: {os.strerror(err)}")
 
 
+MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REC, MS_PRIVATE = 2, 4, 8, 1 << 14, 1 << 18
+SYS_OPEN_TREE, SYS_MOVE_MOUNT = 428, 429  # one number on every architecture (Linux 5.2)
+OPEN_TREE_CLONE = 1
+MOVE_MOUNT_F_EMPTY_PATH, MOVE_MOUNT_T_EMPTY_PATH = 0x4, 0x40
+STAGE = "/sys/card"
+
+
+def _check(ok: int, what: str) -> int:
+    if ok < 0:
+        raise Refused(f"{what}: {os.strerror(ctypes.get_errno())}")
+    return ok
+
+
+def _fuse_mount(cmd: list[str], fds: tuple[int, int]) -> None:
+    """Run the FUSE driver `cmd` (its last argument the mount point) so that it cannot
+    be redirected: libfuse 2 resolves its mount point to a name (realpath) and mounts by
+    that name, which the daemon could swap for a link meanwhile. So the driver mounts on
+    a folder of a private namespace (a tmpfs over /sys there, which the daemon cannot
+    reach, and /sys is a mount point it cannot rename), and the mount is then cloned
+    and moved onto the card folder's descriptor (open_tree, move_mount: no name)."""
+    source_fd, target_fd = fds
+    if os.stat("/sys").st_dev == os.stat("/").st_dev:
+        raise Refused("no /sys mount to stage a FUSE card on")
+    home = os.open("/proc/self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+    rfd, wfd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # single-threaded, as unshare and setns need
+        os.close(rfd)
+        error = ""
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            _check(libc.unshare(CLONE_NEWNS), "unshare")
+            _check(libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None), "private")
+            flags = MS_NOSUID | MS_NODEV | MS_NOEXEC
+            _check(libc.mount(b"stage", b"/sys", b"tmpfs", flags, b"mode=0700"), "stage")
+            os.mkdir(STAGE, 0o700)
+            _run([*cmd[:-1], STAGE], (source_fd,))
+            tree = _check(
+                libc.syscall(SYS_OPEN_TREE, -100, STAGE.encode(), OPEN_TREE_CLONE | os.O_CLOEXEC),
+                "open_tree",
+            )
+            _check(libc.umount2(STAGE.encode(), MNT_DETACH), "umount stage")
+            _setns(home)
+            flags = MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH
+            _check(libc.syscall(SYS_MOVE_MOUNT, tree, b"", target_fd, b"", flags), "move_mount")
+        except Refused as e:
+            error = str(e) or "refused"
+        except Exception as e:  # reported: a forked child never raises
+            error = f"{type(e).__name__}: {e}"
+        os.write(wfd, error.encode()[:4000])
+        os._exit(0)
+    os.close(wfd)
+    os.close(home)
+    with os.fdopen(rfd, "rb") as r:
+        error = r.read().decode(errors="replace")
+    _, status = os.waitpid(pid, 0)
+    if error or status != 0:
+        raise Refused(error or f"the FUSE mount failed (status {status})")
+
+
 def carry_out(
     request: dict[str, Any], root: Path, images: Path | None, host_mounted: set[int]
 ) -> None:
@@ -208,7 +426,9 @@ def carry_out(
             cmd = mount_command(kind, fstype, f"/proc/self/fd/{source_fd}", Path(where))
             if cmd[0] == "mount":
                 cmd.insert(1, "--no-canonicalize")  # the descriptors' paths, as they are
-            _run(cmd, (source_fd, target_fd))
+                _run(cmd, (source_fd, target_fd))
+            else:
+                _fuse_mount(cmd, (source_fd, target_fd))
         finally:
             os.close(source_fd)
     finally:
@@ -227,7 +447,7 @@ def _setns(fd: int) -> None:
 
 
 def _in_child(
-    request: dict[str, Any], ns_fd: int, root: Path, images: Path | None
+    request: dict[str, Any], ns_fd: int, root: Path, images: Path | None, peer: Peer
 ) -> dict[str, Any]:
     """Fork, enter the daemon's namespace in the child, carry out the request there."""
     host_mounted = _mounted_devices()
@@ -238,6 +458,7 @@ def _in_child(
         answer: dict[str, Any]
         try:
             _setns(ns_fd)
+            check_namespace(peer)
             carry_out(request, root, images, host_mounted)
             answer = {"ok": True}
         except Refused as e:
@@ -282,24 +503,34 @@ def _receive(conn: socket.socket) -> tuple[dict[str, Any], int]:
     return request, fds[0]
 
 
-def serve_one(conn: socket.socket, root: Path, images: Path | None) -> None:
+def serve_one(
+    conn: socket.socket, root: Path, images: Path | None, peers: Peers | None = None
+) -> None:
     conn.settimeout(10)
-    uid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[1]
+    peer = peer_of(conn)
     answer: dict[str, Any]
     try:
         request, ns_fd = _receive(conn)  # read first: the answer must reach the asker
-        if uid != 0:
-            os.close(ns_fd)
-            raise Refused("only the station (root) may ask")
         try:
-            answer = _in_child(request, ns_fd, root, images)
+            checked = check_peer(peer, peers or Peers())
+            answer = _in_child(request, ns_fd, root, images, checked)
         finally:
             os.close(ns_fd)
         level = logging.INFO if answer["ok"] else logging.WARNING
-        log.log(level, "%s %s: %s", request.get("op"), request.get("target"), answer)
+        log.log(
+            level,
+            "%s %s for process %s: %s",
+            request.get("op"),
+            request.get("target"),
+            peer.pid,
+            answer,
+        )
     except Refused as e:
         answer = {"ok": False, "error": str(e)}
-        log.warning("refused: %s", e)
+        log.warning("refused (process %s): %s", peer.pid, e)
+    finally:
+        if peer.pidfd is not None:
+            os.close(peer.pidfd)
     with contextlib.suppress(OSError):
         conn.sendall(json.dumps(answer).encode() + b"\n")
 
@@ -320,12 +551,12 @@ def listening_socket(path: Path) -> socket.socket:
     return sock
 
 
-def serve(sock: socket.socket, root: Path, images: Path | None) -> None:
+def serve(sock: socket.socket, root: Path, images: Path | None, peers: Peers) -> None:
     while True:
         conn, _ = sock.accept()
         with conn:
             try:
-                serve_one(conn, root, images)
+                serve_one(conn, root, images, peers)
             except OSError as e:
                 log.warning("request dropped: %s", e)
 
@@ -335,9 +566,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--root", type=Path, default=Path("/run/station/cards"))
     p.add_argument("--socket", type=Path, default=HELPER_SOCKET)
     p.add_argument("--images", type=Path, help="also mount card images below this folder")
+    p.add_argument(
+        "--peer-cgroup",
+        action="append",
+        default=[],
+        metavar="CGROUP",
+        help=f"serve processes in this cgroup (default {STATION_CGROUP})",
+    )
+    p.add_argument(
+        "--peer-process",
+        action="append",
+        default=[],
+        type=int,
+        metavar="PID",
+        help="serve this process and its descendants (outside systemd: tests, the demo)",
+    )
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s", stream=sys.stderr)
-    serve(listening_socket(args.socket), args.root, args.images)
+    cgroups = args.peer_cgroup or ([] if args.peer_process else [STATION_CGROUP])
+    peers = Peers(tuple(cgroups), tuple(args.peer_process))
+    log.info("serving %s", peers)
+    serve(listening_socket(args.socket), args.root, args.images, peers)
     return 0
 
 

@@ -18,7 +18,13 @@ daemon never parses recorder video itself.
 
 Cached files are named by the content hash of the original, so a file is
 transcoded once, and the cache is trimmed to `max_bytes` (least recently used
-first). Everything else is played as stored: JPEG photos, WAV/MP3 audio, and
+first). A hostile file must not fill the disk: each output is capped at
+`output_factor` times the stored file plus `output_extra` (the worker's RLIMIT_FSIZE),
+a transcoding starts only when the cache can hold two such outputs (the growing and the
+final copy) beside what is kept and what runs, and the disk has that much free; past
+the cap the job fails saying so, and its partial outputs are deleted.
+
+Everything else is played as stored: JPEG photos, WAV/MP3 audio, and
 MP4 files already in H.264.
 """
 
@@ -213,9 +219,20 @@ def remux_faststart(source: Media, dest: Media) -> None:
 class Transcoder:
     """Transcodes videos for the browser on demand, one at a time per file, with a cache."""
 
-    def __init__(self, cache_dir: Path, *, max_bytes: int = 4_000_000_000, workers: int = 2):
+    def __init__(
+        self,
+        cache_dir: Path,
+        *,
+        max_bytes: int = 4_000_000_000,
+        workers: int = 2,
+        output_factor: float = 4.0,
+        output_extra: int = 64 << 20,
+    ):
         self.cache_dir = Path(cache_dir)
         self.max_bytes = max_bytes
+        self.output_factor = output_factor
+        self.output_extra = output_extra
+        self._reserved: dict[str, int] = {}  # running jobs: the bytes they may write
         self._jobs: dict[str, Job] = {}
         self._lock = threading.Lock()
         self._slots = threading.Semaphore(workers)
@@ -255,13 +272,40 @@ class Transcoder:
         with self._lock:
             return self._jobs.get(sha256)
 
+    def output_cap(self, source: Path) -> int:
+        """The most one browser copy of `source` may take."""
+        return int(source.stat().st_size * self.output_factor) + self.output_extra
+
+    def _reserve(self, job: Job, cap: int) -> None:
+        """Make room for the job's two outputs (the growing copy and the final one) in the
+        cache and on the disk, or refuse it."""
+        need = 2 * cap
+        if need > self.max_bytes:
+            raise PlaybackError(
+                f"a browser copy of this file could take {need // 1_000_000} MB, more than "
+                f"the playback cache's {self.max_bytes // 1_000_000} MB"
+            )
+        with self._lock:
+            others = sum(self._reserved.values())
+            self._reserved[job.key] = need
+        self.trim(room=need + others)
+        st = os.statvfs(self.cache_dir)
+        free = st.f_bavail * st.f_frsize
+        if free < need + others:
+            raise PlaybackError(
+                f"not enough free space for a browser copy: {need // 1_000_000} MB needed, "
+                f"{free // 1_000_000} MB free"
+            )
+
     def _run(self, job: Job) -> None:
         with self._slots:
             self.cache_dir.mkdir(parents=True, exist_ok=True)
             tmp = job.final.with_suffix(".tmp.mp4")
             try:
                 t = time.monotonic()
-                mediaworker.run_transcode(job.source, job.frag, tmp, job)
+                cap = self.output_cap(job.source)
+                self._reserve(job, cap)
+                mediaworker.run_transcode(job.source, job.frag, tmp, job, max_bytes=cap)
                 os.replace(tmp, job.final)
                 log.info(
                     "transcoded %s (%s frames) in %.1f s",
@@ -272,8 +316,11 @@ class Transcoder:
             except Exception as e:
                 log.warning("transcoding %s failed: %s", job.source, e)
                 job.error = str(e) or type(e).__name__
-                tmp.unlink(missing_ok=True)
+                tmp.unlink(missing_ok=True)  # partial outputs go before the job is done
+                job.frag.unlink(missing_ok=True)
             finally:
+                with self._lock:
+                    self._reserved.pop(job.key, None)
                 job.ended = time.monotonic()
                 job.done.set()
         # readers following the fragmented file keep it open; unlinking is safe
@@ -309,10 +356,10 @@ class Transcoder:
                     return
                 time.sleep(0.05)
 
-    def trim(self) -> None:
-        """Delete the least recently used browser copies beyond `max_bytes` (one trim at a
-        time: two at once each counted the other's deletion as still there, and went on to
-        delete the newest copy too)."""
+    def trim(self, room: int = 0) -> None:
+        """Delete the least recently used browser copies beyond `max_bytes`, less `room`
+        kept free for running jobs (one trim at a time: two at once each counted the
+        other's deletion as still there, and went on to delete the newest copy too)."""
         with self._trim_lock:
             try:
                 entries = [
@@ -324,7 +371,7 @@ class Transcoder:
                 return
             total = sum(size for _, size, _ in entries)
             for _, size, p in sorted(entries):
-                if total <= self.max_bytes:
+                if total + room <= self.max_bytes:
                     break
                 try:
                     p.unlink()

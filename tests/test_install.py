@@ -190,6 +190,9 @@ def test_the_unit_keeps_to_its_capabilities():
         "PrivateTmp": "yes",
         "ProtectHome": "yes",
         "DevicePolicy": "closed",
+        # /dev read-only: the daemon cannot put a link or a node of its own there for the
+        # mount helper (device nodes still open read-write on a read-only mount)
+        "ReadOnlyPaths": "/run /dev",
         "Wants": "station-mountd.socket station-media.socket",
     }.items():
         assert settings[key] == value, key
@@ -939,10 +942,18 @@ def test_the_kiosk_shows_the_station_ui(booted):
 
 
 MOUNT_PROBE = """
-import hashlib, subprocess, sys
+import hashlib, os, subprocess, sys
 from pathlib import Path
 from station.mount import BlockDevice, DirectMounter, MountedCard, MountError, make_mounter
 image = sys.argv[1]
+# /dev is read-only: no name there can be replaced, yet device nodes open read-write
+try:
+    os.symlink("/etc/shadow", "/dev/station-probe")
+    print("DEVLINK made")
+except OSError as e:
+    print("DEVLINK", e.strerror)
+fd = os.open("/dev/null", os.O_RDWR); os.write(fd, b"x"); os.close(fd)
+print("DEVRW ok")
 # the daemon cannot lift its read-only file system, nor mount by itself
 r = subprocess.run(["mount", "-o", "remount,rw", "/"], capture_output=True, text=True)
 print("REMOUNT", r.returncode, r.stderr.strip())
@@ -1040,7 +1051,8 @@ def test_a_card_is_mounted_by_the_helper_read_and_cleared_inside_the_sandbox(boo
     dropin.parent.mkdir(exist_ok=True)
     dropin.write_text(
         "[Service]\nExecStart=\nExecStart=/opt/station/bin/python -m station.mountd "
-        "--root /run/station/cards --images /var/lib/station/test-cards\n"
+        "--root /run/station/cards --images /var/lib/station/test-cards "
+        "--peer-cgroup /system.slice/station-mount.service\n"
     )
     try:
         with _probe_service(
@@ -1053,6 +1065,27 @@ def test_a_card_is_mounted_by_the_helper_read_and_cleared_inside_the_sandbox(boo
             booted.sh("systemctl", "restart", "station-mountd.socket")
             booted.sh("systemctl", "start", "station-mount.service")
             out = booted.journal("station-mount.service")
+            # a root process on the station that is not the daemon is refused
+            foreign = booted.python(
+                """
+                from pathlib import Path
+                from station.mount import BlockDevice, HelperMounter, MountError
+                t = Path("/run/station/cards/port-3.0123456789ab")
+                t.mkdir(parents=True, exist_ok=True)
+                try:
+                    HelperMounter(Path("/run/station-mountd.sock"), "fuse").mount(
+                        BlockDevice("/var/lib/station/test-cards/card.img", "vfat", "/"), t
+                    )
+                    print("FOREIGN MOUNTED")
+                except MountError as e:
+                    print("FOREIGN REFUSED", e)
+                """,
+                check=False,
+            ).stdout
+            helper_log = booted.journal("station-mountd.service")
+        assert "FOREIGN REFUSED" in foreign and "is not the station daemon" in foreign, foreign
+        assert "is not the station daemon" in helper_log, helper_log
+        assert "DEVLINK Read-only file system" in out and "DEVRW ok" in out, out
         assert re.search(r"REMOUNT [1-9]", out), out
         assert "DIRECT REFUSED" in out and "DIRECT MOUNTED" not in out, out
         assert "MOUNTER HelperMounter" in out

@@ -225,3 +225,52 @@ def test_a_worker_that_dies_fails_the_job_and_nothing_else(tmp_path: Path) -> No
     avi_with_sound(ok, frames=5)
     again = tr.start(ok, "7" * 64)
     assert again.done.wait(120) and again.error is None
+
+
+def test_a_copy_that_passes_its_size_cap_is_refused_and_cleaned_up(tmp_path: Path) -> None:
+    """A hostile file may decode to far more than it holds: the worker cannot write past
+    its cap (RLIMIT_FSIZE, hard), the job fails saying so, nothing partial is left."""
+    src = tmp_path / "LONG.AVI"
+    avi_with_sound(src, frames=90, size=(1280, 720))
+    cache = tmp_path / "cache"
+    tr = Transcoder(cache, output_factor=0, output_extra=50_000)  # far below what it makes
+    job = tr.start(src, "6" * 64)
+    worker = _worker_of(psutil.Process())
+    with contextlib.suppress(psutil.NoSuchProcess, FileNotFoundError):  # done already
+        deadline = time.monotonic() + 60  # it caps itself before it reads a byte
+        while (limits := _soft_limits(worker.pid))["Max file size"] != "50000":
+            assert time.monotonic() < deadline, limits
+            time.sleep(0.02)
+    assert job.done.wait(120)
+    # said by the worker, whose writes failed at the cap (not the daemon's check after it)
+    assert job.error is not None and "reached its size cap of 50000 bytes" in job.error
+    assert tr.cached("6" * 64) is None
+    assert list(cache.iterdir()) == []  # neither the growing copy nor the partial final one
+    # the same file under the default cap plays
+    again = Transcoder(cache).start(src, "5" * 64)
+    assert again.done.wait(120) and again.error is None
+
+
+def test_a_copy_the_cache_or_the_disk_cannot_hold_is_not_started(tmp_path: Path) -> None:
+    src = tmp_path / "V.AVI"
+    avi_with_sound(src, frames=5)
+    cache = tmp_path / "cache"
+    tr = Transcoder(cache, max_bytes=1_000_000, output_extra=1_000_000)
+    job = tr.start(src, "4" * 64)
+    assert job.done.wait(60)
+    assert job.error is not None and "more than the playback cache's 1 MB" in job.error
+    assert not [p for p in cache.iterdir()]
+    # older copies make room for a new one, least recently used first
+    tr = Transcoder(cache, max_bytes=10**9, output_extra=1_000_000)
+    for key in ("3", "2"):
+        assert tr.start(src, key * 64).done.wait(60)
+    size = tr.cached("3" * 64).stat().st_size  # "3" now most recently used
+    tr.max_bytes = size + 2 * tr.output_cap(src)
+    assert tr.start(src, "1" * 64).done.wait(60)
+    assert tr.cached("2" * 64) is None and tr.cached("3" * 64) and tr.cached("1" * 64)
+    # a disk without room for the two outputs: refused before anything is written
+    free = os.statvfs(cache).f_bavail * os.statvfs(cache).f_frsize
+    huge = Transcoder(cache, max_bytes=10 * free + 10**12, output_extra=free)
+    job = huge.start(src, "0" * 64)
+    assert job.done.wait(60)
+    assert job.error is not None and "not enough free space" in job.error
