@@ -155,8 +155,11 @@ class Dock(Protocol):
     def docked_elsewhere(self, serial: str, port: int) -> int | None:
         """Another port where a recorder with this serial is docked right now."""
 
-    def expect_card(self, device: DockedDevice) -> AbstractContextManager[CardSource]:
-        """Before SetMSDC: this port's next device is the same recorder, as a disk."""
+    def expect_card(
+        self, device: DockedDevice, generation: int
+    ) -> AbstractContextManager[CardSource]:
+        """Before SetMSDC: this port's next device is the same recorder, as a disk (raises
+        `DeviceGone` if the port has moved on from docking `generation`)."""
 
     def recorder_lock(self, serial: str) -> threading.Lock:
         """Held while the recorder `serial` is collected (one port at a time)."""
@@ -418,7 +421,8 @@ class Collector:
                 f"recorder {info.serial} clock was off by {drift:.0f} s",
                 subject=info.serial,
             )
-        with self.sv.dock.expect_card(self.device) as wait:  # registered before the switch
+        # registered before the switch
+        with self.sv.dock.expect_card(self.device, self.generation) as wait:
             rec.enter_mass_storage()
             card = rec.card() or wait.card(info.serial)
         try:

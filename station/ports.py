@@ -21,7 +21,7 @@ from concurrent import futures
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from drivers.base import DockedDevice, DriverRegistry
+from drivers.base import DeviceGone, DockedDevice, DriverRegistry
 from drivers.card import Card
 from station.alarms import AlarmBook
 from station.bus import Bus, PortChange, PortWatcher
@@ -48,16 +48,28 @@ RECORDER_ALARMS = ("battery_critical", "recorder_clock_drift", "collection_faile
 class CardWait:
     """A collector waiting for its recorder to come back on the same port as a disk."""
 
-    def __init__(self, ports: Ports, device: DockedDevice) -> None:
+    def __init__(self, ports: Ports, device: DockedDevice, generation: int) -> None:
         self.ports = ports
         self.device = device
+        self.generation = generation  # the collector's docking
         self.new: DockedDevice | None = None
         self.arrived = threading.Event()
 
     def __enter__(self) -> CardWait:
         port = self.device.port
+        registered = False
+
+        def register() -> None:  # only while the port still has the collector's docking
+            nonlocal registered
+            slot = self.ports.slots[port]
+            if slot.generation == self.generation:
+                self.ports.card_waits[port] = self
+                registered = True
+
         # in force on the loop before the caller goes on to switch the recorder
-        self.ports.on_loop(lambda: self.ports.card_waits.__setitem__(port, self))
+        self.ports.on_loop(register)
+        if not registered:
+            raise DeviceGone(f"port {port}: the port moved on to another docking")
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -142,6 +154,10 @@ class Ports:
         # port -> (when, the recorder, its state): unplugged before its collection ended
         self._removed_early: dict[int, tuple[float, dict[str, str], str]] = {}
         self._rechecked: dict[int, float] = {}  # port -> when it was last re-docked
+        # port -> (generation, fields): what collectors published, applied or still queued
+        # for the loop; read by the checks that run on other threads (clones, disk space)
+        self._published: dict[int, tuple[int, dict[str, Any]]] = {}
+        self._published_lock = threading.Lock()
 
     # --- the Dock a collector reports to (any thread) -----------------------------------
 
@@ -150,6 +166,12 @@ class Ports:
     ) -> None:
         """A collector's update of its slot, applied on the loop that owns the slots (in
         the order sent), and only while the port still has that collector's docking."""
+        with self._published_lock:
+            gen, before = self._published.get(slot.port, (generation, {}))
+            self._published[slot.port] = (
+                generation,
+                {**(before if gen == generation else {}), **fields},
+            )
 
         def apply() -> None:
             if slot.generation == generation:
@@ -197,20 +219,31 @@ class Ports:
     def registration_mode(self) -> str:
         return self.config().registration.mode
 
+    def _latest(self, port: int, *names: str) -> tuple[Any, ...]:
+        """`names` of the port's slot as they are once the publications queued for the
+        loop are applied (from any thread: a check must not miss a recorder that a
+        collector identified a moment ago)."""
+        slot = self.slots[port]
+        gen = slot.generation
+        with self._published_lock:
+            pub_gen, pub = self._published.get(port, (-1, {}))
+        pub = pub if pub_gen == gen else {}
+        return tuple(pub[n] if n in pub else getattr(slot, n) for n in names)
+
     def docked_elsewhere(self, serial: str, port: int) -> int | None:
         """Another port where a recorder with this serial is docked right now."""
-        for p, slot in self.slots.items():
-            if (
-                p != port
-                and slot.state != SlotState.EMPTY
-                and (slot.recorder or {}).get("serial") == serial
-            ):
+        for p in self.slots:
+            if p == port:
+                continue
+            state, recorder = self._latest(p, "state", "recorder")
+            if state != SlotState.EMPTY and (recorder or {}).get("serial") == serial:
                 return p
         return None
 
-    def expect_card(self, device: DockedDevice) -> CardWait:
-        """Register, before SetMSDC, that this port's next device is the same recorder."""
-        return CardWait(self, device)
+    def expect_card(self, device: DockedDevice, generation: int) -> CardWait:
+        """Register, before SetMSDC, that this port's next device is the same recorder
+        (refused with `DeviceGone` if the port has moved on from docking `generation`)."""
+        return CardWait(self, device, generation)
 
     def recorder_lock(self, serial: str) -> threading.Lock:
         """The lock a collector holds while it collects the recorder `serial`."""
@@ -282,8 +315,8 @@ class Ports:
         """The ports whose collection is paused because no store disk has room."""
         return [
             p
-            for p, slot in self.slots.items()
-            if slot.state == SlotState.ERROR and slot.reason == Reason.STORAGE_FULL
+            for p in self.slots
+            if self._latest(p, "state", "reason") == (SlotState.ERROR, Reason.STORAGE_FULL)
         ]
 
     def removed_early(self, port: int) -> dict[str, str] | None:

@@ -40,13 +40,11 @@ def is_permanent(category: str | None) -> bool:
     return category in PERMANENT_CATEGORIES
 
 
-def is_protected(
-    important: bool, level: str, legal_hold: str | None, category: str | None = None
-) -> bool:
+def is_protected(important: bool, level: str, legal_hold: str | None, category: str | None) -> bool:
     """The rule: IMP, a protected grade, a legal hold or a permanent retention category.
 
-    Pass the file's `retention_category` as `category` wherever the file has one (every
-    caller that reads a catalog row or a sidecar does)."""
+    `category` (the file's `retention_category`) has no default: a caller that forgot it
+    once showed a permanent file as unprotected."""
     return (
         bool(important) or level in PROTECTED_LEVELS or bool(legal_hold) or is_permanent(category)
     )

@@ -75,10 +75,11 @@ class StoredRef:
     level: str
     important: bool
     legal_hold: str | None
+    retention_category: str | None = None
 
     @property
     def protected(self) -> bool:
-        return is_protected(self.important, self.level, self.legal_hold)
+        return is_protected(self.important, self.level, self.legal_hold, self.retention_category)
 
 
 def _prefix_range(column: Any, prefix: str) -> Any:
@@ -285,7 +286,7 @@ def file_item(f: StoredFile, tz: ZoneInfo | None) -> dict[str, Any]:
         "note": f.note or "",
         "case_no": f.case_no or "",
         "legal_hold": f.legal_hold or "",
-        "protected": is_protected(f.important, f.level, f.legal_hold),
+        "protected": is_protected(f.important, f.level, f.legal_hold, f.retention_category),
     }
 
 
@@ -329,6 +330,7 @@ def stored_refs(
                     level=f.level,
                     important=f.important,
                     legal_hold=f.legal_hold,
+                    retention_category=f.retention_category,
                 )
             )
         return out

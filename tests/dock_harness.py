@@ -101,7 +101,7 @@ class Dock:
         pass
 
     @contextlib.contextmanager
-    def expect_card(self, device: DockedDevice) -> Iterator[Any]:
+    def expect_card(self, device: DockedDevice, generation: int) -> Iterator[Any]:
         """After SetMSDC the port's own card appears, whichever recorder was switched."""
 
         class Wait:

@@ -898,10 +898,11 @@ def test_the_disk_after_the_switch_must_be_the_identified_recorder(
     fake = SimpleNamespace(
         config=lambda: SimpleNamespace(bus=SimpleNamespace(reenumerate_timeout_s=5)),
         card_waits={},
+        slots={3: SimpleNamespace(generation=0)},
         on_loop=lambda work: work(),
         mount=lambda d: mounted.append(d) or SimpleNamespace(close=lambda: None),
     )
-    with CardWait(fake, _usb(3, "vendor", before)) as wait:  # type: ignore[arg-type]
+    with CardWait(fake, _usb(3, "vendor", before), 0) as wait:  # type: ignore[arg-type]
         wait.came_back(_usb(3, "disk", after))
         if ok:
             wait.card("ZFY0003")

@@ -269,11 +269,6 @@ def test_the_console_refuses_to_delete_a_permanent_file(st: StationProc) -> None
         catalog.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the console's `protected` is computed in station/search.py (file_item, StoredRef), "
-    "which this branch may not edit: it must pass f.retention_category to is_protected",
-)
 def test_the_console_shows_a_permanent_file_as_protected(st: StationProc) -> None:
     adm = as_user(st, ADMIN)
     fid = file_ids(st, "800001")[0]
