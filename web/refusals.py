@@ -37,6 +37,9 @@ MESSAGES: dict[str, str] = {
     "imp_cannot_be_normal": N_("A file marked IMP on the recorder cannot be graded normal"),
     "annotation_refused": NOT_SAVED,
     "legal_hold": N_("This file is under legal hold: release the hold first"),
+    "kept_permanently": N_(
+        "This file is kept permanently: an administrator must take it out of its category first"
+    ),
     "protected_unconfirmed": N_("This file is protected: confirm a second time to delete it"),
     "deletion_refused": NOT_SAVED,
     "video_unplayable": N_("This video cannot be played: download it"),
