@@ -664,7 +664,7 @@ def thread_group(name: str) -> str:
 def summarize_profile(path: Path, ticks: float = 0.0, top: int = 10) -> list[str]:
     """Where the daemon's API-serving threads spent their (wall) time, from py-spy raw.
 
-    For the status handler (AnyIO worker threads inside `web/app.py` `status`): the chain
+    For the status handler (AnyIO worker threads inside `station/web/app.py` `status`): the chain
     of the three frames below the handler, and the leaf. For the event-loop thread (it
     parses and writes HTTP, encodes JSON and runs port changes): its four innermost frames.
     """
@@ -685,7 +685,7 @@ def summarize_profile(path: Path, ticks: float = 0.0, top: int = 10) -> list[str
     for frames, count in rows:
         total += count
         names = [f.split(" (")[0] for f in frames]
-        at = next((k for k, f in enumerate(frames) if ".status (web/app.py" in f), None)
+        at = next((k for k, f in enumerate(frames) if ".status (station/web/app.py" in f), None)
         if at is not None:
             n_handler += count
             key = " > ".join(names[at + 1 : at + 4])

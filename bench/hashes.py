@@ -5,7 +5,7 @@
         [--no-quota] [--no-mask]
 
 Each variant hashes --mib MiB of random bytes held in memory, one chunk at a time through
-a memoryview (as station/ingest.py does), in a child process put in the cabinet's cgroup
+a memoryview (as station/ingest/transfer.py does), in a child process put in the cabinet's cgroup
 (bench/cabinet.py: 0.84 CPU, SHA extensions masked). Variants and chunk sizes are
 interleaved and repeated --repeat times; the median is reported: wall MB/s (what the
 quota allows) and CPU-s per GiB (what it costs). Needs root (the cgroup).

@@ -277,8 +277,15 @@ def export_rev(rev: str) -> Path:
     if not (dest / "REVISION").is_file():
         shutil.rmtree(dest, ignore_errors=True)
         dest.mkdir(parents=True)
+        top = subprocess.run(  # before the renovation, drivers/ and web/ stood beside station/
+            ["git", "-C", str(ROOT), "ls-tree", "--name-only", sha],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
+        packages = [p for p in ("station", "drivers", "web") if p in top]
         archive = subprocess.run(
-            ["git", "-C", str(ROOT), "archive", sha, "station", "drivers", "web"],
+            ["git", "-C", str(ROOT), "archive", sha, *packages],
             capture_output=True,
             check=True,
         ).stdout
@@ -307,7 +314,7 @@ def source_version(source: Path) -> str:
             check=True,
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "-C", str(source), "status", "--porcelain", "--", "station", "drivers", "web"],
+            ["git", "-C", str(source), "status", "--porcelain", "--", "station"],
             capture_output=True,
             text=True,
             check=True,
@@ -414,7 +421,7 @@ class Daemon:
             cfg["store"]["chunk_kb"] = chunk_kb
         if link_scheduling is not None:  # left out: the code under test may predate the key
             cfg["bus"]["link_scheduling"] = link_scheduling
-        if links:  # the simulated bus's shared USB links (drivers/simulated.py)
+        if links:  # the simulated bus's shared USB links (station/drivers/simulated.py)
             (self.bus / "links.json").write_text(json.dumps({"links": links}))
         self.config.write_text(tomli_w.dumps(cfg))
         self.proc: subprocess.Popen[bytes] | None = None

@@ -83,10 +83,10 @@ class BenchStation:
     """The part of `station.runtime.Station` the link talks to, around a real catalog."""
 
     def __init__(self, root: Path, sid: str, url: str, args: argparse.Namespace) -> None:
-        from station.alarms import AlarmBook
         from station.catalog import Catalog
-        from station.collector import Slot
         from station.config import parse_config
+        from station.health.alarms import AlarmBook
+        from station.ingest.collector import Slot
 
         self.config = parse_config(
             {

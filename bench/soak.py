@@ -84,7 +84,7 @@ from station.sim.recorder import RecorderSpec, build_recorder, dock, undock  # n
 MB = 1_000_000
 MIB = 1 << 20
 GIB = 1 << 30
-OVERLAP = 64 * 1024  # station.ingest.OVERLAP: re-read on resume to prove the same file
+OVERLAP = 64 * 1024  # station.ingest.transfer.OVERLAP: re-read on resume to prove the same file
 YEAR = 365 * 86400
 SCENARIOS = ("kill", "yank", "small-files", "big-file", "clock")
 RESUME_RE = re.compile(r"job (\d+): resuming at byte (\d+) of (\d+)")

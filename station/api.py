@@ -24,9 +24,8 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client import generate_latest
 
-from station import accounts, eventlog, registration, search
+from station import accounts, eventlog, search
 from station.accounts import Account
-from station.annotations import annotate
 from station.catalog.db import REQUEST_SOURCE
 from station.config import WebSection
 from station.errors import (
@@ -38,14 +37,16 @@ from station.errors import (
     UnderLegalHold,
     login_refused,
 )
+from station.ingest import registration
+from station.media.playback import TEXT_EXTS, Transcoder, browser_type, ext_of, read_text
+from station.media.thumbnails import ThumbnailCache
 from station.metrics import registry_for
 from station.names import safe_component
-from station.playback import TEXT_EXTS, Transcoder, browser_type, ext_of, read_text
-from station.protection import LEVELS
-from station.retention import DeletionRefused
+from station.retention.annotations import annotate
+from station.retention.protection import LEVELS
+from station.retention.sweeper import DeletionRefused
 from station.search import FileQuery, StoredRef
 from station.settings import Settings, SettingsStore
-from station.thumbnails import ThumbnailCache
 from station.voice import reason_code
 
 if TYPE_CHECKING:

@@ -23,11 +23,11 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from drivers.android_adb import AndroidAdbConfig
-from drivers.mass_storage import MassStorageConfig
-from drivers.scsi_dv16 import ScsiDv16Config
-from drivers.usb_vendor import UsbVendorConfig
-from drivers.vendor_library import VendorLibraryConfig
+from station.drivers.android_adb import AndroidAdbConfig
+from station.drivers.mass_storage import MassStorageConfig
+from station.drivers.scsi_dv16 import ScsiDv16Config
+from station.drivers.usb_vendor import UsbVendorConfig
+from station.drivers.vendor_library import VendorLibraryConfig
 from station.forward import ForwardConfig
 from station.platform.config import IntegrityConfig, PlatformConfig
 from station.voice import VoiceConfig
@@ -69,7 +69,7 @@ class StoreSection(_Section):
     # "full" re-reads and re-hashes the whole file (twice the USB time), "off" trusts it
     card_recheck: Literal["sample", "full", "off"] = "sample"
     # a new catalog may take empty plain folders into use as disks (the demo, tests); on a
-    # station a new disk must be a mount point (station/disks.py), so an unmounted disk's
+    # station a new disk must be a mount point (station/store/identity.py), so an unmounted disk's
     # bare mount point is never written to
     folder_disks: bool = False
     # with "sample", IMP files and files up to this size are still re-read in full
@@ -111,7 +111,7 @@ class BusSection(_Section):
     debounce_ms: Annotated[int, Field(strict=True, ge=0, le=5000)] = 200
     mount_root: Path = Path("/run/station/cards")  # recorder cards are mounted below this
     mounter: Literal["kernel", "fuse"] = "kernel"
-    # who mounts: "auto" = the mount helper (station/mountd.py) when its socket is there,
+    # who mounts: "auto" = the mount helper (station/devices/mountd.py) when its socket is there,
     # "off" = the daemon itself (needs CAP_SYS_ADMIN), or the helper's socket path
     mount_helper: str = "auto"
     reenumerate_timeout_s: Annotated[float, Field(gt=0)] = 30.0  # SetMSDC -> disk appears
@@ -158,7 +158,7 @@ class RetentionSection(_Section):
     forecast_window_days: Annotated[float, Field(gt=0)] = 14.0
     storage_low_days: Annotated[float, Field(ge=0)] = 14.0  # alarm below this forecast
     # age-based sweeps pause when the clock moved further ahead than this since the last
-    # believed time, until NTP syncs or `station retention resume` (station/clockguard.py)
+    # believed time, until NTP syncs or `station retention resume` (station/health/clockguard.py)
     max_clock_jump_days: Annotated[float, Field(gt=0)] = 2.0
     # with forwarding or the platform link on, a file not deleted before its central copy
     # is verified; one still unverified this long after collection raises central_unverified
@@ -176,7 +176,7 @@ class RetentionSection(_Section):
 class WebSection(_Section):
     host: str = "127.0.0.1"
     port: Annotated[int, Field(strict=True, ge=0, le=65535)] = 8080
-    # what one listener serves at once (web/guard.py): more is refused with 503, so a
+    # what one listener serves at once (station/web/guard.py): more is refused with 503, so a
     # flood of connections never exhausts the daemon's descriptors
     max_connections: Annotated[int, Field(strict=True, ge=8, le=4096)] = 256
     max_per_client: Annotated[int, Field(strict=True, ge=2, le=4096)] = 64

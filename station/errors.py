@@ -6,9 +6,9 @@ and what a script can test) and the `http_status` of the answer a browser or the
 central server gets. The message (`str(error)`) is for people and the logs; no
 caller decides anything by reading it.
 
-The domain modules raise these (`station.accounts`, `station.annotations`,
-`station.registration`, `station.retention`, `station.settings`), and keep their
-old names importable (`from station.annotations import AnnotationError`).
+The domain modules raise these (`station.accounts`, `station.retention.annotations`,
+`station.ingest.registration`, `station.retention.sweeper`, `station.settings`), and keep their
+old names importable (`from station.retention.annotations import AnnotationError`).
 """
 
 from __future__ import annotations

@@ -14,9 +14,9 @@ from sqlalchemy import select
 
 from station.catalog import Catalog, Event
 from station.catalog.db import chain_head, verify_anchor
-from station.disks import DiskIdentityError, read_marker
-from station.durable import replace_file
-from station.store import LOG_ANCHOR
+from station.store.disks import LOG_ANCHOR
+from station.store.durable import replace_file
+from station.store.identity import DiskIdentityError, read_marker
 
 FIELDS = (
     "id",

@@ -12,10 +12,10 @@ from sqlalchemy import func, select
 from station.catalog import Event, StoredFile
 
 if TYPE_CHECKING:
-    from station.alarms import AlarmBook
     from station.catalog import Catalog
-    from station.collector import Slot
-    from station.store import Store
+    from station.health.alarms import AlarmBook
+    from station.ingest.collector import Slot
+    from station.store.disks import Store
     from station.voice import Announcer
 
 

@@ -1,10 +1,10 @@
 """The station's runtime: builds the subsystems from the configuration and runs the loop.
 
 `Station` only wires and schedules. One asyncio loop owns the ports' state
-(`station.ports`); blocking work (driver calls, copying, hashing, fsync,
+(`station.devices.ports`); blocking work (driver calls, copying, hashing, fsync,
 catalog writes) runs in a thread pool and reports back through `notify`,
 which is safe to call from any thread. The periodic loop runs the health
-checks (`station.health`) and retention (`station.retention_schedule`). The
+checks (`station.health.monitor`) and retention (`station.retention.schedule`). The
 runtime knows no web: the composition root (`station run`) serves the
 screens and the central API beside it through `station.api`.
 """
@@ -25,37 +25,37 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import select
 
-from drivers.android_adb import AndroidAdbDriver
-from drivers.base import DockedDevice, DriverRegistry, RecorderDriver, RecorderError
-from drivers.card import Card
-from drivers.mass_storage import MassStorageDriver
-from drivers.scsi_dv16 import ScsiDv16Driver
-from drivers.simulated import SimulatedDriver
-from drivers.usb_vendor import UsbVendorDriver
-from drivers.vendor_library import VendorLibraryDriver
 from station import __version__, accounts, faults, sdnotify
-from station.alarms import AlarmBook
-from station.bus import Bus
 from station.catalog import Catalog, CollectionSession
 from station.catalog.db import append_event, lock_exclusive
 from station.catalog.models import utcnow
-from station.clockguard import ClockGuard
-from station.collector import Slot
+from station.catalog.writer import LogWriter
 from station.config import StationConfig
+from station.devices.bus import Bus
+from station.devices.mount import clear_mount_root, make_mounter, mount_card
+from station.devices.ports import Ports
+from station.drivers.android_adb import AndroidAdbDriver
+from station.drivers.base import DockedDevice, DriverRegistry, RecorderDriver, RecorderError
+from station.drivers.card import Card
+from station.drivers.mass_storage import MassStorageDriver
+from station.drivers.scsi_dv16 import ScsiDv16Driver
+from station.drivers.simulated import SimulatedDriver
+from station.drivers.usb_vendor import UsbVendorDriver
+from station.drivers.vendor_library import VendorLibraryDriver
 from station.forward import Forwarder
-from station.health import HealthMonitor
-from station.logwriter import LogWriter
-from station.mount import clear_mount_root, make_mounter, mount_card
+from station.health.alarms import AlarmBook
+from station.health.clockguard import ClockGuard
+from station.health.monitor import HealthMonitor
+from station.ingest.collector import Slot
+from station.ingest.priority import LinkScheduler, PriorityGate
 from station.platform.link import PlatformLink
 from station.platform.sm3 import Sm3Digester
-from station.ports import Ports
-from station.ratelimit import LinkScheduler, PriorityGate
-from station.recovery import recover
-from station.retention import CentralCheck, Plan, RetentionSweeper, retention_rules
-from station.retention_schedule import RetentionSchedule
-from station.scrubber import Scrubber
+from station.retention.schedule import RetentionSchedule
+from station.retention.sweeper import CentralCheck, Plan, RetentionSweeper, retention_rules
 from station.status import STATUS_MAX_AGE_S, ChangeFeed, StatusView
-from station.store import Store
+from station.store.disks import Store
+from station.store.recovery import recover
+from station.store.scrubber import Scrubber
 from station.voice import Announcer
 
 log = logging.getLogger(__name__)
@@ -86,10 +86,10 @@ def build_drivers(config: StationConfig, mount: Callable[[DockedDevice], Card]) 
 
 def make_bus(config: StationConfig) -> Bus:
     if config.bus.kind == "simulated":
-        from station.bus.simulated import SimulatedBus  # watchdog: only for this kind
+        from station.devices.simbus import SimulatedBus  # watchdog: only for this kind
 
         return SimulatedBus(config.bus.path, config.bus.ports)
-    from station.bus.udev import UdevBus  # pyudev: only for this kind
+    from station.devices.udev import UdevBus  # pyudev: only for this kind
 
     return UdevBus(config.bus.port_map, link_mb_s=config.bus.link_mb_s)
 

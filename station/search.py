@@ -30,8 +30,8 @@ from sqlalchemy import Select, func, or_, select
 from station import eventlog
 from station.catalog import Catalog, Officer, Recorder, StoredFile
 from station.names import parse_card_path
-from station.protection import is_protected
-from station.retention import CentralCheck
+from station.retention.protection import is_protected
+from station.retention.sweeper import CentralCheck
 
 KINDS = ("video", "audio", "photo", "log", "other")
 COUNT_CAP = 10_000

@@ -18,12 +18,12 @@ from collections.abc import Callable
 from typing import Any
 
 from station import __version__
-from station.alarms import AlarmBook
-from station.collector import Slot
 from station.config import StationConfig
-from station.health import HealthMonitor
-from station.ports import Ports
-from station.store import Store
+from station.devices.ports import Ports
+from station.health.alarms import AlarmBook
+from station.health.monitor import HealthMonitor
+from station.ingest.collector import Slot
+from station.store.disks import Store
 
 STATUS_MAX_AGE_S = 0.5  # the central API's status: rendered at most twice a second
 

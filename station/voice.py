@@ -175,7 +175,7 @@ REASONS: dict[str, dict[Language, str]] = {
     },
 }
 
-#: one sentence per alarm code (station.alarms); unknown codes get "_other"
+#: one sentence per alarm code (station.health.alarms); unknown codes get "_other"
 ALARMS: dict[str, dict[Language, str]] = {
     "storage_full": {
         "zh": "存储空间已满，无法继续采集",
@@ -290,7 +290,7 @@ def message(kind: str, language: Language, **params: object) -> str:
 def severity_of(kind: str, **params: object) -> Severity:
     """The default severity of an announcement."""
     if kind == "alarm":
-        from station.alarms import SEVERITY  # here: the alarm book may one day import us
+        from station.health.alarms import SEVERITY  # here: the alarm book may one day import us
 
         sev = SEVERITY.get(str(params.get("code", "")), "warning")
         return cast(Severity, sev) if sev in ("info", "warning", "critical") else "warning"
@@ -383,7 +383,7 @@ def announcement_for_slot_change(
 ) -> tuple[str, dict[str, object]] | None:
     """The announcement (kind, params) for a port's Slot going from `old_state` to `new_state`.
 
-    The states are those of station.collector.Slot. `error` is the slot's error
+    The states are those of station.ingest.collector.Slot. `error` is the slot's error
     after the change, if known: it picks the reason spoken with a failure and
     tells a held recorder (error set) from one waiting for registration (None).
     Transitions can be observed with gaps (identifying→complete), so the

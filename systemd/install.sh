@@ -76,7 +76,7 @@ done
 # data or its benchmark output)
 copy_tree() {
   local items=() i
-  for i in pyproject.toml setup.cfg setup.py MANIFEST.in README.md station drivers web \
+  for i in pyproject.toml setup.cfg setup.py MANIFEST.in README.md station \
     systemd docs/deploy.md .revision; do
     [ ! -e "$1/$i" ] || items+=("$i")
   done
@@ -413,7 +413,7 @@ for u in "${units[@]}"; do
 done
 
 # What is installed now is the station's known state: the daemon compares its code and
-# configuration with this at every start (alarm "integrity"; station/integrity.py).
+# configuration with this at every start (alarm "integrity"; station/health/integrity.py).
 PYTHONDONTWRITEBYTECODE=1 "$PREFIX/bin/station" integrity record --config "$CONFIG" --by install.sh \
   | sed 's/^/install.sh: /' >&2
 

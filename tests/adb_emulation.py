@@ -17,7 +17,7 @@ recorder (iRet 4).
 
 The wire format is this module's own, written from the public E12 service code
 (its ZFY_INFO under `#pragma pack(1)`: five GBK fields at fixed offsets, NUL-padded,
-no terminator when full), never from the driver's codec (drivers/zfy.py), so that a
+no terminator when full), never from the driver's codec (station/drivers/zfy.py), so that a
 layout bug in the driver shows up as a disagreement instead of being mirrored here.
 """
 
@@ -31,7 +31,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from drivers.base import OfficerInfo
+from station.drivers.base import OfficerInfo
 
 # --- ZFY_INFO as the E12 service sends it (#pragma pack(1), 89 bytes) -------------------------
 

@@ -240,8 +240,8 @@ def station(make_station: Callable[..., StationProc]) -> StationProc:
 def store_env(tmp_path: Path) -> Iterator[tuple[Any, Path]]:
     """A migrated catalog and one disk folder taken into use, as the daemon leaves them."""
     from station.catalog import Catalog
-    from station.disks import DiskBook
-    from station.store import Store
+    from station.store.disks import Store
+    from station.store.identity import DiskBook
 
     catalog = Catalog(tmp_path / "catalog.db")
     catalog.migrate()

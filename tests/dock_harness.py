@@ -15,15 +15,15 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from drivers.base import DockedDevice, DriverRegistry
-from drivers.card import FolderCard
-from station.alarms import AlarmBook
 from station.catalog import Catalog
-from station.collector import Collector, Services, Slot
 from station.config import StationConfig
-from station.disks import DiskBook
-from station.ratelimit import PriorityGate
-from station.store import Store
+from station.drivers.base import DockedDevice, DriverRegistry
+from station.drivers.card import FolderCard
+from station.health.alarms import AlarmBook
+from station.ingest.collector import Collector, Services, Slot
+from station.ingest.priority import PriorityGate
+from station.store.disks import Store
+from station.store.identity import DiskBook
 
 WAIT_S = 120.0  # generous: a slow, busy machine must not fail these tests
 DAY = "20261201083000"
@@ -77,7 +77,7 @@ class Dock:
         self.results: dict[int, str] = {}
         self.threads: list[threading.Thread] = []
 
-    # --- the station.collector.Dock the collectors report to ---------------------------
+    # --- the station.ingest.collector.Dock the collectors report to ---------------------------
 
     def publish(
         self, slot: Slot, generation: int, fields: dict[str, Any], progress: bool = False

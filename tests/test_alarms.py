@@ -9,7 +9,7 @@ import socket
 import httpx
 from conftest import TOKEN, StationProc, free_port, wait_for
 
-from station.clock import clock_synchronized
+from station.health.clock import clock_synchronized
 from station.sim.recorder import RecorderSpec
 
 

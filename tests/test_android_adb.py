@@ -33,9 +33,9 @@ from adb_emulation import (
 from dock_harness import Dock, card_files
 from pydantic import ValidationError
 
-from drivers import zfy
-from drivers.android_adb import AndroidAdbConfig, AndroidAdbDriver
-from drivers.base import (
+from station.drivers import zfy
+from station.drivers.android_adb import AndroidAdbConfig, AndroidAdbDriver
+from station.drivers.base import (
     AuthFailed,
     DeviceBusy,
     DeviceGone,

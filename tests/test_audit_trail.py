@@ -13,7 +13,7 @@ from conftest import StationProc
 from test_ui_api import ADMIN, AUDIT, AUDITOR, OFFICER_A, OFFICER_B, as_user, events, file_ids
 from test_ui_api import st as st  # the running station: a shared fixture
 
-from web.audit import REFUSED_PER_MINUTE
+from station.web.audit import REFUSED_PER_MINUTE
 
 
 def _last(st: StationProc, kind: str) -> dict:
@@ -95,7 +95,7 @@ def test_no_console_route_changes_the_log(st: StationProc) -> None:
 
 def test_refusals_from_many_addresses_are_bounded_in_total() -> None:
     """30,000 IPv6 addresses: the log and the table stay bounded."""
-    from web.audit import REFUSED_TOTAL_PER_MINUTE, WINDOWS_KEPT, AuditTrail
+    from station.web.audit import REFUSED_TOTAL_PER_MINUTE, WINDOWS_KEPT, AuditTrail
 
     trail = AuditTrail(app=None, api=None)  # type: ignore[arg-type]
     admitted = sum(trail._admit(f"2001:db8:{i:x}::1") is not None for i in range(30_000))

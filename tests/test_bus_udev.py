@@ -15,8 +15,8 @@ from collections.abc import Callable
 
 import pytest
 
-from station.bus.base import PortChange, PortWatcher
-from station.bus.udev import UdevBus
+from station.devices.bus import PortChange, PortWatcher
+from station.devices.udev import UdevBus
 
 DEBOUNCE_S = 0.05
 WAIT_S = 20.0  # generous: a slow, busy machine must not fail these tests
@@ -373,7 +373,7 @@ def test_a_device_on_an_unmapped_port_is_ignored(caplog):
             changes = await station.wait_changes(1)
             assert [c.port for c in changes] == [2]
 
-    with caplog.at_level(logging.DEBUG, logger="station.bus.udev"):
+    with caplog.at_level(logging.DEBUG, logger="station.devices.udev"):
         asyncio.run(main())
     assert "on no mapped port" in caplog.text
 
@@ -555,7 +555,7 @@ def test_the_reader_survives_a_failing_poll_and_a_failing_poke(caplog):
         finally:
             bus.stop()
 
-    with caplog.at_level(logging.ERROR, logger="station.bus.udev"):
+    with caplog.at_level(logging.ERROR, logger="station.devices.udev"):
         asyncio.run(main())
     assert "reading udev events failed" in caplog.text
     assert "bus poke failed" in caplog.text

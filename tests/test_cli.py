@@ -371,7 +371,7 @@ def test_the_cli_and_support_hold_no_sql_and_import_no_web() -> None:
         assert "__init__.py" in found and len(found) > 3, f"{folder}: not a package of modules"
         for name, names in found.items():
             sql = {n for n in names if n.split(".")[0] == "sqlalchemy"}
-            web = {n for n in names if n.split(".")[0] == "web" or n.startswith("station.web")}
+            web = {n for n in names if n.startswith("station.web")}
             if (folder.name, name) == ("cli", "serve.py"):
                 assert web, "cli/serve.py serves the web apps"
                 web = set()

@@ -317,7 +317,7 @@ def test_run_without_any_config_exits_2() -> None:
 
 
 def test_android_recorders_are_a_configured_family(tmp_path: Path) -> None:
-    from drivers.android_adb import AndroidAdbDriver
+    from station.drivers.android_adb import AndroidAdbDriver
     from station.runtime import build_drivers
 
     path = tmp_path / "station.toml"

@@ -18,10 +18,10 @@ import pytest
 from sqlalchemy import select
 from test_evidence_safety import Ingest, card_with
 
-from station import ingest as ingest_mod
 from station.catalog import IngestJob, StoredFile
 from station.catalog.models import Event
-from station.ingest import VerifyFailed
+from station.ingest import transfer as ingest_mod
+from station.ingest.transfer import VerifyFailed
 
 NAME = "100001_B1_20261201080000_0001.MP4"
 SIZE = 3 * 1024 * 1024 + 4321  # whole chunks (direct writes) and an unaligned tail

@@ -16,13 +16,13 @@ from test_evidence_safety import Ingest, card_with, new_disk, put_file, row, sto
 
 from station import faults as faults_mod
 from station.catalog import Catalog, StoredFile
-from station.clockguard import RELEASED, ClockGuard
-from station.disks import DiskBook
-from station.ingest import FileChanged, VerifyFailed
-from station.recovery import recover
-from station.retention import DiskFacts, RetentionSweeper, Rules
-from station.sidecar import read_sidecar, sidecar_path
-from station.store import MARKER, Store
+from station.health.clockguard import RELEASED, ClockGuard
+from station.ingest.transfer import FileChanged, VerifyFailed
+from station.retention.sweeper import DiskFacts, RetentionSweeper, Rules
+from station.store.disks import MARKER, Store
+from station.store.identity import DiskBook
+from station.store.recovery import recover
+from station.store.sidecar import read_sidecar, sidecar_path
 
 UNSYNCED = lambda: None  # noqa: E731 - the kernel cannot tell: no NTP (these scenarios)
 
@@ -73,8 +73,8 @@ def test_deleting_the_row_of_a_lost_disk_never_removes_another_file_at_its_path(
     file) must not remove the evidence file at that path."""
     from test_evidence_safety import Ingest, card_with
 
-    from station.annotations import annotate
-    from station.retention import RetentionSweeper, Rules
+    from station.retention.annotations import annotate
+    from station.retention.sweeper import RetentionSweeper, Rules
 
     catalog, disk = store_env
     name = "100001_B1_20000101000000_0001.MP4"  # the clock reset to 2000-01-01 at boot
@@ -105,7 +105,7 @@ def test_rebuild_never_marks_a_bare_mount_point(store_env, tmp_path) -> None:
     """`station catalog rebuild` run while disk 2 did not mount: the bare mount point must
     not be marked and recorded as a disk of the rebuilt catalog (the daemon would then
     write footage onto the system disk under it)."""
-    from station.recovery import rebuild
+    from station.store.recovery import rebuild
 
     catalog, disk = store_env
     put_file(catalog, disk)
@@ -126,8 +126,8 @@ def test_a_hold_can_be_placed_while_the_files_disk_is_unmounted(store_env) -> No
     """A court order arrives while the file's disk is away (unmounted, being serviced). The
     hold must be recorded (the row is the truth; the sidecar follows at start-up), so the
     sweep cannot delete the file and the returning disk keeps it."""
-    from station.annotations import AnnotationError, annotate
-    from station.retention import RetentionSweeper, Rules
+    from station.retention.annotations import AnnotationError, annotate
+    from station.retention.sweeper import RetentionSweeper, Rules
 
     catalog, disk = store_env
     fid = put_file(catalog, disk)  # collected in 2020: expired under a 1-day period
@@ -138,7 +138,7 @@ def test_a_hold_can_be_placed_while_the_files_disk_is_unmounted(store_env) -> No
         annotate(catalog, fid, by="admin", legal_hold="XS-9", admin=True)
     except AnnotationError as e:
         print("hold refused:", e)
-    from station.retention import DiskFacts
+    from station.retention.sweeper import DiskFacts
 
     RetentionSweeper(catalog, Rules(days={"normal": 1})).sweep([DiskFacts(str(disk), 10**12, 0)])
     os.rmdir(disk)
@@ -189,9 +189,9 @@ def test_a_sidecar_rewritten_from_its_row_keeps_clock_untrusted(store_env, tmp_p
     collected_at years in the past) is never deleted by age. If its sidecar is damaged,
     start-up rewrites it from the row; the rewrite must keep clock_untrusted, or a later
     `catalog rebuild` makes it an ordinary file long expired, and the sweep deletes it."""
-    from station.recovery import rebuild
-    from station.retention import RetentionSweeper, Rules
-    from station.sidecar import read_sidecar, sidecar_path
+    from station.retention.sweeper import RetentionSweeper, Rules
+    from station.store.recovery import rebuild
+    from station.store.sidecar import read_sidecar, sidecar_path
 
     catalog, disk = store_env
     fid = put_file(catalog, disk, clock_untrusted=True)
@@ -218,7 +218,7 @@ def test_a_power_cut_between_marker_and_record_does_not_lock_out_an_upgraded_dis
     """Upgrade from a station without markers: the disk with footage gets its marker, then
     the catalog records it. A power cut between the two must not leave the station's own
     disk refused as 'another station's disk' at the next start."""
-    from station import disks as disks_mod
+    from station.store import identity as disks_mod
 
     catalog, disk = store_env
     put_file(catalog, disk)
@@ -246,15 +246,15 @@ def test_one_pathological_sidecar_stops_neither_the_sweep_nor_rebuild(store_env,
     read_sidecar does not turn into SidecarError: the sweep stops at that file (nothing after
     it is deleted, the disks fill) and `catalog rebuild` dies halfway (old catalog moved
     aside)."""
-    from station.recovery import rebuild
-    from station.retention import RetentionSweeper, Rules
-    from station.sidecar import sidecar_path
+    from station.retention.sweeper import RetentionSweeper, Rules
+    from station.store.recovery import rebuild
+    from station.store.sidecar import sidecar_path
 
     catalog, disk = store_env
     bad = put_file(catalog, disk, "100001_B1_20200101080000_0001.MP4")
     good = put_file(catalog, disk, "100001_B1_20200101080000_0002.MP4")
     sidecar_path(disk, row(catalog, bad).rel_path).write_text("[" * 200_000 + "]" * 200_000)
-    from station.retention import DiskFacts
+    from station.retention.sweeper import DiskFacts
 
     RetentionSweeper(catalog, Rules(days={"normal": 1})).sweep([DiskFacts(str(disk), 10**12, 0)])
     assert row(catalog, good).deleted_at is not None
@@ -276,13 +276,13 @@ def test_a_replugged_recorder_cannot_commit_the_same_job_twice(
     so one card file becomes two live rows."""
     from test_evidence_safety import Ingest, card_with
 
-    from station import ingest as ingest_mod
+    from station.ingest import transfer as ingest_mod
 
     catalog, disk = store_env
     name = "100001_B1_20261201080000_0011.MP4"
     root = card_with(tmp_path, name, os.urandom(80_000))
     ing = Ingest(catalog, disk, root)
-    from station.ingest import FileIngest
+    from station.ingest.transfer import FileIngest
 
     second = FileIngest(ing.fi.catalog, ing.fi.store, ing.card, ing.fi.owner, chunk=1 << 20,
                         sync_every=1 << 30, tz=None, stop=ing.fi.stop,
@@ -323,7 +323,7 @@ def test_a_collection_after_a_clock_jump_does_not_unpause_retention(
     (correct), but a recorder docked before the next sweep is collected through
     ClockGuard.untrusted(), which moves the high-water time up to the jumped clock with no
     jump check. The next sweep then sees no jump and deletes every normal file by age."""
-    import station.ingest as ingest_mod
+    import station.ingest.transfer as ingest_mod
 
     catalog, disk = store_env
     t0 = RELEASED + dt.timedelta(days=30)
@@ -381,7 +381,7 @@ def test_bytes_appended_while_the_deletion_is_logged_keep_the_file_on_the_card(
 def _collect_then_rot(store_env, tmp_path, protect: bool = False) -> tuple[Ingest, Path, Path]:
     """A file collected (graded evidence under a hold if `protect`), its stored copy then
     rotten on the store disk while the recorder still holds it; a new docking ready."""
-    from station.annotations import annotate
+    from station.retention.annotations import annotate
 
     catalog, disk = store_env
     data = os.urandom(50_000)
@@ -429,7 +429,7 @@ def test_a_card_file_with_a_corrupt_and_a_good_stored_copy_is_cleared_as_a_dupli
 ) -> None:
     """After the replacement the card shows the file once more: it is cleared as a duplicate
     of the good copy, not copied again (and again) beside it."""
-    from station.ingest import AlreadyStored
+    from station.ingest.transfer import AlreadyStored
 
     ing, card_file, stored = _collect_then_rot(store_env, tmp_path)
     data = card_file.read_bytes()
@@ -532,7 +532,7 @@ def test_a_clock_stepped_forward_after_collecting_marks_those_files_untrusted(
     sweep under the synchronised clock must not delete them the same day. The step shows
     as the wall clock moving against the boot clock, and also when the daemon was
     restarted in between."""
-    import station.ingest as ingest_mod
+    import station.ingest.transfer as ingest_mod
 
     catalog, disk = store_env
     uptime = [30.0]
@@ -593,8 +593,8 @@ def test_a_card_file_is_cleared_only_while_its_stored_row_is_live(
 ) -> None:
     """The stored copy is deleted (an administrator, a sweep) between the check that found it
     and the card's delete: the recorder's copy is then the only one, and stays."""
-    from station.ingest import FileIngest, KeptOnCard
-    from station.retention import RetentionSweeper
+    from station.ingest.transfer import FileIngest, KeptOnCard
+    from station.retention.sweeper import RetentionSweeper
 
     catalog, disk = store_env
     name = "100001_B1_20261201080000_0001.MP4"
@@ -626,8 +626,8 @@ def test_a_hold_placed_during_a_catalog_rebuild_is_refused_not_lost(
     """`station files hold ID` while `station catalog rebuild` runs would land on a catalog
     whose ids are still being handed out (another file, or none): it is refused with what
     to do, and works on the finished catalog."""
-    import station.recovery as recovery_mod
-    from station.annotations import AnnotationError, annotate
+    import station.store.recovery as recovery_mod
+    from station.retention.annotations import AnnotationError, annotate
 
     catalog, disk = store_env
     for i in range(3):
@@ -659,7 +659,7 @@ def _facts(*disks: Path) -> list[DiskFacts]:
 
 
 def _collect_under(catalog, disk, tmp_path, monkeypatch, guard, when, name):
-    import station.ingest as ingest_mod
+    import station.ingest.transfer as ingest_mod
 
     root = card_with(tmp_path, name, os.urandom(10_000))
     monkeypatch.setattr(ingest_mod, "utcnow", lambda: when)
@@ -754,7 +754,7 @@ def test_a_card_file_whose_stored_copy_was_on_a_replaced_disk_is_collected_again
     on '(moved) UUID' and stay live for ever; `_find_duplicate` finds the parked row, whose
     disk is 'not present', and keeps the card file (KeptOnCard) at every docking: the
     recorder holds the only copy and the station never stores it again."""
-    from station.ingest import FileIngest, KeptOnCard
+    from station.ingest.transfer import FileIngest, KeptOnCard
 
     catalog, disk = store_env
     name = "100001_B1_20261201080000_0001.MP4"
@@ -809,7 +809,7 @@ def test_identify_never_pairs_one_disks_uuid_with_another_disks_marker(
     is not the one named, and stays True, so it is never identified again."""
     from test_evidence_safety import new_disk
 
-    import station.disks as disks_mod
+    import station.store.identity as disks_mod
 
     catalog, d1 = store_env
     d2 = new_disk(catalog, tmp_path / "disk2")
@@ -851,8 +851,8 @@ def test_the_stored_row_cannot_be_deleted_between_the_clearing_check_and_the_car
     steps the wall clock meanwhile, which could make the catalog's clearing mark look
     stale (the duplicate path is the likely one: an old stored copy, the sweep's first
     pick)."""
-    import station.retention as retention_mod
-    from station.ingest import FileIngest
+    import station.retention.sweeper as retention_mod
+    from station.ingest.transfer import FileIngest
 
     catalog, disk = store_env
     name = "100001_B1_20261201080000_0001.MP4"
@@ -895,8 +895,8 @@ def test_a_cut_short_rebuild_does_not_leave_holds_refused_on_a_running_station(
     start-up recovery catalogues the rest from the sidecars; but `catalog_rebuild_started`
     is never cleared, so every hold and grade (also raising one to evidence) is refused
     while retention deletes by age as usual."""
-    import station.recovery as recovery_mod
-    from station.annotations import annotate
+    import station.store.recovery as recovery_mod
+    from station.retention.annotations import annotate
 
     catalog, disk = store_env
     for i in range(3):
@@ -976,8 +976,8 @@ def test_a_held_file_collected_again_after_its_disk_was_retired_keeps_its_hold(
     that the card's copy is 'collected again'. The new row is a plain normal file: the
     hold, grade and case number stay on the tombstone (store_row carries them only for a
     corrupt copy, `replaces`), and the next sweeps delete held evidence by age."""
-    from station.annotations import annotate
-    from station.ingest import FileIngest
+    from station.ingest.transfer import FileIngest
+    from station.retention.annotations import annotate
 
     catalog, disk = store_env
     name = "100001_B1_20261201080000_0001.MP4"
@@ -1053,7 +1053,7 @@ def test_a_disk_that_lost_its_marker_and_changed_bays_gets_its_identity_back(
     tombstones the parked rows (holds included)."""
     from test_evidence_safety import new_disk
 
-    from station.store import MARKER
+    from station.store.disks import MARKER
 
     catalog, p1 = store_env
     p2 = new_disk(catalog, tmp_path / "disk2")
@@ -1081,8 +1081,8 @@ def test_a_lost_marker_is_restored_even_if_the_first_three_sidecars_are_damaged(
     damage that lost the marker (fsck, bad sectors) easily took a few sidecars too: with
     those 3 unreadable, adopt falls back to parking the disk's rows, and recovery
     quarantines every file on it as a second copy, the very outcome the fix removed."""
-    from station.sidecar import sidecar_path as scp
-    from station.store import MARKER
+    from station.store.disks import MARKER
+    from station.store.sidecar import sidecar_path as scp
 
     catalog, disk = store_env
     ids = [put_file(catalog, disk, f"100001_B1_20200101080000_000{i}.MP4") for i in range(8)]

@@ -23,19 +23,19 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import select
 
-from drivers.base import DockedDevice
-from station import mount as mount_mod
-from station import retention as retention_mod
-from station.annotations import AnnotationError, ProtectionError, annotate
 from station.catalog import Catalog, IngestJob, Officer, Recorder, StoredFile
 from station.catalog.db import CatalogBusy, lock_exclusive
-from station.disks import DiskBook
-from station.mount import BlockDevice, Mounter, NotThisRecorder
-from station.ports import CardWait
-from station.recovery import adopt, rebuild, recover
-from station.retention import DeletionRefused, DiskFacts, RetentionSweeper, Rules
-from station.sidecar import Sidecar, SidecarError, read_sidecar, sidecar_path, write_sidecar
-from station.store import Store
+from station.devices import mount as mount_mod
+from station.devices.mount import BlockDevice, Mounter, NotThisRecorder
+from station.devices.ports import CardWait
+from station.drivers.base import DockedDevice
+from station.retention import sweeper as retention_mod
+from station.retention.annotations import AnnotationError, ProtectionError, annotate
+from station.retention.sweeper import DeletionRefused, DiskFacts, RetentionSweeper, Rules
+from station.store.disks import Store
+from station.store.identity import DiskBook
+from station.store.recovery import adopt, rebuild, recover
+from station.store.sidecar import Sidecar, SidecarError, read_sidecar, sidecar_path, write_sidecar
 
 RULES = Rules(days={"normal": 1, "important": None, "evidence": None})
 LONG_AGO = dt.datetime(2020, 1, 1, tzinfo=dt.UTC)
@@ -423,8 +423,8 @@ class Ingest:
     def __init__(
         self, catalog: Catalog, disks: Path | list[Path], card_root: Path, **options: object
     ) -> None:
-        from drivers.card import FolderCard
-        from station.ingest import Owner
+        from station.drivers.card import FolderCard
+        from station.ingest.transfer import Owner
 
         with catalog.write() as s:
             officer = Officer(officer_no="100001", name="张三")
@@ -445,7 +445,7 @@ class Ingest:
         self.fi = self.docking()
 
     def docking(self):
-        from station.ingest import FileIngest
+        from station.ingest.transfer import FileIngest
 
         return FileIngest(
             self.catalog, self.store, self.card, self.owner, chunk=1 << 20, sync_every=1 << 30,
@@ -467,7 +467,7 @@ def card_with(tmp_path: Path, name: str, data: bytes) -> Path:
 def test_bytes_appended_after_the_second_look_keep_the_file_on_the_card(
     store_env, tmp_path
 ) -> None:
-    from station.ingest import FileChanged
+    from station.ingest.transfer import FileChanged
 
     catalog, disk = store_env
     name = "100001_B1_20261201080000_0001.MP4"
@@ -500,7 +500,7 @@ def test_a_transient_misread_during_the_copy_never_clears_the_card(
 ) -> None:
     """One wrong read while copying is hashed, read back and would be committed: the full
     re-read of the second look (small and IMP files) sees it, and the card keeps the file."""
-    from station.ingest import VerifyFailed
+    from station.ingest.transfer import VerifyFailed
 
     catalog, disk = store_env
     size = 2 * 1024 * 1024 + 12345
@@ -601,7 +601,7 @@ def test_a_disk_mounted_at_another_path_keeps_its_rows(store_env, tmp_path) -> N
 def test_another_stations_disk_is_refused_until_an_administrator_adopts_it(
     store_env, tmp_path
 ) -> None:
-    from station.disks import write_marker
+    from station.store.identity import write_marker
 
     catalog, disk = store_env
     put_file(catalog, disk)
@@ -658,7 +658,7 @@ def test_an_unmounted_disk_gets_no_footage_through_the_daemon(make_station) -> N
 
 
 def test_a_paused_sweep_deletes_nothing_by_age_but_still_makes_room() -> None:
-    from station.retention import DiskFacts, FileFacts, plan_sweep
+    from station.retention.sweeper import DiskFacts, FileFacts, plan_sweep
 
     now = dt.datetime(2027, 1, 1, tzinfo=dt.UTC)
     old = now - dt.timedelta(days=400)
@@ -681,7 +681,7 @@ def test_a_paused_sweep_deletes_nothing_by_age_but_still_makes_room() -> None:
 
 
 def test_clock_guard_distrusts_a_clock_that_went_back_or_jumped(store_env) -> None:
-    from station.clockguard import RELEASED, ClockGuard
+    from station.health.clockguard import RELEASED, ClockGuard
 
     catalog, _disk = store_env
     guard = ClockGuard(catalog, max_jump_days=2)
@@ -702,7 +702,7 @@ def test_clock_guard_distrusts_a_clock_that_went_back_or_jumped(store_env) -> No
 
 def test_a_new_station_believes_its_first_clock_reading(store_env) -> None:
     # installed long after the release, nothing collected yet: no jump to pause for
-    from station.clockguard import RELEASED, ClockGuard
+    from station.health.clockguard import RELEASED, ClockGuard
 
     catalog, _disk = store_env
     first = RELEASED + dt.timedelta(days=400)
@@ -718,7 +718,7 @@ def test_the_high_water_time_outlives_a_stop_before_any_sweep(store_env) -> None
     # a daemon that collects and stops before its first sweep: the next process (the CLI
     # sweep) must know the time it believed, not derive it from collection times that an
     # administrator or a restore may since have changed
-    from station.clockguard import RELEASED, STATE, ClockGuard
+    from station.health.clockguard import RELEASED, STATE, ClockGuard
 
     catalog, _disk = store_env
     t0 = RELEASED + dt.timedelta(days=300)

@@ -29,7 +29,6 @@ from botocore.config import Config
 from conftest import StationProc, free_port, sha256_file, wait_for, write_config
 from pydantic import ValidationError
 
-from station.alarms import AlarmBook
 from station.catalog import Catalog, ForwardObject
 from station.config import ConfigError, StationConfig, parse_config
 from station.forward import (
@@ -42,6 +41,7 @@ from station.forward import (
     parse_window,
     seconds_until_open,
 )
+from station.health.alarms import AlarmBook
 from station.sim.recorder import RecorderSpec
 
 moto_server = pytest.importorskip("moto.server")

@@ -944,7 +944,7 @@ def test_the_kiosk_shows_the_station_ui(booted):
 MOUNT_PROBE = """
 import hashlib, os, subprocess, sys
 from pathlib import Path
-from station.mount import BlockDevice, DirectMounter, MountedCard, MountError, make_mounter
+from station.devices.mount import BlockDevice, DirectMounter, MountedCard, MountError, make_mounter
 image = sys.argv[1]
 # /dev is read-only: no name there can be replaced, yet device nodes open read-write
 try:
@@ -994,7 +994,7 @@ for node, where in ((image, elsewhere), ("/dev/null", second)):
 MEDIA_PROBE = """
 import sys
 from pathlib import Path
-from station.playback import Transcoder
+from station.media.playback import Transcoder
 job = Transcoder(Path("/var/lib/station/probe-cache")).start(Path(sys.argv[1]), "a" * 64)
 job.done.wait(300)
 print("PLAYED", job.error, job.frames_done, "av" in sys.modules)
@@ -1050,7 +1050,7 @@ def test_a_card_is_mounted_by_the_helper_read_and_cleared_inside_the_sandbox(boo
     dropin = root / "etc/systemd/system/station-mountd.service.d/90-test.conf"
     dropin.parent.mkdir(exist_ok=True)
     dropin.write_text(
-        "[Service]\nExecStart=\nExecStart=/opt/station/bin/python -m station.mountd "
+        "[Service]\nExecStart=\nExecStart=/opt/station/bin/python -m station.devices.mountd "
         "--root /run/station/cards --images /var/lib/station/test-cards "
         "--peer-cgroup /system.slice/station-mount.service\n"
     )
@@ -1069,7 +1069,7 @@ def test_a_card_is_mounted_by_the_helper_read_and_cleared_inside_the_sandbox(boo
             foreign = booted.python(
                 """
                 from pathlib import Path
-                from station.mount import BlockDevice, HelperMounter, MountError
+                from station.devices.mount import BlockDevice, HelperMounter, MountError
                 t = Path("/run/station/cards/port-3.0123456789ab")
                 t.mkdir(parents=True, exist_ok=True)
                 try:
@@ -1266,7 +1266,7 @@ def test_running_the_installer_again_upgrades_the_running_station(booted):
     root = booted.installed.root
     src = root / "var/tmp/station-src-next"
     src.mkdir()
-    for item in ("pyproject.toml", "README.md", "station", "drivers", "web", "systemd", "docs"):
+    for item in ("pyproject.toml", "README.md", "station", "systemd", "docs"):
         if (REPO / item).is_dir():
             shutil.copytree(REPO / item, src / item, ignore=shutil.ignore_patterns("__pycache__"))
         else:

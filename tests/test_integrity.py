@@ -1,5 +1,5 @@
 """The station checks its installed code and configuration against the manifest written at
-install time (station/integrity.py), through the real daemon and the real commands."""
+install time (station/health/integrity.py), through the real daemon and the real commands."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from conftest import StationProc
 
-from station import integrity
+from station.health import integrity
 
 
 def _alarm(st: StationProc) -> dict | None:
@@ -32,7 +32,7 @@ def test_a_changed_installation_or_configuration_raises_the_integrity_alarm(
     # one installed file changed and one removed (as the check sees them: their recorded
     # hashes no longer match what is there), and the configuration edited by hand
     m = json.loads(manifest.read_text())
-    assert "station/runtime.py" in m["files"] and "web/static/app.js" in m["files"]
+    assert "station/runtime.py" in m["files"] and "station/web/static/app.js" in m["files"]
     m["files"]["station/runtime.py"] = "0" * 64
     m["files"]["station/backdoor_removed.py"] = "1" * 64
     manifest.write_text(json.dumps(m))
@@ -69,7 +69,7 @@ def test_an_added_file_is_found_but_new_bytecode_caches_are_not(
     integrity.write_manifest(manifest, None)
     listed = json.loads(manifest.read_text())["files"]
     extra = "station/__pycache__/new.cpython-311.pyc"
-    planted = "web/static/planted.js"
+    planted = "station/web/static/planted.js"
     monkeypatch.setattr(
         integrity, "code_files", lambda: listed | {extra: "2" * 64, planted: "3" * 64}
     )

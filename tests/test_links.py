@@ -13,9 +13,9 @@ import time
 
 import pytest
 
-from station.bus.base import Link
-from station.bus.udev import UdevBus, port_links, split_port_path
-from station.ratelimit import MB, LinkScheduler
+from station.devices.bus import Link
+from station.devices.udev import UdevBus, port_links, split_port_path
+from station.ingest.priority import MB, LinkScheduler
 
 MIB = 1 << 20
 
@@ -164,7 +164,7 @@ def test_expected_finish_counts_the_ports_ahead_on_the_link() -> None:
 
 
 def test_the_simulated_bus_reports_its_links(tmp_path) -> None:
-    from station.bus.simulated import SimulatedBus
+    from station.devices.simbus import SimulatedBus
 
     bus = tmp_path / "bus"
     bus.mkdir()

@@ -1,4 +1,4 @@
-"""The second copy of protected footage on the other data disk (station/mirror.py, issue 17).
+"""The second copy of protected footage on the other data disk (station/store/mirror.py, issue 17).
 
 A real catalog and two real disk folders, identified as the daemon does; the worker, the
 scrubber and retention are driven in process, one round at a time.
@@ -14,13 +14,13 @@ from pathlib import Path
 from sqlalchemy import select
 from test_evidence_safety import RULES, new_disk, path_of, put_file, row, sidecar_of, store_of
 
-from station.alarms import AlarmBook
-from station.annotations import annotate
 from station.catalog import Catalog, Event
-from station.mirror import Mirror, mirror_path
-from station.recovery import rebuild, recover
-from station.retention import RetentionSweeper
-from station.scrubber import Scrubber
+from station.health.alarms import AlarmBook
+from station.retention.annotations import annotate
+from station.retention.sweeper import RetentionSweeper
+from station.store.mirror import Mirror, mirror_path
+from station.store.recovery import rebuild, recover
+from station.store.scrubber import Scrubber
 
 DATA = os.urandom(70_000)
 
@@ -135,7 +135,7 @@ def test_one_disk_keeps_one_copy(store_env):
 def test_a_corrupt_primary_is_never_mirrored(store_env, tmp_path, monkeypatch):
     """Its bytes no longer match its hash: no second copy is made of them (and the copy is
     not tried again at every round)."""
-    import station.mirror as mirror_mod
+    import station.store.mirror as mirror_mod
 
     catalog, disk, disk2, mirror, _ = setup(store_env, tmp_path)
     fid = put_file(catalog, disk, data=DATA, important=True)
@@ -157,7 +157,7 @@ def test_a_failed_disks_protected_files_live_on_from_their_second_copies(store_e
     """The primary disk dies and is replaced (`station disks adopt`), then retired: its
     mirrored files stay catalogued, from their second copies; the rest are lost as before.
     The worker then gives them a new second copy on the replacement."""
-    from station.disks import DiskBook
+    from station.store.identity import DiskBook
 
     catalog, disk, disk2, mirror, _ = setup(store_env, tmp_path)
     kept = put_file(catalog, disk, data=DATA, level="evidence", case_no="XS-7")
@@ -184,7 +184,7 @@ def test_a_failed_disks_protected_files_live_on_from_their_second_copies(store_e
 
 
 def test_a_second_copy_whose_disk_is_away_raises_nothing_until_it_is_back(store_env, tmp_path):
-    from station.store import MARKER
+    from station.store.disks import MARKER
 
     catalog, disk, disk2, mirror, scrub = setup(store_env, tmp_path)
     fid = put_file(catalog, disk, data=DATA, important=True)

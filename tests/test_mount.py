@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 from conftest import needs_root
 
-from drivers.base import DeviceGone, DockedDevice, ProtocolError
-from drivers.mass_storage import MassStorageConfig, MassStorageDriver, identity_from_names
-from station.mount import BlockDevice, DirectMounter, MountedCard
+from station.devices.mount import BlockDevice, DirectMounter, MountedCard
+from station.drivers.base import DeviceGone, DockedDevice, ProtocolError
+from station.drivers.mass_storage import MassStorageConfig, MassStorageDriver, identity_from_names
 
 pytestmark = needs_root
 

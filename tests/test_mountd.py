@@ -1,4 +1,4 @@
-"""The mount helper (station/mountd.py): it mounts cards in the daemon's namespace, and
+"""The mount helper (station/devices/mountd.py): it mounts cards in the daemon's namespace, and
 refuses everything else a compromised daemon could ask of it.
 
 The helper runs as it does on a station (a process of its own, on its own socket); the
@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 from conftest import needs_root
 
-from station.mount import BlockDevice, HelperMounter, MountError
+from station.devices.mount import BlockDevice, HelperMounter, MountError
 
 pytestmark = needs_root
 
@@ -63,7 +63,7 @@ def _start_helper(tmp_path: Path, cards: Path, images: Path, *peers: str) -> Ite
     sock = home / "mountd.sock"
     args = ["--root", str(cards), "--socket", str(sock), "--images", str(images), *peers]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "station.mountd", *args],
+        [sys.executable, "-m", "station.devices.mountd", *args],
         stderr=open(tmp_path / "mountd.log", "wb"),  # noqa: SIM115 - the helper's for life
     )
     deadline = time.monotonic() + 30
@@ -101,7 +101,7 @@ def test_a_card_is_mounted_in_the_asking_namespace_only_with_the_stations_option
         f"""
         import sys
         from pathlib import Path
-        from station.mount import BlockDevice, HelperMounter
+        from station.devices.mount import BlockDevice, HelperMounter
         m = HelperMounter(Path({str(helper)!r}), "fuse")
         target = Path({str(target)!r})
         m.mount(BlockDevice({str(images / "card.img")!r}, "vfat", "/sys/x"), target)
@@ -225,7 +225,7 @@ def test_malformed_requests_and_other_users_are_refused_and_the_helper_goes_on(
         f"""
         import os
         from pathlib import Path
-        from station.mount import BlockDevice, HelperMounter
+        from station.devices.mount import BlockDevice, HelperMounter
         os.setgid(65534); os.setuid(65534)
         card = BlockDevice({card!r}, "vfat", "/sys/x")
         HelperMounter(Path({str(helper)!r}), "fuse").mount(card, Path({target!r}))
@@ -287,7 +287,7 @@ def test_a_root_process_that_is_not_the_station_is_refused_and_logged(
             f"""
             import os, sys
             from pathlib import Path
-            from station.mount import BlockDevice, HelperMounter, MountError
+            from station.devices.mount import BlockDevice, HelperMounter, MountError
             if os.fork():
                 os._exit(0)
             while os.getppid() == {os.getpid()}:  # adopted by init (or a subreaper above)
@@ -434,7 +434,7 @@ def test_a_card_folder_swapped_for_a_link_never_gets_the_link_target_mounted(
         f"""
         import json
         from pathlib import Path
-        from station.mount import BlockDevice, HelperMounter, MountError
+        from station.devices.mount import BlockDevice, HelperMounter, MountError
         m = HelperMounter(Path({str(helper)!r}), "fuse")
         card = BlockDevice({str(images / "card.img")!r}, "vfat", "/sys/x")
         names = [{str(a)!r}, {str(b)!r}]
@@ -489,7 +489,7 @@ def test_a_card_image_swapped_for_a_link_never_gets_the_other_image_mounted(
         f"""
         import json
         from pathlib import Path
-        from station.mount import BlockDevice, HelperMounter, MountError
+        from station.devices.mount import BlockDevice, HelperMounter, MountError
         m = HelperMounter(Path({str(helper)!r}), "fuse")
         card = BlockDevice({str(images / "card.img")!r}, "vfat", "/sys/x")
         contents, errors = [], set()
@@ -535,7 +535,7 @@ def test_a_card_root_swapped_for_one_with_a_link_never_unmounts_anything_else(
             f"""
             import json, subprocess
             from pathlib import Path
-            from station.mount import HelperMounter
+            from station.devices.mount import HelperMounter
             victim = {str(victim)!r}
             subprocess.run(["mount", "-t", "tmpfs", "mask", victim], check=True)
             m = HelperMounter(Path({str(sock)!r}), "kernel")

@@ -2,7 +2,7 @@
 
 `/api/v1/openapi.json` is what the central server's developers code against, so every
 `/api/v1` operation must be in it with the status codes it really answers and a response
-schema that says what the JSON holds (web/schemas.py). schemathesis checks the live daemon
+schema that says what the JSON holds (station/web/schemas.py). schemathesis checks the live daemon
 against it with a bounded number of generated requests per operation, and the station's
 own data is checked to hold no key the document leaves out (a response model would drop it
 without a word).
@@ -31,7 +31,7 @@ from schemathesis.checks import (
 )
 
 from station.sim.recorder import RecorderSpec
-from web.schemas import INT64_MAX, INT64_MIN
+from station.web.schemas import INT64_MAX, INT64_MIN
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
@@ -183,7 +183,7 @@ def front(local_station: Any) -> Any:
 @pytest.fixture(scope="module")
 def app(front: Any) -> Any:
     """The daemon's ASGI app (API and browser UI on one listener, as the tests run it)."""
-    from web.app import create_app
+    from station.web.app import create_app
 
     return create_app(front)
 
@@ -231,7 +231,7 @@ def test_the_document_is_the_central_api(front: Any, document: dict[str, Any]) -
     """Only the /api/v1 operations: the browser's routes (cookies and CSRF, not the central
     server's contract) stay out, so the document is the same whether the API has a
     listener of its own or shares the UI's."""
-    from web.app import create_app
+    from station.web.app import create_app
 
     assert all(p.startswith("/api/v1/") for p in document["paths"]), sorted(document["paths"])
     api_only = create_app(front, api=True, ui=False).openapi()

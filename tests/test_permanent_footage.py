@@ -3,8 +3,8 @@
 The catalog can be lost and rebuilt from the sidecars (`station catalog rebuild`): a file
 graded into a permanent category must come back permanent, with its SM3, and stay
 undeletable. A file in a permanent category is protected by the one protection rule
-(`station.protection.is_protected`), wherever a file is deleted or shown. Driven in process
-against a real catalog and a real disk folder, and through the running daemon.
+(`station.retention.protection.is_protected`), wherever a file is deleted or shown. Driven
+in process against a real catalog and a real disk folder, and through the running daemon.
 """
 
 from __future__ import annotations
@@ -22,14 +22,14 @@ from test_evidence_safety import LONG_AGO, RULES, path_of, put_file, row, sideca
 from test_ui_api import ADMIN, as_user, file_ids
 from test_ui_api import st as st  # the running station: a shared fixture
 
-from station.annotations import annotate
 from station.catalog import Catalog, StoredFile
 from station.forward.files import Candidate
 from station.platform.sm3 import Sm3Digester
-from station.protection import CATEGORIES, is_protected
-from station.recovery import rebuild, recover
-from station.retention import DeletionRefused, DiskFacts, FileFacts, RetentionSweeper
-from station.sidecar import Sidecar, SidecarError, read_sidecar, sidecar_path, write_sidecar
+from station.retention.annotations import annotate
+from station.retention.protection import CATEGORIES, is_protected
+from station.retention.sweeper import DeletionRefused, DiskFacts, FileFacts, RetentionSweeper
+from station.store.recovery import rebuild, recover
+from station.store.sidecar import Sidecar, SidecarError, read_sidecar, sidecar_path, write_sidecar
 
 DATA = b"permanent footage " * 300
 
@@ -109,8 +109,8 @@ def test_a_sidecar_missed_while_its_disk_was_away_is_written_at_start_up(
 ) -> None:
     """The SM3 and the category are recorded even when the sidecar cannot be written then;
     start-up recovery writes the sidecar from the row."""
-    import station.annotations as annotations_mod
     import station.platform.sm3 as sm3_mod
+    import station.retention.annotations as annotations_mod
 
     catalog, disk = store_env
     fid = put_file(catalog, disk, data=DATA)

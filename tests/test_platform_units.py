@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 
-from station.annotations import AnnotationError, ProtectionError, annotate
 from station.catalog import Catalog, Officer, OutboxEntry, Recorder, StoredFile
 from station.catalog.db import append_event
 from station.config import ConfigError, StationConfig, parse_config
@@ -19,7 +18,8 @@ from station.platform.breaker import Breaker
 from station.platform.link import overlay
 from station.platform.protocol import Command
 from station.platform.sm3 import Sm3Digester, digests
-from station.retention import (
+from station.retention.annotations import AnnotationError, ProtectionError, annotate
+from station.retention.sweeper import (
     CentralCheck,
     DeletionRefused,
     DiskFacts,

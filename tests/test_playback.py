@@ -18,8 +18,9 @@ import psutil
 import pytest
 from PIL import Image
 
-from station import mediaworker, playback
-from station.playback import Transcoder
+from station.media import playback
+from station.media import worker as mediaworker
+from station.media.playback import Transcoder
 from station.sim.media import make_video
 
 
@@ -157,10 +158,10 @@ def test_the_daemon_process_never_loads_ffmpeg(tmp_path: Path) -> None:
     script = (
         "import sys\n"
         "from pathlib import Path\n"
-        "from station.playback import Transcoder\n"
+        "from station.media.playback import Transcoder\n"
         f"job = Transcoder(Path({str(tmp_path / 'cache')!r})).start(Path({str(src)!r}), 'f' * 64)\n"
         "job.done.wait(120)\n"
-        "from station.thumbnails import ThumbnailCache\n"
+        "from station.media.thumbnails import ThumbnailCache\n"
         f"cache = ThumbnailCache(Path({str(tmp_path / 'thumbs')!r}))\n"
         "import time\n"
         f"while (info := cache.info('f' * 64, Path({str(src)!r}), 'video')) is None:\n"
@@ -176,7 +177,7 @@ def _worker_of(parent: psutil.Process, timeout: float = 60) -> psutil.Process:
     while time.monotonic() < deadline:
         for child in parent.children():
             with contextlib.suppress(psutil.Error):
-                if "station.mediaworker" in child.cmdline():
+                if "station.media.worker" in child.cmdline():
                     return child
         time.sleep(0.02)
     raise AssertionError("no media worker started")

@@ -8,7 +8,7 @@ import pytest
 import tomli_w
 
 from station.config import load_config
-from station.portlearn import LearnError, UsbEvent, learn, write_port_map
+from station.devices.portlearn import LearnError, UsbEvent, learn, write_port_map
 
 
 def test_each_plug_teaches_one_port(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 from conftest import StationProc, card_hashes, wait_for
 
-from station.ratelimit import PriorityGate
+from station.ingest.priority import PriorityGate
 from station.sim.recorder import RecorderSpec
 
 

@@ -3,7 +3,7 @@
 The real daemon (`station run`) on the simulated bus; the simulated driver's
 `gone_while_docked` fault makes every call raise DeviceGone while the port
 folder stays. The station rescans and collects the same docking anew, but per
-port at most every `station.ports.RECHECK_MIN_S` seconds: counted as
+port at most every `station.devices.ports.RECHECK_MIN_S` seconds: counted as
 `device_docked` entries in the system log over a window.
 """
 
@@ -14,7 +14,7 @@ import time
 
 from conftest import StationProc, wait_for
 
-from station.ports import RECHECK_MIN_S
+from station.devices.ports import RECHECK_MIN_S
 from station.sim.recorder import RecorderSpec
 
 WINDOW_S = 3 * RECHECK_MIN_S  # long enough for three re-dockings per port, at most

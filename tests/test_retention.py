@@ -10,7 +10,7 @@ import pytest
 from conftest import StationProc, needs_root, tmpfs_disks, wait_for
 
 from station.faults import RETENTION_CRASHPOINTS
-from station.retention import DiskFacts, FileFacts, Rules, days_until_full, plan_sweep
+from station.retention.sweeper import DiskFacts, FileFacts, Rules, days_until_full, plan_sweep
 from station.sim.recorder import RecorderSpec
 
 NOW = dt.datetime(2026, 11, 21, 12, 0, tzinfo=dt.UTC)

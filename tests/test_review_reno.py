@@ -16,10 +16,10 @@ from typing import Any
 import pytest
 from conftest import StationProc, card_hashes, free_port, wait_for, write_config
 
-from drivers.base import DeviceGone, DockedDevice
-from station.bus.base import PortChange
-from station.collector import SlotState
 from station.config import load_config
+from station.devices.bus import PortChange
+from station.drivers.base import DeviceGone, DockedDevice
+from station.ingest.collector import SlotState
 from station.runtime import Station
 from station.sim.recorder import RecorderSpec
 
@@ -144,7 +144,7 @@ def test_publications_of_an_old_docking_do_not_land_in_the_next(
 def test_storage_full_alarm_stays_while_a_recorder_waits_for_space(
     ports_on_loop: tuple[Station, Loop],
 ) -> None:
-    from station.collector import Reason
+    from station.ingest.collector import Reason
 
     station, loop = ports_on_loop
     station.health.identify_disks()

@@ -32,7 +32,7 @@ import pytest
 from dock_harness import Dock, card_files
 from pydantic import ValidationError
 
-from drivers.base import (
+from station.drivers.base import (
     AuthFailed,
     DeviceGone,
     DockedDevice,
@@ -40,7 +40,7 @@ from drivers.base import (
     OfficerInfo,
     ProtocolError,
 )
-from drivers.scsi_dv16 import (
+from station.drivers.scsi_dv16 import (
     SG_IO,
     Dv16Command,
     ScsiCheckCondition,
@@ -52,7 +52,7 @@ from drivers.scsi_dv16 import (
     encode_officer_block,
     find_sg_nodes,
 )
-from drivers.simulated import SimulatedDriver
+from station.drivers.simulated import SimulatedDriver
 
 PASSWORD = "000000"
 OFFICER = OfficerInfo(
@@ -986,7 +986,7 @@ def test_eight_dv16_recorders_docked_at_once(tmp_path: Path) -> None:
 
 
 def test_empty_password_is_refused() -> None:
-    from drivers.scsi_dv16 import password_field
+    from station.drivers.scsi_dv16 import password_field
 
     with pytest.raises(ValueError):
         password_field("")

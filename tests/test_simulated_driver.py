@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from drivers.base import (
+from station.drivers.base import (
     AuthFailed,
     CardReadError,
     DeviceGone,
@@ -20,7 +20,7 @@ from drivers.base import (
     OfficerInfo,
     ProtocolError,
 )
-from drivers.simulated import SimulatedCard, SimulatedDriver, SimulatedSession
+from station.drivers.simulated import SimulatedCard, SimulatedDriver, SimulatedSession
 
 PASSWORD = "654321"
 AVI = b"DCIM/100ANDRO/100001_B100001_20261121083000_0001.AVI"
@@ -466,7 +466,7 @@ def test_ports_behind_one_link_share_its_rate(tmp_path: Path) -> None:
 
 
 def test_a_port_on_no_link_and_a_bad_links_file(tmp_path: Path) -> None:
-    from drivers.simulated import link_clock, read_links
+    from station.drivers.simulated import link_clock, read_links
 
     bus = tmp_path / "bus"
     bus.mkdir()

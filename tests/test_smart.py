@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from station import smart
-from station.smart import (
+from station.store import smart
+from station.store.smart import (
     Health,
     HealthHistory,
     assess,

@@ -11,9 +11,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from station import durable as durable_mod
-from station.durable import make_dirs_durable
-from station.store import (
+from station.store import durable as durable_mod
+from station.store.disks import (
     MARKER,
     MB,
     DiskSpace,
@@ -22,6 +21,7 @@ from station.store import (
     stored_relpath,
     unique_target,
 )
+from station.store.durable import make_dirs_durable
 
 # --- choose_disk: the pure policy ----------------------------------------------------------
 
@@ -124,7 +124,7 @@ def _store(tmp_path: Path, free_mb: list[int], min_free_mb: int = 1) -> Store:
     s = Store(paths, min_free_mb)
     for d, free in zip(s.disks, free_mb, strict=True):
         d.usage = lambda free=free: (1000 * MB, free * MB)  # type: ignore[method-assign]
-        (d.path / MARKER).write_text("{}")  # as station.disks leaves a disk in use
+        (d.path / MARKER).write_text("{}")  # as station.store.identity leaves a disk in use
         d.identity = f"test-disk-{d.index}"
     s.prepare()
     return s
@@ -344,7 +344,7 @@ def test_uncached_read_back_hashes_exactly(tmp_path: Path, size: int) -> None:
     import hashlib
     import os
 
-    from station.ingest import hash_file
+    from station.ingest.transfer import hash_file
 
     data = os.urandom(size)
     for folder in (tmp_path, Path("/dev/shm")):  # a disk filesystem, and tmpfs (no O_DIRECT)

@@ -20,11 +20,12 @@ import pytest
 import tomli_w
 from conftest import TOKEN, StationProc
 
-from station import __version__, smart, support
-from station.alarms import AlarmBook
+from station import __version__, support
 from station.catalog import Catalog
 from station.catalog.db import append_event
 from station.config import ConfigError, load_config, parse_config
+from station.health.alarms import AlarmBook
+from station.store import smart
 from station.support import backup as settings_backup
 from station.support import redaction
 from station.support.backup import _key_id, _mac

@@ -520,7 +520,7 @@ def test_thumbnails_and_lengths_are_made_once_in_the_background_for_the_viewer_o
 def test_an_alarm_is_acknowledged_on_the_screen_with_an_administrators_pin(
     st: StationProc,
 ) -> None:
-    from station.alarms import AlarmBook
+    from station.health.alarms import AlarmBook
 
     catalog = Catalog(st.db)
     book = AlarmBook(catalog)

@@ -587,7 +587,7 @@ def _slot(port: int, state: str, **over: Any) -> dict[str, Any]:
     return s
 
 
-# every state and every reason the screen words (web/app.py slot_reason)
+# every state and every reason the screen words (station/web/app.py slot_reason)
 EARLY = {"serial": "GX9A2B7C01", "officer_no": "650101", "officer_name": LONG_NAME,
          "state": "collecting"}  # fmt: skip
 VARIANTS: list[tuple[str, dict[str, Any]]] = [
@@ -839,7 +839,7 @@ def test_the_banner_shows_the_most_severe_alarm_first_and_the_list_acknowledges(
     """A warning raised first and a critical alarm after it: the banner shows the critical
     one, in words, with the count; the alarm list orders by severity and an administrator
     acknowledges one there with their number and PIN (it stays raised)."""
-    from station.alarms import AlarmBook
+    from station.health.alarms import AlarmBook
 
     catalog = Catalog(st.db)
     book = AlarmBook(catalog)
@@ -1034,7 +1034,7 @@ def test_a_delete_with_its_reason_typed_on_the_on_screen_keyboard(
 def test_the_administrator_has_an_alarm_page_and_a_recorder_list(
     st: StationProc, page: Any, tmp_path: Path
 ) -> None:
-    from station.alarms import AlarmBook
+    from station.health.alarms import AlarmBook
 
     dock(st, 1, 11, serial="K000011", officer_no="800011", files=1, imp=0, size_mb=0.3)
     st.wait_state(1, "unregistered")  # manual mode: pending

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from web import i18n
+from station.web import i18n
 
 WEB = Path(i18n.__file__).parent
 CJK = re.compile(r"[\u3000-\u303f\u4e00-\u9fff\uff00-\uffef]")
@@ -51,7 +51,7 @@ def test_no_chinese_is_written_in_the_code() -> None:
 
 
 def test_catalogue_files_are_current(extracted: set[str]) -> None:
-    """messages.pot lists what the code uses (run `python -m web.i18n extract` when not)."""
+    """messages.pot lists what the code uses (run `python -m station.web.i18n extract` when not)."""
     from babel.messages.pofile import read_po
 
     with open(WEB / "locale" / "messages.pot", "rb") as f:

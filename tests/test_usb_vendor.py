@@ -30,8 +30,8 @@ import usb.backend
 import usb.core
 from pydantic import ValidationError
 
-from drivers.base import AuthFailed, DeviceGone, DockedDevice, OfficerInfo, ProtocolError
-from drivers.usb_vendor import (
+from station.drivers.base import AuthFailed, DeviceGone, DockedDevice, OfficerInfo, ProtocolError
+from station.drivers.usb_vendor import (
     Refused,
     UsbVendorConfig,
     UsbVendorDriver,
@@ -39,7 +39,7 @@ from drivers.usb_vendor import (
     interface_classes,
     parse_port,
 )
-from drivers.usb_vendor_proto import (
+from station.drivers.usb_vendor_proto import (
     CAP_GET_TIME,
     CAP_UNIX_TIME,
     LAYOUT_89,
@@ -426,23 +426,30 @@ def test_small_payloads_byte_for_byte() -> None:
 
 
 def test_protocol_module_needs_only_the_standard_library() -> None:
-    """The gadget responder runs it in the HIL guest: stdlib, drivers.zfy and drivers.base only."""
+    """The gadget responder runs it in the HIL guest: the standard library, and of ours
+    station.drivers.zfy and station.drivers.base only."""
     root = Path(__file__).resolve().parents[1]
     code = (
         "import sys\n"
         f"sys.path.insert(0, {str(root)!r})\n"
-        "from drivers import usb_vendor_proto as m\n"
+        "from station.drivers import usb_vendor_proto as m\n"
         "r = m.ReferenceRecorder(m.RecorderState(password='x'))\n"
         "assert r.setup(0xC0, 1, 1, 7, 64)[:4] == b'ZFYV'\n"
-        "top = {n.split('.')[0] for n in sys.modules} - {'__main__', 'drivers'}\n"
-        "ours = {n for n in sys.modules if n.split('.')[0] == 'drivers'}\n"
+        "top = {n.split('.')[0] for n in sys.modules} - {'__main__', 'station'}\n"
+        "ours = {n for n in sys.modules if n.split('.')[0] == 'station'}\n"
         "print(sorted(top - sys.stdlib_module_names), sorted(ours))\n"
     )
     # -I -S: no site-packages, nothing on the path but the repository root
     out = subprocess.run(
         [sys.executable, "-I", "-S", "-c", code], capture_output=True, text=True, check=True
     )
-    allowed = ["drivers", "drivers.base", "drivers.usb_vendor_proto", "drivers.zfy"]
+    allowed = [
+        "station",
+        "station.drivers",
+        "station.drivers.base",
+        "station.drivers.usb_vendor_proto",
+        "station.drivers.zfy",
+    ]
     assert out.stdout.strip() == f"[] {allowed}"
 
 

@@ -19,9 +19,9 @@ import pytest
 from dock_harness import Dock, card_files
 from vendor_emu import PACKED, PASSWORD, build, get, put
 
-from drivers.base import DockedDevice, DriverRegistry
-from drivers.vendor_library import VendorLibraryConfig, VendorLibraryDriver
-from station import collector as collector_module
+from station.drivers.base import DockedDevice, DriverRegistry
+from station.drivers.vendor_library import VendorLibraryConfig, VendorLibraryDriver
+from station.ingest import collector as collector_module
 
 
 @pytest.fixture

@@ -19,8 +19,8 @@ import pytest
 from pydantic import ValidationError
 from vendor_emu import PACKED, PASSWORD, PASSWORDS, build, get, put
 
-from drivers import vendor_library as vl
-from drivers.base import (
+from station.drivers import vendor_library as vl
+from station.drivers.base import (
     AuthFailed,
     DeviceGone,
     DockedDevice,
@@ -28,7 +28,7 @@ from drivers.base import (
     ProtocolError,
     WrongRecorder,
 )
-from drivers.vendor_library import LibraryBusy, VendorLibraryConfig, VendorLibraryDriver
+from station.drivers.vendor_library import LibraryBusy, VendorLibraryConfig, VendorLibraryDriver
 
 
 @pytest.fixture(scope="session")

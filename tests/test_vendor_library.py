@@ -1,6 +1,6 @@
 """The vendor-library driver through the real C ABI, against the reference library.
 
-drivers/native/gat947_ref.c is compiled once per test session in six builds:
+station/drivers/native/gat947_ref.c is compiled once per test session in six builds:
 the common 94-byte officer block, the packed 89-byte one, a single-device
 library without GetDeviceCount and the _ByIndex calls, both kinds without the
 release calls (UnInit_Device, UnInit_Device_ByIndex), and one whose
@@ -26,8 +26,8 @@ import pytest
 from dock_harness import Dock, card_files
 from pydantic import ValidationError
 
-from drivers import vendor_library as vl
-from drivers.base import (
+from station.drivers import vendor_library as vl
+from station.drivers.base import (
     AuthFailed,
     DeviceGone,
     DockedDevice,
@@ -36,7 +36,7 @@ from drivers.base import (
     ProtocolError,
     WrongRecorder,
 )
-from drivers.vendor_library import (
+from station.drivers.vendor_library import (
     LibraryBusy,
     LibraryHung,
     VendorLibraryConfig,
@@ -46,9 +46,9 @@ from drivers.vendor_library import (
     decode_officer_block,
     encode_officer_block,
 )
-from station import collector as collector_module
+from station.ingest import collector as collector_module
 
-NATIVE = Path(__file__).resolve().parents[1] / "drivers" / "native"
+NATIVE = Path(__file__).resolve().parents[1] / "station" / "drivers" / "native"
 PASSWORD = "654321"
 STATION_PASSWORDS = ["000000", "123456", PASSWORD]
 VID, PID = 0x1234, 0xABCD

@@ -23,7 +23,7 @@ import pytest
 from pydantic import ValidationError
 
 from station import voice
-from station.alarms import SEVERITY
+from station.health.alarms import SEVERITY
 from station.voice import (
     ALARMS,
     MESSAGES,

@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 
 from station.api import WebSection
 from station.errors import PortNotCollecting
-from web.app import create_app
+from station.web.app import create_app
 
 TOKEN = "fake-token-0123456789abcdef"
 STATUS: dict[str, Any] = {
@@ -120,7 +120,7 @@ def test_every_error_kind_has_a_code_and_a_message_of_its_own() -> None:
     """Each `StationError` kind has a unique code that the web layer words (no kind falls
     through to a generic answer unnoticed), and a 4xx status."""
     from station import errors
-    from web.refusals import MESSAGES
+    from station.web.refusals import MESSAGES
 
     kinds: list[type[errors.StationError]] = []
     todo = [errors.StationError]
@@ -138,8 +138,11 @@ def test_every_error_kind_has_a_code_and_a_message_of_its_own() -> None:
 
 def test_the_domain_raises_the_kinds() -> None:
     """The refusals the web answers by kind are raised as those kinds by the domain."""
-    from station import accounts, annotations, registration, retention
+    from station import accounts
     from station.errors import DeletionError, SecretTooShort
+    from station.ingest import registration
+    from station.retention import annotations
+    from station.retention import sweeper as retention
 
     with pytest.raises(SecretTooShort):
         accounts.check_secret_policy("1")

@@ -1,4 +1,4 @@
-"""The shared officer block codec (drivers/zfy.py): both layouts, limits, and each option.
+"""The shared officer block codec (station/drivers/zfy.py): both layouts, limits, and each option.
 
 The last tests pin down what each driver asks of the codec, so that the three drivers'
 differences stay visible in one place.
@@ -13,8 +13,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from drivers import scsi_dv16, usb_vendor_proto, vendor_library, zfy
-from drivers.base import OfficerInfo, ProtocolError
+from station.drivers import scsi_dv16, usb_vendor_proto, vendor_library, zfy
+from station.drivers.base import OfficerInfo, ProtocolError
 
 NAME_32 = "张三李四王五赵六孙七周八吴九郑十"  # 16 characters, 32 bytes in GBK
 FULL = OfficerInfo("B100001", "100001", NAME_32, "110101000000", "北京市公安局城关派出所交警一大队")
@@ -198,7 +198,7 @@ def test_undecodable_text_is_an_error_unless_lenient(caplog: pytest.LogCaptureFi
     with pytest.raises(zfy.OfficerBlockError, match="userName is not valid gbk: d5 c5") as e:
         zfy.decode(bytes(raw), "94", "gbk")
     assert e.value.field == "officer_name"
-    with caplog.at_level(logging.WARNING, logger="drivers.zfy"):
+    with caplog.at_level(logging.WARNING, logger="station.drivers.zfy"):
         info = zfy.decode(bytes(raw), "94", "gbk", lenient_text=True)
     assert info.officer_name == NAME_32[:15] + "\ufffd"
     assert "userName is not valid gbk" in caplog.text and "replacement" in caplog.text

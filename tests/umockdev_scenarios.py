@@ -34,9 +34,9 @@ if str(ROOT) not in sys.path:
 
 import pyudev  # noqa: E402
 
-from drivers.base import DockedDevice  # noqa: E402
-from station.bus.base import PortChange, PortWatcher  # noqa: E402
-from station.bus.udev import UdevBus  # noqa: E402
+from station.devices.bus import PortChange, PortWatcher  # noqa: E402
+from station.devices.udev import UdevBus  # noqa: E402
+from station.drivers.base import DockedDevice  # noqa: E402
 
 DEBOUNCE_S = 0.05
 WAIT_S = 10.0  # generous: a slow, busy machine must not fail these scenarios
@@ -726,15 +726,15 @@ async def reenumerate(dock: Dock) -> dict[str, object]:
 
 
 def _mount_lookup(new_path: str, old_path: str) -> dict[str, object]:
-    """What station.mount.find_card_device (path-prefix lookup) finds, for the report."""
+    """What station.devices.mount.find_card_device (path-prefix lookup) finds, for the report."""
     try:
-        from station.mount import find_card_device
+        from station.devices.mount import find_card_device
     except ImportError as error:
         return {"error": repr(error)}
     found = find_card_device(new_path)
     check(
         found is not None and (found.node, found.fstype) == ("/dev/sda1", "vfat"),
-        f"station.mount.find_card_device({new_path!r}) found {found}",
+        f"station.devices.mount.find_card_device({new_path!r}) found {found}",
     )
     return {
         "node": found.node,

@@ -23,7 +23,7 @@ from station.catalog.models import Event, StationState, utcnow
 
 log = logging.getLogger(__name__)
 # Where the request being served comes from (its address): set by the web front door
-# (web/audit.py) for the events written while serving it; None for the daemon's own work.
+# (station/web/audit.py) for the events written while serving it; None for the daemon's own work.
 REQUEST_SOURCE: ContextVar[str | None] = ContextVar("request_source", default=None)
 
 MIGRATIONS = Path(__file__).parent / "migrations"

@@ -185,7 +185,7 @@ class StoredFile(Base):
     central_state: Mapped[str | None] = mapped_column(String(16))
     central_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     central_error: Mapped[str | None] = mapped_column(Text)
-    # a 2016 permanent-retention category (station/protection.py CATEGORIES), or None
+    # a 2016 permanent-retention category (station/retention/protection.py CATEGORIES), or None
     retention_category: Mapped[str | None] = mapped_column(String(32))
 
     officer: Mapped[Officer] = relationship(lazy="joined")

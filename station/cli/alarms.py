@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from station.alarms import AlarmBook
 from station.cli.common import config_option, load, open_catalog
+from station.health.alarms import AlarmBook
 
 
 @click.group()

@@ -12,7 +12,7 @@ import click
 from station import eventlog
 from station.catalog.admin import verify_event_chain
 from station.cli.common import config_option, load, open_catalog
-from station.store import MARKER
+from station.store.disks import MARKER
 
 
 @click.group()

@@ -9,7 +9,7 @@ import click
 from station.catalog import Catalog
 from station.catalog.db import CatalogBusy, lock_exclusive
 from station.cli.common import config_option, load, open_catalog
-from station.recovery import move_aside, rebuild, verify
+from station.store.recovery import move_aside, rebuild, verify
 
 
 @click.group()

@@ -28,7 +28,7 @@ from station.cli.run import run_station
 def demo(data: str, port: int, interval: float) -> None:
     """A whole station with simulated recorders docking by themselves."""
     # PyAV and Pillow (generated footage) load only for the commands that make recorders
-    from station.demo import DEMO_ADMIN, DEMO_SECURITY, prepare_demo, recorder_traffic
+    from station.sim.demo import DEMO_ADMIN, DEMO_SECURITY, prepare_demo, recorder_traffic
 
     config, token = prepare_demo(Path(data).resolve(), port)
     click.echo(f"demo station: UI on http://127.0.0.1:{port}/  (data in {Path(data).resolve()})")

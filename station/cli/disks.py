@@ -7,8 +7,8 @@ from pathlib import Path
 import click
 
 from station.cli.common import config_option, load, open_catalog
-from station.disks import DiskBook, DiskIdentityError, read_marker
-from station.store import Store
+from station.store.disks import Store
+from station.store.identity import DiskBook, DiskIdentityError, read_marker
 
 
 @click.group(invoke_without_command=True)

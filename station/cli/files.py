@@ -7,9 +7,9 @@ from zoneinfo import ZoneInfo
 
 import click
 
-from station.annotations import AnnotationError, annotate
 from station.cli.common import config_option, load, open_catalog
-from station.retention import CentralCheck
+from station.retention.annotations import AnnotationError, annotate
+from station.retention.sweeper import CentralCheck
 from station.search import api_files
 
 

@@ -6,9 +6,9 @@ import sys
 
 import click
 
-from station import integrity as integ
 from station.catalog.admin import log_event
 from station.cli.common import config_file, config_option, load, open_catalog
+from station.health import integrity as integ
 
 
 @click.group()

@@ -10,8 +10,8 @@ from pathlib import Path
 import click
 
 from station.cli.common import config_option, load
-from station.portlearn import LearnError, learn, udev_events, write_port_map
-from station.ratelimit import LinkScheduler
+from station.devices.portlearn import LearnError, learn, udev_events, write_port_map
+from station.ingest.priority import LinkScheduler
 from station.runtime import make_bus
 
 

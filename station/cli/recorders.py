@@ -7,7 +7,7 @@ import json
 import click
 
 from station.cli.common import config_option, load, open_catalog
-from station.registration import RegistrationError, approve
+from station.ingest.registration import RegistrationError, approve
 from station.search import list_recorders
 
 

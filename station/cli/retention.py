@@ -11,12 +11,12 @@ from station.catalog import Catalog
 from station.catalog.admin import FileBrief, describe_files, untrusted_files
 from station.catalog.models import utcnow
 from station.cli.common import config_option, load, open_catalog
-from station.clock import clock_synchronized
-from station.clockguard import ClockGuard
 from station.config import StationConfig
-from station.disks import DiskBook
-from station.retention import DiskFacts, RetentionSweeper, retention_rules
-from station.store import Store
+from station.health.clock import clock_synchronized
+from station.health.clockguard import ClockGuard
+from station.retention.sweeper import DiskFacts, RetentionSweeper, retention_rules
+from station.store.disks import Store
+from station.store.identity import DiskBook
 
 
 @click.group()

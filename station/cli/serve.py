@@ -1,7 +1,7 @@
 """The web listeners served beside the runtime: the touchscreen and the central API.
 
 uvicorn runs inside the station's own loop (`uvicorn.Server.serve()`), with
-the connection caps and header limits of `web.guard`; the station, not
+the connection caps and header limits of `station.web.guard`; the station, not
 uvicorn, owns the signals. Only the composition root (`station run`, station.cli.run) uses this.
 """
 
@@ -14,8 +14,8 @@ import uvicorn
 
 from station.api import StationAPI
 from station.runtime import Station
-from web.app import create_app
-from web.guard import protocol
+from station.web.app import create_app
+from station.web.guard import protocol
 
 
 class _Server(uvicorn.Server):

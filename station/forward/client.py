@@ -14,7 +14,7 @@ from typing import Any
 
 from station.forward.config import ForwardConfig
 from station.forward.errors import Interrupted
-from station.ratelimit import TokenBucket
+from station.ingest.priority import TokenBucket
 
 SEND_CHUNK = 64 * 1024
 

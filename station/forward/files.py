@@ -17,7 +17,7 @@ from sqlalchemy import select
 from station.catalog import Catalog, Officer, Recorder, StoredFile
 from station.forward.errors import ForwardIntegrityError, Interrupted
 from station.names import parse_card_path
-from station.protection import is_protected
+from station.retention.protection import is_protected
 
 READ_CHUNK = 4 * 1024 * 1024
 

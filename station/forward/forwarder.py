@@ -33,10 +33,10 @@ from station.forward.files import Candidate, alternate_key, hash_parts, still_st
 from station.forward.legacy import import_forward_db
 from station.forward.state import ForwardState
 from station.forward.upload import Uploader
-from station.ratelimit import TokenBucket
+from station.ingest.priority import TokenBucket
 
 if TYPE_CHECKING:
-    from station.alarms import AlarmBook
+    from station.health.alarms import AlarmBook
 
 log = logging.getLogger(__name__)
 

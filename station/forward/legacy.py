@@ -23,7 +23,7 @@ from typing import Any
 from sqlalchemy import select
 
 from station.catalog import Catalog, ForwardObject, ForwardPart
-from station.durable import fsync_dir
+from station.store.durable import fsync_dir
 
 log = logging.getLogger(__name__)
 

@@ -30,7 +30,7 @@ from station.forward.errors import (
 )
 from station.forward.files import Candidate, Digests, alternate_key, b64, object_args, read_part
 from station.forward.state import ForwardState
-from station.ratelimit import TokenBucket
+from station.ingest.priority import TokenBucket
 
 log = logging.getLogger(__name__)
 

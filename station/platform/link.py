@@ -52,9 +52,9 @@ from station.platform.protocol import (
 )
 
 if TYPE_CHECKING:
-    from station.alarms import AlarmBook
-    from station.collector import Slot
-    from station.store import Store
+    from station.health.alarms import AlarmBook
+    from station.ingest.collector import Slot
+    from station.store.disks import Store
 
 
 class LinkHost(Protocol):

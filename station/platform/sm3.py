@@ -21,8 +21,14 @@ from sqlalchemy import select
 
 from station.catalog import Catalog, StoredFile
 from station.catalog.db import append_event
-from station.ratelimit import TokenBucket
-from station.sidecar import SidecarError, mirror_row, read_sidecar, sidecar_path, write_sidecar
+from station.ingest.priority import TokenBucket
+from station.store.sidecar import (
+    SidecarError,
+    mirror_row,
+    read_sidecar,
+    sidecar_path,
+    write_sidecar,
+)
 
 log = logging.getLogger(__name__)
 

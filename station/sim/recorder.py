@@ -15,7 +15,7 @@ import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from drivers.simulated import CARD, RECORDER_JSON
+from station.drivers.simulated import CARD, RECORDER_JSON
 from station.sim import media
 
 BUILDING = ".building"

@@ -35,12 +35,13 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from station import __version__, integrity
+from station import __version__
 from station.catalog import Catalog
 from station.catalog.admin import log_event
 from station.config import ConfigError, StationConfig, parse_config
-from station.durable import replace_file
+from station.health import integrity
 from station.settings import STATE_KEY, Settings
+from station.store.durable import replace_file
 from station.support.tarball import add_member, to_json, write_private
 
 UI_SETTINGS_KEY = STATE_KEY  # the catalog's key of the screen's settings

@@ -24,10 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from station import eventlog
-from station.alarms import AlarmBook
 from station.catalog import Catalog
 from station.catalog.admin import last_event_id
 from station.config import ConfigError, StationConfig, load_config, parse_config
+from station.health.alarms import AlarmBook
 from station.support.backup import UI_SETTINGS_KEY, parse_ui_settings
 from station.support.facts import (
     JOURNAL_LINES,

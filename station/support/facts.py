@@ -23,7 +23,7 @@ import httpx
 
 from station import __version__
 from station.config import StationConfig
-from station.smart import HealthHistory, check_disk
+from station.store.smart import HealthHistory, check_disk
 
 JOURNAL_LINES = 2000
 KERNEL_LINES = 1000
@@ -216,7 +216,7 @@ def port_map(config: StationConfig) -> dict[str, Any]:
     # a real dock only: a simulated bus has no udev to ask
     import pyudev
 
-    from station.bus.udev import UdevBus
+    from station.devices.udev import UdevBus
 
     bus = UdevBus(config.bus.port_map)
     devices = []

@@ -11,7 +11,7 @@ import tarfile
 from pathlib import Path
 from typing import Any
 
-from station.durable import replace_file
+from station.store.durable import replace_file
 
 
 def add_member(tar: tarfile.TarFile, name: str, data: bytes, when: dt.datetime) -> None:

@@ -3,7 +3,7 @@
 One process per recorder, inside the guest. It builds a configfs gadget with
 two functions: a FunctionFS one (one interface of class 0xFF, two bulk
 endpoints, FUNCTIONFS_ALL_CTRL_RECIP so that vendor requests to the device
-reach us) whose EP0 this process answers with drivers/usb_vendor_proto.py's
+reach us) whose EP0 this process answers with station/drivers/usb_vendor_proto.py's
 ReferenceRecorder, and a mass_storage one whose LUN is the card image. It
 starts in vendor mode with the vendor product id; SET_MSDC unbinds the gadget,
 swaps the functions, sets the disk's product id and binds again, so the
@@ -34,7 +34,7 @@ from pathlib import Path
 
 sys.path.append(str(Path(__file__).resolve().parents[2]))  # PYTHONPATH, if set, comes first
 
-from drivers import usb_vendor_proto as proto
+from station.drivers import usb_vendor_proto as proto
 
 GADGETS = Path("/sys/kernel/config/usb_gadget")
 FFS_ROOT = Path("/dev/ffs")

@@ -235,7 +235,7 @@ def build_code_disk(run_dir: Path) -> Path:
     root = run_dir / "codefs"
     shutil.rmtree(root, ignore_errors=True)
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    for package in ("station", "drivers", "web"):
+    for package in ("station",):
         shutil.copytree(REPO / package, root / "code" / package, ignore=ignore)
     ok = compileall.compile_dir(
         root / "code", quiet=1, stripdir=str(root / "code"), prependdir="/pc/code", workers=2

@@ -115,8 +115,8 @@ def below(ctx: pyudev.Context, sys_path: str, subsystem: str) -> list[pyudev.Dev
 
 def smoke(out: Path, plan: dict[str, Any]) -> dict[str, Any]:
     """Stage 3/4: pyudev sees the gadget, the pyusb driver identifies it, the disk mounts."""
-    from drivers.usb_vendor import UsbVendorConfig, UsbVendorDriver
-    from station.bus.udev import UdevBus
+    from station.devices.udev import UdevBus
+    from station.drivers.usb_vendor import UsbVendorConfig, UsbVendorDriver
 
     result: dict[str, Any] = {"timings": {}}
     t = result["timings"]

@@ -188,7 +188,7 @@ def _code_snapshot(run_dir: Path) -> None:
     """
     code = run_dir / "code"
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    for package in ("station", "drivers", "web"):
+    for package in ("station",):
         shutil.copytree(REPO / package, code / package, ignore=ignore)
     ok = compileall.compile_dir(
         code, quiet=1, stripdir=str(code), prependdir="/hil/code", workers=2

@@ -1,0 +1,1 @@
+"""Health: disks, network, clock, integrity: one monitor and its alarms."""

@@ -1,0 +1,1 @@
+"""Media: playback and thumbnails, decoded by the unprivileged media worker."""

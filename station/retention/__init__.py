@@ -1,0 +1,3 @@
+"""Retention: the protection rule and levels (pure), annotations, the sweeper and its
+schedule.
+"""
