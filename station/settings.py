@@ -19,16 +19,15 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from collections.abc import Callable
+from typing import Annotated, Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from station.accounts import DEFAULT_IDLE_MINUTES, audit
+from station.catalog import Catalog
 from station.config import NetworkSection, StationConfig
 from station.errors import SettingsError
-
-if TYPE_CHECKING:
-    from station.runtime import Station
 
 log = logging.getLogger(__name__)
 
@@ -108,10 +107,24 @@ def with_settings(c: StationConfig, s: Settings) -> StationConfig:
     return c.model_copy(update={name: getattr(checked, name) for name in sections})
 
 
+class SettingsHost(Protocol):
+    """What the settings need of the running station (`station.runtime.Station` is one)."""
+
+    config: StationConfig  # the live snapshot, replaced whole by `reload`
+    catalog: Catalog
+    reload_hooks: list[Callable[[StationConfig], StationConfig]]
+
+    def reload(self, config: StationConfig) -> list[str]:
+        """Make `config` the live snapshot (after the reload hooks)."""
+
+    def notify(self, progress: bool = False) -> None:
+        """Something the screens show changed."""
+
+
 class SettingsStore:
     """The settings of one station: what the screen changed, laid over the file's."""
 
-    def __init__(self, station: Station) -> None:
+    def __init__(self, station: SettingsHost) -> None:
         self.station = station
         self._lock = threading.Lock()
         self._stored: dict[str, Any] = {}
