@@ -532,16 +532,25 @@ def test_the_station_runs_inside_the_root(installed):
         "-c",
         textwrap.dedent(
             """
-            import importlib, pkgutil, station, web, drivers
-            bad = []
-            for pkg in (station, web, drivers):
-                for m in pkgutil.walk_packages(pkg.__path__, pkg.__name__ + "."):
-                    if ".migrations" in m.name or m.name.endswith("__main__"):
-                        continue
-                    try:
-                        importlib.import_module(m.name)
-                    except Exception as e:
-                        bad.append(f"{m.name}: {type(e).__name__}: {e}")
+            import importlib, pkgutil, station
+            from pathlib import Path
+            bad, seen = [], set()
+            for m in pkgutil.walk_packages(station.__path__, "station."):
+                if ".migrations" in m.name or m.name.endswith("__main__"):
+                    continue
+                seen.add(m.name)
+                try:
+                    importlib.import_module(m.name)
+                except Exception as e:
+                    bad.append(f"{m.name}: {type(e).__name__}: {e}")
+            for name in ("station.web.app", "station.drivers.base", "station.devices.ports"):
+                if name not in seen:
+                    bad.append(f"{name}: not installed")
+            root = Path(station.__file__).parent
+            for data in ("web/static/index.html", "web/locale/zh_CN/LC_MESSAGES/messages.po",
+                         "catalog/migrations/env.py"):
+                if not (root / data).is_file():
+                    bad.append(f"{data}: not installed")
             print("\\n".join(bad))
             """
         ),
