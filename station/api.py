@@ -47,7 +47,6 @@ from station.retention.protection import LEVELS
 from station.retention.sweeper import DeletionRefused
 from station.search import FileQuery, StoredRef
 from station.settings import Settings, SettingsStore
-from station.voice import reason_code
 
 if TYPE_CHECKING:
     from station.runtime import Station
@@ -67,7 +66,6 @@ __all__ = [
     "csrf_token",
     "ext_of",
     "read_text",
-    "reason_code",
     "request_source",
     "safe_component",
 ]

@@ -161,6 +161,8 @@ class StatusView:
                     "bytes_done": slot.bytes_done,
                     "bytes_per_s": round(slot.bytes_per_s()),
                     "error": slot.error,
+                    "reason": slot.reason,
+                    "reason_params": dict(slot.reason_params),
                     "priority": slot.port == priority,
                     "removed_early": ports.removed_early(slot.port)
                     if slot.state == "empty"

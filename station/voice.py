@@ -356,24 +356,6 @@ def spoken_text(text: str, language: Language) -> str:
 # --- slot changes -------------------------------------------------------------------------
 
 
-def reason_code(error: str | None) -> str | None:
-    """Map a collector's Slot.error text to a key of REASONS (None: nothing to say)."""
-    if not error:
-        return None
-    e = error.lower()
-    if e.startswith("not a recorder"):
-        return "not_a_recorder"
-    if "password" in e:
-        return "wrong_password"
-    if e.startswith("storage full"):
-        return "storage_full"
-    if "kept on the recorder" in e:
-        return "files_kept"
-    if e.startswith("internal error"):
-        return "internal_error"
-    return None
-
-
 def announcement_for_slot_change(
     old_state: str,
     new_state: str,

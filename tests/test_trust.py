@@ -195,6 +195,8 @@ def test_recorder_claiming_another_officer_is_held(station: StationProc) -> None
     docked = station.dock(2, rec)
     slot = station.wait_state(2, "unregistered")
     assert "919999" in slot["error"] and "910001" in slot["error"]
+    assert slot["reason"] == "officer_changed"
+    assert slot["reason_params"] == {"reported": "919999", "registered": "910001"}
     assert card_hashes(docked) == source  # nothing collected, nothing deleted
     # an administrator confirms: the recorder stays with its registered officer
     station.cli("recorders", "approve", "W000001", "--officer-no", "910001")
@@ -217,6 +219,8 @@ def test_a_new_recorder_claiming_an_officer_with_a_recorder_is_held(station: Sta
     docked = station.dock(2, rec)
     slot = station.wait_state(2, "unregistered")
     assert "911001" in slot["error"] and "W000011" in slot["error"], slot
+    assert slot["reason"] == "officer_has_recorder"
+    assert slot["reason_params"] == {"officer": "911001", "other": "W000011"}
     assert card_hashes(docked) == source  # nothing collected, nothing deleted
     (status,) = station.query("SELECT status FROM recorders WHERE serial = 'W000012'")[0]
     assert status == "pending"
@@ -236,6 +240,7 @@ def test_changed_officer_block_is_held(station: StationProc) -> None:
     station.dock(1, aside)
     slot = station.wait_state(1, "unregistered")
     assert "changed since registration" in slot["error"] and "二所" in slot["error"]
+    assert (slot["reason"], slot["reason_params"]) == ("block_changed", {})
     station.cli("recorders", "approve", "W000002")
     station.wait_state(1, "complete")
 
@@ -256,6 +261,7 @@ def test_same_serial_on_two_ports_is_held(station: StationProc) -> None:
     docked_b = station.dock(4, b)
     slot = station.wait_state(4, "unregistered")
     assert "also docked on port 3" in slot["error"]
+    assert (slot["reason"], slot["reason_params"]) == ("possible_clone", {"other_port": "3"})
     assert card_hashes(docked_b) == source_b
     events = station.query("SELECT message FROM events WHERE kind = 'recorder_held'")
     assert any("possible clone" in m for (m,) in events)

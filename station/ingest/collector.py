@@ -87,14 +87,32 @@ class SlotState(StrEnum):
 
 
 class Reason(StrEnum):
-    """Why a port is in error (the voice's and the screen's word for it)."""
+    """Why a port is in error or held (the voice's and the screen's word for it; the
+    slot's `reason_params` fill in the details the screen shows)."""
 
+    # errors
     NOT_A_RECORDER = "not_a_recorder"
     WRONG_PASSWORD = "wrong_password"
     STORAGE_FULL = "storage_full"
-    FILES_KEPT = "files_kept"
+    FILES_KEPT = "files_kept"  # n
     INTERNAL_ERROR = "internal_error"
     RECORDER_ERROR = "recorder_error"  # the driver's own message says what
+    # holds (state unregistered)
+    WAITING_APPROVAL = "waiting_approval"
+    POSSIBLE_CLONE = "possible_clone"  # other_port
+    OFFICER_CHANGED = "officer_changed"  # reported, registered
+    OFFICER_HAS_RECORDER = "officer_has_recorder"  # officer, other
+    BLOCK_CHANGED = "block_changed"
+    HELD = "held"  # another recorder than the one docked answered
+
+
+@dataclass(frozen=True)
+class Hold:
+    """Why a recorder is held: the log's sentence, its kind and the details shown."""
+
+    text: str
+    reason: Reason
+    params: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -114,7 +132,8 @@ class Slot:
     bytes_total: int = 0
     bytes_done: int = 0
     error: str | None = None  # what happened, in English, for the log and the console
-    reason: Reason | None = None  # its kind, while the state is error
+    reason: Reason | None = None  # its kind, while the state is error or unregistered
+    reason_params: dict[str, str] = field(default_factory=dict)  # details of the reason
     session_id: int | None = None
     started_at: float | None = None
     rate_samples: list[tuple[float, int]] = field(default_factory=list)
@@ -220,8 +239,9 @@ class Collector:
 
     def _set(self, **fields: object) -> None:
         self.beat = time.monotonic()
-        if "state" in fields:  # a reason belongs to the error state it came with
+        if "state" in fields:  # a reason belongs to the state it came with
             fields.setdefault("reason", None)
+            fields.setdefault("reason_params", {})
         for k in ("session_id", "files_total", "files_done", "bytes_total", "bytes_done"):
             if k in fields:
                 setattr(self, k, fields[k])
@@ -330,7 +350,7 @@ class Collector:
                 log.warning("port %s: %s (trying again)", self.slot.port, why)
                 if held:
                     self._event("recorder_held", why)
-                    self._set(state=SlotState.UNREGISTERED, error=why)
+                    self._set(state=SlotState.UNREGISTERED, error=why, reason=Reason.HELD)
                 else:
                     self._set(state=SlotState.IDENTIFYING, error=f"waiting: {why}")
             self.beat = time.monotonic()
@@ -498,7 +518,12 @@ class Collector:
             first = next(iter(failures.values()))
             msg = f"{len(failures)} file(s) kept on the recorder: {first}"
             self._ended("failed", msg)
-            self._set(state=SlotState.ERROR, error=msg, reason=Reason.FILES_KEPT)
+            self._set(
+                state=SlotState.ERROR,
+                error=msg,
+                reason=Reason.FILES_KEPT,
+                reason_params={"n": str(len(failures))},
+            )
             self.sv.alarms.raise_(
                 "collection_failed", f"port {self.slot.port}: {msg}", subject=info.serial
             )
@@ -739,7 +764,7 @@ class Collector:
         names another officer, or its fields changed), and while the same serial
         is docked on another port. An administrator's approval releases it.
         """
-        held_for: str | None = None
+        held_for: Hold | None = None
         while True:
             mode = self.sv.dock.registration_mode()
             with self.sv.catalog.write() as s:
@@ -764,10 +789,13 @@ class Collector:
                     if claimed is None:
                         register(s, r, info, how="auto", by="station", port=self.slot.port)
                 reason = self._hold_reason(s, r, info)
-                if claimed is not None and reason == WAITING_FOR_APPROVAL:
-                    reason = (
+                waiting = reason is not None and reason.reason == Reason.WAITING_APPROVAL
+                if claimed is not None and waiting:
+                    reason = Hold(
                         f"recorder reports officer {info.officer_no}, who already has "
-                        f"recorder {claimed}: an administrator must register it"
+                        f"recorder {claimed}: an administrator must register it",
+                        Reason.OFFICER_HAS_RECORDER,
+                        {"officer": info.officer_no, "other": claimed},
                     )
                 if reason is None:
                     officer = s.get(Officer, r.officer_id)
@@ -780,17 +808,20 @@ class Collector:
                     append_event(
                         s,
                         "recorder_held",
-                        reason,
+                        reason.text,
                         port=self.slot.port,
                         serial=info.serial,
                         officer_no=info.officer_no,
                     )
             if reason != held_for:
                 held_for = reason
-                log.warning("port %s: %s held: %s", self.slot.port, info.serial, reason)
+                log.warning("port %s: %s held: %s", self.slot.port, info.serial, reason.text)
+                waiting = reason.reason == Reason.WAITING_APPROVAL
                 self._set(
                     state=SlotState.UNREGISTERED,
-                    error=None if reason == WAITING_FOR_APPROVAL else reason,
+                    error=None if waiting else reason.text,
+                    reason=reason.reason,
+                    reason_params=reason.params,
                 )
             self.beat = time.monotonic()
             if self.stop.wait(HOLD_POLL_S):
@@ -798,19 +829,25 @@ class Collector:
             if not rec.alive():
                 raise DeviceGone("unplugged while held")
 
-    def _hold_reason(self, s: Session, r: Recorder, info: OfficerInfo) -> str | None:
+    def _hold_reason(self, s: Session, r: Recorder, info: OfficerInfo) -> Hold | None:
         other = self.sv.dock.docked_elsewhere(info.serial, self.slot.port)
         if other is not None:
-            return f"serial {info.serial} is also docked on port {other}: possible clone"
+            return Hold(
+                f"serial {info.serial} is also docked on port {other}: possible clone",
+                Reason.POSSIBLE_CLONE,
+                {"other_port": str(other)},
+            )
         if r.status != "registered" or r.officer_id is None:
-            return WAITING_FOR_APPROVAL
+            return Hold(WAITING_FOR_APPROVAL, Reason.WAITING_APPROVAL)
         if info.officer_no != r.block_officer_no:
             officer = s.get(Officer, r.officer_id)
             assert officer is not None
-            return (
+            return Hold(
                 f"recorder reports officer {info.officer_no}, but it was registered reporting "
                 f"{r.block_officer_no} (files go to {officer.officer_no}): "
-                "an administrator must confirm"
+                "an administrator must confirm",
+                Reason.OFFICER_CHANGED,
+                {"reported": info.officer_no, "registered": r.block_officer_no or ""},
             )
         changed = [
             f"{field} {old!r} -> {new!r}"
@@ -822,9 +859,10 @@ class Collector:
             if old != new
         ]
         if changed:
-            return (
+            return Hold(
                 "officer block changed since registration ("
                 + ", ".join(changed)
-                + "): an administrator must confirm"
+                + "): an administrator must confirm",
+                Reason.BLOCK_CHANGED,
             )
         return None

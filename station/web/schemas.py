@@ -114,6 +114,16 @@ class SlotStatus(BaseModel):
     bytes_done: int
     bytes_per_s: int = Field(description="the copy rate of the last seconds")
     error: str | None
+    reason: str | None = Field(
+        description="why the port is in `error` or `unregistered` (held), as a kind: "
+        "not_a_recorder, wrong_password, storage_full, files_kept, internal_error, "
+        "recorder_error; waiting_approval, possible_clone, officer_changed, "
+        "officer_has_recorder, block_changed, held; null otherwise"
+    )
+    reason_params: dict[str, str] = Field(
+        description="the reason's details: files_kept {n}, possible_clone {other_port}, "
+        "officer_changed {reported, registered}, officer_has_recorder {officer, other}"
+    )
     priority: bool = Field(
         description='"collect first" (S30): this port\'s recorder has the bandwidth'
     )

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated, Any
@@ -17,7 +16,6 @@ from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import FileResponse
 from sse_starlette.sse import EventSourceResponse
 
-from station.api import reason_code
 from station.web.deps import ApiDep
 from station.web.guard import Slots
 
@@ -88,7 +86,7 @@ def screen_view(status: dict[str, Any]) -> dict[str, Any]:
         view = pick(slot, "slots")
         assert view is not None
         view["recorder"] = pick(slot.get("recorder"), "recorder")
-        view["reason"], view["reason_params"] = slot_reason(slot.get("state"), slot.get("error"))
+        view["reason"], view["reason_params"] = slot_reason(slot)
         slots.append(view)
     return {
         "station": pick(status["station"], "station"),
@@ -99,34 +97,15 @@ def screen_view(status: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-_FILES_KEPT = re.compile(r"^(\d+) file\(s\) kept on the recorder")
-_CLONE = re.compile(r"also docked on port (\d+)")
-_REPORTS = re.compile(r"^recorder reports officer (\S+), but it was registered reporting (\S+)")
-_CLAIMED = re.compile(r"^recorder reports officer (\S+), who already has recorder (\S+):")
-
-
-def slot_reason(state: str | None, error: str | None) -> tuple[str | None, dict[str, str]]:
-    """Why a port is in error or held, as a kind the screen words in its own language (with
-    what to do), from the collector's English `error` text; (None, {}) when nothing is wrong.
-
-    The texts come from station.ingest.collector and station.voice.reason_code; a text this does
-    not know is "recorder_error" (a failure) or "held" (a hold), shown as such, never blank.
-    """
+def slot_reason(slot: dict[str, Any]) -> tuple[str | None, dict[str, str]]:
+    """Why a port is in error or held, as the kind the screen words in its own language
+    (with what to do), and its details; (None, {}) when nothing is wrong. A held or
+    failed port always has a kind: "held" or "recorder_error" if the station gave none."""
+    state, reason = slot.get("state"), slot.get("reason")
     if state == "unregistered":
-        if not error:
-            return "waiting_approval", {}
-        if m := _CLONE.search(error):
-            return "possible_clone", {"other_port": m[1]}
-        if m := _REPORTS.match(error):
-            return "officer_changed", {"reported": m[1], "registered": m[2]}
-        if m := _CLAIMED.match(error):
-            return "officer_has_recorder", {"officer": m[1], "other": m[2]}
-        if error.startswith("officer block changed"):
-            return "block_changed", {}
-        return "held", {}
+        return reason or ("held" if slot.get("error") else "waiting_approval"), dict(
+            slot.get("reason_params") or {}
+        )
     if state != "error":
         return None, {}
-    code = reason_code(error)
-    if code == "files_kept" and (m := _FILES_KEPT.match(error or "")):
-        return "files_kept", {"n": m[1]}
-    return code or "recorder_error", {}
+    return reason or "recorder_error", dict(slot.get("reason_params") or {})

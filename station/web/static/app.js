@@ -39,7 +39,7 @@
     identifying: N_('Reading the recorder…'),
     complete: N_('You may unplug'),
   };
-  // Why a window is in error or held (`reason` of /ui/state, web/app.py slot_reason): what
+  // Why a window is in error or held (`reason` of /ui/state, set by the collector): what
   // happened, and what the officer at the cabinet should do. Each in both languages.
   const REASON = {
     waiting_approval: [N_('Not registered: waiting for an administrator'),
