@@ -16,6 +16,11 @@ adds up to a lock. A disabled account says so only to its right secret. Sessions
 random tokens of which only the SHA-256 is stored; they end on logout, after
 `idle_minutes` without a request, or `MAX_SESSION_HOURS` after login. Logins,
 failures, lockouts and account changes are events in the system log.
+
+Why one module of over 500 lines: users, secrets, lockout, second factor and sessions
+are one security boundary that a reviewer reads together (a login is policy, hash,
+lockout, TOTP and a session in one transaction); split, each half would import the
+other's private rules.
 """
 
 from __future__ import annotations

@@ -28,6 +28,11 @@ Each request is served in a child process that enters the daemon's namespace
 (setns(2) needs a single-threaded caller), checks there, and runs mount(8), umount(8) or
 the FUSE driver.
 
+Why one module of over 500 lines: it runs as root with CAP_SYS_ADMIN, so what a
+privileged process executes is one file to audit (besides the standard library it takes
+only the mount command line from station/devices/mount.py); every check it makes on a
+request is here, next to the call it guards.
+
 It serves the station daemon only: the asker (SO_PEERCRED, held as a pidfd) must be root
 and in the daemon's cgroup (`/system.slice/station.service`, `--peer-cgroup`), or, outside
 systemd (tests, the demo), the process given with `--peer-process` or one of its
