@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import io
 
+import httpx
 import pytest
 from conftest import StationProc
 from test_ui_api import ADMIN, AUDIT, AUDITOR, OFFICER_A, OFFICER_B, as_user, events, file_ids
@@ -53,6 +54,23 @@ def test_a_refused_request_is_an_event_with_who_and_from_where(st: StationProc) 
     assert anon.get("/ui/api/files").status_code == 401
     ev = _last(st, "access_refused")
     assert ev["actor"] == "anonymous" and ev["data"]["status"] == 401
+    # a file's details that are not his: not there, and logged
+    assert b.get(f"/ui/api/files/{theirs}").status_code == 404
+    ev = _last(st, "access_refused")
+    assert (ev["actor"], ev["data"]["path"], ev["data"]["status"]) == (
+        OFFICER_A[0],
+        f"/ui/api/files/{theirs}",
+        404,
+    )
+    # the central server's API without its token, or with a wrong one
+    for headers in ({}, {"Authorization": "Bearer wrong"}):
+        assert httpx.get(st.url("/api/v1/files"), headers=headers, timeout=30).status_code == 401
+        ev = _last(st, "access_refused")
+        assert (ev["actor"], ev["data"]["path"], ev["data"]["status"]) == (
+            "anonymous",
+            "/api/v1/files",
+            401,
+        )
 
 
 def test_a_flood_of_refused_requests_does_not_flood_the_log(st: StationProc) -> None:

@@ -6,10 +6,11 @@ the audit administrator's export of the log be logged too. The routes write thei
 events for what succeeds (`file_downloaded`, `file_deleted`, `settings_changed`, ...);
 this module adds the rest:
 
-- `AuditTrail`, an ASGI middleware on the browser routes (`/ui/...`): every event written
+- `AuditTrail`, an ASGI middleware on the browser's routes (`/ui/...`) and the central
+  server's (`/api/...`, `/metrics`): every event written
   while a request is served carries the address it came from (`source`, through
   `station.api.request_source`), and a request refused for want of a login or of
-  rights (401/403; 404 for a file that is not the user's) becomes an `access_refused`
+  rights or a token (401/403; 404 for a file that is not the user's) becomes an `access_refused`
   event: who (when logged in), the method and path, the status, from where. At most
   `REFUSED_PER_MINUTE` of those per address (IPv6: per /64) and minute, and
   `REFUSED_TOTAL_PER_MINUTE` from all together, are written one by one; the rest are
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 import threading
 import time
 from collections import OrderedDict
@@ -61,14 +63,19 @@ def _network(source: str) -> str:
     return str(addr)
 
 
+# a file's own routes: 404 is how a file that is not the user's is refused
+FILE_ROUTE = re.compile(r"^/ui/(media|api/files)/\d+(/|$)")
+AUDITED = ("/ui/", "/api/", "/metrics")  # the browser's routes and the central server's
+
+
 def refused(method: str, path: str, status: int) -> bool:
     """Whether a response is a refusal worth an event."""
     if path.startswith(OWN_REFUSALS):
         return False
-    if path.startswith("/ui/api/"):
-        return status in (401, 403)
-    if path.startswith("/ui/media/"):
+    if FILE_ROUTE.match(path):
         return status in (401, 403, 404)
+    if path.startswith(("/ui/api/", "/ui/media/", "/api/", "/metrics")):
+        return status in (401, 403)  # no session or rights; no token or a wrong one
     return False
 
 
@@ -86,7 +93,7 @@ class AuditTrail:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
-        if scope["type"] != "http" or not path.startswith("/ui/"):
+        if scope["type"] != "http" or not path.startswith(AUDITED):
             await self.app(scope, receive, send)
             return
         client = scope.get("client")
