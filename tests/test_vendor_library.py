@@ -394,6 +394,35 @@ def test_by_index_sessions_go_to_the_right_recorder(root: Path, drv: VendorLibra
         assert b.officer_info().serial == "B200002"
 
 
+def test_opening_a_second_port_releases_no_index_another_session_holds(
+    root: Path, drv: VendorLibraryDriver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A new session probes every index the library counts; the probes it does not keep
+    are released, but never the index of a session open on another port (its recorder
+    would be closed under it)."""
+    put_recorder(root, 0)
+    put_recorder(root, 1, serial="B200002", officer_no="200002")
+    put_recorder(root, 2, serial="B300003", officer_no="300003")
+    api, released = drv.load(), []
+    real = api.call
+
+    def call(label: str, function: str, index: int | None = None, **values: Any) -> int:
+        if function == "UnInit_Device":
+            released.append(index)
+        return real(label, function, index, **values)
+
+    monkeypatch.setattr(api, "call", call)
+    with drv.open(docked(2, serial="B200002"), STATION_PASSWORDS) as b:
+        assert b.index == 1 and sorted(released) == [0, 2]  # the probes it did not keep
+        released.clear()
+        with drv.open(docked(1, serial="B100001"), STATION_PASSWORDS) as a:
+            assert a.index == 0
+            assert released == [2], "only the probe nobody holds is released"
+            assert b.battery_percent() == 67 and b.officer_info().serial == "B200002"
+        assert released == [2, 0]  # a's own release when it ends
+    assert released == [2, 0, 1]
+
+
 def test_by_index_matches_usb_serial_to_id_code(root: Path, drv: VendorLibraryDriver) -> None:
     put_recorder(root, 0)
     put_recorder(root, 1, id_code="ZFY02", serial="B200002")
