@@ -44,6 +44,9 @@ class FakeAPI:
     def web_limits(self) -> WebSection:
         return WebSection()
 
+    def audit(self, kind: str, message: str, **fields: Any) -> None:
+        self.asked.append(("audit", (kind, fields.get("path"), fields.get("status"))))
+
     def token_ok(self, given: bytes) -> bool:
         return given == TOKEN.encode()
 
@@ -90,6 +93,8 @@ def test_the_central_api_answers_from_the_given_front_door(
     assert client.get("/api/v1/health").json() == {"status": "ok", "station": "FAKE-1"}
     assert client.get("/api/v1/status").status_code == 401  # the fake's tokens decide
     assert client.get("/api/v1/status", headers={"Authorization": "Bearer no"}).status_code == 401
+    refused = ("audit", ("access_refused", "/api/v1/status", 401))
+    assert fake.asked.count(refused) == 2  # each refusal is in the log, through the front door
     r = client.get("/api/v1/status", headers=auth)
     assert r.status_code == 200 and r.json()["station"]["id"] == "FAKE-1"
     r = client.get("/api/v1/files", params={"officer_no": "800001", "limit": 5}, headers=auth)
