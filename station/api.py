@@ -199,6 +199,11 @@ class StationAPI:
         f = search.get_file(st.catalog, st.tz, file_id, scope_officer_no=scope_officer_no)
         if f is None:
             raise NoSuchFile(f"no stored file {file_id}")
+        central = st.retention.central
+        if not central.required:
+            f["central"] = "none"  # neither the platform nor forwarding keeps a copy
+        elif f["central"] != "verified" and central.verified_elsewhere(file_id):
+            f["central"] = "verified"  # the S3 forwarder's check matched
         return f
 
     def file_history(self, file_id: int, limit: int = 50) -> list[dict[str, Any]]:
@@ -222,8 +227,10 @@ class StationAPI:
         note: str | None = None,
         case_no: str | None = None,
         legal_hold: str | None = None,
+        category: str | None = None,
     ) -> None:
-        """Change a file's grade, note, case number or legal hold (AnnotationError)."""
+        """Change a file's grade, note, case number, legal hold or retention category
+        (AnnotationError)."""
         annotate(
             self._station.catalog,
             file_id,
@@ -232,6 +239,7 @@ class StationAPI:
             note=note,
             case_no=case_no,
             legal_hold=legal_hold,
+            category=category,
             admin=admin,
         )
 

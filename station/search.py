@@ -286,6 +286,8 @@ def file_item(f: StoredFile, tz: ZoneInfo | None) -> dict[str, Any]:
         "note": f.note or "",
         "case_no": f.case_no or "",
         "legal_hold": f.legal_hold or "",
+        "retention_category": f.retention_category or "",
+        "central": f.central_state or "pending",
         "protected": is_protected(f.important, f.level, f.legal_hold, f.retention_category),
     }
 

@@ -266,6 +266,29 @@ def test_a_legal_hold_blocks_every_deletion_and_a_grade_only_an_admin_may_lower(
     assert any("legal_hold" in e["message"] for e in events(st, kind="file_annotated"))
 
 
+def test_an_administrator_keeps_a_file_permanently_from_the_console(st: StationProc) -> None:
+    """The 2016 categories are chosen when grading (administrator only, logged); a file in
+    one is protected and refused deletion until it is taken out; the console says whether
+    a central copy is kept (none here: neither the platform nor forwarding is set up)."""
+    adm, b = as_user(st, ADMIN), as_user(st, OFFICER_B)
+    fid = file_ids(st, OFFICER_B[0])[1]
+    got = adm.get(f"/ui/api/files/{fid}").json()
+    assert (got["retention_category"], got["central"]) == ("", "none")
+    assert b.post(f"/ui/api/files/{fid}/annotate", {"category": "obstruction"}).status_code == 403
+    r = adm.post(f"/ui/api/files/{fid}/annotate", {"category": "no_such_category"})
+    assert r.status_code == 409
+    r = adm.post(f"/ui/api/files/{fid}/annotate", {"category": "obstruction"})
+    assert r.status_code == 200 and r.json()["retention_category"] == "obstruction"
+    assert r.json()["protected"] is True
+    listed = {f["id"]: f for f in b.get("/ui/api/files").json()["items"]}
+    assert listed[fid]["retention_category"] == "obstruction" and listed[fid]["protected"]
+    r = adm.post(f"/ui/api/files/{fid}/delete", {"reason": "clean-up", "confirm_protected": True})
+    assert r.status_code == 409 and "permanently" in r.json()["detail"], r.json()
+    assert any("obstruction" in e["message"] for e in events(st, kind="file_annotated"))
+    assert adm.post(f"/ui/api/files/{fid}/annotate", {"category": ""}).status_code == 200
+    assert adm.get(f"/ui/api/files/{fid}").json()["protected"] is False
+
+
 def test_annotation_and_search_by_case_and_note(st: StationProc) -> None:
     a = as_user(st, OFFICER_A)
     fid = file_ids(st, OFFICER_A[0])[-1]

@@ -50,6 +50,8 @@ class AnnotateBody(BaseModel):
     note: str | None = Field(default=None, max_length=2000)
     case_no: str | None = Field(default=None, max_length=64)
     legal_hold: str | None = Field(default=None, max_length=64)
+    # a 2016 permanent-retention category ("" takes the file out of it): administrator
+    category: str | None = Field(default=None, max_length=32)
 
 
 class DeleteBody(BaseModel):
@@ -257,10 +259,11 @@ def file_detail(file_id: Id, user: FootageUser, api: ApiDep) -> dict[str, Any]:
 def annotate_file(
     file_id: Id, body: AnnotateBody, user: FootageUser, api: ApiDep
 ) -> dict[str, Any]:
-    """Level, note, case number (an officer on their own files; legal hold: administrator)."""
+    """Level, note, case number (an officer on their own files; legal hold and retention
+    category: administrator)."""
     if user.role == "auditor":
         raise HTTPException(403, N_("An auditor cannot change files"))
-    if body.legal_hold is not None and not user.is_admin:
+    if (body.legal_hold is not None or body.category is not None) and not user.is_admin:
         raise HTTPException(403, N_("Only an administrator may do this"))
     api.file(file_id, scope_officer_no=scope_of(user))
     api.annotate(
@@ -271,6 +274,7 @@ def annotate_file(
         note=body.note,
         case_no=body.case_no,
         legal_hold=body.legal_hold,
+        category=body.category,
     )
     return api.file(file_id, scope_officer_no=scope_of(user))
 

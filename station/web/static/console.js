@@ -13,6 +13,8 @@
   const PAGE = 20;
   const KIND_TEXT = { video: N_('Video'), audio: N_('Audio'), photo: N_('Photo'), log: N_('Device log'), other: N_('Other') };
   const LEVEL_TEXT = { normal: N_('Normal'), important: N_('Important'), evidence: N_('Evidence') };
+  // the central copy (issue 17): not yet checked, the central side's hash matches ours, or not
+  const CENTRAL_TEXT = { pending: N_('Pending'), verified: N_('Verified'), failed: N_('Failed'), none: N_('No central copy') };
   const ROLE_TEXT = {
     officer: N_('Officer'), administrator: N_('Administrator'), auditor: N_('Auditor'),
     security_admin: N_('Security administrator'), audit_admin: N_('Audit administrator'),
@@ -295,6 +297,7 @@
       if (f.level !== 'normal') tags.appendChild(el('span', `tag lvl-${f.level}`, _(LEVEL_TEXT[f.level])));
       if (f.case_no) tags.appendChild(el('span', 'tag case', f.case_no));
       if (f.legal_hold) tags.appendChild(el('span', 'tag hold', _('Legal hold')));
+      if (f.retention_category) tags.appendChild(el('span', 'tag hold', _('Kept permanently')));
       row.appendChild(tags);
       const size = el('span', 'row-size');
       size.append(el('span', 'row-duration'), el('span', '', fmtBytes(f.size)));
@@ -385,6 +388,7 @@
       ['SHA-256', f.sha256],
     ];
     if (f.important) rows.push([_('Marked'), _('IMP on the recorder')]);
+    rows.push([_('Central copy'), _(CENTRAL_TEXT[f.central] || f.central)]);
     for (const [k, v] of rows) {
       facts.appendChild(el('dt', '', k));
       facts.appendChild(el('dd', k === 'SHA-256' ? 'hash' : '', v));
@@ -394,6 +398,7 @@
     form.case_no.value = f.case_no || '';
     form.note.value = f.note || '';
     form.legal_hold.value = f.legal_hold || '';
+    form.category.value = f.retention_category || '';
     const readOnly = user.role === 'auditor';
     for (const c of form.elements) c.disabled = readOnly;
     form.hidden = false;
@@ -531,7 +536,10 @@
     if (!current) return;
     const form = $('annotate');
     const body = { level: form.level.value, case_no: form.case_no.value.trim(), note: form.note.value.trim() };
-    if (user.role === 'administrator') body.legal_hold = form.legal_hold.value.trim();
+    if (user.role === 'administrator') {
+      body.legal_hold = form.legal_hold.value.trim();
+      body.category = form.category.value;
+    }
     const f = await guard(Api.post(`/ui/api/files/${current.id}/annotate`, body));
     if (!f) return;
     current = { ...current, ...f };
