@@ -32,11 +32,6 @@ STATION = ROOT / "station"
 # --- (a) the installed (non-editable) wheel -----------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="package-data 'web/static/*' does not reach web/static/vendor/simple-keyboard/: "
-    "a pip-installed station (install.sh) serves 404 for the console's on-screen keyboard",
-)
 def test_the_installed_package_carries_every_file_the_console_loads() -> None:
     with open(ROOT / "pyproject.toml", "rb") as f:
         patterns = tomllib.load(f)["tool"]["setuptools"]["package-data"]["station"]
@@ -69,12 +64,6 @@ def _moved_on(station: Station, loop: Loop, port: int) -> tuple[int, int]:
     return old, loop.call(lambda: slot.generation)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Ports.publish stores a stale generation's fields over the current docking's "
-    "shadow (_published[port] = (old_gen, ...)): _latest then ignores the shadow and the "
-    "clone check misses a recorder the new docking identified a moment ago",
-)
 def test_a_stale_collectors_publication_does_not_hide_the_new_docking_from_the_clone_check(
     ports_on_loop: tuple[Station, Loop],  # noqa: F811
 ) -> None:
@@ -97,12 +86,6 @@ def test_a_stale_collectors_publication_does_not_hide_the_new_docking_from_the_c
         release.set()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a stale collector's publication replaces the shadow of the current docking: "
-    "waiting_for_space misses the port paused for space and the disk check clears "
-    "storage_full while collection is stopped",
-)
 def test_a_stale_collectors_publication_does_not_clear_storage_full(
     ports_on_loop: tuple[Station, Loop],  # noqa: F811
 ) -> None:
@@ -129,12 +112,6 @@ def test_a_stale_collectors_publication_does_not_clear_storage_full(
     assert "storage_full" in {a.code for a in station.alarms.active()}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Collector._wait_for_space raises storage_full before it publishes the paused "
-    "slot; a disk check in between clears the alarm (no port waits yet) and nothing raises "
-    "it again while the collection stays paused",
-)
 def test_storage_full_raised_by_a_collector_survives_a_disk_check_in_between(
     ports_on_loop: tuple[Station, Loop],  # noqa: F811
     tmp_path: Path,
@@ -279,12 +256,6 @@ def test_a_card_wait_of_an_old_docking_is_refused(
 # --- (c) the mirror: a shared second copy ---------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="promote() link_into_place()s the shared second copy (it unlinks <disk>/.mirror/"
-    "xx/<sha256>), so a second protected file with the same bytes on the retired disk finds "
-    "no copy and its row (a legal hold here) is given up with the disk",
-)
 def test_retiring_a_disk_keeps_every_protected_file_that_shares_a_second_copy(
     store_env, tmp_path: Path
 ) -> None:

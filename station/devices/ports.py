@@ -168,10 +168,12 @@ class Ports:
         the order sent), and only while the port still has that collector's docking."""
         with self._published_lock:
             gen, before = self._published.get(slot.port, (generation, {}))
-            self._published[slot.port] = (
-                generation,
-                {**(before if gen == generation else {}), **fields},
-            )
+            # an older docking's late publication never takes the current one's place
+            if generation >= gen and generation == slot.generation:
+                self._published[slot.port] = (
+                    generation,
+                    {**(before if gen == generation else {}), **fields},
+                )
 
         def apply() -> None:
             if slot.generation == generation:

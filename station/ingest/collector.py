@@ -703,12 +703,14 @@ class Collector:
         self.sv.dock.make_room()
         if self.sv.store.pick(cf.size) is not None:
             return
-        self.sv.alarms.raise_("storage_full", f"all store disks are full ({why})")
+        # the port is waiting before the alarm is raised: a disk check in between must not
+        # find the alarm without a waiting port and clear it
         self._set(
             state=SlotState.ERROR,
             error="storage full: files kept on the recorder",
             reason=Reason.STORAGE_FULL,
         )
+        self.sv.alarms.raise_("storage_full", f"all store disks are full ({why})")
         self._event("collection_paused", f"storage full: {why}")
         while self.sv.store.pick(cf.size) is None:
             self.beat = time.monotonic()

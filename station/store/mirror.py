@@ -317,7 +317,7 @@ def promote(catalog: Catalog, lost_disk: str, survivors: list[Path]) -> int:
         )
         records = {f.id: sidecar_of(f) for f in rows}
     kept = 0
-    for f in rows:
+    for i, f in enumerate(rows):
         copy = next(
             (mirror_path(d, f.sha256) for d in survivors
              if mirror_path(d, f.sha256).exists() and _hash(mirror_path(d, f.sha256)) == f.sha256),
@@ -330,7 +330,12 @@ def promote(catalog: Catalog, lost_disk: str, survivors: list[Path]) -> int:
         make_dirs_durable(folder, disk)
         rel = str(unique_target(folder, Path(f.rel_path).name).relative_to(disk))
         write_sidecar(disk, rel, replace(records[f.id], mirror_disk=None))
-        link_into_place(copy, disk / rel)
+        if any(o.sha256 == f.sha256 for o in rows[i + 1 :]):
+            # another file of the lost disk has the same bytes: the copy stays for it too
+            os.link(copy, disk / rel)
+            fsync_dir((disk / rel).parent)
+        else:
+            link_into_place(copy, disk / rel)
         with catalog.write() as s:
             row = s.get(StoredFile, f.id)
             assert row is not None
